@@ -1,0 +1,1 @@
+"""Agents: PPO around the pretrained encoder, and baseline policies."""

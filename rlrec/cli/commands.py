@@ -1,0 +1,15 @@
+"""The list of verb groups; each entry adds its subparsers to ``rlrec``'s parser."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from rlrec.cli import data
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+# One line per verb group; each group's module owns its options and handlers.
+REGISTRY: list[Registrar] = [
+    data.register,
+]

@@ -1,0 +1,282 @@
+"""The PreparedDataset: a directory that every later stage reads.
+
+Layout (see ``docs/architecture.md``)::
+
+    DIR/
+      events.parquet      one row per kept event, sorted by (session, step)
+      users.parquet       user index -> raw id
+      items.parquet       item index -> raw id, category index, event count
+      categories.parquet  category index -> raw id, event count
+      meta.json           schema version, source, row accounting, split cut-offs, sizes
+
+A dataset directory is written next to its final place and renamed into it in one step, so a
+crash mid-write never leaves a directory that loads as a dataset (``meta.json`` is written
+last, and :func:`load_dataset` refuses a directory without it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rlrec.data.schema import EVENT_COLUMNS, EVENT_TYPES, SCHEMA_VERSION, SPLITS
+from rlrec.errors import UserError
+
+META_FILE = "meta.json"
+TABLE_FILES = ("events.parquet", "users.parquet", "items.parquet", "categories.parquet")
+
+
+@dataclass(frozen=True)
+class SessionArrays:
+    """Sessions of one split as flat arrays in CSR form (fast to slice, cheap to keep).
+
+    Session ``s`` spans ``offsets[s]:offsets[s + 1]`` in every per-event array.
+
+    Attributes:
+        offsets: (S + 1,) int64 start offsets, ``offsets[0] == 0``, ``offsets[-1] == E``.
+        user: (S,) int32 user index of each session.
+        items: (E,) int32 item indices.
+        categories: (E,) int32 category indices.
+        events: (E,) int8 event codes into ``EVENT_TYPES``.
+        timestamps: (E,) int64 milliseconds.
+    """
+
+    offsets: np.ndarray
+    user: np.ndarray
+    items: np.ndarray
+    categories: np.ndarray
+    events: np.ndarray
+    timestamps: np.ndarray
+
+    @property
+    def n_sessions(self) -> int:
+        """Number of sessions."""
+        return int(len(self.offsets) - 1)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(S,) int64 number of events in each session."""
+        return np.diff(self.offsets)
+
+    def session(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items and categories of session ``s``, each (length,)."""
+        lo, hi = self.offsets[s], self.offsets[s + 1]
+        return self.items[lo:hi], self.categories[lo:hi]
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A loaded PreparedDataset.
+
+    Attributes:
+        path: The directory it was loaded from.
+        events: One row per event, columns as in ``schema.EVENT_COLUMNS`` (plus any optional
+            ones), sorted by (session, step).
+        users: Columns ``user`` (index) and ``raw_id`` (str).
+        items: Columns ``item`` (index), ``raw_id`` (str), ``category`` (index), ``count``.
+        categories: Columns ``category`` (index), ``raw_id`` (str), ``count``.
+        meta: The parsed ``meta.json``.
+    """
+
+    path: Path
+    events: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+    categories: pd.DataFrame
+    meta: dict[str, Any]
+
+    @property
+    def n_items(self) -> int:
+        """Size of the item vocabulary."""
+        return len(self.items)
+
+    @property
+    def n_categories(self) -> int:
+        """Size of the category vocabulary."""
+        return len(self.categories)
+
+    @property
+    def n_users(self) -> int:
+        """Size of the user vocabulary."""
+        return len(self.users)
+
+    @property
+    def item_category(self) -> np.ndarray:
+        """(n_items,) int32 category index of each item."""
+        return self.items["category"].to_numpy(np.int32)
+
+    def split_events(self, split: str) -> pd.DataFrame:
+        """Events of one split (``train``, ``valid`` or ``test``), sorted by (session, step)."""
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        mask = self.events["split"].to_numpy() == SPLITS.index(split)
+        return self.events.loc[mask]
+
+    def sessions(self, split: str | None = None) -> SessionArrays:
+        """Sessions of one split (or of all events) as CSR arrays.
+
+        A session is never shared between splits (preparation cuts a session that straddles
+        a cut-off into two), so the arrays of a split hold whole sessions.
+        """
+        frame = self.events if split is None else self.split_events(split)
+        return session_arrays(frame)
+
+
+def session_arrays(frame: pd.DataFrame) -> SessionArrays:
+    """Turn an events frame sorted by (session, step) into :class:`SessionArrays`."""
+    session = frame["session"].to_numpy(np.int64)
+    if len(session) == 0:
+        starts = np.zeros(0, dtype=np.int64)
+    else:
+        # Sorted by session, so a new session starts wherever the id changes.
+        starts = np.flatnonzero(np.r_[True, session[1:] != session[:-1]]).astype(np.int64)
+    offsets = np.append(starts, len(session)).astype(np.int64)
+    return SessionArrays(
+        offsets=offsets,
+        user=frame["user"].to_numpy(np.int32)[starts],
+        items=frame["item"].to_numpy(np.int32),
+        categories=frame["category"].to_numpy(np.int32),
+        events=frame["event"].to_numpy(np.int8),
+        timestamps=frame["timestamp"].to_numpy(np.int64),
+    )
+
+
+def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
+    """Load a PreparedDataset directory in one call.
+
+    Raises:
+        UserError: If the directory is missing, incomplete, or of another schema version.
+    """
+    root = Path(path)
+    meta_path = root / META_FILE
+    if not root.is_dir():
+        raise UserError(f"{root}: no such dataset directory; create one with 'rlrec data prepare'")
+    if not meta_path.is_file():
+        raise UserError(
+            f"{root}: not a prepared dataset (no {META_FILE}); "
+            "create one with 'rlrec data prepare' or 'rlrec data synth'"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(
+            f"{meta_path}: schema_version {version!r}, this rlrec reads {SCHEMA_VERSION}; "
+            "prepare the data again with this version"
+        )
+    tables = {}
+    for name in TABLE_FILES:
+        file = root / name
+        if not file.is_file():
+            raise UserError(f"{root}: missing {name}; prepare the data again")
+        tables[name] = pd.read_parquet(file)
+    events = tables["events.parquet"]
+    missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise UserError(f"{root / 'events.parquet'}: missing columns {missing}; prepare again")
+    return PreparedDataset(
+        path=root,
+        events=events,
+        users=tables["users.parquet"],
+        items=tables["items.parquet"],
+        categories=tables["categories.parquet"],
+        meta=meta,
+    )
+
+
+@contextmanager
+def atomic_directory(out: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out`` and move it into place on success.
+
+    On an exception the temporary directory is removed and ``out`` is left as it was. An
+    existing ``out`` is replaced only after the new content is complete.
+
+    Raises:
+        UserError: If ``out`` exists, ``overwrite`` is false.
+    """
+    final = Path(out)
+    if final.exists() and not overwrite:
+        raise UserError(f"{final}: already exists; choose another --out or remove it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            # Rename the old one aside first so that there is never a moment without a
+            # complete directory at ``final`` being half deleted.
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_dataset(
+    out: str | os.PathLike[str],
+    events: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    categories: pd.DataFrame,
+    meta: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
+) -> Path:
+    """Write a PreparedDataset atomically from in-memory tables.
+
+    Large logs are written by the out-of-core preparation path instead; this is for the
+    synthetic generator and for tests. ``meta`` gets ``schema_version`` and vocabulary sizes
+    filled in. ``extra_files`` (name -> bytes) are written beside the tables, e.g. the
+    synthetic generator's ground truth.
+    """
+    with atomic_directory(out) as tmp:
+        events = events.astype({c: t for c, t in EVENT_COLUMNS.items()})
+        events.to_parquet(tmp / "events.parquet", index=False)
+        users.to_parquet(tmp / "users.parquet", index=False)
+        items.to_parquet(tmp / "items.parquet", index=False)
+        categories.to_parquet(tmp / "categories.parquet", index=False)
+        for name, blob in (extra_files or {}).items():
+            (tmp / name).write_bytes(blob)
+        full_meta = {"schema_version": SCHEMA_VERSION, **meta}
+        full_meta.setdefault("event_types", list(EVENT_TYPES))
+        full_meta.setdefault(
+            "vocab",
+            {
+                "users": len(users),
+                "items": len(items),
+                "categories": len(categories),
+                "sessions": int(events["session"].nunique()),
+            },
+        )
+        # meta.json last: its presence is what makes the directory a dataset.
+        write_json_atomic(tmp / META_FILE, full_meta)
+    return Path(out)

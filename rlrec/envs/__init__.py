@@ -1,0 +1,1 @@
+"""Interest-drift simulator: the single Gymnasium env and the batched vector env."""

@@ -1,0 +1,1 @@
+"""Evaluation: rollouts, offline policy evaluation, ranking metrics, fidelity, reports."""

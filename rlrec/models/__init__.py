@@ -1,0 +1,1 @@
+"""Models fitted from logs: the interest-migration SimModel and the sequence encoder."""
