@@ -1,1 +1,47 @@
-"""Interest-drift simulator: the single Gymnasium env and the batched vector env."""
+"""Interest-drift simulator: the single Gymnasium env and the batched vector env.
+
+Importing this package registers ``rlrec/InterestDrift-v0`` (the single env) and
+``rlrec/InterestDriftBatched-v0`` (the vector env, for ``gymnasium.make_vec``)::
+
+    import gymnasium as gym
+    import rlrec.envs
+
+    env = gym.make("rlrec/InterestDrift-v0", sim_model="logs/sim", dataset="logs/data")
+
+Registration adds no ``TimeLimit``: the env truncates at ``max_steps`` itself.
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+from rlrec.envs.batched import BatchedInterestDrift, BatchedVecEnv, make_batched_env, make_vec_env
+from rlrec.envs.config import EnvConfig, EnvSpec, RewardWeights
+from rlrec.envs.dynamics import OUTCOMES, InvalidActionError, UserDynamics
+from rlrec.envs.interest_drift import InterestDriftEnv, make_env
+
+ENV_ID = "rlrec/InterestDrift-v0"
+
+if ENV_ID not in registry:
+    register(
+        id=ENV_ID,
+        entry_point="rlrec.envs.interest_drift:InterestDriftEnv",
+        max_episode_steps=None,  # the env enforces max_steps itself
+        vector_entry_point="rlrec.envs.batched:BatchedInterestDrift",
+    )
+
+__all__ = [
+    "ENV_ID",
+    "OUTCOMES",
+    "BatchedInterestDrift",
+    "BatchedVecEnv",
+    "EnvConfig",
+    "EnvSpec",
+    "InterestDriftEnv",
+    "InvalidActionError",
+    "RewardWeights",
+    "UserDynamics",
+    "make_batched_env",
+    "make_env",
+    "make_vec_env",
+]

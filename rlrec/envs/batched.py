@@ -1,0 +1,361 @@
+"""``BatchedInterestDrift``: N simulated users in one vectorized numpy step.
+
+Two faces over one simulator:
+
+* :class:`BatchedInterestDrift`, a ``gymnasium.vector.VectorEnv`` (Gymnasium 1.x API) with
+  ``metadata["autoreset_mode"] = AutoresetMode.SAME_STEP``: a user who leaves or reaches
+  ``max_steps`` is replaced by a new user within the same ``step``; the returned observation
+  row is the new user's, the last one of the finished episode is in ``infos["final_obs"]``
+  where the boolean mask ``infos["_final_obs"]`` is true. Unlike Gymnasium's
+  ``SyncVectorEnv`` (an object array of per-user dicts), ``final_obs`` is batched: a dict of
+  (N, ...) arrays like the observation, read as ``infos["final_obs"]["items"][i]``; building
+  N small dicts per step would cost more than the simulation step itself.
+* :class:`BatchedVecEnv`, a Stable-Baselines3 ``VecEnv`` with SB3's auto-reset:
+  ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]``.
+
+All users share one random generator (``np_random``), seeded by ``reset(seed=...)``; the same
+seed gives the same rollouts. The dynamics are :class:`rlrec.envs.dynamics.UserDynamics`, the
+same code as the single env's, so both give the same distribution of episode returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from stable_baselines3.common.vec_env.base_vec_env import (
+    VecEnv,
+    VecEnvIndices,
+    VecEnvObs,
+    VecEnvStepReturn,
+)
+
+from rlrec.config import from_mapping
+from rlrec.envs.config import EnvSpec
+from rlrec.envs.dynamics import StepResult, UserDynamics, UserState
+from rlrec.envs.interest_drift import (
+    ConfigLike,
+    DatasetLike,
+    ModelLike,
+    Observation,
+    observation_space,
+    resolve_inputs,
+)
+from rlrec.errors import UserError
+
+
+class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
+    """N independent users of the interest-drift simulator, stepped together.
+
+    Spaces, rewards, starts and episode ends are those of
+    :class:`~rlrec.envs.interest_drift.InterestDriftEnv`, batched: observations are a dict of
+    ``items`` (N, L) int32, ``categories`` (N, L) int32, ``step`` (N, 1) int64; actions are
+    (N,) catalog items.
+
+    ``infos`` (arrays over users, each with its ``_key`` mask): ``engaged`` (N,) bool,
+    ``outcome`` (N,) int64 code into :data:`~rlrec.envs.dynamics.OUTCOMES` and ``item`` (N,)
+    describe the step just taken (a finished user's last step); ``category`` and ``streak``
+    describe the current user (a new one where an episode ended). ``final_obs`` as described
+    in the module docstring. The (N, K) interest rows are left out of ``infos`` for speed:
+    call :meth:`interest`.
+
+    Args:
+        num_envs: N, the number of simultaneous users.
+        sim_model: A SimModel or its directory (None: the synthetic default preset).
+        dataset: The PreparedDataset it was fitted on, or its directory (warm starts).
+        config: An :class:`~rlrec.envs.config.EnvConfig` or a mapping of its fields.
+    """
+
+    metadata: dict[str, Any] = {  # noqa: RUF012 (Gymnasium declares it a plain dict)
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": [],
+    }
+
+    def __init__(
+        self,
+        num_envs: int,
+        sim_model: ModelLike | None = None,
+        dataset: DatasetLike = None,
+        config: ConfigLike = None,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise UserError(f"num_envs: {num_envs!r}, expected an integer >= 1")
+        model, data, cfg = resolve_inputs(sim_model, dataset, config)
+        self.model = model
+        self.config = cfg
+        self.dynamics = UserDynamics(model, cfg, data)
+        self.num_envs = num_envs
+        self.single_action_space = spaces.Discrete(self.dynamics.n_actions)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.single_observation_space = observation_space(self.dynamics)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._state: UserState | None = None
+        self._all = np.ones(num_envs, dtype=bool)
+        self._all.flags.writeable = False
+        self._seeded = False
+
+    # -- Gymnasium VectorEnv API -----------------------------------------------------------
+
+    def reset(
+        self,
+        *,
+        seed: int | Sequence[int] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[Observation, dict[str, Any]]:
+        """Start N new users, or only those in ``options["reset_mask"]`` ((N,) bool).
+
+        ``seed`` seeds the one generator shared by all users (a list of ints is combined
+        into one seed).
+        """
+        if seed is None and not self._seeded and self.config.seed is not None:
+            seed = self.config.seed
+        if seed is not None:
+            self._np_random = np.random.default_rng(seed if isinstance(seed, int) else list(seed))
+            self._np_random_seed = seed if isinstance(seed, int) else -1
+        self._seeded = True
+        mask = None if options is None else options.get("reset_mask")
+        if mask is None or self._state is None:
+            self._state = self.dynamics.start(self.num_envs, self.np_random)
+        else:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (self.num_envs,):
+                raise UserError(
+                    f"options['reset_mask'] of shape {mask.shape}, expected ({self.num_envs},)"
+                )
+            state = _copy_state(self._state)
+            self.dynamics.restart(state, np.flatnonzero(mask), self.np_random)
+            self._state = state
+        return self._observation(self._state), self._state_info(self._state)
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[Observation, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Recommend one catalog item to each user; finished users are replaced at once.
+
+        Args:
+            actions: (N,) int catalog items.
+
+        Returns:
+            Observations, rewards (N,) float64, terminations (N,) bool, truncations (N,) bool
+            and infos (see the class docstring).
+        """
+        result, done, final = self._advance(actions)
+        state = self._state
+        assert state is not None
+        infos = self._state_info(state)
+        infos.update(
+            engaged=result.engaged,
+            _engaged=self._all,
+            outcome=result.outcome,
+            _outcome=self._all,
+            item=result.item,
+            _item=self._all,
+        )
+        if len(done):
+            # Batched rather than Gymnasium's object array of per-user dicts: building N
+            # small dicts per step would cost more than the whole simulation step.
+            mask = np.zeros(self.num_envs, dtype=bool)
+            mask[done] = True
+            infos["final_obs"] = final
+            infos["_final_obs"] = mask
+        return (
+            self._observation(state),
+            result.reward,
+            result.terminated,
+            result.truncated,
+            infos,
+        )
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Nothing to release: the simulator holds only arrays."""
+
+    # -- shared by both faces --------------------------------------------------------------
+
+    def _advance(self, actions: np.ndarray) -> tuple[StepResult, np.ndarray, dict[str, np.ndarray]]:
+        """Step every user, then restart finished ones in place.
+
+        Returns:
+            The step result, the (D,) indices of finished users, and (if D > 0) the
+            observation of every user before the restart (rows ``done`` hold the finished
+            episodes' last observations), else an empty dict.
+        """
+        if self._state is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        checked = self.dynamics.check_actions(actions, self.num_envs)
+        state, result = self.dynamics.step(self._state, checked, self.np_random)
+        done = np.flatnonzero(result.terminated | result.truncated)
+        final: dict[str, np.ndarray] = {}
+        if len(done):
+            # Whole-array copies (one memcpy each) taken before the rows are overwritten:
+            # cheaper than gathering rows and lets both faces index by user.
+            final = {
+                "items": state.items.copy(),
+                "categories": state.categories.copy(),
+                "step": state.step[:, None].copy(),
+            }
+            self.dynamics.restart(state, done, self.np_random)
+        self._state = state
+        return result, done, final
+
+    def _observation(self, state: UserState) -> Observation:
+        # state's arrays are replaced by the next step, never mutated after being returned.
+        return {"items": state.items, "categories": state.categories, "step": state.step[:, None]}
+
+    def _state_info(self, state: UserState) -> dict[str, Any]:
+        return {
+            "category": state.category,
+            "_category": self._all,
+            "streak": state.streak,
+            "_streak": self._all,
+        }
+
+    def interest(self) -> np.ndarray:
+        """(N, K) the current users' next-category distributions (for oracle policies)."""
+        if self._state is None:
+            raise gym.error.ResetNeeded("call reset() before interest()")
+        return self.dynamics.interest(self._state)
+
+
+def _copy_state(state: UserState) -> UserState:
+    return UserState(**{k: v.copy() for k, v in vars(state).items()})
+
+
+class BatchedVecEnv(VecEnv):
+    """Stable-Baselines3 ``VecEnv`` over :class:`BatchedInterestDrift` (N users = N envs).
+
+    Auto-reset as SB3 expects: when user ``i`` finishes, ``step_wait`` returns the new user's
+    observation in row ``i``, ``infos[i]["terminal_observation"]`` (the finished episode's
+    last observation) and ``infos[i]["TimeLimit.truncated"]`` (True when it hit
+    ``max_steps`` rather than leaving). ``seed(s)`` then ``reset()`` seeds the one shared
+    generator with ``s``.
+
+    The N "envs" are users of one simulator, so ``get_attr``/``set_attr`` read and write the
+    simulator's attributes (the same for every index; ``set_attr`` must target all indices),
+    and ``env_method`` calls a simulator method once, splitting a result with N rows into one
+    row per index (e.g. ``env_method("interest")`` gives each user's (K,) interest).
+
+    Args:
+        num_envs: N users, or pass ``env``.
+        sim_model: A SimModel or its directory.
+        dataset: Its PreparedDataset or directory.
+        config: An EnvConfig or a mapping of its fields.
+        env: An existing :class:`BatchedInterestDrift` to wrap instead.
+    """
+
+    def __init__(
+        self,
+        num_envs: int | None = None,
+        sim_model: ModelLike | None = None,
+        dataset: DatasetLike = None,
+        config: ConfigLike = None,
+        env: BatchedInterestDrift | None = None,
+    ) -> None:
+        if env is None:
+            if num_envs is None:
+                raise UserError("BatchedVecEnv: pass num_envs (and a sim_model) or env")
+            env = BatchedInterestDrift(num_envs, sim_model, dataset, config)
+        self.env = env
+        self._actions: np.ndarray | None = None
+        super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
+
+    def reset(self) -> VecEnvObs:
+        """Start N new users; uses the seed given to :meth:`seed`, once."""
+        seed = self._seeds[0]
+        obs, _ = self.env.reset(seed=seed)
+        self._reset_seeds()
+        self._reset_options()
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        return dict(obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Store the (N,) actions for :meth:`step_wait`."""
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """Step all users; see the class docstring for auto-reset."""
+        if self._actions is None:
+            raise RuntimeError("step_async() must be called before step_wait()")
+        result, done, final = self.env._advance(self._actions)
+        self._actions = None
+        state = self.env._state
+        assert state is not None
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        items, cats, steps = final.get("items"), final.get("categories"), final.get("step")
+        truncated = result.truncated
+        for i in done.tolist():
+            assert items is not None and cats is not None and steps is not None
+            infos[i]["terminal_observation"] = {
+                "items": items[i],
+                "categories": cats[i],
+                "step": steps[i],
+            }
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i])
+        obs = self.env._observation(state)
+        dones = result.terminated | result.truncated
+        return obs, result.reward.astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        """Close the simulator."""
+        self.env.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """The simulator's attribute, once per index."""
+        value = getattr(self.env, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """Set a simulator attribute (shared by all users, so indices must cover all)."""
+        targets = list(self._get_indices(indices))
+        if sorted(targets) != list(range(self.num_envs)):
+            raise UserError(
+                f"set_attr({attr_name!r}) on users {targets}: the users share one simulator, "
+                "so attributes can only be set for all of them (indices=None)"
+            )
+        setattr(self.env, attr_name, value)
+
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
+        """Call a simulator method once; a result with N rows is split per index."""
+        result = getattr(self.env, method_name)(*method_args, **method_kwargs)
+        targets: Iterable[int] = self._get_indices(indices)
+        if isinstance(result, np.ndarray) and result.shape[:1] == (self.num_envs,):
+            return [result[i] for i in targets]
+        return [result for _ in targets]
+
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
+        """Users are not separate Gymnasium envs, so none is wrapped."""
+        return [False for _ in self._get_indices(indices)]
+
+
+def make_batched_env(spec: EnvSpec | Mapping[str, Any]) -> BatchedInterestDrift:
+    """Build a :class:`BatchedInterestDrift` from a plain dict of ``EnvSpec`` fields.
+
+    Raises:
+        UserError: Naming a bad field, a missing or inconsistent directory.
+    """
+    resolved = spec if isinstance(spec, EnvSpec) else from_mapping(EnvSpec, spec, "env_spec")
+    from rlrec.envs.interest_drift import _existing
+
+    return BatchedInterestDrift(
+        resolved.num_envs,
+        sim_model=_existing(resolved.sim_model, "sim_model"),
+        dataset=None if resolved.dataset is None else _existing(resolved.dataset, "dataset"),
+        config=resolved.env,
+    )
+
+
+def make_vec_env(spec: EnvSpec | Mapping[str, Any]) -> BatchedVecEnv:
+    """Build a Stable-Baselines3 :class:`BatchedVecEnv` from a plain dict of ``EnvSpec`` fields."""
+    return BatchedVecEnv(env=make_batched_env(spec))

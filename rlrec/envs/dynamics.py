@@ -1,0 +1,574 @@
+"""The simulator's dynamics: one vectorized numpy step of B users, shared by every env.
+
+The single env is this with B = 1 and its own ``np_random``; the batched env is this with
+B = N. Sharing one implementation is what makes their episode-return distributions equal by
+construction (a test checks it anyway).
+
+A step, for each user in hidden state (category ``c``, streak ``s``, session step ``t``) who is
+recommended catalog item ``a`` of sim category ``k`` (see ``docs/architecture.md``):
+
+1. engaged with ``engage_probability`` (the user model's response function);
+2. engaged: the user moves to ``k`` (streak ``s + 1`` if ``k == c``, else 1); the funnel carts
+   with ``p_cart[k]`` and buys with ``p_buy[k]`` (independent draws; the outcome is the
+   strongest event); the reward is that outcome's weight;
+3. missed: an organic step (stay with ``stay(s)``, else switch by ``switch_matrix[c]``; the
+   item is drawn from the new category by popularity, over the whole SimModel catalog); no
+   reward;
+4. the user leaves with ``hazard(t + 1) * leave_engaged_factor`` after an engaged step and
+   ``hazard(t + 1) * leave_miss_factor ** misses`` after ``misses`` consecutive missed ones
+   (clipped to 1): a termination. Reaching ``max_steps`` recommendations is a truncation.
+
+Observation tokens are DATASET indices + 1 (0 is padding), so an encoder trained on the
+PreparedDataset reads the env's history directly: catalog item ``a`` is dataset item
+``model.item_ids[a]``, and its category token is the dataset category of that item.
+
+Speed notes (the batched env's target is millions of user-steps per second): categorical draws
+are one ``searchsorted`` over a cumulative table where segment ``c`` spans ``[c, c + 1]``, so a
+whole batch draws from per-row distributions in one call; the interest of each user in the
+recommended item's category is computed directly (one gather) instead of building (B, K)
+interest rows; every step allocates fresh state arrays instead of mutating, so observations
+already handed out stay valid without a defensive copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlrec.data.dataset import PreparedDataset
+from rlrec.envs.config import EnvConfig
+from rlrec.errors import UserError
+from rlrec.models.sim_model import SimModel
+
+OUTCOMES: tuple[str, ...] = ("miss", "engage", "cart", "buy")
+"""Outcome of a recommendation; a step's ``outcome`` code is an index into this tuple."""
+
+_N_UNIFORMS = 5  # engage and funnel, stay, switch, organic item, leave
+
+
+class InvalidActionError(UserError, ValueError):
+    """An action outside the action space (a ValueError, and a UserError for the CLI)."""
+
+
+@dataclass
+class UserState:
+    """Hidden and observable state of B users; arrays are replaced, never mutated, by a step.
+
+    Attributes:
+        category: (B,) int64 current sim category ``c``.
+        streak: (B,) int64 steps spent in ``c`` so far, >= 1.
+        step: (B,) int64 session step ``t`` of the last step taken (1-based; a warm start's
+            prefix counts).
+        misses: (B,) int64 consecutive missed recommendations.
+        episode_steps: (B,) int64 recommendations made in this episode.
+        items: (B, L) int32 item tokens of the last L steps, oldest first (dataset item + 1;
+            0 pads).
+        categories: (B, L) int32 category tokens (dataset category + 1; 0 pads).
+    """
+
+    category: np.ndarray
+    streak: np.ndarray
+    step: np.ndarray
+    misses: np.ndarray
+    episode_steps: np.ndarray
+    items: np.ndarray
+    categories: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """B, the number of users."""
+        return len(self.category)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What happened in one step of B users.
+
+    Attributes:
+        reward: (B,) float64.
+        engaged: (B,) bool, the recommendation was engaged with.
+        outcome: (B,) int8 code into :data:`OUTCOMES`.
+        item: (B,) int64 catalog item of the step (the recommendation if engaged, else the
+            organic item; -1 when the user's category has no catalog item).
+        terminated: (B,) bool, the user left.
+        truncated: (B,) bool, the episode hit ``max_steps`` (and the user did not leave).
+    """
+
+    reward: np.ndarray
+    engaged: np.ndarray
+    outcome: np.ndarray
+    item: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+
+class SegmentSampler:
+    """Draw from many categorical distributions at once with Walker's alias method.
+
+    Distribution ``g`` is over the ``members`` (flat indices) in segment ``g``. Each segment
+    has an alias table (Vose's construction), so a batch of users with different segments
+    draws in O(1) numpy operations: a bucket ``floor(u * n_g)``, then the bucket's member or
+    its alias depending on the fractional part of ``u * n_g``. Exact, and cheaper than a
+    per-row inverse-CDF search.
+    """
+
+    def __init__(self, probs: np.ndarray, segment: np.ndarray, n_segments: int) -> None:
+        """Build the tables.
+
+        Args:
+            probs: (M,) non-negative weights of the members.
+            segment: (M,) segment of each member, in 0..n_segments - 1.
+            n_segments: G.
+        """
+        segment = np.asarray(segment, dtype=np.int64)
+        order = np.argsort(segment, kind="stable")  # table position -> member
+        p = np.asarray(probs, dtype=np.float64)[order]
+        counts = np.bincount(segment, minlength=n_segments)
+        totals = np.bincount(segment, weights=np.asarray(probs, np.float64), minlength=n_segments)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        threshold = np.ones(len(p) + 1)  # one spare slot: an empty segment points there
+        alias = np.append(np.arange(len(p)), len(p))
+        for g in range(n_segments):
+            lo, n = int(starts[g]), int(counts[g])
+            if n == 0 or totals[g] <= 0:
+                continue
+            q = p[lo : lo + n] * (n / totals[g])  # mean 1
+            small = [i for i in range(n) if q[i] < 1.0]
+            large = [i for i in range(n) if q[i] >= 1.0]
+            while small and large:
+                s, big = small.pop(), large.pop()
+                threshold[lo + s] = q[s]
+                alias[lo + s] = lo + big
+                q[big] -= 1.0 - q[s]
+                (small if q[big] < 1.0 else large).append(big)
+            # Leftovers are 1 up to rounding: they keep themselves.
+            for i in small + large:
+                threshold[lo + i] = 1.0
+        member = np.append(order, -1).astype(np.int64)
+        self.count = counts.astype(np.float64)  # (G,)
+        self.start = starts  # (G,)
+        self.threshold = threshold  # (M + 1,) keep the bucket's member below this fraction
+        self.member = member  # (M + 1,) bucket -> member
+        self.alias_member = member[alias]  # (M + 1,) bucket -> its alias's member
+        self.has_members = (counts > 0) & (totals > 0)  # (G,)
+        self.all_nonempty = bool(self.has_members.all())
+
+    def sample(self, segment: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Draw one member per user.
+
+        Args:
+            segment: (B,) int segment of each user.
+            u: (B,) uniforms in [0, 1).
+
+        Returns:
+            (B,) int64 member indices; -1 where the segment is empty.
+        """
+        x = u * self.count[segment]
+        # floor(u * n) <= n - 1 for u < 1 in float64, so the bucket stays in its segment.
+        bucket = x.astype(np.int64)
+        pos = bucket + self.start[segment]
+        keep = (x - bucket) < self.threshold[pos]
+        drawn = np.where(keep, self.member[pos], self.alias_member[pos])
+        if not self.all_nonempty:
+            drawn = np.where(self.has_members[segment], drawn, -1)
+        return drawn
+
+
+@dataclass(frozen=True)
+class WarmStarts:
+    """Logged session prefixes to start users from, as step-level CSR arrays.
+
+    Steps are maximal runs of consecutive events on one item (the user model's step), so a
+    logged view followed by a cart of the same item is one step, as in the env.
+
+    Attributes:
+        offsets: (S + 1,) int64 session boundaries over the step arrays (only sessions with
+            at least ``warm_prefix[0]`` steps).
+        item_tokens: (E,) int32 dataset item + 1 of each step.
+        category_tokens: (E,) int32 dataset category + 1 of each step.
+        sim_category: (E,) int64 sim category of each step.
+        streak: (E,) int64 length of the run of equal sim categories ending at each step.
+    """
+
+    offsets: np.ndarray
+    item_tokens: np.ndarray
+    category_tokens: np.ndarray
+    sim_category: np.ndarray
+    streak: np.ndarray
+
+    @property
+    def n_sessions(self) -> int:
+        """Number of usable sessions."""
+        return len(self.offsets) - 1
+
+    @classmethod
+    def from_dataset(
+        cls, dataset: PreparedDataset, model: SimModel, split: str, min_steps: int
+    ) -> WarmStarts:
+        """Collect the sessions of ``split`` that have at least ``min_steps`` steps.
+
+        Raises:
+            UserError: If the split has no such session.
+        """
+        sessions = dataset.sessions(split)
+        items = sessions.items.astype(np.int64)
+        cats = sessions.categories.astype(np.int64)
+        n = len(items)
+        first = np.zeros(n, dtype=bool)
+        first[sessions.offsets[:-1][sessions.lengths > 0]] = True
+        # A new step starts at a session start or where the item changes.
+        new_step = first.copy()
+        if n > 1:
+            new_step[1:] |= items[1:] != items[:-1]
+        keep = np.flatnonzero(new_step)
+        step_items, step_cats = items[keep], cats[keep]
+        step_first = first[keep]
+        session_starts = np.flatnonzero(step_first)
+        lengths = np.diff(np.append(session_starts, len(keep)))
+        usable = lengths >= min_steps
+        if not usable.any():
+            raise UserError(
+                f"{dataset.path}: no session of split {split!r} has {min_steps} steps for a "
+                "warm start; lower env.warm_prefix, pick another env.warm_split, or use "
+                "env.start: stationary"
+            )
+        sim_cat = model.category_of_dataset_category[step_cats].astype(np.int64)
+        # Run length of equal sim categories, restarting at each session start.
+        run_start = step_first.copy()
+        if len(sim_cat) > 1:
+            run_start[1:] |= sim_cat[1:] != sim_cat[:-1]
+        idx = np.arange(len(sim_cat))
+        streak = idx - np.maximum.accumulate(np.where(run_start, idx, 0)) + 1
+        # Keep only usable sessions, re-packed.
+        sel = np.repeat(usable, lengths)
+        new_lengths = lengths[usable]
+        return cls(
+            offsets=np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int64),
+            item_tokens=(step_items[sel] + 1).astype(np.int32),
+            category_tokens=(step_cats[sel] + 1).astype(np.int32),
+            sim_category=sim_cat[sel],
+            streak=streak[sel].astype(np.int64),
+        )
+
+
+class UserDynamics:
+    """The user model with a recommender, for batches of users; see the module docstring.
+
+    Args:
+        model: The SimModel.
+        config: The env settings.
+        dataset: The PreparedDataset the model was fitted on (warm starts and exact item
+            categories); None for stationary starts only.
+
+    Raises:
+        UserError: If the dataset does not match the model, or a warm start is asked for
+            without a dataset.
+    """
+
+    def __init__(
+        self, model: SimModel, config: EnvConfig, dataset: PreparedDataset | None = None
+    ) -> None:
+        self.model = model
+        self.config = config
+        k = model.n_categories
+        self.n_categories = k
+        self.n_actions = min(config.catalog_size, model.n_items)
+        self.history_length = config.history_length
+
+        n_dataset_categories = len(model.category_of_dataset_category)
+        item_ids = np.asarray(model.item_ids, dtype=np.int64)
+        if item_ids.min() < 0:
+            raise UserError("SimModel: item_ids holds a negative dataset item index")
+        if dataset is not None:
+            if dataset.n_categories != n_dataset_categories:
+                raise UserError(
+                    f"{dataset.path}: {dataset.n_categories} categories but the SimModel maps "
+                    f"{n_dataset_categories}; pass the dataset the SimModel was fitted on"
+                )
+            if item_ids.max() >= dataset.n_items:
+                raise UserError(
+                    f"{dataset.path}: {dataset.n_items} items but the SimModel's catalog "
+                    f"names item {int(item_ids.max())}; pass the dataset it was fitted on"
+                )
+            item_dataset_category = dataset.item_category[item_ids].astype(np.int64)
+            self.n_item_tokens = dataset.n_items + 1
+        else:
+            item_dataset_category = self._first_dataset_category(model)[model.item_category]
+            self.n_item_tokens = int(item_ids.max()) + 2
+        self.n_category_tokens = n_dataset_categories + 1
+
+        # Token tables with one extra trailing 0: index -1 (no item) reads the padding token.
+        self.item_token = np.append(item_ids + 1, 0).astype(np.int32)  # (N + 1,)
+        self.item_category_token = np.append(item_dataset_category + 1, 0).astype(np.int32)
+        self.sim_category_token = (self._first_dataset_category(model) + 1).astype(np.int32)
+
+        item_category = np.asarray(model.item_category, dtype=np.int64)
+        self.item_category = item_category
+        self.switch_flat = np.asarray(model.switch_matrix, dtype=np.float64).ravel()  # (K*K,)
+        # Engagement: p = base * (K * interest_k)^a * (n_k * pop_i)^b. The item factor (all
+        # but the interest term) is per item, so it is precomputed.
+        n_in_category = np.bincount(item_category, minlength=k)[item_category]
+        rel_pop = np.maximum(n_in_category * model.item_popularity, 1e-12)
+        self.interest_exponent = float(model.engage_interest_exponent)
+        item_factor = model.engage_base_rate * np.power(rel_pop, model.engage_popularity_exponent)
+        if self.interest_exponent == 1.0:
+            item_factor = item_factor * k  # fold K in: p = factor * interest_k
+        self.item_factor = item_factor.astype(np.float64)
+        # Funnel thresholds on one uniform: buy below p_buy, cart below
+        # p_buy + p_cart * (1 - p_buy): the strongest of independent cart and buy draws.
+        p_cart = np.asarray(model.p_cart, dtype=np.float64)
+        p_buy = np.asarray(model.p_buy, dtype=np.float64)
+        self.buy_threshold = p_buy[item_category]  # (N,)
+        self.cart_threshold = (p_buy + p_cart * (1 - p_buy))[item_category]
+        w = config.reward_weights
+        self.reward_table = np.array([0.0, w.engage, w.cart, w.buy])  # by outcome code
+        self.leave_engaged_factor = float(model.leave_engaged_factor)
+        # miss factor ** misses, misses never exceed max_steps within an episode.
+        self.miss_power = float(model.leave_miss_factor) ** np.arange(config.max_steps + 2)
+
+        self._switch = SegmentSampler(model.switch_matrix.ravel(), np.repeat(np.arange(k), k), k)
+        self._items = SegmentSampler(model.item_popularity, item_category, k)
+        self._initial = SegmentSampler(model.initial_category, np.zeros(k, dtype=np.int64), 1)
+
+        start = config.start
+        if start == "auto":
+            start = "warm" if dataset is not None else "stationary"
+        if start == "warm" and dataset is None:
+            raise UserError(
+                "env.start: warm needs the dataset the SimModel was fitted on; pass dataset= "
+                "or set env.start: stationary"
+            )
+        self.start_mode = start
+        self.warm: WarmStarts | None = None
+        if start == "warm":
+            assert dataset is not None
+            self.warm = WarmStarts.from_dataset(
+                dataset, model, config.warm_split, config.warm_prefix[0]
+            )
+        self.max_session_step = (config.warm_prefix[1] if start == "warm" else 1) + config.max_steps
+        # Streaks and session steps never exceed max_session_step, so tables indexed by them
+        # directly replace the clip-then-index of SimModel.stay_probability/hazard.
+        span = np.maximum(np.arange(self.max_session_step + 2), 1)
+        self.stay_table = model.stay_probability(span).astype(np.float64)
+        self.hazard_table = model.hazard(span).astype(np.float64)
+
+    @staticmethod
+    def _first_dataset_category(model: SimModel) -> np.ndarray:
+        """(K,) a dataset category of each sim category (the first that maps to it).
+
+        Exact for unfolded categories; for the folded ``other`` category it stands for all.
+        """
+        cdc = np.asarray(model.category_of_dataset_category, dtype=np.int64)
+        first = np.full(model.n_categories, -1, dtype=np.int64)
+        # Reverse order so the smallest index wins the assignment.
+        first[cdc[::-1]] = np.arange(len(cdc))[::-1]
+        return first
+
+    # -- starting states -------------------------------------------------------------------
+
+    def start(self, n: int, rng: np.random.Generator) -> UserState:
+        """Starting states of ``n`` new users (warm or stationary, per the config)."""
+        if self.warm is not None:
+            return self._start_warm(n, rng)
+        return self._start_stationary(n, rng)
+
+    def _start_stationary(self, n: int, rng: np.random.Generator) -> UserState:
+        u = rng.random((2, n))
+        category = self._initial.sample(np.zeros(n, dtype=np.int64), u[0])
+        item = self._items.sample(category, u[1])
+        items = np.zeros((n, self.history_length), dtype=np.int32)
+        cats = np.zeros((n, self.history_length), dtype=np.int32)
+        items[:, -1] = self.item_token[item]
+        cats[:, -1] = np.where(
+            item >= 0, self.item_category_token[item], self.sim_category_token[category]
+        )
+        ones = np.ones(n, dtype=np.int64)
+        return UserState(
+            category=category,
+            streak=ones,
+            step=ones.copy(),
+            misses=np.zeros(n, dtype=np.int64),
+            episode_steps=np.zeros(n, dtype=np.int64),
+            items=items,
+            categories=cats,
+        )
+
+    def _start_warm(self, n: int, rng: np.random.Generator) -> UserState:
+        warm = self.warm
+        assert warm is not None
+        lo, hi = self.config.warm_prefix
+        session = rng.integers(warm.n_sessions, size=n)
+        begin = warm.offsets[session]  # (n,)
+        longest = np.minimum(hi, warm.offsets[session + 1] - begin)
+        prefix = lo + np.floor(rng.random(n) * (longest - lo + 1)).astype(np.int64)
+        end = begin + prefix  # exclusive
+        pos = end[:, None] - self.history_length + np.arange(self.history_length)  # (n, L)
+        valid = pos >= begin[:, None]
+        pos = np.maximum(pos, 0)
+        last = end - 1
+        return UserState(
+            category=warm.sim_category[last].copy(),
+            streak=warm.streak[last].copy(),
+            step=prefix,
+            misses=np.zeros(n, dtype=np.int64),
+            episode_steps=np.zeros(n, dtype=np.int64),
+            items=np.where(valid, warm.item_tokens[pos], 0).astype(np.int32),
+            categories=np.where(valid, warm.category_tokens[pos], 0).astype(np.int32),
+        )
+
+    def restart(self, state: UserState, users: np.ndarray, rng: np.random.Generator) -> None:
+        """Replace, IN PLACE, the rows ``users`` of ``state`` by new users' starting states.
+
+        Only for a state returned by :meth:`step` whose arrays have not been handed out yet.
+
+        Args:
+            state: The state to modify.
+            users: (n,) int row indices.
+            rng: The generator.
+        """
+        if len(users) == 0:
+            return
+        fresh = self.start(len(users), rng)
+        for name in (
+            "category",
+            "streak",
+            "step",
+            "misses",
+            "episode_steps",
+            "items",
+            "categories",
+        ):
+            getattr(state, name)[users] = getattr(fresh, name)
+
+    # -- the step --------------------------------------------------------------------------
+
+    def check_actions(self, actions: np.ndarray, n: int) -> np.ndarray:
+        """Validate a batch of actions and return them as int64.
+
+        Raises:
+            InvalidActionError: Naming the offending action and the valid range.
+        """
+        a = np.asarray(actions)
+        if a.shape != (n,):
+            a = a.reshape(-1) if a.size == n else a
+        if a.shape != (n,):
+            raise InvalidActionError(
+                f"actions of shape {np.shape(actions)}, expected ({n},): one catalog item per user"
+            )
+        if a.dtype.kind not in "iu":
+            if a.dtype.kind == "f" and np.all(np.mod(a, 1) == 0):
+                a = a.astype(np.int64)
+            else:
+                raise InvalidActionError(
+                    f"actions of dtype {a.dtype}, expected integers in 0..{self.n_actions - 1}"
+                )
+        lo, hi = a.min(), a.max()
+        if lo < 0 or hi >= self.n_actions:
+            bad = int(lo) if lo < 0 else int(hi)
+            raise InvalidActionError(
+                f"action {bad} is outside the action space Discrete({self.n_actions}): "
+                f"expected a catalog item in 0..{self.n_actions - 1}"
+            )
+        return a.astype(np.int64, copy=False)
+
+    def engage_probability(self, state: UserState, actions: np.ndarray) -> np.ndarray:
+        """(B,) P(engage) of each user with its recommended catalog item.
+
+        Equals :func:`rlrec.models.sim_model.engage_probability` on the users' interest rows,
+        computed from the one interest entry that matters.
+        """
+        return np.minimum(
+            self._engage_probability(state, actions, self.stay_table[state.streak]), 1.0
+        )
+
+    def _engage_probability(
+        self, state: UserState, actions: np.ndarray, stay: np.ndarray
+    ) -> np.ndarray:
+        # Not clipped to 1: it is only compared with uniforms in [0, 1).
+        k = self.item_category[actions]
+        switch = self.switch_flat[state.category * self.n_categories + k]
+        interest_k = switch + stay * ((k == state.category) - switch)  # (1-stay)*sw + stay*eq
+        if self.interest_exponent == 1.0:
+            return self.item_factor[actions] * interest_k
+        return self.item_factor[actions] * np.power(
+            self.n_categories * interest_k, self.interest_exponent
+        )
+
+    def step(
+        self, state: UserState, actions: np.ndarray, rng: np.random.Generator
+    ) -> tuple[UserState, StepResult]:
+        """Advance B users by one recommendation.
+
+        Args:
+            state: Current state (not modified).
+            actions: (B,) int64 catalog items, already checked by :meth:`check_actions`.
+            rng: The generator; this draws exactly (5, B) uniforms.
+
+        Returns:
+            The new state (fresh arrays) and what happened.
+        """
+        cat, streak = state.category, state.streak
+        u = rng.random((_N_UNIFORMS, state.size))
+        stay = self.stay_table[streak]
+        p = self._engage_probability(state, actions, stay)
+        # One uniform for engagement and funnel: given u0 < p, u0 / p is uniform on [0, 1),
+        # so u0 < p * threshold draws the funnel (buy <= cart thresholds nest).
+        u0 = u[0]
+        engaged = u0 < p
+        outcome = (
+            engaged.view(np.int8)
+            + (u0 < p * self.cart_threshold[actions]).view(np.int8)
+            + (u0 < p * self.buy_threshold[actions]).view(np.int8)
+        )
+        reward = self.reward_table[outcome]
+
+        # Organic step, computed for everyone and used where the recommendation was missed:
+        # cheaper than indexing the missed subset for batches of a few thousand.
+        switched = self._switch.sample(cat, u[2]) - cat * self.n_categories
+        organic_category = np.where(u[1] < stay, cat, switched)
+        organic_item = self._items.sample(organic_category, u[3])
+
+        new_cat = np.where(engaged, self.item_category[actions], organic_category)
+        new_streak = np.where(new_cat == cat, streak + 1, 1)
+        item = np.where(engaged, actions, organic_item)
+
+        step = state.step + 1
+        misses = np.where(engaged, 0, state.misses + 1)
+        factor = np.where(engaged, self.leave_engaged_factor, self.miss_power[misses])
+        terminated = u[4] < self.hazard_table[step] * factor
+        episode_steps = state.episode_steps + 1
+        truncated = (episode_steps >= self.config.max_steps) & ~terminated
+
+        items = np.empty_like(state.items)
+        items[:, :-1] = state.items[:, 1:]
+        items[:, -1] = self.item_token[item]
+        cats = np.empty_like(state.categories)
+        cats[:, :-1] = state.categories[:, 1:]
+        if self._items.all_nonempty:
+            cats[:, -1] = self.item_category_token[item]
+        else:
+            cats[:, -1] = np.where(
+                item >= 0, self.item_category_token[item], self.sim_category_token[new_cat]
+            )
+        new_state = UserState(
+            category=new_cat,
+            streak=new_streak,
+            step=step,
+            misses=misses,
+            episode_steps=episode_steps,
+            items=items,
+            categories=cats,
+        )
+        return new_state, StepResult(
+            reward=reward,
+            engaged=engaged,
+            outcome=outcome,
+            item=item,
+            terminated=terminated,
+            truncated=truncated,
+        )
+
+    def interest(self, state: UserState) -> np.ndarray:
+        """(B, K) interest distributions (the hidden state oracles may see)."""
+        return self.model.interest(state.category, state.streak)

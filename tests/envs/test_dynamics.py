@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+
+from rlrec.envs.config import EnvConfig
+from rlrec.envs.dynamics import OUTCOMES, SegmentSampler, UserDynamics, UserState, WarmStarts
+from rlrec.models.sim_model import engage_probability
+
+from .conftest import K, make_sim_model
+
+
+def test_segment_sampler_matches_each_distribution():
+    rng = np.random.default_rng(0)
+    probs = np.array([0.5, 0.0, 0.3, 0.2, 1.0, 0.1, 0.0, 0.9])
+    segment = np.array([0, 0, 0, 0, 1, 2, 2, 2])
+    sampler = SegmentSampler(probs, segment, 4)  # segment 3 is empty
+    n = 200_000
+    for g, members in ((0, [0, 1, 2, 3]), (1, [4]), (2, [5, 6, 7])):
+        drawn = sampler.sample(np.full(n, g), rng.random(n))
+        assert set(np.unique(drawn)) <= {m for m in members if probs[m] > 0}
+        freq = np.bincount(drawn, minlength=8)[members] / n
+        expected = probs[members] / probs[members].sum()
+        np.testing.assert_allclose(freq, expected, atol=0.005)
+    assert (sampler.sample(np.full(10, 3), rng.random(10)) == -1).all()
+
+
+def test_segment_sampler_edge_uniforms_stay_in_segment():
+    probs = np.array([0.2, 0.8, 0.0, 0.6, 0.4, 0.0])
+    segment = np.array([0, 0, 0, 1, 1, 1])
+    sampler = SegmentSampler(probs, segment, 2)
+    u = np.array([0.0, np.nextafter(1.0, 0.0), 0.0, np.nextafter(1.0, 0.0)])
+    drawn = sampler.sample(np.array([0, 0, 1, 1]), u)
+    assert set(drawn[:2]) <= {0, 1} and set(drawn[2:]) <= {3, 4}
+
+
+@pytest.mark.parametrize("exponent", [1.0, 0.7])
+def test_engage_probability_matches_sim_model(exponent):
+    model = make_sim_model(engage_interest_exponent=exponent, engage_base_rate=0.6)
+    dyn = UserDynamics(model, EnvConfig())
+    rng = np.random.default_rng(1)
+    state = dyn.start(500, rng)
+    state.streak = rng.integers(1, 7, 500)
+    actions = rng.integers(0, dyn.n_actions, 500)
+    expected = engage_probability(model, model.interest(state.category, state.streak), actions)
+    np.testing.assert_allclose(dyn.engage_probability(state, actions), expected, rtol=1e-12)
+
+
+def _constant_state(dyn: UserDynamics, n: int, category: int) -> UserState:
+    state = dyn.start(n, np.random.default_rng(0))
+    state.category = np.full(n, category)
+    state.streak = np.full(n, 2)
+    return state
+
+
+def test_step_frequencies_follow_the_user_model():
+    model = make_sim_model(engage_base_rate=0.2)
+    dyn = UserDynamics(model, EnvConfig(max_steps=1000))
+    n = 100_000
+    state = _constant_state(dyn, n, category=1)
+    action = 5  # category 1, the user's own category
+    actions = np.full(n, action)
+    p = dyn.engage_probability(state, actions)[0]
+    new, res = dyn.step(state, actions, np.random.default_rng(2))
+    assert res.engaged.mean() == pytest.approx(p, abs=0.005)
+    # Engaged: moves to the item's category, streak + 1, the item enters the history.
+    e = res.engaged
+    assert (new.category[e] == 1).all() and (new.streak[e] == 3).all()
+    assert (new.items[e, -1] == model.item_ids[action] + 1).all()
+    assert (new.items[:, :-1] == state.items[:, 1:]).all()
+    # Funnel: buy p_buy, cart p_cart * (1 - p_buy) among the engaged.
+    p_cart, p_buy = model.p_cart[1], model.p_buy[1]
+    out = res.outcome[e]
+    assert (out == OUTCOMES.index("buy")).mean() == pytest.approx(p_buy, abs=0.01)
+    assert (out == OUTCOMES.index("cart")).mean() == pytest.approx(p_cart * (1 - p_buy), abs=0.01)
+    assert (res.reward[e] == np.array([0, 1, 3, 10])[out]).all()
+    # Missed: organic stay with stay(2), no reward, misses counted.
+    m = ~e
+    assert (res.reward[m] == 0).all() and (new.misses[m] == 1).all()
+    assert (new.category[m] == 1).mean() == pytest.approx(model.stay_by_streak[1], abs=0.01)
+    switched = m & (new.category != 1)
+    freq = np.bincount(new.category[switched], minlength=K) / switched.sum()
+    np.testing.assert_allclose(freq, model.switch_matrix[1], atol=0.01)
+    # Organic items come from the new category by popularity.
+    assert (model.item_category[res.item[m]] == new.category[m]).all()
+    # Leave: hazard(t + 1) times the engaged factor or miss factor ** misses.
+    hazard = model.hazard(state.step[0] + 1)
+    assert res.terminated[e].mean() == pytest.approx(hazard * 0.7, abs=0.01)
+    assert res.terminated[m].mean() == pytest.approx(hazard * 1.2, abs=0.01)
+
+
+def test_truncation_at_max_steps():
+    dyn = UserDynamics(make_sim_model(leave_hazard=np.array([0.0])), EnvConfig(max_steps=3))
+    rng = np.random.default_rng(0)
+    state = dyn.start(50, rng)
+    for t in range(3):
+        state, res = dyn.step(state, np.zeros(50, dtype=np.int64), rng)
+        assert not res.terminated.any()
+        assert res.truncated.all() == (t == 2)
+
+
+def test_warm_starts_collapse_repeats_and_follow_sessions(sim_model, tiny_dataset):
+    warm = WarmStarts.from_dataset(tiny_dataset, sim_model, "train", min_steps=2)
+    # Sessions 0 (5 steps: item 1 repeated is one step) and 1 (4 steps); session 2 too short.
+    np.testing.assert_array_equal(warm.offsets, [0, 5, 9])
+    np.testing.assert_array_equal(warm.item_tokens[:5], [2, 6, 23, 3, 4])
+    np.testing.assert_array_equal(warm.category_tokens[:5], [2, 2, 3, 3, 4])
+    np.testing.assert_array_equal(warm.streak, [1, 2, 1, 2, 1, 1, 2, 3, 1])
+
+
+def test_warm_start_needs_dataset_and_a_long_enough_session(sim_model, tiny_dataset):
+    from rlrec.errors import UserError
+
+    with pytest.raises(UserError, match="env.start: warm needs the dataset"):
+        UserDynamics(sim_model, EnvConfig(start="warm"))
+    with pytest.raises(UserError, match="no session of split 'valid' has 3 steps"):
+        UserDynamics(
+            sim_model, EnvConfig(warm_split="valid", warm_prefix=(3, 5)), tiny_dataset
+        )
