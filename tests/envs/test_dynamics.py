@@ -109,9 +109,7 @@ def test_warm_starts_collapse_repeats_and_follow_sessions(sim_model, tiny_datase
 def test_warm_start_needs_dataset_and_a_long_enough_session(sim_model, tiny_dataset):
     from rlrec.errors import UserError
 
-    with pytest.raises(UserError, match="env.start: warm needs the dataset"):
+    with pytest.raises(UserError, match=r"env\.start: warm needs the dataset"):
         UserDynamics(sim_model, EnvConfig(start="warm"))
     with pytest.raises(UserError, match="no session of split 'valid' has 3 steps"):
-        UserDynamics(
-            sim_model, EnvConfig(warm_split="valid", warm_prefix=(3, 5)), tiny_dataset
-        )
+        UserDynamics(sim_model, EnvConfig(warm_split="valid", warm_prefix=(3, 5)), tiny_dataset)

@@ -44,7 +44,7 @@ def test_make_through_the_registry_without_time_limit(sim_dir, tiny_dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gym_check_env(env.unwrapped)
-    obs, info = env.reset(seed=0)
+    obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
 
 
@@ -142,12 +142,12 @@ def test_step_before_reset(sim_model):
 
 
 def test_missing_and_inconsistent_sim_model_dirs(tmp_path, sim_dir, tiny_dataset):
-    with pytest.raises(UserError, match="missing sim_model.json"):
+    with pytest.raises(UserError, match=r"missing sim_model\.json"):
         InterestDriftEnv(tmp_path / "nowhere")
     broken = tmp_path / "broken"
     shutil.copytree(sim_dir, broken)
     (broken / ARRAYS_FILE).unlink()
-    with pytest.raises(UserError, match="missing arrays.npz"):
+    with pytest.raises(UserError, match=r"missing arrays\.npz"):
         InterestDriftEnv(broken)
     # Arrays that disagree with each other.
     bad = tmp_path / "bad"
@@ -186,7 +186,7 @@ def test_make_env_from_a_plain_dict_and_pickle(sim_dir, tiny_dataset):
             break
     with pytest.raises(UserError, match=r"env_spec.env: unknown setting\(s\) max_step"):
         make_env({"sim_model": str(sim_dir), "env": {"max_step": 3}})
-    with pytest.raises(UserError, match="sim_model: .* is not a directory"):
+    with pytest.raises(UserError, match=r"sim_model: .* is not a directory"):
         make_env({"sim_model": str(sim_dir / "nope")})
 
 
