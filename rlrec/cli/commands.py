@@ -6,10 +6,12 @@ import argparse
 from collections.abc import Callable
 
 from rlrec.cli import data
+from rlrec.cli import sim as sim_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # One line per verb group; each group's module owns its options and handlers.
 REGISTRY: list[Registrar] = [
     data.register,
+    sim_cli.register,
 ]

@@ -30,7 +30,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ import pandas as pd
 from rlrec.config import from_mapping, to_mapping
 from rlrec.errors import UserError
 from rlrec.models.sim_model import ARRAY_FIELDS, SCALAR_FIELDS, Provenance, SimModel
+
+if TYPE_CHECKING:
+    from rlrec.data.prepare import PrepareConfig
 
 GROUND_TRUTH_JSON = "ground_truth.json"
 GROUND_TRUTH_NPZ = "ground_truth.npz"
@@ -76,7 +79,8 @@ class SyntheticConfig:
             always move to a different item).
         switch_concentration: Log-normal sigma of the switch affinities; larger makes each
             category's switch destinations more specific.
-        n_category_groups: Categories fall into this many groups (e.g. a department);
+        n_category_groups: Categories fall into this many groups (e.g. a department; at
+            most K are used);
             switches inside a group are ``group_affinity`` times likelier.
         group_affinity: Affinity multiplier for switches inside a category's group.
         stay_1: P(stay in the category) after the first step in it (Taobao: 0.48, with
@@ -154,7 +158,7 @@ class SyntheticConfig:
             (0 <= self.p_cart < 1 and 0 <= self.buy_given_cart <= 1, "funnel rates in [0, 1]"),
             (0 <= self.p_fav < 1, "p_fav must be in [0, 1)"),
             (self.sessions_per_user >= 1, "sessions_per_user must be >= 1"),
-            (1 <= self.n_category_groups <= self.n_categories, "n_category_groups in 1..K"),
+            (self.n_category_groups >= 1, "n_category_groups must be >= 1"),
             (
                 self.event_gap_max_s * 1000 < SESSION_GAP_MS
                 and self.session_gap_min_h * _HOUR_MS > SESSION_GAP_MS,
@@ -277,7 +281,7 @@ def true_model(config: SyntheticConfig) -> SimModel:
 
     # Switch destinations: bigger categories attract more, with a per-pair log-normal affinity
     # and a boost inside the category's group (related categories).
-    group = rng.permutation(np.arange(k) % config.n_category_groups)
+    group = rng.permutation(np.arange(k) % min(config.n_category_groups, k))
     affinity = rng.lognormal(0.0, config.switch_concentration, size=(k, k))
     affinity *= np.where(group[:, None] == group[None, :], config.group_affinity, 1.0)
     switch = size[None, :] * affinity
@@ -482,11 +486,20 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
     return frame, GroundTruth(model=model, config=config)
 
 
-def generate_dataset(out: str | os.PathLike[str], config: SyntheticConfig) -> Path:
+def generate_dataset(
+    out: str | os.PathLike[str],
+    config: SyntheticConfig,
+    prepare_config: PrepareConfig | None = None,
+) -> Path:
     """Generate a synthetic log and prepare it into a PreparedDataset at ``out``.
 
-    The log goes through the ordinary preparation (canonical preset, 30-minute sessions,
-    time split) so that it is a dataset like any other; the ground truth is written beside it.
+    The log goes through the ordinary preparation (canonical preset, time split) so that it
+    is a dataset like any other; the ground truth is written beside it.
+
+    Args:
+        out: The dataset directory (replaced atomically if it exists).
+        config: The synthetic world.
+        prepare_config: Preparation settings; the defaults when None.
 
     Returns:
         The dataset directory.
@@ -504,7 +517,7 @@ def generate_dataset(out: str | os.PathLike[str], config: SyntheticConfig) -> Pa
             [raw],
             preset="canonical",
             out=out,
-            config=PrepareConfig(),
+            config=prepare_config or PrepareConfig(),
             extra_files=truth.to_files(),
         )
 

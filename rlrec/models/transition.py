@@ -444,7 +444,10 @@ def fit_sim_model(ds: PreparedDataset, config: FitConfig | None = None) -> SimMo
         "train_steps": n_train_steps,
         "train_sessions": train.n_sessions,
         "switch_smoothing": alpha,
-        "switch_smoothing_valid_loglik": scores,
+        # -inf (a valid switch the candidate gives probability 0) is saved as null.
+        "switch_smoothing_valid_loglik": {
+            a: (v if np.isfinite(v) else None) for a, v in scores.items()
+        },
         "stay_bin_counts": stay_count.astype(int).tolist(),
         "streak_weights": streak_weights.tolist(),
         "catalog_coverage": covered,
