@@ -1,0 +1,560 @@
+"""Preparation: raw event log -> PreparedDataset, out of core with DuckDB.
+
+The pipeline (all in DuckDB, which spills to disk past its memory limit, so a 100M-row log
+needs no more memory than a 1M-row one):
+
+1. **read** the log through its preset (:mod:`rlrec.data.readers`) into canonical columns;
+2. **validate** (:mod:`rlrec.data.validate`): no rows, unknown event types, unparseable or
+   negative timestamps, a column with no ids at all -> one-line :class:`UserError`;
+3. **drop** rows, counting each reason: a missing user / item / time / session id, exact
+   duplicates, items below ``min_item_count``;
+4. **sessionize** (:mod:`rlrec.data.sessionize`) by session id or inactivity gap, and tag
+   each event with its **split** (:mod:`rlrec.data.split`); a session that straddles a cut-off
+   becomes two; sessions shorter than ``min_session_length`` are dropped (counted);
+5. **vocabularies**: contiguous indices for users, items and categories (raw ids kept), and
+   optionally categories derived from co-occurrence (:mod:`rlrec.data.categories`);
+6. **write** ``events.parquet`` sorted by (session, step) and the vocabulary tables with
+   ``COPY ... TO``, then ``meta.json`` last, inside :func:`atomic_directory`.
+
+Row accounting: ``rows.read == rows.kept + sum(rows.dropped.values())`` always holds and is
+checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from rlrec import __version__
+from rlrec.config import to_mapping
+from rlrec.data import validate
+from rlrec.data.categories import cooccurrence_categories
+from rlrec.data.dataset import META_FILE, atomic_directory, write_json_atomic
+from rlrec.data.readers import ReadOptions, Source, open_source, quote_str
+from rlrec.data.schema import (
+    EVENT_TYPES,
+    OPTIONAL_EVENT_COLUMNS,
+    SCHEMA_VERSION,
+    SPLITS,
+    UNKNOWN_CATEGORY,
+)
+from rlrec.data.sessionize import EVENT_ORDER, collect_sessions, number_sessions, sessionize
+from rlrec.data.split import check_fractions, split_code_sql, time_cutoffs
+from rlrec.errors import UserError
+
+DROP_REASONS: tuple[str, ...] = (
+    "missing_user_id",
+    "missing_item_id",
+    "missing_timestamp",
+    "missing_session_id",
+    "exact_duplicate",
+    "min_item_count",
+    "min_session_length",
+)
+"""Reasons a row can be dropped, in the order they are applied; all appear in ``meta.json``."""
+
+DERIVED_CATEGORY_PREFIX = "cooc-"
+"""Raw id prefix of categories derived from co-occurrence (``cooc-0`` is the largest)."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Settings of :func:`prepare`.
+
+    Attributes:
+        session_gap_seconds: Inactivity gap that starts a new session, in seconds (used only
+            when the log has no session id). A gap of exactly this length does not cut.
+        min_item_count: Drop events of items with fewer events (after deduplication);
+            0 keeps everything.
+        min_session_length: Drop sessions with fewer events (after the split cut).
+        split_fractions: ``(train, valid, test)`` shares of events by global time quantile.
+        derive_categories: Replace the categories by communities of item co-occurrence in
+            train sessions (for logs without categories, e.g. DIGINETICA).
+        derived_max_categories: At most this many derived categories (the largest).
+        derived_min_size: Derived communities with fewer items get the unknown category.
+        seed: Seed of the category derivation.
+        threads: DuckDB worker threads.
+        memory_limit_mb: DuckDB memory limit; past it DuckDB spills to a temporary folder
+            beside the output.
+    """
+
+    session_gap_seconds: float = 1800.0
+    min_item_count: int = 0
+    min_session_length: int = 1
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    derive_categories: bool = False
+    derived_max_categories: int = 200
+    derived_min_size: int = 2
+    seed: int = 0
+    threads: int = 2
+    memory_limit_mb: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.session_gap_seconds <= 0:
+            raise UserError(
+                f"session gap {self.session_gap_seconds}s: expected a positive duration"
+            )
+        if self.min_item_count < 0 or self.min_session_length < 1:
+            raise UserError("min_item_count must be >= 0 and min_session_length >= 1")
+        if self.threads < 1 or self.memory_limit_mb < 64:
+            raise UserError("threads must be >= 1 and memory_limit_mb >= 64")
+        check_fractions(self.split_fractions)
+
+
+def prepare(
+    inputs: Sequence[str | os.PathLike[str]],
+    preset: str,
+    out: str | os.PathLike[str],
+    config: PrepareConfig = PrepareConfig(),  # frozen, so a shared default is safe
+    columns: Mapping[str, str] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+    read_options: ReadOptions | None = None,
+) -> Path:
+    """Prepare event logs into a PreparedDataset directory at ``out``.
+
+    Args:
+        inputs: Log files (CSV or Parquet) in the preset's format.
+        preset: One of :data:`rlrec.data.readers.PRESETS`.
+        out: Output directory; replaced atomically if it exists.
+        config: Preparation settings.
+        columns: For the ``generic`` preset: canonical field -> column.
+        extra_files: Files (name -> content) written into the dataset directory, e.g. the
+            synthetic generator's ground truth.
+        read_options: Time unit, delimiter and header for ``generic`` (overrides for others).
+
+    Returns:
+        The dataset directory.
+
+    Raises:
+        UserError: On any problem with the inputs or the settings.
+    """
+    started = time.perf_counter()
+    paths = [Path(p) for p in inputs]
+    final = Path(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for name in extra_files or {}:
+        if name in (META_FILE, "events.parquet", "users.parquet", "items.parquet") or "/" in name:
+            raise ValueError(f"extra file name {name!r} would clash with the dataset's files")
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.spill-", dir=final.parent) as spill:
+        con = duckdb.connect()
+        try:
+            _configure(con, config, Path(spill))
+            source = open_source(con, paths, preset, columns, read_options)
+            with atomic_directory(final) as tmp:
+                meta = _run(con, source, config, tmp)
+                for name, blob in (extra_files or {}).items():
+                    (tmp / name).write_bytes(blob)
+                meta["prepare_seconds"] = round(time.perf_counter() - started, 3)
+                # meta.json last: its presence is what makes the directory a dataset.
+                write_json_atomic(tmp / META_FILE, meta)
+        finally:
+            con.close()
+    return final
+
+
+def _configure(con: duckdb.DuckDBPyConnection, config: PrepareConfig, spill: Path) -> None:
+    con.execute(f"SET threads = {int(config.threads)}")
+    con.execute(f"SET memory_limit = '{int(config.memory_limit_mb)}MB'")
+    con.execute(f"SET temp_directory = {quote_str(str(spill))}")
+    # Row order is fixed explicitly where it matters (ORDER BY); letting DuckDB drop
+    # insertion order elsewhere lets it stream and parallelize.
+    con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection, source: Source, config: PrepareConfig, tmp: Path
+) -> dict[str, Any]:
+    label = ", ".join(str(p) for p in source.files)
+    _materialize(con, source)
+    counts = _source_counts(con)
+    rows_read = counts["rows"]
+    validate.check_data_rows(label, rows_read)
+    _check_source(con, source, counts, label)
+
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    dropped["missing_user_id"] = counts["no_user"]
+    dropped["missing_item_id"] = counts["no_item"]
+    dropped["missing_timestamp"] = counts["no_ts"]
+    by_session_id = counts["has_session"] > 0
+    if by_session_id:
+        dropped["missing_session_id"] = counts["no_session"]
+    present = counts["rows"] - sum(dropped.values())
+    if present == 0:
+        raise UserError(
+            f"{label}: every row lacks a user, item, time or session id; "
+            "check --columns and the file's contents"
+        )
+
+    session_filter = " AND session IS NOT NULL" if by_session_id else ""
+    # Only the columns the log has: every column is carried through two sorts.
+    carried = ["user", "item", "event", "ts"] + [
+        c for c in ("category", "session", *source.optional_columns) if source.has(c)
+    ]
+    con.execute(
+        f"CREATE TABLE clean AS SELECT DISTINCT {', '.join(carried)} FROM src "
+        f"WHERE user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL{session_filter}"
+    )
+    con.execute("DROP TABLE src")
+    n_clean = _scalar(con, "SELECT count(*) FROM clean")
+    dropped["exact_duplicate"] = present - n_clean
+
+    if config.min_item_count > 0:
+        before = n_clean
+        con.execute(
+            "DELETE FROM clean WHERE item IN (SELECT item FROM clean GROUP BY item "
+            f"HAVING count(*) < {int(config.min_item_count)})"
+        )
+        n_clean = _scalar(con, "SELECT count(*) FROM clean")
+        dropped["min_item_count"] = before - n_clean
+        if n_clean == 0:
+            raise UserError(f"--min-item-count {config.min_item_count} drops every event; lower it")
+
+    valid_start, test_start = time_cutoffs(con, "clean", config.split_fractions)
+    gap_ms = None if by_session_id else round(config.session_gap_seconds * 1000)
+    cuts = sessionize(con, "clean", "sessd", gap_ms, split_code_sql(valid_start, test_start))
+    con.execute("DROP TABLE clean")
+    n_sessions, short_events = collect_sessions(
+        con, "sessd", "kept_sessions", config.min_session_length
+    )
+    dropped["min_session_length"] = short_events
+    if n_sessions == 0:
+        raise UserError(
+            f"--min-session-length {config.min_session_length} drops every session; lower it"
+        )
+    if short_events:
+        con.execute(
+            "CREATE OR REPLACE TABLE sessd AS SELECT e.* FROM sessd e SEMI JOIN kept_sessions k "
+            "ON e.user = k.user AND e.sess = k.sess AND e.split = k.split"
+        )
+
+    _vocab(con, "users", "SELECT user AS raw, count(*) AS count FROM kept_sessions GROUP BY user")
+    number_sessions(con, "kept_sessions", "users", "sessions")
+    _vocab(con, "items", "SELECT item AS raw, count(*) AS count FROM sessd GROUP BY item")
+    category_source = _categories(con, config)
+
+    kept = _scalar(con, "SELECT count(*) FROM sessd")
+    if kept + sum(dropped.values()) != rows_read:  # a bug, not a user error
+        raise AssertionError(f"row accounting broken: {kept} + {dropped} != {rows_read}")
+
+    _write_tables(con, source, tmp)
+    split_rows = con.execute(
+        "SELECT split, count(*), sum(n) FROM sessions GROUP BY split ORDER BY split"
+    ).fetchall()
+    per_split = {name: {"events": 0, "sessions": 0} for name in SPLITS}
+    for code, n_sess, n_events in split_rows:
+        per_split[SPLITS[code]] = {"events": int(n_events), "sessions": int(n_sess)}
+    span = con.execute("SELECT min(ts), max(ts) FROM sessd").fetchall()[0]
+    assert span is not None
+    no_category = _scalar(
+        con, f"SELECT sum(n) FROM ev_cat WHERE raw = {quote_str(UNKNOWN_CATEGORY)}"
+    )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "rlrec_version": __version__,
+        "source": {
+            "preset": source.preset,
+            "inputs": [str(p) for p in source.files],
+            **source.notes,
+        },
+        "config": to_mapping(config),
+        "rows": {"read": rows_read, "kept": kept, "dropped": dropped},
+        "sessionized_by": "session_id" if by_session_id else "inactivity_gap",
+        "session_gap_seconds": None if by_session_id else config.session_gap_seconds,
+        "sessions_cut_at_split": cuts,
+        "split": {
+            "fractions": list(config.split_fractions),
+            "cutoffs_ms": {"valid": valid_start, "test": test_start},
+            **per_split,
+        },
+        "category_source": category_source,
+        "events_with_unknown_category": no_category,
+        "time_range_ms": [int(span[0]), int(span[1])],
+        "event_types": list(EVENT_TYPES),
+        "optional_columns": list(source.optional_columns),
+        "vocab": {
+            "users": _scalar(con, "SELECT count(*) FROM users"),
+            "items": _scalar(con, "SELECT count(*) FROM items"),
+            "categories": _scalar(con, "SELECT count(*) FROM categories"),
+            "sessions": n_sessions,
+        },
+    }
+
+
+def _materialize(con: duckdb.DuckDBPyConnection, source: Source) -> None:
+    try:
+        con.execute(f"CREATE TABLE src AS {source.select_sql()}")
+    except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+        raise validate.duckdb_read_error(exc, source.preset, source.expected) from None
+
+
+def _source_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    row = con.execute(
+        """
+        SELECT count(*),
+               count(*) FILTER (WHERE user IS NULL),
+               count(*) FILTER (WHERE user IS NOT NULL AND item IS NULL),
+               count(*) FILTER (WHERE user IS NOT NULL AND item IS NOT NULL AND ts IS NULL),
+               count(*) FILTER (WHERE user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL
+                                AND session IS NULL),
+               count(session),
+               count(*) FILTER (WHERE event IS NULL),
+               count(*) FILTER (WHERE time_bad),
+               count(*) FILTER (WHERE ts < 0),
+               count(user), count(item), count(ts)
+        FROM src
+        """
+    ).fetchall()[0]
+    assert row is not None
+    keys = (
+        "rows",
+        "no_user",
+        "no_item",
+        "no_ts",
+        "no_session",
+        "has_session",
+        "bad_event",
+        "bad_time",
+        "negative_time",
+        "users",
+        "items",
+        "times",
+    )
+    return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}
+
+
+def _check_source(
+    con: duckdb.DuckDBPyConnection, source: Source, counts: dict[str, int], label: str
+) -> None:
+    """Whole-table checks; the offending line is located only once a check has failed."""
+    for key, name in (("users", "user"), ("items", "item"), ("times", "time")):
+        if counts[key] == 0 and counts["bad_time" if name == "time" else key] == 0:
+            raise UserError(
+                f"{label}: no row has a {name} value (missing ids in every row); "
+                "check --columns / --preset and the file's contents"
+            )
+    if counts["bad_event"]:
+        values, where = _locate(con, source, "event IS NULL", source.event_raw or "NULL")
+        validate.unknown_events_error(
+            where, source.event_column or "event", [str(v) for v in values], ""
+        )
+    if counts["bad_time"]:
+        values, where = _locate(con, source, "time_bad", "NULL")
+        raise UserError(
+            f"{where}: unparseable timestamp; expected an ISO 8601 date-time such as "
+            "2019-11-24 00:00:34+00:00 (or pass --time-unit s|ms for numbers); fix the value"
+        )
+    if counts["negative_time"]:
+        values, where = _locate(con, source, "ts < 0", "ts")
+        raise UserError(
+            f"{where}: negative timestamp ({values[0]} ms); expected times since 1970 "
+            "(check --time-unit) or fix the row"
+        )
+
+
+def _locate(
+    con: duckdb.DuckDBPyConnection, source: Source, where: str, value_expr: str
+) -> tuple[list[Any], str]:
+    """Distinct offending values (up to 20) and ``FILE line N`` of the first offending row."""
+    # File order only holds in one thread with insertion order kept; this runs on errors only.
+    con.execute("SET threads = 1")
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        rows = con.execute(
+            source.located_sql(where, extra=f"{value_expr} AS _value") + " LIMIT 10000"
+        ).fetchall()
+    finally:
+        con.execute("SET preserve_insertion_order = false")
+    if not rows:
+        return [], ", ".join(str(p) for p in source.files)
+    values = list(dict.fromkeys(r[-1] for r in rows))[:20]
+    return values, f"{rows[0][0]} line {rows[0][1]}"
+
+
+def _vocab(con: duckdb.DuckDBPyConnection, table: str, counts_sql: str) -> None:
+    """Create ``table (raw, idx, count)``: contiguous indices in natural order of raw ids.
+
+    Numeric ids sort as numbers (so ``'9'`` comes before ``'10'``), other ids as text.
+    """
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE {table} AS
+        SELECT raw, count,
+               row_number() OVER (ORDER BY TRY_CAST(raw AS DOUBLE) NULLS LAST,
+                                  CAST(raw AS VARCHAR)) - 1 AS idx
+        FROM ({counts_sql})
+        """
+    )
+
+
+def _categories(con: duckdb.DuckDBPyConnection, config: PrepareConfig) -> str:
+    """Create ``categories (raw, idx, count)`` and ``ev_cat`` (category idx per event).
+
+    Also ``item_categories (raw, idx)``: each item's category (its most frequent known one).
+    Returns the category source recorded in ``meta.json``.
+    """
+    unknown = quote_str(UNKNOWN_CATEGORY)
+    if config.derive_categories:
+        category_source = "cooccurrence"
+        edges = con.sql(
+            f"""
+            SELECT a, b, count(*) AS w FROM (
+                SELECT i.idx AS a,
+                       lead(i.idx) OVER (PARTITION BY e.user, e.sess, e.split
+                                         ORDER BY e.{EVENT_ORDER.replace(", ", ", e.")}) AS b
+                FROM sessd e JOIN items i ON e.item = i.raw WHERE e.split = 0
+            ) WHERE b IS NOT NULL AND a <> b GROUP BY a, b
+            """
+        ).fetchnumpy()
+        n_items = _scalar(con, "SELECT count(*) FROM items")
+        labels = cooccurrence_categories(
+            edges["a"],
+            edges["b"],
+            edges["w"].astype(np.float64),
+            n_items,
+            seed=config.seed,
+            max_categories=config.derived_max_categories,
+            min_size=config.derived_min_size,
+        )
+        derived = {"item_idx": np.arange(n_items, dtype=np.int64), "label": labels}
+        con.register("_derived", derived)
+        con.execute(
+            f"""
+            CREATE TABLE item_cat_raw AS
+            SELECT i.raw AS item,
+                   CASE WHEN d.label < 0 THEN {unknown}
+                        ELSE '{DERIVED_CATEGORY_PREFIX}' || CAST(d.label AS VARCHAR) END AS cat
+            FROM items i JOIN _derived d ON i.idx = d.item_idx
+            """
+        )
+        con.unregister("_derived")
+        cat_expr = "ic.cat"
+        join = "JOIN item_cat_raw ic ON e.item = ic.item"
+        order = (
+            f"CASE WHEN raw = {unknown} THEN 1 ELSE 0 END, "
+            f"TRY_CAST(replace(raw, '{DERIVED_CATEGORY_PREFIX}', '') AS BIGINT)"
+        )
+    else:
+        has = _has_column(con, "sessd", "category")
+        category_source = "data" if has and _has_categories(con) else "none"
+        category = "CAST(e.category AS VARCHAR)" if has else "NULL"
+        cat_expr = f"coalesce({category}, {unknown})"
+        join = ""
+        order = (
+            f"CASE WHEN raw = {unknown} THEN 1 ELSE 0 END, TRY_CAST(raw AS DOUBLE) NULLS LAST, raw"
+        )
+    con.execute(
+        f"""
+        CREATE TABLE ev_cat AS SELECT e.item, {cat_expr} AS raw, count(*) AS n
+        FROM sessd e {join} GROUP BY ALL
+        """
+    )
+    con.execute(
+        f"""
+        CREATE TABLE categories AS
+        SELECT raw, count, row_number() OVER (ORDER BY {order}) - 1 AS idx
+        FROM (SELECT raw, sum(n) AS count FROM ev_cat GROUP BY raw)
+        """
+    )
+    # An item's category: its most frequent known category (unknown only if it has none).
+    con.execute(
+        f"""
+        CREATE TABLE item_categories AS
+        SELECT item AS raw, idx FROM (
+            SELECT ec.item, c.idx, row_number() OVER (
+                PARTITION BY ec.item ORDER BY (ec.raw = {unknown}), ec.n DESC, c.idx) AS rank
+            FROM ev_cat ec JOIN categories c ON ec.raw = c.raw
+        ) WHERE rank = 1
+        """
+    )
+    if config.derive_categories:
+        con.execute(
+            "CREATE TABLE ev_cat_map AS SELECT ic.item, c.idx FROM item_cat_raw ic "
+            "JOIN categories c ON ic.cat = c.raw"
+        )
+    return category_source
+
+
+def _has_categories(con: duckdb.DuckDBPyConnection) -> bool:
+    return _scalar(con, "SELECT count(category) FROM sessd") > 0
+
+
+def _write_tables(con: duckdb.DuckDBPyConnection, source: Source, tmp: Path) -> None:
+    unknown = quote_str(UNKNOWN_CATEGORY)
+    if _table_exists(con, "ev_cat_map"):
+        cat_join = "JOIN ev_cat_map cm ON e.item = cm.item"
+        cat_idx = "cm.idx"
+    elif _has_column(con, "sessd", "category"):
+        cat_join = "LEFT JOIN categories c ON CAST(e.category AS VARCHAR) = c.raw"
+        cat_idx = f"coalesce(c.idx, (SELECT idx FROM categories WHERE raw = {unknown}))"
+    else:
+        cat_join = ""
+        cat_idx = f"(SELECT idx FROM categories WHERE raw = {unknown})"
+    optional = "".join(
+        f", CAST(e.{name} AS {_SQL_TYPES[OPTIONAL_EVENT_COLUMNS[name]]}) AS {name}"
+        for name in source.optional_columns
+    )
+    events_file = quote_str(str(tmp / "events.parquet"))
+    con.execute(
+        f"""
+        COPY (
+            SELECT CAST(s.user_idx AS INTEGER) AS user,
+                   CAST(s.session AS BIGINT) AS session,
+                   e.step,
+                   CAST(i.idx AS INTEGER) AS item,
+                   CAST({cat_idx} AS INTEGER) AS category,
+                   CAST(e.event AS TINYINT) AS event,
+                   CAST(e.ts AS BIGINT) AS timestamp,
+                   CAST(e.split AS TINYINT) AS split{optional}
+            FROM sessd e
+            JOIN sessions s ON e.user = s.user AND e.sess = s.sess AND e.split = s.split
+            JOIN items i ON e.item = i.raw
+            {cat_join}
+            ORDER BY session, e.step
+        ) TO {events_file} (FORMAT parquet)
+        """
+    )
+    tables = {
+        "users": "SELECT CAST(idx AS INTEGER) AS user, CAST(raw AS VARCHAR) AS raw_id "
+        "FROM users ORDER BY idx",
+        "items": "SELECT CAST(i.idx AS INTEGER) AS item, CAST(i.raw AS VARCHAR) AS raw_id, "
+        "CAST(ic.idx AS INTEGER) AS category, CAST(i.count AS BIGINT) AS count "
+        "FROM items i JOIN item_categories ic ON i.raw = ic.raw ORDER BY i.idx",
+        "categories": "SELECT CAST(idx AS INTEGER) AS category, CAST(raw AS VARCHAR) AS raw_id, "
+        "CAST(count AS BIGINT) AS count FROM categories ORDER BY idx",
+    }
+    for name, sql in tables.items():
+        target = quote_str(str(tmp / f"{name}.parquet"))
+        con.execute(f"COPY ({sql}) TO {target} (FORMAT parquet)")
+
+
+_SQL_TYPES = {"int16": "SMALLINT", "float64": "DOUBLE", "float32": "FLOAT"}
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    sql = (
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = "
+        f"{quote_str(table)} AND column_name = {quote_str(column)}"
+    )
+    return _scalar(con, sql) > 0
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return (
+        _scalar(con, f"SELECT count(*) FROM duckdb_tables() WHERE table_name = {quote_str(name)}")
+        > 0
+    )
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchall()[0]
+    assert row is not None
+    return int(row[0] or 0)

@@ -1,0 +1,861 @@
+"""Readers: map a raw event log (CSV or Parquet, by preset or column map) onto canonical rows.
+
+A reader does not load anything itself. It checks the files' structure (cheaply, from their
+first lines), then describes the log as a DuckDB query that yields one row per raw event with
+the canonical columns below; :mod:`rlrec.data.prepare` runs that query out of core.
+
+Canonical source columns (the table ``src`` that preparation materializes):
+
+=============== ============================================================================
+``user``        raw user id (BIGINT or VARCHAR); NULL when missing
+``item``        raw item id (BIGINT or VARCHAR); NULL when missing
+``category``    raw category id (VARCHAR or BIGINT); NULL when the event has none
+``event``       TINYINT code into ``schema.EVENT_TYPES``; a missing value counts as ``view``;
+                NULL marks an unknown event type (an error)
+``ts``          BIGINT milliseconds since the Unix epoch; NULL when missing or unparseable
+``time_bad``    BOOLEAN: a time value was present but could not be parsed
+``session``     raw session id or NULL (then sessions come from the inactivity gap)
+``position``    INTEGER slot of a logged recommendation, or NULL
+``propensity``  DOUBLE logging propensity, or NULL
+``reward``      DOUBLE logged reward, or NULL
+=============== ============================================================================
+
+Presets: ``taobao``, ``retailrocket``, ``diginetica``, ``obd``, ``generic`` (a column map)
+and ``canonical`` (columns already named ``user, item, time, ...``; time in ms).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+
+from rlrec.config import from_mapping, load_yaml
+from rlrec.data import validate
+from rlrec.data.schema import (
+    CANONICAL_FIELDS,
+    EVENT_ALIASES,
+    EVENT_CODE,
+    EVENT_TYPES,
+    REQUIRED_FIELDS,
+)
+from rlrec.errors import UserError
+
+PRESETS: tuple[str, ...] = ("taobao", "retailrocket", "diginetica", "obd", "generic", "canonical")
+"""Names accepted by ``--preset``."""
+
+TimeUnit = Literal["s", "ms", "iso"]
+
+SOURCE_COLUMNS: tuple[str, ...] = (
+    "user",
+    "item",
+    "category",
+    "event",
+    "ts",
+    "time_bad",
+    "session",
+    "position",
+    "propensity",
+    "reward",
+)
+"""Columns of the canonical source table, in order."""
+
+OPTIONAL_SOURCE_COLUMNS: tuple[str, ...] = ("position", "propensity", "reward")
+
+NULL_STRINGS: tuple[str, ...] = ("", "NA", "NaN", "nan", "NULL", "null", "None")
+"""CSV field values read as missing in generic files."""
+
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"}
+_INTEGER_TYPES |= {f"U{t}" for t in _INTEGER_TYPES}
+_FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
+_TIMESTAMP_TYPES = {"DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS"}
+_TIMESTAMP_TYPES |= {"TIMESTAMP_MS", "TIMESTAMP_S", "TIMESTAMPTZ"}
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a file; presets fix these themselves, except where given here.
+
+    Attributes:
+        time_unit: Unit of the time column: ``s`` or ``ms`` since the Unix epoch, or ``iso``
+            date-time strings. None: the preset's unit (generic: guessed from the first rows
+            and recorded in ``meta.json``).
+        delimiter: CSV field delimiter; None: the preset's (generic: ``,``).
+        header: Whether CSV files start with a header line; None: the preset's (generic: yes).
+    """
+
+    time_unit: TimeUnit | None = None
+    delimiter: str | None = None
+    header: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise UserError(
+                f"--delimiter {self.delimiter!r}: expected a single character such as ',' or ';'"
+            )
+
+
+@dataclass(frozen=True)
+class ColumnMapFile:
+    """A generic-preset column map stored in YAML (``--columns FILE.yaml``).
+
+    Attributes:
+        columns: Canonical field -> the file's column (name, or 0-based index without header).
+        time_unit: As :attr:`ReadOptions.time_unit`.
+        delimiter: As :attr:`ReadOptions.delimiter`.
+        header: As :attr:`ReadOptions.header`.
+    """
+
+    columns: dict[str, str] = field(default_factory=dict)
+    time_unit: TimeUnit | None = None
+    delimiter: str | None = None
+    header: bool | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A raw log described as DuckDB SQL producing the canonical source columns.
+
+    Attributes:
+        preset: The preset that read it.
+        files: The event files (not the auxiliary ones such as RetailRocket item properties).
+        relation: SQL ``FROM`` target (a table function or subquery) for the fast read.
+        located_relation: The same, with ``_file`` (VARCHAR) and ``_line`` (BIGINT, 1-based
+            line or row number) columns, read in file order; used only to locate an error.
+        exprs: Canonical source column -> SQL expression over the relation's columns.
+        event_raw: SQL expression of the raw event value (for listing unknown ones), or None.
+        event_column: Name of the file's event column, for messages.
+        expected: What the preset expects, for messages (e.g. ``"integer ids"``).
+        optional_columns: Which of ``position, propensity, reward`` the log has.
+        notes: Facts recorded in ``meta.json`` (e.g. the guessed time unit).
+    """
+
+    preset: str
+    files: tuple[Path, ...]
+    relation: str
+    located_relation: str
+    exprs: dict[str, str]
+    event_raw: str | None
+    event_column: str | None
+    expected: str
+    optional_columns: tuple[str, ...] = ()
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def has(self, column: str) -> bool:
+        """Whether the log has this canonical source column (else it is all NULL)."""
+        return not self.exprs[column].startswith("CAST(NULL ")
+
+    def select_sql(self) -> str:
+        """The query yielding the canonical source columns."""
+        cols = ", ".join(f"{self.exprs[c]} AS {c}" for c in SOURCE_COLUMNS)
+        return f"SELECT {cols} FROM {self.relation}"
+
+    def located_sql(self, where: str, extra: str = "") -> str:
+        """Rows of the located relation where ``where`` (over canonical columns) holds.
+
+        The result has ``_file``, ``_line``, the canonical columns and ``extra`` columns.
+        """
+        cols = ", ".join(f"{self.exprs[c]} AS {c}" for c in SOURCE_COLUMNS)
+        extra_cols = f", {extra}" if extra else ""
+        inner = f"SELECT _file, _line, {cols}{extra_cols} FROM {self.located_relation}"
+        return f"SELECT * FROM ({inner}) WHERE {where} ORDER BY _file, _line"
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+    """Parse ``user=COL,item=COL,time=COL[,...]`` into a mapping.
+
+    Raises:
+        UserError: On a malformed pair or an unknown canonical field.
+    """
+    mapping: dict[str, str] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        name, sep, column = part.partition("=")
+        name, column = name.strip(), column.strip()
+        if not sep or not name or not column:
+            raise UserError(
+                f"--columns: {part.strip()!r} is not FIELD=COLUMN; "
+                "write e.g. user=visitor_id,item=sku,time=ts"
+            )
+        mapping[name] = column
+    return mapping
+
+
+def load_column_map(path: str | os.PathLike[str]) -> tuple[dict[str, str], ReadOptions]:
+    """Read a YAML column map: ``columns: {user: COL, ...}`` plus optional read options.
+
+    A YAML file that is just ``{user: COL, item: COL, time: COL}`` is accepted too.
+
+    Raises:
+        UserError: On invalid YAML or an unknown setting.
+    """
+    data = load_yaml(path)
+    if "columns" not in data:
+        data = {"columns": data}
+    data["columns"] = {str(k): str(v) for k, v in (data.get("columns") or {}).items()}
+    parsed = from_mapping(ColumnMapFile, data, where=str(path))
+    return dict(parsed.columns), ReadOptions(parsed.time_unit, parsed.delimiter, parsed.header)
+
+
+def open_source(
+    con: duckdb.DuckDBPyConnection,
+    inputs: Sequence[Path],
+    preset: str,
+    columns: Mapping[str, str] | None = None,
+    options: ReadOptions | None = None,
+) -> Source:
+    """Check the inputs' structure and describe them as a :class:`Source`.
+
+    Args:
+        con: A DuckDB connection (used to inspect Parquet schemas).
+        inputs: Log files; their order is kept in ``meta.json``.
+        preset: One of :data:`PRESETS`.
+        columns: For ``generic``: canonical field -> column. Ignored for other presets
+            (an error if given, because it would be silently unused).
+        options: Read options overriding the preset's.
+
+    Raises:
+        UserError: On an unknown preset, missing/empty files, or a file that does not match
+            the preset (wrong delimiter, missing columns, unexpected header, wrong types).
+    """
+    options = options or ReadOptions()
+    paths = tuple(Path(p) for p in inputs)
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: unknown preset; choose one of {', '.join(PRESETS)}")
+    if columns and preset not in ("generic", "canonical"):
+        raise UserError(
+            f"--columns is only used with --preset generic; the {preset} preset fixes its columns"
+        )
+    validate.check_input_files(paths)
+    if preset == "taobao":
+        return _taobao(paths, options)
+    if preset == "retailrocket":
+        return _retailrocket(paths, options)
+    if preset == "diginetica":
+        return _diginetica(paths, options)
+    if preset == "obd":
+        return _obd(paths, options)
+    if preset == "canonical":
+        return _mapped(con, paths, None, options, preset="canonical")
+    if not columns:
+        raise UserError(
+            "--preset generic needs --columns user=COL,item=COL,time=COL[,category=COL,...] "
+            "(or --columns FILE.yaml)"
+        )
+    return _mapped(con, paths, dict(columns), options, preset="generic")
+
+
+# ----------------------------------------------------------------------------- SQL helpers
+
+
+def quote_ident(name: str) -> str:
+    """Quote a column name for SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_str(text: str) -> str:
+    """Quote a string literal for SQL."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def event_code_sql(expr: str) -> str:
+    """SQL mapping a raw event name to its code; NULL input -> view (0), unknown -> NULL."""
+    names = {**{name: name for name in EVENT_TYPES}, **EVENT_ALIASES}
+    cases = " ".join(f"WHEN {quote_str(raw)} THEN {EVENT_CODE[c]}" for raw, c in names.items())
+    return (
+        f"CAST(CASE WHEN {expr} IS NULL THEN 0 "
+        f"ELSE CASE lower(trim(CAST({expr} AS VARCHAR))) {cases} END END AS TINYINT)"
+    )
+
+
+def _event_code_int_sql(expr: str) -> str:
+    last = len(EVENT_TYPES) - 1
+    return (
+        f"CAST(CASE WHEN {expr} IS NULL THEN 0 WHEN {expr} BETWEEN 0 AND {last} "
+        f"THEN {expr} END AS TINYINT)"
+    )
+
+
+def _file_list(paths: Sequence[Path]) -> str:
+    return "[" + ", ".join(quote_str(str(p)) for p in paths) + "]"
+
+
+def _csv_relation(
+    paths: Sequence[Path],
+    delimiter: str,
+    header: bool,
+    types: Mapping[str, str],
+    located: bool,
+    nullstr: Sequence[str] = ("",),
+) -> str:
+    """A ``read_csv`` call with fixed column names and types (no type sniffing).
+
+    Fixing the types makes a bad value fail with its line instead of turning a whole column
+    into strings, and skips DuckDB's sniffing pass over the data.
+    """
+    cols = "{" + ", ".join(f"{quote_str(k)}: {quote_str(v)}" for k, v in types.items()) + "}"
+    nulls = "[" + ", ".join(quote_str(s) for s in nullstr) + "]"
+    call = (
+        f"read_csv({_file_list(paths)}, delim={quote_str(delimiter)}, header={str(header).lower()},"
+        f" columns={cols}, nullstr={nulls}, quote='\"', escape='\"', auto_detect=false"
+        f"{', filename=true' if located else ''})"
+    )
+    if not located:
+        return call
+    # One row per line in file order (the located query runs single-threaded); +1 for a header.
+    offset = 1 if header else 0
+    return (
+        f"(SELECT *, filename AS _file, row_number() OVER (PARTITION BY filename) + {offset} "
+        f"AS _line FROM {call})"
+    )
+
+
+def _parquet_relation(paths: Sequence[Path], located: bool) -> str:
+    if not located:
+        return f"read_parquet({_file_list(paths)})"
+    return (
+        f"(SELECT *, filename AS _file, file_row_number + 1 AS _line FROM "
+        f"read_parquet({_file_list(paths)}, filename=true, file_row_number=true))"
+    )
+
+
+def _null(type_name: str) -> str:
+    return f"CAST(NULL AS {type_name})"
+
+
+def _base_exprs() -> dict[str, str]:
+    return {
+        "category": _null("VARCHAR"),
+        "session": _null("VARCHAR"),
+        "position": _null("INTEGER"),
+        "propensity": _null("DOUBLE"),
+        "reward": _null("DOUBLE"),
+        "time_bad": "false",
+    }
+
+
+def _sniff_all(paths: Sequence[Path], delimiter: str) -> list[validate.CsvShape]:
+    return [validate.sniff_csv(p, delimiter) for p in paths]
+
+
+def _reject_parquet(paths: Sequence[Path], preset: str) -> None:
+    for p in paths:
+        if p.suffix.lower() in _PARQUET_SUFFIXES:
+            raise UserError(
+                f"{p}: the {preset} preset reads CSV files; for Parquet use --preset generic "
+                "--columns or --preset canonical"
+            )
+
+
+# ----------------------------------------------------------------------------- presets
+
+_TAOBAO_LAYOUT = "user,item,category,behavior,unix_seconds"
+
+
+def _taobao(paths: tuple[Path, ...], options: ReadOptions) -> Source:
+    _reject_parquet(paths, "taobao")
+    delim = options.delimiter or ","
+    for shape in _sniff_all(paths, delim):
+        validate.check_field_count(shape, 5, "taobao", _TAOBAO_LAYOUT)
+        validate.check_no_header(shape, (0, 1, 2, 4), "taobao")
+    types = {
+        "user_id": "BIGINT",
+        "item_id": "BIGINT",
+        "category_id": "BIGINT",
+        "behavior": "VARCHAR",
+        "unix_seconds": "BIGINT",
+    }
+    unit = options.time_unit or "s"
+    exprs = {
+        **_base_exprs(),
+        "user": "user_id",
+        "item": "item_id",
+        "category": "category_id",
+        "event": event_code_sql("behavior"),
+        "ts": _time_sql("unix_seconds", unit, numeric=True),
+    }
+    if unit == "iso":
+        raise UserError("--time-unit iso: Taobao timestamps are Unix seconds; drop --time-unit")
+    return Source(
+        preset="taobao",
+        files=paths,
+        relation=_csv_relation(paths, delim, False, types, located=False),
+        located_relation=_csv_relation(paths, delim, False, types, located=True),
+        exprs=exprs,
+        event_raw="behavior",
+        event_column="behavior",
+        expected=f"no header and integer ids: {_TAOBAO_LAYOUT}",
+        notes={"time_unit": unit},
+    )
+
+
+_RR_EVENTS = ("timestamp", "visitorid", "event", "itemid")
+_RR_PROPERTIES = ("timestamp", "itemid", "property", "value")
+
+
+def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
+    _reject_parquet(paths, "retailrocket")
+    delim = options.delimiter or ","
+    events: list[Path] = []
+    properties: list[Path] = []
+    for shape in _sniff_all(paths, delim):
+        header = {name.strip() for name in (shape.first_rows[0] if shape.first_rows else ())}
+        if set(_RR_PROPERTIES) <= header and "visitorid" not in header:
+            properties.append(shape.path)
+        else:
+            validate.check_header(
+                shape,
+                _RR_EVENTS,
+                "retailrocket",
+                fix="pass events.csv (and optionally item_properties_part*.csv for categories)",
+            )
+            events.append(shape.path)
+    if not events:
+        raise UserError(
+            f"{paths[0]}: only item_properties files given; the retailrocket preset also "
+            "needs events.csv (timestamp,visitorid,event,itemid,transactionid)"
+        )
+    ev_types = {name: "VARCHAR" for name in _header_of(events[0], delim)}
+    ev_types.update(timestamp="BIGINT", visitorid="BIGINT", itemid="BIGINT", event="VARCHAR")
+    unit = options.time_unit or "ms"
+
+    def relation(located: bool) -> str:
+        base = _csv_relation(events, delim, True, ev_types, located=located)
+        if not properties:
+            return base
+        prop_types = {
+            "timestamp": "BIGINT",
+            "itemid": "BIGINT",
+            "property": "VARCHAR",
+            "value": "VARCHAR",
+        }
+        props = _csv_relation(properties, delim, True, prop_types, located=False)
+        # An item's category is the latest 'categoryid' value in the property snapshots.
+        cats = (
+            f"(SELECT itemid AS cat_itemid, arg_max(value, timestamp) AS categoryid FROM {props} "
+            "WHERE property = 'categoryid' GROUP BY itemid)"
+        )
+        return f"{base} AS e LEFT JOIN {cats} AS p ON e.itemid = p.cat_itemid"
+
+    exprs = {
+        **_base_exprs(),
+        "user": "visitorid",
+        "item": "itemid",
+        "category": "categoryid" if properties else _null("VARCHAR"),
+        "event": event_code_sql("event"),
+        "ts": _time_sql("timestamp", unit, numeric=True),
+    }
+    return Source(
+        preset="retailrocket",
+        files=tuple(events),
+        relation=relation(False),
+        located_relation=relation(True),
+        exprs=exprs,
+        event_raw="event",
+        event_column="event",
+        expected="a header timestamp,visitorid,event,itemid,... with integer ids and ms times",
+        notes={
+            "time_unit": unit,
+            "category_files": [str(p) for p in properties],
+        },
+    )
+
+
+_DIGINETICA_COLUMNS = ("session_id", "item_id", "timeframe", "eventdate")
+
+
+def _diginetica(paths: tuple[Path, ...], options: ReadOptions) -> Source:
+    _reject_parquet(paths, "diginetica")
+    delim = options.delimiter or ";"
+    for shape in _sniff_all(paths, delim):
+        validate.check_header(shape, _DIGINETICA_COLUMNS, "diginetica")
+    types = {name: "VARCHAR" for name in _header_of(paths[0], delim)}
+    types.update(session_id="BIGINT", item_id="BIGINT", timeframe="BIGINT", eventdate="DATE")
+    has_user = "user_id" in types
+    # Most DIGINETICA sessions are anonymous (user_id NA): each such session is its own user,
+    # so that sessions never merge across people.
+    user = (
+        "coalesce(CAST(user_id AS VARCHAR), 'session-' || CAST(session_id AS VARCHAR))"
+        if has_user
+        else "'session-' || CAST(session_id AS VARCHAR)"
+    )
+
+    def relation(located: bool) -> str:
+        return _csv_relation(paths, delim, True, types, located, nullstr=("", "NA"))
+
+    exprs = {
+        **_base_exprs(),
+        "user": user,
+        "item": "item_id",
+        "event": "CAST(0 AS TINYINT)",
+        # timeframe: milliseconds since the session's start, on the day eventdate.
+        "ts": "epoch_ms(CAST(eventdate AS TIMESTAMP)) + timeframe",
+        "session": "CAST(session_id AS VARCHAR)",
+    }
+    return Source(
+        preset="diginetica",
+        files=paths,
+        relation=relation(False),
+        located_relation=relation(True),
+        exprs=exprs,
+        event_raw=None,
+        event_column=None,
+        expected="';'-separated session_id;user_id;item_id;timeframe;eventdate",
+        notes={"time_unit": "date + ms offset", "user_source": "user_id, else the session"},
+    )
+
+
+_OBD_COLUMNS = ("timestamp", "item_id", "position", "click", "propensity_score")
+
+
+def _obd(paths: tuple[Path, ...], options: ReadOptions) -> Source:
+    _reject_parquet(paths, "obd")
+    delim = options.delimiter or ","
+    for shape in _sniff_all(paths, delim):
+        header = shape.first_rows[0] if shape.first_rows else ()
+        if "item_feature_0" in header and "click" not in header:
+            raise UserError(
+                f"{shape.path}: an OBD item-context file; the obd preset reads the logged "
+                "feedback files (e.g. random.csv, bts.csv)"
+            )
+        validate.check_header(shape, _OBD_COLUMNS, "obd")
+    header = _header_of(paths[0], delim)
+    names = [name or "row_index" for name in header]
+    types = {name: "VARCHAR" for name in names}
+    types.update(item_id="BIGINT", position="INTEGER", click="INTEGER", propensity_score="DOUBLE")
+    features = [n for n in names if n.startswith("user_feature_")]
+    # OBD has no user id: the hashed user features are the closest thing to one.
+    user = (
+        "md5(concat_ws('|', " + ", ".join(quote_ident(f) for f in features) + "))"
+        if features
+        else _null("VARCHAR")
+    )
+    index = "row_index" if "row_index" in names else None
+
+    # OBD files are small (10,000 rounds each); the session id needs the file name, so the
+    # fast read uses the located relation too.
+    relation = _csv_relation(paths, delim, True, types, located=True)
+    # Each logged round is its own one-event session: file name + the round's index.
+    round_id = f"CAST({index} AS VARCHAR)" if index else "CAST(_line AS VARCHAR)"
+    exprs = {
+        **_base_exprs(),
+        "user": user,
+        "item": "item_id",
+        "event": "CAST(CASE WHEN click = 1 THEN 1 ELSE 0 END AS TINYINT)",
+        "ts": "epoch_ms(TRY_CAST(timestamp AS TIMESTAMPTZ))",
+        "time_bad": "(timestamp IS NOT NULL AND TRY_CAST(timestamp AS TIMESTAMPTZ) IS NULL)",
+        "session": f"regexp_extract(_file, '([^/\\\\]+)$', 1) || ':' || {round_id}",
+        "position": "position",
+        "propensity": "propensity_score",
+        "reward": "CAST(click AS DOUBLE)",
+    }
+    return Source(
+        preset="obd",
+        files=paths,
+        relation=relation,
+        located_relation=relation,
+        exprs=exprs,
+        event_raw=None,
+        event_column=None,
+        expected="Open Bandit Dataset CSV: ,timestamp,item_id,position,click,propensity_score,...",
+        optional_columns=("position", "propensity", "reward"),
+        notes={
+            "time_unit": "iso",
+            "user_source": "md5 of the user features",
+            "session_source": "one session per logged round (file and row index)",
+        },
+    )
+
+
+def _mapped(
+    con: duckdb.DuckDBPyConnection,
+    paths: tuple[Path, ...],
+    columns: dict[str, str] | None,
+    options: ReadOptions,
+    preset: str,
+) -> Source:
+    """The generic (column map) and canonical presets, for CSV or Parquet."""
+    parquet = [p.suffix.lower() in _PARQUET_SUFFIXES for p in paths]
+    if any(parquet) and not all(parquet):
+        raise UserError(
+            f"{paths[parquet.index(False)]}: mixes CSV and Parquet inputs; "
+            "convert them to one format"
+        )
+    if all(parquet):
+        available, types = _parquet_schema(con, paths)
+        header = True
+    else:
+        delim = options.delimiter or ","
+        header = True if options.header is None else options.header
+        shapes = _sniff_all(paths, delim)
+        for shape in shapes:
+            if not shape.first_rows or (header and len(shape.first_rows) < 1):
+                raise UserError(f"{shape.path}: no rows; pass a log with at least one event")
+        first = shapes[0]
+        if header:
+            available = tuple(name.strip() for name in first.first_rows[0])
+        else:
+            available = tuple(f"column{i}" for i in range(first.n_fields))
+        types = {}
+    if columns is None:
+        columns = {f: f for f in CANONICAL_FIELDS if f in available}
+        if not all(f in columns for f in REQUIRED_FIELDS):
+            missing = [f for f in REQUIRED_FIELDS if f not in columns]
+            shown = ", ".join(available[:12])
+            raise UserError(
+                f"{paths[0]}: missing required column(s) {', '.join(missing)} for the canonical "
+                f"preset (columns named {', '.join(CANONICAL_FIELDS)}); the file has [{shown}]"
+            )
+    columns = _resolve_columns(columns, available, header, paths[0], options)
+    if all(parquet):
+        return _mapped_parquet(paths, columns, types, options, preset)
+    return _mapped_csv(paths, columns, available, header, options, preset)
+
+
+def _resolve_columns(
+    columns: dict[str, str],
+    available: Sequence[str],
+    header: bool,
+    path: Path,
+    options: ReadOptions,
+) -> dict[str, str]:
+    unknown = sorted(set(columns) - set(CANONICAL_FIELDS))
+    if unknown:
+        raise UserError(
+            f"--columns: unknown field(s) {', '.join(unknown)}; "
+            f"known: {', '.join(CANONICAL_FIELDS)}"
+        )
+    missing = [f for f in REQUIRED_FIELDS if f not in columns]
+    if missing:
+        raise UserError(
+            f"--columns: missing required field(s) {', '.join(missing)}; "
+            "give at least user=COL,item=COL,time=COL"
+        )
+    resolved: dict[str, str] = {}
+    for name, column in columns.items():
+        if not header and column.isdigit():
+            column = f"column{column}"
+        if column not in available:
+            shown = ", ".join(available[:12]) + (", ..." if len(available) > 12 else "")
+            hint = ""
+            if len(available) == 1 and options.delimiter is None:
+                hint = " (only one column found: is the delimiter right? pass --delimiter)"
+            raise UserError(
+                f"{path}: missing required column {column!r} (mapped to {name}); "
+                f"the file has [{shown}]{hint}; fix --columns"
+            )
+        resolved[name] = column
+    return resolved
+
+
+def _parquet_schema(
+    con: duckdb.DuckDBPyConnection, paths: Sequence[Path]
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    types: dict[str, str] = {}
+    for p in paths:
+        try:
+            rows = con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet({quote_str(str(p))})"
+            ).fetchall()
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0][:160]
+            raise UserError(f"{p}: not a readable Parquet file ({first})") from None
+        for name, type_name, *_ in rows:
+            if name in types and types[name] != type_name:
+                raise UserError(
+                    f"{p}: column {name!r} is {type_name} here but {types[name]} in "
+                    f"{paths[0]}; write all inputs with the same schema"
+                )
+            types.setdefault(name, type_name)
+    return tuple(types), types
+
+
+def _guess_time_unit(samples: Sequence[str]) -> TimeUnit:
+    values = [s for s in samples if s not in NULL_STRINGS]
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return "iso"
+    # Unix seconds stay below 1e11 until the year 5138; milliseconds exceed it after 1973.
+    return "ms" if numbers and max(abs(x) for x in numbers) > 1e11 else "s"
+
+
+def _time_sql(expr: str, unit: TimeUnit, numeric: bool) -> str:
+    if unit == "iso":
+        return f"epoch_ms(TRY_CAST({expr} AS TIMESTAMPTZ))"
+    scale = "1000" if unit == "s" else "1"
+    if numeric:
+        return f"CAST({expr} AS BIGINT) * {scale}"
+    return f"CAST(round(CAST({expr} AS DOUBLE) * {scale}) AS BIGINT)"
+
+
+def _mapped_csv(
+    paths: tuple[Path, ...],
+    columns: dict[str, str],
+    available: Sequence[str],
+    header: bool,
+    options: ReadOptions,
+    preset: str,
+) -> Source:
+    delim = options.delimiter or ","
+    shape = validate.sniff_csv(paths[0], delim)
+    time_col = columns["time"]
+    unit: TimeUnit
+    if options.time_unit is not None:
+        unit = options.time_unit
+    elif preset == "canonical":
+        unit = "ms"
+    else:
+        index = list(available).index(time_col)
+        rows = shape.first_rows[1:] if header else shape.first_rows
+        unit = _guess_time_unit([r[index] for r in rows if index < len(r)])
+    types = {name: "VARCHAR" for name in available}
+    types[time_col] = "VARCHAR" if unit == "iso" else "DOUBLE"
+    for name, type_name in (
+        ("position", "INTEGER"),
+        ("propensity", "DOUBLE"),
+        ("reward", "DOUBLE"),
+    ):
+        if name in columns:
+            types[columns[name]] = type_name
+    exprs = _mapped_exprs(columns, unit, time_numeric=False, event_is_code=False)
+    relation_args = (paths, delim, header, types)
+    return Source(
+        preset=preset,
+        files=paths,
+        relation=_csv_relation(*relation_args, located=False, nullstr=NULL_STRINGS),
+        located_relation=_csv_relation(*relation_args, located=True, nullstr=NULL_STRINGS),
+        exprs=exprs,
+        event_raw=quote_ident(columns["event"]) if "event" in columns else None,
+        event_column=columns.get("event"),
+        expected=f"the mapped columns with times in {unit}",
+        optional_columns=tuple(c for c in OPTIONAL_SOURCE_COLUMNS if c in columns),
+        notes={"time_unit": unit, "columns": dict(columns)},
+    )
+
+
+def _mapped_parquet(
+    paths: tuple[Path, ...],
+    columns: dict[str, str],
+    types: dict[str, str],
+    options: ReadOptions,
+    preset: str,
+) -> Source:
+    def kind(field_name: str) -> str:
+        type_name = types[columns[field_name]]
+        base = type_name.split("(")[0].strip()
+        if base in _INTEGER_TYPES:
+            return "int"
+        if base in _FLOAT_TYPES or base.startswith("DECIMAL"):
+            return "float"
+        if base in _TIMESTAMP_TYPES or base.startswith("TIMESTAMP"):
+            return "timestamp"
+        if base == "VARCHAR":
+            return "str"
+        if base == "BOOLEAN":
+            return "bool"
+        return base
+
+    def wrong(field_name: str, expected: str, fix: str) -> UserError:
+        col = columns[field_name]
+        return UserError(
+            f"{paths[0]}: column {col!r} ({field_name}) has type {types[col]}, expected "
+            f"{expected}; {fix}"
+        )
+
+    for name in ("user", "item", "category", "session"):
+        if name in columns and kind(name) not in ("int", "str"):
+            raise wrong(name, "integer or string ids", "cast the column before writing the file")
+    time_kind = kind("time")
+    unit: TimeUnit
+    if time_kind == "timestamp":
+        unit = "ms"
+        time_expr = f"epoch_ms(CAST({quote_ident(columns['time'])} AS TIMESTAMP))"
+    elif time_kind in ("int", "float"):
+        if options.time_unit == "iso":
+            raise wrong("time", "strings for --time-unit iso", "drop --time-unit iso or fix it")
+        unit = options.time_unit or "ms"
+        time_expr = _time_sql(quote_ident(columns["time"]), unit, numeric=time_kind == "int")
+    elif time_kind == "str" and (options.time_unit == "iso" or preset == "generic"):
+        if options.time_unit not in (None, "iso"):
+            raise wrong("time", f"numbers in {options.time_unit}", "write numbers or use iso")
+        unit = "iso"
+        time_expr = _time_sql(quote_ident(columns["time"]), "iso", numeric=False)
+    else:
+        raise wrong(
+            "time",
+            "integer milliseconds or a timestamp type",
+            "write the time as int64 ms (or pass --preset generic --time-unit iso)",
+        )
+    event_is_code = False
+    if "event" in columns:
+        event_kind = kind("event")
+        if event_kind not in ("int", "str"):
+            raise wrong("event", "event names or integer codes", "write names like view, buy")
+        event_is_code = event_kind == "int"
+    for name in ("position", "propensity", "reward"):
+        allowed = ("int",) if name == "position" else ("int", "float", "bool")
+        if name in columns and kind(name) not in allowed:
+            raise wrong(name, "a number", "cast the column before writing the file")
+    exprs = _mapped_exprs(columns, unit, time_numeric=True, event_is_code=event_is_code)
+    exprs["ts"] = time_expr
+    if unit == "iso":
+        exprs["time_bad"] = _time_bad_sql(quote_ident(columns["time"]))
+    return Source(
+        preset=preset,
+        files=paths,
+        relation=_parquet_relation(paths, located=False),
+        located_relation=_parquet_relation(paths, located=True),
+        exprs=exprs,
+        event_raw=quote_ident(columns["event"]) if "event" in columns else None,
+        event_column=columns.get("event"),
+        expected="the mapped columns with integer or string ids",
+        optional_columns=tuple(c for c in OPTIONAL_SOURCE_COLUMNS if c in columns),
+        notes={"time_unit": unit, "columns": dict(columns)},
+    )
+
+
+def _time_bad_sql(expr: str) -> str:
+    return f"({expr} IS NOT NULL AND TRY_CAST({expr} AS TIMESTAMPTZ) IS NULL)"
+
+
+def _mapped_exprs(
+    columns: dict[str, str], unit: TimeUnit, time_numeric: bool, event_is_code: bool
+) -> dict[str, str]:
+    q = {name: quote_ident(col) for name, col in columns.items()}
+    exprs = {
+        **_base_exprs(),
+        "user": q["user"],
+        "item": q["item"],
+        "ts": _time_sql(q["time"], unit, numeric=time_numeric),
+        "event": "CAST(0 AS TINYINT)",
+    }
+    if unit == "iso":
+        exprs["time_bad"] = _time_bad_sql(q["time"])
+    if "category" in q:
+        exprs["category"] = q["category"]
+    if "session" in q:
+        exprs["session"] = q["session"]
+    if "event" in q:
+        exprs["event"] = (
+            _event_code_int_sql(q["event"]) if event_is_code else event_code_sql(q["event"])
+        )
+    for name, type_name in (
+        ("position", "INTEGER"),
+        ("propensity", "DOUBLE"),
+        ("reward", "DOUBLE"),
+    ):
+        if name in q:
+            exprs[name] = f"CAST({q[name]} AS {type_name})"
+    return exprs
+
+
+def _header_of(path: Path, delimiter: str) -> tuple[str, ...]:
+    shape = validate.sniff_csv(path, delimiter)
+    return tuple(name.strip() for name in shape.first_rows[0]) if shape.first_rows else ()
