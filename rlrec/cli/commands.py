@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from rlrec.cli import data
+from rlrec.cli import encoder as encoder_cli
 from rlrec.cli import sim as sim_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -13,5 +14,6 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 # One line per verb group; each group's module owns its options and handlers.
 REGISTRY: list[Registrar] = [
     data.register,
+    encoder_cli.register,
     sim_cli.register,
 ]

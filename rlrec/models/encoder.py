@@ -1,0 +1,398 @@
+"""The sequence encoder: a small transformer over interaction histories.
+
+Inputs follow the token contract of :mod:`rlrec.models.sequences` (item and category tokens
+are dataset index + 1, ``0`` is left padding, most recent step last), which is also the form
+of the simulator's observations, so the encoder reads exactly what the agent sees.
+
+Architecture (SASRec-style, pre-norm): the embedding of a step is
+``item_embedding[item] + category_embedding[category] + position_embedding[p]``, where ``p``
+counts real steps from the start of the window (``0`` for the oldest visible step), so a
+prefix gets the same positions whether it is encoded alone or inside a longer sequence.
+Attention is causal (a position sees itself and the past); the masked BERT4Rec-style
+pretraining objective runs the same weights bidirectionally. Padding keys are never attended.
+
+Heads:
+
+* next item: the dot product of the state with the item's output vector
+  ``item_embedding[i] + category_embedding[category(i)]`` plus a per-item bias (tied to the
+  input embeddings, so rare items borrow strength from their category);
+* next category (the interest-migration task): a linear layer.
+
+:class:`StateEncoder` is the frozen, inference-only interface that envs and agents use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlrec.errors import UserError
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Hyperparameters of :class:`SequenceEncoder` (vocabulary sizes come from the data).
+
+    Attributes:
+        d_model: Width of embeddings and hidden states (the state dimension).
+        n_layers: Number of transformer blocks.
+        n_heads: Attention heads; must divide ``d_model``.
+        max_len: Longest history read, in steps; longer ones keep their most recent steps.
+        ff_mult: Width of each block's feed-forward layer, as a multiple of ``d_model``.
+        dropout: Dropout on embeddings, attention and feed-forward outputs during training.
+    """
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    max_len: int = 50
+    ff_mult: int = 4
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1 or self.n_layers < 1 or self.n_heads < 1 or self.max_len < 1:
+            raise ValueError("d_model, n_layers, n_heads and max_len must be positive")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
+        if self.ff_mult < 1:
+            raise ValueError("ff_mult must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: attention then feed-forward, each with a residual."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(
+            nn.Linear(d, config.ff_mult * d),
+            nn.GELU(),
+            nn.Linear(config.ff_mult * d, d),
+        )
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        Args:
+            x: (B, L, d) hidden states.
+            allowed: (B, 1, L, L) bool, True where query ``i`` may attend to key ``j``.
+
+        Returns:
+            (B, L, d) hidden states.
+        """
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(d, dim=2)  # 3 x (B, L, d)
+        heads = (b, length, self.n_heads, d // self.n_heads)
+        q = q.view(heads).transpose(1, 2)  # (B, H, L, d/H)
+        k = k.view(heads).transpose(1, 2)
+        v = v.view(heads).transpose(1, 2)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, d/H)
+        att = att.transpose(1, 2).reshape(b, length, d)  # (B, L, d)
+        x = x + self.drop(self.proj(att))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class SequenceEncoder(nn.Module):
+    """Transformer over step histories with next-item and next-category heads.
+
+    Args:
+        config: Hyperparameters.
+        n_items: Item vocabulary size of the dataset.
+        n_categories: Category vocabulary size of the dataset.
+        item_category: (n_items,) int dataset category index of each item (for the tied
+            item output vectors).
+    """
+
+    item_category: torch.Tensor  # (n_items,) long buffer, saved with the weights
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        n_items: int,
+        n_categories: int,
+        item_category: np.ndarray | torch.Tensor,
+    ) -> None:
+        super().__init__()
+        if n_items < 1 or n_categories < 1:
+            raise ValueError("n_items and n_categories must be positive")
+        item_category = torch.tensor(np.asarray(item_category), dtype=torch.long)  # a copy
+        if item_category.shape != (n_items,):
+            raise ValueError(f"item_category has shape {tuple(item_category.shape)}")
+        if n_items and (item_category.min() < 0 or item_category.max() >= n_categories):
+            raise ValueError("item_category holds a category outside the vocabulary")
+        self.config = config
+        self.n_items = n_items
+        self.n_categories = n_categories
+        # Token layout: 0 = padding, 1..n = dataset index + 1, n + 1 = [MASK].
+        self.item_mask_token = n_items + 1
+        self.category_mask_token = n_categories + 1
+        d = config.d_model
+        self.item_embedding = nn.Embedding(n_items + 2, d, padding_idx=0)
+        self.category_embedding = nn.Embedding(n_categories + 2, d, padding_idx=0)
+        self.position_embedding = nn.Embedding(config.max_len, d)
+        self.embed_drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(d)
+        self.item_bias = nn.Parameter(torch.zeros(n_items))
+        self.category_head = nn.Linear(d, n_categories)
+        self.register_buffer("item_category", item_category, persistent=True)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Small normal init as in GPT-2/nanoGPT: large embeddings make the tied item scores
+        # saturate the softmax at the start of training.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+        for block in self.blocks:
+            assert isinstance(block, _Block)
+            # Scaled residual projections (GPT-2): keeps the residual stream's variance flat.
+            nn.init.normal_(block.proj.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
+
+    @property
+    def state_dim(self) -> int:
+        """Dimension d of a state."""
+        return self.config.d_model
+
+    def forward(
+        self, items: torch.Tensor, categories: torch.Tensor, causal: bool = True
+    ) -> torch.Tensor:
+        """Hidden state at every position.
+
+        Args:
+            items: (B, L) item tokens (index + 1, 0 = left padding); ``L <= max_len`` (longer
+                inputs keep their last ``max_len`` columns).
+            categories: (B, L) category tokens.
+            causal: Whether a position may only see itself and earlier positions (True for
+                next-step prediction and every state; False for masked pretraining).
+
+        Returns:
+            (B, L, d) hidden states; row ``b``, column ``t`` summarises the steps up to ``t``
+            (all steps when not causal). Padding columns hold meaningless values.
+        """
+        if items.shape != categories.shape or items.dim() != 2:
+            raise ValueError(
+                f"items {tuple(items.shape)} and categories {tuple(categories.shape)} "
+                "must both be (B, L)"
+            )
+        max_len = self.config.max_len
+        if items.shape[1] > max_len:
+            items, categories = items[:, -max_len:], categories[:, -max_len:]
+        real = items != 0  # (B, L)
+        # Positions count real steps from the oldest visible one, so left padding and
+        # prefix length do not shift a step's position.
+        position = (real.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, L)
+        x = (
+            self.item_embedding(items)
+            + self.category_embedding(categories)
+            + self.position_embedding(position)
+        )  # (B, L, d)
+        x = self.embed_drop(x)
+        length = items.shape[1]
+        allowed = real[:, None, None, :].expand(-1, 1, length, -1)  # (B, 1, L, L) key mask
+        if causal:
+            tril = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+            allowed = allowed & tril  # (B, 1, L, L)
+        # Every query may see itself, so rows of padding never attend to an empty set (NaN).
+        eye = torch.eye(length, dtype=torch.bool, device=items.device)
+        allowed = allowed | eye
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.final_norm(x)  # (B, L, d)
+
+    def encode(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        """State of each history: the causal hidden state at its most recent step.
+
+        Args:
+            items: (B, L) item tokens, left-padded, most recent last.
+            categories: (B, L) category tokens.
+
+        Returns:
+            (B, d) states (differentiable; use :class:`StateEncoder` for frozen inference).
+        """
+        return self.forward(items, categories, causal=True)[:, -1]
+
+    def item_output_vectors(self) -> torch.Tensor:
+        """(n_items, d) output vector of each item: its embedding plus its category's."""
+        return self.item_embedding.weight[1 : self.n_items + 1] + self.category_embedding(
+            self.item_category + 1
+        )
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-item scores over the full catalog.
+
+        Args:
+            hidden: (..., d) hidden states.
+
+        Returns:
+            (..., n_items) unnormalised log-probabilities.
+        """
+        return hidden @ self.item_output_vectors().T + self.item_bias
+
+    def sampled_item_logits(
+        self, hidden: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        """Sampled-softmax scores: the target first, then shared uniform negatives.
+
+        Negatives equal to a row's target are masked to ``-inf`` (accidental hits); with
+        uniform sampling the log-q correction is a constant and cancels.
+
+        Args:
+            hidden: (N, d) hidden states.
+            targets: (N,) dataset item index of each row's target.
+            negatives: (K,) dataset item indices shared by all rows.
+
+        Returns:
+            (N, 1 + K) logits; the cross-entropy target is column 0.
+        """
+        ids = torch.cat([targets, negatives])  # (N + K,)
+        vectors = self.item_embedding(ids + 1) + self.category_embedding(
+            self.item_category[ids] + 1
+        )  # (N + K, d)
+        bias = self.item_bias[ids]  # (N + K,)
+        n = targets.shape[0]
+        positive = (hidden * vectors[:n]).sum(-1, keepdim=True) + bias[:n, None]  # (N, 1)
+        negative = hidden @ vectors[n:].T + bias[n:]  # (N, K)
+        negative = negative.masked_fill(targets[:, None] == negatives[None, :], float("-inf"))
+        return torch.cat([positive, negative], dim=1)
+
+    def category_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-category scores.
+
+        Args:
+            hidden: (..., d) hidden states.
+
+        Returns:
+            (..., n_categories) unnormalised log-probabilities.
+        """
+        return self.category_head(hidden)
+
+
+class StateEncoder:
+    """Frozen, inference-only view of a trained encoder, in the env's observation format.
+
+    Every method takes ``items`` and ``categories`` as (B, L) integer arrays or tensors of
+    tokens (dataset index + 1, ``0`` = left padding, most recent step last), exactly the
+    ``items`` and ``categories`` entries of the simulator's observations, and runs without
+    gradients on the encoder's device.
+
+    Args:
+        model: A trained :class:`SequenceEncoder`; it is put in eval mode.
+    """
+
+    def __init__(self, model: SequenceEncoder) -> None:
+        self.model = model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """Device the weights live on."""
+        return next(self.model.parameters()).device
+
+    @property
+    def state_dim(self) -> int:
+        """Dimension d of a state."""
+        return self.model.state_dim
+
+    @property
+    def n_items(self) -> int:
+        """Item vocabulary size (length of a next-item score row)."""
+        return self.model.n_items
+
+    @property
+    def n_categories(self) -> int:
+        """Category vocabulary size (length of a next-category score row)."""
+        return self.model.n_categories
+
+    def _tokens(
+        self, items: torch.Tensor | np.ndarray, categories: torch.Tensor | np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        it = torch.as_tensor(np.asarray(items) if not torch.is_tensor(items) else items)
+        ct = torch.as_tensor(
+            np.asarray(categories) if not torch.is_tensor(categories) else categories
+        )
+        if it.dim() == 1:  # a single observation
+            it, ct = it[None], ct[None]
+        if it.shape != ct.shape or it.dim() != 2:
+            raise UserError(
+                f"observation: items {tuple(it.shape)} and categories {tuple(ct.shape)} "
+                "must be (B, L) arrays of the same shape"
+            )
+        it, ct = it.long(), ct.long()
+        if it.numel() and (
+            it.min() < 0 or it.max() > self.n_items or ct.min() < 0 or ct.max() > self.n_categories
+        ):
+            raise UserError(
+                f"observation: tokens must be dataset index + 1 (items 0..{self.n_items}, "
+                f"categories 0..{self.n_categories}); was the encoder trained on this dataset?"
+            )
+        return it.to(self.device), ct.to(self.device)
+
+    @torch.no_grad()
+    def encode(
+        self, items: torch.Tensor | np.ndarray, categories: torch.Tensor | np.ndarray
+    ) -> torch.Tensor:
+        """States of a batch of histories.
+
+        Args:
+            items: (B, L) item tokens (or (L,) for one history).
+            categories: (B, L) category tokens.
+
+        Returns:
+            (B, d) float states on the encoder's device.
+        """
+        return self.model.encode(*self._tokens(items, categories))
+
+    @torch.no_grad()
+    def next_item_scores(
+        self, items: torch.Tensor | np.ndarray, categories: torch.Tensor | np.ndarray
+    ) -> torch.Tensor:
+        """Next-item log-probabilities over the whole catalog.
+
+        Args:
+            items: (B, L) item tokens.
+            categories: (B, L) category tokens.
+
+        Returns:
+            (B, n_items) log-softmax scores; column ``i`` is dataset item ``i``.
+        """
+        state = self.model.encode(*self._tokens(items, categories))
+        return torch.log_softmax(self.model.item_logits(state), dim=-1)
+
+    @torch.no_grad()
+    def next_category_scores(
+        self, items: torch.Tensor | np.ndarray, categories: torch.Tensor | np.ndarray
+    ) -> torch.Tensor:
+        """Next-category log-probabilities.
+
+        Args:
+            items: (B, L) item tokens.
+            categories: (B, L) category tokens.
+
+        Returns:
+            (B, n_categories) log-softmax scores; column ``c`` is dataset category ``c``.
+        """
+        state = self.model.encode(*self._tokens(items, categories))
+        return torch.log_softmax(self.model.category_logits(state), dim=-1)

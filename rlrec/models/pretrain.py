@@ -1,0 +1,439 @@
+"""Training the sequence encoder: self-supervised pretraining, then fine-tuning.
+
+Two stages, each with early stopping on the ``valid`` split (the best epoch's weights are kept):
+
+1. **pretrain** (self-supervised, train split): ``causal`` next-item prediction at every
+   position (SASRec) or ``masked`` item modelling (BERT4Rec: random steps hidden behind a
+   [MASK] token, attention bidirectional). Skipped when ``pretrain_epochs`` is 0.
+2. **fine-tune** (causal): next item plus next category (the interest-migration task), the
+   loss ``item + category_loss_weight * category``. The state is always causal afterwards, so
+   a state at step ``t`` depends only on steps up to ``t``, as the env requires.
+
+The next-item loss is a full softmax for catalogs up to ``full_softmax_max_items`` items and a
+sampled softmax over ``n_negatives`` uniform negatives shared by the batch beyond.
+
+Same seed, same data, same device -> same weights: the seed drives the initialisation, the
+dropout masks (``torch.manual_seed``), the batch order and the BERT masks (a numpy
+``Generator``); deterministic algorithms are switched on for the duration of training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from rlrec.config import to_mapping
+from rlrec.data.dataset import PreparedDataset
+from rlrec.errors import UserError
+from rlrec.evaluation.ranking import category_accuracy, item_ranking_metrics, target_ranks
+from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+from rlrec.models.sequences import (
+    IGNORE,
+    Windows,
+    collapse_repeats,
+    mask_tokens,
+    prefix_windows,
+    training_windows,
+)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of :func:`train_encoder`.
+
+    Attributes:
+        objective: Self-supervised objective of the pretraining stage: ``causal`` next-item
+            prediction (SASRec) or ``masked`` item modelling (BERT4Rec).
+        mask_prob: Fraction of steps hidden by the ``masked`` objective.
+        pretrain_epochs: Most epochs of the self-supervised stage (0 skips it).
+        finetune_epochs: Most epochs of the next-item + next-category stage (0 skips it).
+        patience: Epochs without a better valid loss before a stage stops early.
+        batch_size: Training windows per step.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases, norms and embeddings).
+        category_loss_weight: Weight of the next-category loss in the fine-tuning stage.
+        full_softmax_max_items: Largest catalog trained with a full softmax; beyond it the
+            next-item loss is a sampled softmax.
+        n_negatives: Uniform negatives per batch of the sampled softmax.
+        eval_batch_size: Windows per forward pass on the valid split.
+        seed: Seed of initialisation, dropout, batch order and masks.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        num_threads: CPU threads for torch; 0 keeps torch's default.
+    """
+
+    objective: Literal["causal", "masked"] = "causal"
+    mask_prob: float = 0.2
+    pretrain_epochs: int = 10
+    finetune_epochs: int = 20
+    patience: int = 2
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    category_loss_weight: float = 1.0
+    full_softmax_max_items: int = 50_000
+    n_negatives: int = 1024
+    eval_batch_size: int = 512
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError("mask_prob must be in (0, 1)")
+        if min(self.pretrain_epochs, self.finetune_epochs, self.num_threads) < 0:
+            raise ValueError("pretrain_epochs, finetune_epochs and num_threads must be >= 0")
+        if self.pretrain_epochs + self.finetune_epochs == 0:
+            raise ValueError("pretrain_epochs and finetune_epochs cannot both be 0")
+        if min(self.patience, self.batch_size, self.n_negatives, self.eval_batch_size) < 1:
+            raise ValueError("patience, batch_size, n_negatives and eval_batch_size must be >= 1")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.category_loss_weight < 0:
+            raise ValueError("need learning_rate > 0, weight_decay >= 0, category_loss_weight >= 0")
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_encoder` returns.
+
+    Attributes:
+        model: The trained encoder (best valid epoch of the last stage), in eval mode.
+        history: One record per epoch: stage, epoch, losses, valid metrics, throughput.
+        best: The best epoch's record of each stage that ran.
+        train_sequences_per_s: Training windows processed per second, over all epochs.
+        seconds: Wall time of training.
+    """
+
+    model: SequenceEncoder
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_sequences_per_s: float = float("nan")
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``device`` setting (``auto`` picks CUDA when available).
+
+    Raises:
+        UserError: If CUDA is asked for and not available, or the name is unknown.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r}: CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def train_encoder(
+    dataset: PreparedDataset,
+    encoder_config: EncoderConfig | None = None,
+    config: PretrainConfig | None = None,
+    tensorboard_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> TrainingResult:
+    """Pretrain and fine-tune an encoder on ``dataset``'s train split (valid for stopping).
+
+    Args:
+        dataset: A PreparedDataset.
+        encoder_config: Model hyperparameters (defaults: 2 layers, 64 dims, 50 steps).
+        config: Training settings.
+        tensorboard_dir: Where to write TensorBoard event files; None writes none.
+        progress: Show a tqdm progress bar on stderr.
+
+    Returns:
+        The trained model and its history.
+
+    Raises:
+        UserError: If the train split has no session of two or more steps.
+    """
+    enc_cfg = encoder_config or EncoderConfig()
+    cfg = config or PretrainConfig()
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    train_windows = training_windows(collapse_repeats(dataset.sessions("train")), enc_cfg.max_len)
+    valid_windows = prefix_windows(collapse_repeats(dataset.sessions("valid")), enc_cfg.max_len)
+    if train_windows.n_targets == 0:
+        raise UserError(
+            f"{dataset.path}: the train split has no session of two or more steps; "
+            "the encoder needs sequences (check the session gap and split at prepare time)"
+        )
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    writer = None
+    if tensorboard_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(Path(tensorboard_dir)))
+        writer.add_text("config/encoder", _markdown_table(to_mapping(enc_cfg)))
+        writer.add_text("config/training", _markdown_table(to_mapping(cfg)))
+    try:
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        model = SequenceEncoder(
+            enc_cfg, dataset.n_items, dataset.n_categories, dataset.item_category
+        ).to(device)
+        trainer = _Trainer(model, cfg, device, rng, writer, progress)
+        started = time.perf_counter()
+        if cfg.pretrain_epochs:
+            trainer.run_stage("pretrain", train_windows, valid_windows, cfg.pretrain_epochs)
+        if cfg.finetune_epochs:
+            trainer.run_stage("finetune", train_windows, valid_windows, cfg.finetune_epochs)
+        seconds = time.perf_counter() - started
+    finally:
+        torch.use_deterministic_algorithms(previous_deterministic)
+        if writer is not None:
+            writer.close()
+    return TrainingResult(
+        model=model.eval(),
+        history=trainer.history,
+        best=trainer.best,
+        train_sequences_per_s=trainer.sequences / max(trainer.train_seconds, 1e-9),
+        seconds=seconds,
+    )
+
+
+class _Trainer:
+    """The optimisation loop shared by both stages (holds the model and the run's counters)."""
+
+    def __init__(
+        self,
+        model: SequenceEncoder,
+        cfg: PretrainConfig,
+        device: torch.device,
+        rng: np.random.Generator,
+        writer: Any,
+        progress: bool,
+    ) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.rng = rng
+        self.writer = writer
+        self.progress = progress
+        self.sampled = model.n_items > cfg.full_softmax_max_items
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, dict[str, Any]] = {}
+        self.sequences = 0
+        self.train_seconds = 0.0
+        self.global_step = 0
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for name, param in self.model.named_parameters():
+            # Weight decay on matrices of linear layers only: decaying embeddings shrinks
+            # rare items toward zero, and norms/biases have no scale to regularise.
+            is_matrix = param.dim() == 2 and "embedding" not in name
+            (decay if is_matrix else no_decay).append(param)
+        return torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.cfg.learning_rate,
+        )
+
+    def run_stage(self, stage: str, train: Windows, valid: Windows, epochs: int) -> None:
+        """Train one stage with early stopping on its valid loss; keep the best weights."""
+        optimizer = self._optimizer()
+        n_batches = math.ceil(len(train) / self.cfg.batch_size)
+        best_loss, best_state, best_record, waited = math.inf, None, None, 0
+        bar = tqdm(total=epochs * n_batches, desc=stage, unit="batch", disable=not self.progress)
+        try:
+            for epoch in range(1, epochs + 1):
+                started = time.perf_counter()
+                train_losses = self._train_epoch(stage, train, optimizer, bar)
+                elapsed = time.perf_counter() - started
+                self.train_seconds += elapsed
+                self.sequences += len(train)
+                record: dict[str, Any] = {"stage": stage, "epoch": epoch}
+                record.update({f"train_{k}": v for k, v in train_losses.items()})
+                record.update(self._validate(stage, valid))
+                record["train_sequences_per_s"] = len(train) / max(elapsed, 1e-9)
+                self.history.append(record)
+                self._log(stage, epoch, record)
+                bar.set_postfix(
+                    loss=f"{record['train_loss']:.3f}", valid=f"{record['valid_loss']:.3f}"
+                )
+                valid_loss = record["valid_loss"]
+                # Without valid targets there is nothing to stop on: keep the last epoch.
+                if math.isnan(valid_loss) or valid_loss < best_loss - 1e-6:
+                    best_loss = valid_loss if not math.isnan(valid_loss) else best_loss
+                    best_state = copy.deepcopy(self.model.state_dict())
+                    best_record, waited = record, 0
+                else:
+                    waited += 1
+                    if waited >= self.cfg.patience:
+                        break
+        finally:
+            bar.close()
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        if best_record is not None:
+            self.best[stage] = best_record
+
+    def _batches(self, windows: Windows, shuffle: bool) -> Iterator[dict[str, np.ndarray]]:
+        order = self.rng.permutation(len(windows)) if shuffle else np.arange(len(windows))
+        size = self.cfg.batch_size if shuffle else self.cfg.eval_batch_size
+        for lo in range(0, len(order), size):
+            idx = order[lo : lo + size]
+            items = windows.items[idx]
+            # Drop the columns that are padding in every row: outputs at real positions are
+            # unchanged (positions count real steps; padding keys are masked) and short
+            # sessions train far faster.
+            width = max(1, int((items != 0).sum(axis=1).max()))
+            cols = slice(items.shape[1] - width, None)
+            yield {
+                "items": items[:, cols],
+                "categories": windows.categories[idx][:, cols],
+                "target_items": windows.target_items[idx][:, cols],
+                "target_categories": windows.target_categories[idx][:, cols],
+            }
+
+    def _to(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    def _item_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-item cross-entropy of (N, d) states against (N,) targets."""
+        if not self.sampled:
+            return F.cross_entropy(self.model.item_logits(hidden), targets)
+        negatives = torch.as_tensor(
+            self.rng.integers(0, self.model.n_items, size=self.cfg.n_negatives),
+            device=self.device,
+        )
+        logits = self.model.sampled_item_logits(hidden, targets, negatives)
+        return F.cross_entropy(logits, torch.zeros_like(targets))
+
+    def _losses(
+        self, stage: str, batch: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """The stage's losses on one batch, and the causal states at target positions.
+
+        Returns:
+            ``(losses, h, where)``: ``h`` (N, d) states at the positions ``where`` (B, L)
+            that have a next-step target, None for the masked objective.
+        """
+        model = self.model
+        if stage == "pretrain" and self.cfg.objective == "masked":
+            items, cats, targets = mask_tokens(
+                batch["items"],
+                batch["categories"],
+                self.cfg.mask_prob,
+                model.item_mask_token,
+                model.category_mask_token,
+                rng,
+            )
+            hidden = model(self._to(items), self._to(cats), causal=False)  # (B, L, d)
+            where = self._to(targets != IGNORE)
+            loss = self._item_loss(hidden[where], self._to(targets)[where])
+            return {"loss": loss, "item_loss": loss}, None, None
+        hidden = model(self._to(batch["items"]), self._to(batch["categories"]))  # (B, L, d)
+        where = self._to(batch["target_items"] != IGNORE)  # (B, L)
+        h = hidden[where]  # (N, d)
+        item_loss = self._item_loss(h, self._to(batch["target_items"])[where])
+        if stage == "pretrain":
+            return {"loss": item_loss, "item_loss": item_loss}, h, where
+        cat_loss = F.cross_entropy(
+            model.category_logits(h), self._to(batch["target_categories"])[where]
+        )
+        losses = {
+            "loss": item_loss + self.cfg.category_loss_weight * cat_loss,
+            "item_loss": item_loss,
+            "category_loss": cat_loss,
+        }
+        return losses, h, where
+
+    def _train_epoch(
+        self, stage: str, windows: Windows, optimizer: torch.optim.Optimizer, bar: Any
+    ) -> dict[str, float]:
+        self.model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in self._batches(windows, shuffle=True):
+            losses, _, _ = self._losses(stage, batch, self.rng)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            optimizer.step()
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            n += 1
+            self.global_step += 1
+            bar.update(1)
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def _validate(self, stage: str, windows: Windows) -> dict[str, float]:
+        """Valid loss of the stage's objective, and next-step metrics in the causal stages."""
+        self.model.eval()
+        if windows.n_targets == 0:
+            return {"valid_loss": float("nan")}
+        # A fixed generator: the valid masks (and sampled negatives) are the same every epoch.
+        rng = np.random.default_rng(self.cfg.seed + 1)
+        saved_rng, self.rng = self.rng, rng
+        try:
+            total, weight = 0.0, 0
+            item_ranks, cat_ranks = [], []
+            for batch in self._batches(windows, shuffle=False):
+                losses, h, where = self._losses(stage, batch, rng)
+                n = int((batch["target_items"] != IGNORE).sum())
+                total += float(losses["loss"]) * n
+                weight += n
+                if h is not None and where is not None:
+                    item_ranks.append(
+                        target_ranks(
+                            self.model.item_logits(h), self._to(batch["target_items"])[where]
+                        )
+                    )
+                    cat_ranks.append(
+                        target_ranks(
+                            self.model.category_logits(h),
+                            self._to(batch["target_categories"])[where],
+                        )
+                    )
+        finally:
+            self.rng = saved_rng
+        out = {"valid_loss": total / max(weight, 1)}
+        if item_ranks:
+            out.update(
+                {
+                    f"valid_{k}": v
+                    for k, v in item_ranking_metrics(np.concatenate(item_ranks)).items()
+                }
+            )
+            out.update(
+                {f"valid_{k}": v for k, v in category_accuracy(np.concatenate(cat_ranks)).items()}
+            )
+        return out
+
+    def _log(self, stage: str, epoch: int, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if isinstance(value, float) and math.isfinite(value):
+                group = "metrics" if key.startswith("valid_") and "loss" not in key else "losses"
+                if key == "train_sequences_per_s":
+                    group = "charts"
+                self.writer.add_scalar(f"{stage}/{group}/{key}", value, epoch)
+        self.writer.flush()
+
+
+def _markdown_table(mapping: dict[str, Any]) -> str:
+    lines = ["| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in mapping.items()]
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlrec.evaluation.ranking import (
+    BASELINES,
+    baseline_scores,
+    category_accuracy,
+    fit_baselines,
+    format_report,
+    item_ranking_metrics,
+    target_ranks,
+)
+from rlrec.models.sequences import Steps
+
+
+def test_target_ranks_count_strictly_better_and_half_the_ties() -> None:
+    scores = np.array(
+        [
+            [0.1, 0.9, 0.5, 0.3],  # target 1 is best -> 0
+            [0.1, 0.9, 0.5, 0.3],  # target 0 is worst -> 3
+            [0.5, 0.5, 0.5, 0.1],  # target 0 tied with two others -> 0 + 2/2 = 1
+            [0.2, 0.7, 0.7, 0.9],  # target 2: one better, one tie -> 1.5
+        ]
+    )
+    ranks = target_ranks(scores, np.array([1, 0, 0, 2]))
+    assert ranks.tolist() == [0.0, 3.0, 1.0, 1.5]
+    torch_ranks = target_ranks(torch.as_tensor(scores), torch.tensor([1, 0, 0, 2]))
+    assert torch_ranks.tolist() == ranks.tolist()
+
+
+@pytest.mark.parametrize(
+    ("scores", "targets", "match"),
+    [
+        (np.zeros(3), np.zeros(3, dtype=int), "must be"),
+        (np.zeros((2, 3)), np.zeros(3, dtype=int), "must be"),
+        (np.zeros((2, 3)), np.array([0, 3]), "outside"),
+        (np.zeros((2, 3)), np.array([-1, 0]), "outside"),
+    ],
+)
+def test_target_ranks_rejects_bad_shapes(
+    scores: np.ndarray, targets: np.ndarray, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        target_ranks(scores, targets)
+
+
+def test_item_metrics_by_hand() -> None:
+    ranks = np.array([0.0, 1.0, 9.0, 10.0])
+    m = item_ranking_metrics(ranks, k=10)
+    assert m["hr@10"] == pytest.approx(0.75)
+    expected_ndcg = (1.0 + 1.0 / math.log2(3) + 1.0 / math.log2(11) + 0.0) / 4
+    assert m["ndcg@10"] == pytest.approx(expected_ndcg)
+    assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 10 + 1 / 11) / 4)
+    assert math.isnan(item_ranking_metrics(np.zeros(0))["mrr"])
+
+
+def test_category_accuracy_by_hand() -> None:
+    m = category_accuracy(np.array([0.0, 0.5, 4.0, 5.0]))
+    assert m == {"category_acc@1": 0.5, "category_acc@5": 0.75}
+
+
+@pytest.fixture
+def steps() -> Steps:
+    # Items 0..3; item_category [0, 0, 1, 1]. Sessions: [0, 2, 0, 2], [0, 1], [3].
+    return Steps(
+        offsets=np.array([0, 4, 6, 7]),
+        items=np.array([0, 2, 0, 2, 0, 1, 3]),
+        categories=np.array([0, 1, 0, 1, 0, 0, 1]),
+    )
+
+
+def test_fit_baselines_counts_within_sessions(steps: Steps) -> None:
+    b = fit_baselines(steps, n_items=4, n_categories=2, item_category=np.array([0, 0, 1, 1]))
+    assert b.item_counts.tolist() == [3, 1, 2, 1]
+    assert b.category_counts.tolist() == [4, 3]
+    t = b.item_transitions.toarray()
+    # 0->2 twice, 2->0 once, 0->1 once; nothing across sessions (2 -> 0 at the boundary, 1 -> 3).
+    assert t[0, 2] == 2 and t[2, 0] == 1 and t[0, 1] == 1 and t.sum() == 4
+    assert b.category_transitions.tolist() == [[1, 2], [1, 0]]
+    assert b.item_to_category.toarray()[0].tolist() == [1, 2]
+
+
+def test_baseline_scores_rank_as_their_definitions_say(steps: Steps) -> None:
+    b = fit_baselines(steps, 4, 2, np.array([0, 0, 1, 1]))
+    last_items, last_cats = np.array([0, 2]), np.array([0, 1])
+    pop_items, pop_cats = baseline_scores(b, "popularity", last_items, last_cats)
+    assert pop_items is not None and pop_cats is not None
+    assert np.argsort(-pop_items[0]).tolist()[:2] == [0, 2]  # counts 3, 2
+    assert (pop_items[0] == pop_items[1]).all()
+    mk_items, mk_cats = baseline_scores(b, "item_markov", last_items, last_cats)
+    assert mk_items is not None and mk_cats is not None
+    assert mk_items[0].argmax() == 2 and mk_items[1].argmax() == 0
+    assert mk_cats[0].argmax() == 1
+    # Unseen transitions fall back to popularity: from item 0, item 3 (count 1) < item 0 (3).
+    assert mk_items[0, 0] > mk_items[0, 3]
+    cm_items, cm_cats = baseline_scores(b, "category_markov", last_items, last_cats)
+    assert cm_items is not None and cm_cats is not None
+    assert cm_cats[0].argmax() == 1 and cm_cats[1].argmax() == 0
+    # Items: P(category | last) x P(item | category); from category 0 item 2 leads.
+    assert cm_items[0].argmax() == 2
+    assert cm_items[0, 2] / cm_items[0, 3] == pytest.approx((2 + 1e-3) / (1 + 1e-3))
+    lc_items, lc_cats = baseline_scores(b, "last_category", last_items, last_cats)
+    assert lc_items is None and lc_cats is not None
+    assert lc_cats.argmax(axis=1).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="unknown baseline"):
+        baseline_scores(b, "oracle", last_items, last_cats)
+
+
+def test_format_report_prints_protocol_and_every_row() -> None:
+    report = {
+        "protocol": {"description": "test split; full ranking"},
+        "encoder": {
+            "hr@10": 0.5,
+            "ndcg@10": 0.3,
+            "mrr": 0.2,
+            "category_acc@1": 0.6,
+            "category_acc@5": 0.9,
+        },
+        "baselines": {name: {"category_acc@1": 0.1, "category_acc@5": 0.2} for name in BASELINES},
+    }
+    text = format_report(report)
+    assert text.startswith("protocol: test split; full ranking")
+    for name in ("encoder", *BASELINES):
+        assert name in text
+    assert "0.3000" in text
