@@ -8,7 +8,7 @@ Two faces over one simulator:
   row is the new user's, the last one of the finished episode is in ``infos["final_obs"]``
   where the boolean mask ``infos["_final_obs"]`` is true. Unlike Gymnasium's
   ``SyncVectorEnv`` (an object array of per-user dicts), ``final_obs`` is batched: a dict of
-  (N, ...) arrays like the observation, read as ``infos["final_obs"]["items"][i]``; building
+  (N, ...) arrays like the observation, read as ``infos["final_obs"]["item_history"][i]``; building
   N small dicts per step would cost more than the simulation step itself.
 * :class:`BatchedVecEnv`, a Stable-Baselines3 ``VecEnv`` with SB3's auto-reset:
   ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]``.
@@ -54,7 +54,8 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
 
     Spaces, rewards, starts and episode ends are those of
     :class:`~rlrec.envs.interest_drift.InterestDriftEnv`, batched: observations are a dict of
-    ``items`` (N, L) int32, ``categories`` (N, L) int32, ``step`` (N, 1) int64; actions are
+    ``item_history`` (N, L) int32, ``category_history`` (N, L) int32, ``step`` (N, 1) int64;
+    actions are
     (N,) catalog items.
 
     ``infos`` (arrays over users, each with its ``_key`` mask): ``engaged`` (N,) bool,
@@ -194,8 +195,8 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
             # Whole-array copies (one memcpy each) taken before the rows are overwritten:
             # cheaper than gathering rows and lets both faces index by user.
             final = {
-                "items": state.items.copy(),
-                "categories": state.categories.copy(),
+                "item_history": state.items.copy(),
+                "category_history": state.categories.copy(),
                 "step": state.step[:, None].copy(),
             }
             self.dynamics.restart(state, done, self.np_random)
@@ -204,7 +205,11 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
 
     def _observation(self, state: UserState) -> Observation:
         # state's arrays are replaced by the next step, never mutated after being returned.
-        return {"items": state.items, "categories": state.categories, "step": state.step[:, None]}
+        return {
+            "item_history": state.items,
+            "category_history": state.categories,
+            "step": state.step[:, None],
+        }
 
     def _state_info(self, state: UserState) -> dict[str, Any]:
         return {
@@ -285,13 +290,17 @@ class BatchedVecEnv(VecEnv):
         state = self.env._state
         assert state is not None
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        items, cats, steps = final.get("items"), final.get("categories"), final.get("step")
+        items, cats, steps = (
+            final.get("item_history"),
+            final.get("category_history"),
+            final.get("step"),
+        )
         truncated = result.truncated
         for i in done.tolist():
             assert items is not None and cats is not None and steps is not None
             infos[i]["terminal_observation"] = {
-                "items": items[i],
-                "categories": cats[i],
+                "item_history": items[i],
+                "category_history": cats[i],
                 "step": steps[i],
             }
             infos[i]["TimeLimit.truncated"] = bool(truncated[i])

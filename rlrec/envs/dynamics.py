@@ -9,8 +9,8 @@ recommended catalog item ``a`` of sim category ``k`` (see ``docs/architecture.md
 
 1. engaged with ``engage_probability`` (the user model's response function);
 2. engaged: the user moves to ``k`` (streak ``s + 1`` if ``k == c``, else 1); the funnel carts
-   with ``p_cart[k]`` and buys with ``p_buy[k]`` (independent draws; the outcome is the
-   strongest event); the reward is that outcome's weight;
+   with ``p_cart[k]`` and buys with ``p_buy[k]`` (a buy only after a cart, as in the synthetic
+   generator; the outcome is the strongest event); the reward is that outcome's weight;
 3. missed: an organic step (stay with ``stay(s)``, else switch by ``switch_matrix[c]``; the
    item is drawn from the new category by popularity, over the whole SimModel catalog); no
    reward;
@@ -315,12 +315,13 @@ class UserDynamics:
         if self.interest_exponent == 1.0:
             item_factor = item_factor * k  # fold K in: p = factor * interest_k
         self.item_factor = item_factor.astype(np.float64)
-        # Funnel thresholds on one uniform: buy below p_buy, cart below
-        # p_buy + p_cart * (1 - p_buy): the strongest of independent cart and buy draws.
+        # Funnel thresholds on one uniform, as the generator and the fit count them: a step is
+        # carted with p_cart and bought with p_buy, a buy only after a cart (p_buy <= p_cart),
+        # so the strongest outcome is buy below p_buy, cart below p_cart.
         p_cart = np.asarray(model.p_cart, dtype=np.float64)
         p_buy = np.asarray(model.p_buy, dtype=np.float64)
         self.buy_threshold = p_buy[item_category]  # (N,)
-        self.cart_threshold = (p_buy + p_cart * (1 - p_buy))[item_category]
+        self.cart_threshold = np.maximum(p_cart, p_buy)[item_category]
         w = config.reward_weights
         self.reward_table = np.array([0.0, w.engage, w.cart, w.buy])  # by outcome code
         self.leave_engaged_factor = float(model.leave_engaged_factor)

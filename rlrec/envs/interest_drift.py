@@ -22,7 +22,7 @@ ModelLike = SimModel | str | os.PathLike[str]
 DatasetLike = PreparedDataset | str | os.PathLike[str] | None
 ConfigLike = EnvConfig | Mapping[str, Any] | None
 
-Observation = dict[str, Any]  # "items", "categories", "step" arrays
+Observation = dict[str, Any]  # "item_history", "category_history", "step" arrays
 
 
 def resolve_inputs(
@@ -70,8 +70,8 @@ def observation_space(dynamics: UserDynamics) -> spaces.Dict:
     length = dynamics.history_length
     return spaces.Dict(
         {
-            "items": spaces.Box(0, dynamics.n_item_tokens - 1, (length,), np.int32),
-            "categories": spaces.Box(0, dynamics.n_category_tokens - 1, (length,), np.int32),
+            "item_history": spaces.Box(0, dynamics.n_item_tokens - 1, (length,), np.int32),
+            "category_history": spaces.Box(0, dynamics.n_category_tokens - 1, (length,), np.int32),
             "step": spaces.Box(1, dynamics.max_session_step, (1,), np.int64),
         }
     )
@@ -97,17 +97,21 @@ class InterestDriftEnv(gym.Env[Observation, np.int64]):
     ## Observation Space
     ``Dict``:
 
-    * ``items``: ``Box(int32, (L,))`` the last L steps' dataset item index + 1, oldest first,
-      left-padded with 0;
-    * ``categories``: ``Box(int32, (L,))`` their dataset category index + 1 (0 pads);
+    * ``item_history``: ``Box(int32, (L,))`` the last L steps' dataset item index + 1, oldest
+      first, left-padded with 0;
+    * ``category_history``: ``Box(int32, (L,))`` their dataset category index + 1 (0 pads);
     * ``step``: ``Box(int64, (1,))`` the session step ``t`` of the last step (a warm start's
       logged prefix counts; the leave hazard depends on it).
 
     The tokens are the PreparedDataset's indices, so an encoder trained on the dataset reads
-    them directly. The hidden state is in ``info`` only (for oracles and diagnostics):
-    ``interest`` (K,) next-category distribution, ``category``, ``streak``, and after a step
-    ``engaged``, ``outcome`` (code into :data:`rlrec.envs.dynamics.OUTCOMES`: miss, engage,
-    cart, buy), ``item`` (catalog item of the step, -1 if none).
+    them directly. (The keys are not ``items``/``categories``: Stable-Baselines3's
+    ``CombinedExtractor`` stores one module per key in an ``nn.ModuleDict``, where ``items``
+    clashes with ``ModuleDict.items``.)
+
+    The hidden state is in ``info`` only (for oracles and diagnostics): ``interest`` (K,)
+    next-category distribution, ``category``, ``streak``, and after a step ``engaged``,
+    ``outcome`` (code into :data:`rlrec.envs.dynamics.OUTCOMES`: miss, engage, cart, buy),
+    ``item`` (catalog item of the step, -1 if none).
 
     ## Rewards
     The weight of the recommendation's outcome (default engage 1, cart 3, buy 10); 0 for a
@@ -210,8 +214,8 @@ class InterestDriftEnv(gym.Env[Observation, np.int64]):
     def _observation(self, state: UserState) -> Observation:
         # Views of arrays that a later step replaces rather than mutates: safe to hand out.
         return {
-            "items": state.items[0],
-            "categories": state.categories[0],
+            "item_history": state.items[0],
+            "category_history": state.categories[0],
             "step": state.step[:1],
         }
 

@@ -20,10 +20,10 @@ from .conftest import SESSIONS, make_sim_model
 
 def rollout(env, seed, steps=60):
     obs, _ = env.reset(seed=seed)
-    trace = [obs["items"].copy()]
+    trace = [obs["item_history"].copy()]
     for t in range(steps):
         obs, reward, terminated, truncated, info = env.step((7 * t) % env.action_space.n)
-        trace.append((obs["items"].copy(), reward, terminated, truncated, info["category"]))
+        trace.append((obs["item_history"].copy(), reward, terminated, truncated, info["category"]))
         if terminated or truncated:
             obs, _ = env.reset()
     return trace
@@ -83,20 +83,20 @@ def test_leaving_terminates(sim_model):
 def test_observation_and_info_contents(sim_model, tiny_dataset):
     env = InterestDriftEnv(sim_model, tiny_dataset, config={"history_length": 4})
     obs, info = env.reset(seed=0)
-    assert obs["items"].shape == (4,) and obs["items"].dtype == np.int32
+    assert obs["item_history"].shape == (4,) and obs["item_history"].dtype == np.int32
     assert info["interest"].shape == (4,) and info["interest"].sum() == pytest.approx(1.0)
     obs2, reward, _, _, info = env.step(2)
     assert set(info) >= {"interest", "category", "streak", "engaged", "outcome", "item"}
     assert OUTCOMES[info["outcome"]] in OUTCOMES
     if info["engaged"]:
-        assert obs2["items"][-1] == sim_model.item_ids[2] + 1 and reward > 0
+        assert obs2["item_history"][-1] == sim_model.item_ids[2] + 1 and reward > 0
     else:
         assert reward == 0.0 and info["outcome"] == 0
-    np.testing.assert_array_equal(obs2["items"][:-1], obs["items"][1:])
+    np.testing.assert_array_equal(obs2["item_history"][:-1], obs["item_history"][1:])
     assert obs2["step"][0] == obs["step"][0] + 1
     # The category token is the dataset category of the step's item.
     item = info["item"]
-    assert obs2["categories"][-1] == tiny_dataset.item_category[sim_model.item_ids[item]] + 1
+    assert obs2["category_history"][-1] == tiny_dataset.item_category[sim_model.item_ids[item]] + 1
 
 
 def test_warm_start_replays_real_logged_prefixes(sim_model, tiny_dataset):
@@ -108,10 +108,10 @@ def test_warm_start_replays_real_logged_prefixes(sim_model, tiny_dataset):
     seen = set()
     for seed in range(40):
         obs, info = env.reset(seed=seed)
-        history = [int(x) for x in obs["items"] if x > 0]
+        history = [int(x) for x in obs["item_history"] if x > 0]
         assert 2 <= len(history) <= 4 and len(history) == obs["step"][0]
         assert any(history == s[: len(history)] for s in logged[:2]), history
-        last_dataset_category = int(obs["categories"][-1]) - 1
+        last_dataset_category = int(obs["category_history"][-1]) - 1
         assert info["category"] == sim_model.category_of_dataset_category[last_dataset_category]
         seen.add(tuple(history))
     assert len(seen) >= 4  # several sessions and prefix lengths
@@ -180,7 +180,7 @@ def test_make_env_from_a_plain_dict_and_pickle(sim_dir, tiny_dataset):
     clone = pickle.loads(pickle.dumps(env))
     for t in range(10):
         a, b = env.step(t % 5), clone.step(t % 5)
-        np.testing.assert_array_equal(a[0]["items"], b[0]["items"])
+        np.testing.assert_array_equal(a[0]["item_history"], b[0]["item_history"])
         assert a[1:4] == b[1:4]
         if a[2] or a[3]:
             break
