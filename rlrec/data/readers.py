@@ -477,11 +477,15 @@ def _diginetica(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         validate.check_header(shape, _DIGINETICA_COLUMNS, "diginetica")
     types = {name: "VARCHAR" for name in _header_of(paths[0], delim)}
     types.update(session_id="BIGINT", item_id="BIGINT", timeframe="BIGINT", eventdate="DATE")
+    if "user_id" in types:
+        types["user_id"] = "BIGINT"
     has_user = "user_id" in types
     # Most DIGINETICA sessions are anonymous (user_id NA): each such session is its own user,
-    # so that sessions never merge across people.
+    # so that sessions never merge across people. A session that logs in midway (user_id NA
+    # on its first rows only) belongs to that user throughout.
     user = (
-        "coalesce(CAST(user_id AS VARCHAR), 'session-' || CAST(session_id AS VARCHAR))"
+        "coalesce(CAST(max(user_id) OVER (PARTITION BY session_id) AS VARCHAR), "
+        "'session-' || CAST(session_id AS VARCHAR))"
         if has_user
         else "'session-' || CAST(session_id AS VARCHAR)"
     )
@@ -507,7 +511,10 @@ def _diginetica(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         event_raw=None,
         event_column=None,
         expected="';'-separated session_id;user_id;item_id;timeframe;eventdate",
-        notes={"time_unit": "date + ms offset", "user_source": "user_id, else the session"},
+        notes={
+            "time_unit": "date + ms offset",
+            "user_source": "the session's user_id, else the session",
+        },
     )
 
 

@@ -8,7 +8,8 @@ The cut-offs are quantiles of all kept events' timestamps: with fractions ``(0.8
 * ``test`` if ``ts >= test_start``,
 
 so every train event is earlier than every valid or test event, and every valid event earlier
-than every test event. Cut-offs are actual event times (a discrete quantile), so they are
+than every test event. Cut-offs are actual event times (the discrete, inverted-CDF quantile:
+the smallest time with at least that share of events at or before it), so they are
 reproducible and easy to read in ``meta.json``.
 """
 
