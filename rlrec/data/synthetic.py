@@ -50,6 +50,8 @@ SESSION_GAP_MS = 30 * 60 * 1000
 # 2017-11-25 00:00 UTC in ms: the Taobao sample's period, so synthetic timestamps look alike.
 _ORIGIN_MS = 1_511_568_000_000
 _HOUR_MS = 3_600_000
+USERS_PER_CHUNK = 20_000
+"""Users generated together; bounds the generator's memory (about 1.3M events a chunk)."""
 
 
 @dataclass(frozen=True)
@@ -401,11 +403,50 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
         (int64), sorted by user and time; and the :class:`GroundTruth`.
     """
     model = true_model(config)
-    rng = np.random.default_rng([config.seed, 1])
     n_users = config.resolved_n_users()
+    parts = []
+    n_sessions = 0
+    # Users are generated in fixed-size chunks, each with its own stream of the seed: memory
+    # stays bounded by a chunk's intermediates (10M events fit in well under 2 GB) and the
+    # log does not depend on anything but the config.
+    for index, first_user in enumerate(range(0, n_users, USERS_PER_CHUNK)):
+        rng = np.random.default_rng([config.seed, 1, index])
+        users = np.arange(first_user, min(first_user + USERS_PER_CHUNK, n_users), dtype=np.int64)
+        part = _generate_chunk(model, config, users, rng)
+        part["session"] += n_sessions
+        n_sessions += part.pop("n_sessions")[0]
+        parts.append(part)
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    del parts
+    kinds = ["view", "fav", "cart", "buy"]
+    frame = pd.DataFrame(
+        {
+            "user": columns["user"],
+            "item": columns["item"],
+            "time": columns["time"],
+            "category": pd.Categorical.from_codes(
+                columns["category"], categories=list(model.category_ids)
+            ),
+            "event": pd.Categorical.from_codes(columns["event"], categories=kinds),
+            "session": columns["session"],
+        }
+    )
+    return frame, GroundTruth(model=model, config=config)
+
+
+def _generate_chunk(
+    model: SimModel, config: SyntheticConfig, users: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Events of the users ``users`` (consecutive ids): the canonical columns as arrays.
+
+    Returns:
+        ``user``, ``item``, ``time``, ``category`` (codes), ``event`` (codes into view, fav,
+        cart, buy), ``session`` (0-based within the chunk) and ``n_sessions`` (1,).
+    """
+    n_users = len(users)
     sessions_per_user = 1 + rng.poisson(config.sessions_per_user - 1.0, size=n_users)
     n_sessions = int(sessions_per_user.sum())
-    session_user = np.repeat(np.arange(n_users, dtype=np.int64), sessions_per_user)
+    session_user = np.repeat(users, sessions_per_user)
 
     lengths, cat = simulate_organic_categories(model, n_sessions, rng)
     step_session = np.repeat(np.arange(n_sessions, dtype=np.int64), lengths)
@@ -467,23 +508,18 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
     advance = np.cumsum(advance)
     first_of_user = np.flatnonzero(user_first)
     advance -= np.repeat(advance[first_of_user], np.diff(np.r_[first_of_user, n_sessions]))
-    session_start = user_start[session_user] + advance
+    session_start = user_start[session_user - users[0]] + advance
     time = session_start[ev_session] + within
 
-    step_cat = cat[ev_step]
-    category_names = np.asarray(model.category_ids, dtype=object)
-    kinds = np.asarray(["view", "fav", "cart", "buy"], dtype=object)
-    frame = pd.DataFrame(
-        {
-            "user": session_user[ev_session],
-            "item": np.asarray(model.item_ids)[item[ev_step]].astype(np.int64),
-            "time": time.astype(np.int64),
-            "category": pd.Categorical.from_codes(step_cat, categories=list(category_names)),
-            "event": pd.Categorical.from_codes(ev_kind, categories=list(kinds)),
-            "session": ev_session,
-        }
-    )
-    return frame, GroundTruth(model=model, config=config)
+    return {
+        "user": session_user[ev_session],
+        "item": np.asarray(model.item_ids)[item[ev_step]].astype(np.int64),
+        "time": time.astype(np.int64),
+        "category": cat[ev_step].astype(np.int32),
+        "event": ev_kind.astype(np.int8),
+        "session": ev_session,
+        "n_sessions": np.array([n_sessions]),
+    }
 
 
 def generate_dataset(

@@ -101,6 +101,11 @@ def validate_fidelity(
             f"{ds.path}: the model was fitted on a dataset with {len(fold)} categories, this one "
             f"has {ds.n_categories}; validate against the dataset the model was fitted on"
         )
+    if len(model.item_ids) and int(np.max(model.item_ids)) >= ds.n_items:
+        raise UserError(
+            f"{ds.path}: the model's catalog refers to item {int(np.max(model.item_ids))}, this "
+            f"dataset has {ds.n_items} items; validate against the dataset the model was fitted on"
+        )
     test = step_log(ds, "test", fold)
     if test.n_sessions == 0:
         raise UserError(f"{ds.path}: the test split is empty; prepare the data with a test share")
