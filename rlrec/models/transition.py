@@ -438,8 +438,19 @@ def fit_sim_model(ds: PreparedDataset, config: FitConfig | None = None) -> SimMo
     streak_weights = np.bincount(np.minimum(streak, len(stay)), minlength=len(stay) + 1)[1:].astype(
         float
     )
+    # How the organic leave rate depends on the step's outcome: a fact for the user (the env's
+    # engagement factors concern recommendations, which organic logs do not show).
+    last = np.zeros(n_train_steps, dtype=bool)
+    last[train.offsets[1:] - 1] = True
+    engaged = train.cart
+    leave_ratio = (
+        float(last[engaged].mean() / last[~engaged].mean())
+        if engaged.any() and (~engaged).any() and last[~engaged].any()
+        else None
+    )
     info = {
         "dataset": str(ds.path),
+        "leave_rate_ratio_after_cart": leave_ratio,
         "train_events": len(train_frame),
         "train_steps": n_train_steps,
         "train_sessions": train.n_sessions,

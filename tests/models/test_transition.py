@@ -184,6 +184,14 @@ def test_single_category_is_a_clear_error(tmp_path: Path) -> None:
         fit_sim_model(ds)
 
 
+def test_log_without_categories_points_to_derive_categories(
+    diginetica_csv: Path, tmp_path: Path
+) -> None:
+    ds = load_dataset(prepare([diginetica_csv], preset="diginetica", out=tmp_path / "dg"))
+    with pytest.raises(UserError, match=r"has 1 category .*--derive-categories"):
+        fit_sim_model(ds)
+
+
 def test_leave_hazard_of_geometric_sessions() -> None:
     rng = np.random.default_rng(0)
     lengths = rng.geometric(0.25, size=50_000)
