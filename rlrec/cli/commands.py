@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from rlrec.cli import data
 from rlrec.cli import encoder as encoder_cli
+from rlrec.cli import ope as ope_cli
 from rlrec.cli import sim as sim_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -15,5 +16,6 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 REGISTRY: list[Registrar] = [
     data.register,
     encoder_cli.register,
+    ope_cli.register,
     sim_cli.register,
 ]
