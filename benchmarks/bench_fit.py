@@ -30,6 +30,7 @@ TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_sample
 TARGET_TRANSITION_TV = 0.03
 FIDELITY_KEYS = (
     "js_category_transition",
+    "js_category_transition_floor",
     "ks_session_length",
     "ks_streak_length",
     "event_mix_max_abs_diff",

@@ -4,7 +4,9 @@
 compares them with the test split, step by step (a step is a maximal run of same-item events):
 
 * ``js_category_transition``: Jensen-Shannon divergence (base 2, so in [0, 1]) between the
-  joint distributions of consecutive step pairs ``(category_t, category_{t+1})``;
+  joint distributions of consecutive step pairs ``(category_t, category_{t+1})``, with
+  ``js_category_transition_floor``, what a perfect model would score against a test split of
+  that size (small test splits over many category pairs are far from 0 by sampling alone);
 * ``ks_session_length`` and ``ks_streak_length``: Kolmogorov-Smirnov distances (the largest
   gap between the two empirical CDFs) of session lengths and category-streak lengths in steps;
 * ``event_mix``: the share of steps ending in a view, a cart and a buy, and the differences.
@@ -87,7 +89,8 @@ def validate_fidelity(
         seed: Seed of the simulation.
 
     Returns:
-        A JSON-ready dict: ``js_category_transition``, ``ks_session_length``,
+        A JSON-ready dict: ``js_category_transition``, ``js_category_transition_floor``,
+        ``ks_session_length``,
         ``ks_streak_length``, ``event_mix`` (``simulated``, ``test``, ``difference``),
         ``event_mix_max_abs_diff``, ``test_sessions``, ``simulated_sessions``, and
         ``ground_truth`` when the dataset has one.
@@ -114,10 +117,20 @@ def validate_fidelity(
     test_pairs = _pair_counts(test.offsets, test.category, k)
     sim_pairs = _pair_counts(sim.offsets, sim.category, k)
     js = js_divergence(sim_pairs, test_pairs) if test_pairs.sum() > 0 else float("nan")
+    # What a perfect model would score with this few test pairs: the JS divergence between the
+    # simulated distribution and a sample of the test's size drawn from it.
+    rng = np.random.default_rng([seed, 1])
+    n_pairs = int(test_pairs.sum())
+    floor = (
+        js_divergence(sim_pairs, rng.multinomial(n_pairs, (sim_pairs / sim_pairs.sum()).ravel()))
+        if n_pairs > 0 and sim_pairs.sum() > 0
+        else float("nan")
+    )
     mix_sim, mix_test = _event_mix(sim.cart, sim.buy), _event_mix(test.cart, test.buy)
     diff = {name: mix_sim[name] - mix_test[name] for name in mix_sim}
     result: dict[str, Any] = {
         "js_category_transition": js,
+        "js_category_transition_floor": floor,
         "ks_session_length": ks_distance(sim.lengths, test.lengths),
         "ks_streak_length": ks_distance(
             streak_lengths(sim.offsets, sim.category), streak_lengths(test.offsets, test.category)
@@ -280,6 +293,7 @@ def format_fidelity(report: dict[str, Any]) -> str:
     lines = [
         f"{'metric':<28}{'value':>12}",
         f"{'js_category_transition':<28}{report['js_category_transition']:>12.4f}",
+        f"{'  (perfect-model floor)':<28}{report['js_category_transition_floor']:>12.4f}",
         f"{'ks_session_length':<28}{report['ks_session_length']:>12.4f}",
         f"{'ks_streak_length':<28}{report['ks_streak_length']:>12.4f}",
         f"{'event_mix_max_abs_diff':<28}{report['event_mix_max_abs_diff']:>12.4f}",

@@ -65,6 +65,9 @@ def test_validate_on_synthetic_data(fitted: SimModel, synthetic: PreparedDataset
     report = validate_fidelity(fitted, synthetic, n_sessions=5000, seed=0)
     for key in ("js_category_transition", "ks_session_length", "ks_streak_length"):
         assert 0 <= report[key] < 0.1, key
+    # A well-fitted model scores near what a perfect one would on a test split this size.
+    floor = report["js_category_transition_floor"]
+    assert 0 < floor and report["js_category_transition"] < 2 * floor
     assert report["event_mix_max_abs_diff"] < 0.02
     assert report["ground_truth"]["transition_tv"] < 0.06
     assert report == validate_fidelity(fitted, synthetic, n_sessions=5000, seed=0)
@@ -83,6 +86,7 @@ def test_a_wrong_model_fails_fidelity(fitted: SimModel, synthetic: PreparedDatas
     bad = validate_fidelity(sticky, synthetic, n_sessions=5000, seed=0)
     for key in ("js_category_transition", "ks_streak_length"):
         assert bad[key] > good[key] + 0.1, key
+    assert bad["js_category_transition"] > 3 * bad["js_category_transition_floor"]
     short = dataclasses.replace(fitted, leave_hazard=np.array([0.5]))
     bad = validate_fidelity(short, synthetic, n_sessions=5000, seed=0)
     assert bad["ks_session_length"] > good["ks_session_length"] + 0.1
