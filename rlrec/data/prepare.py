@@ -46,7 +46,7 @@ from rlrec.data.schema import (
     SPLITS,
     UNKNOWN_CATEGORY,
 )
-from rlrec.data.sessionize import EVENT_ORDER, collect_sessions, number_sessions, sessionize
+from rlrec.data.sessionize import collect_sessions, flag_events, number_events, number_sessions
 from rlrec.data.split import check_fractions, split_code_sql, time_cutoffs
 from rlrec.errors import UserError
 
@@ -195,33 +195,42 @@ def _run(
         )
 
     session_filter = " AND session IS NOT NULL" if by_session_id else ""
-    # Only the columns the log has: every column is carried through two sorts.
+    present_filter = f"user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL{session_filter}"
+    # Only the columns the log has: every column is carried through the sort.
     carried = ["user", "item", "event", "ts"] + [
         c for c in ("category", "session", *source.optional_columns) if source.has(c)
     ]
-    con.execute(
-        f"CREATE TABLE clean AS SELECT DISTINCT {', '.join(carried)} FROM src "
-        f"WHERE user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL{session_filter}"
-    )
-    con.execute("DROP TABLE src")
-    n_clean = _scalar(con, "SELECT count(*) FROM clean")
-    dropped["exact_duplicate"] = present - n_clean
-
+    gap_ms = None if by_session_id else round(config.session_gap_seconds * 1000)
     if config.min_item_count > 0:
-        before = n_clean
+        # Item counts are over distinct events, so deduplicate before counting.
+        con.execute(
+            f"CREATE TABLE clean AS SELECT DISTINCT {', '.join(carried)} FROM src "
+            f"WHERE {present_filter}"
+        )
+        con.execute("DROP TABLE src")
+        n_clean = _scalar(con, "SELECT count(*) FROM clean")
+        dropped["exact_duplicate"] = present - n_clean
         con.execute(
             "DELETE FROM clean WHERE item IN (SELECT item FROM clean GROUP BY item "
             f"HAVING count(*) < {int(config.min_item_count)})"
         )
-        n_clean = _scalar(con, "SELECT count(*) FROM clean")
-        dropped["min_item_count"] = before - n_clean
-        if n_clean == 0:
+        remaining = _scalar(con, "SELECT count(*) FROM clean")
+        dropped["min_item_count"] = n_clean - remaining
+        if remaining == 0:
             raise UserError(f"--min-item-count {config.min_item_count} drops every event; lower it")
+        base, base_filter = "clean", "true"
+    else:
+        base, base_filter = "src", present_filter
+    dropped["exact_duplicate"] += flag_events(con, base, "flagged", carried, gap_ms, base_filter)
+    con.execute(f"DROP TABLE {base}")
 
-    valid_start, test_start = time_cutoffs(con, "clean", config.split_fractions)
-    gap_ms = None if by_session_id else round(config.session_gap_seconds * 1000)
-    cuts = sessionize(con, "clean", "sessd", gap_ms, split_code_sql(valid_start, test_start))
-    con.execute("DROP TABLE clean")
+    valid_start, test_start = time_cutoffs(
+        con, "(SELECT ts FROM flagged WHERE NOT dup)", config.split_fractions
+    )
+    cuts = number_events(
+        con, "flagged", "sessd", lambda ts: split_code_sql(valid_start, test_start, ts)
+    )
+    con.execute("DROP TABLE flagged")
     n_sessions, short_events = collect_sessions(
         con, "sessd", "kept_sessions", config.min_session_length
     )
@@ -232,8 +241,8 @@ def _run(
         )
     if short_events:
         con.execute(
-            "CREATE OR REPLACE TABLE sessd AS SELECT e.* FROM sessd e SEMI JOIN kept_sessions k "
-            "ON e.user = k.user AND e.sess = k.sess AND e.split = k.split"
+            "CREATE OR REPLACE TABLE sessd AS SELECT e.* FROM sessd e "
+            "SEMI JOIN kept_sessions k ON e.sess = k.sess"
         )
 
     _vocab(con, "users", "SELECT user AS raw, count(*) AS count FROM kept_sessions GROUP BY user")
@@ -402,14 +411,14 @@ def _categories(con: duckdb.DuckDBPyConnection, config: PrepareConfig) -> str:
     Returns the category source recorded in ``meta.json``.
     """
     unknown = quote_str(UNKNOWN_CATEGORY)
+    has = _has_column(con, "sessd", "category")
     if config.derive_categories:
         category_source = "cooccurrence"
         edges = con.sql(
-            f"""
+            """
             SELECT a, b, count(*) AS w FROM (
                 SELECT i.idx AS a,
-                       lead(i.idx) OVER (PARTITION BY e.user, e.sess, e.split
-                                         ORDER BY e.{EVENT_ORDER.replace(", ", ", e.")}) AS b
+                       lead(i.idx) OVER (PARTITION BY e.sess ORDER BY e.pos) AS b
                 FROM sessd e JOIN items i ON e.item = i.raw WHERE e.split = 0
             ) WHERE b IS NOT NULL AND a <> b GROUP BY a, b
             """
@@ -443,20 +452,29 @@ def _categories(con: duckdb.DuckDBPyConnection, config: PrepareConfig) -> str:
             f"TRY_CAST(replace(raw, '{DERIVED_CATEGORY_PREFIX}', '') AS BIGINT)"
         )
     else:
-        has = _has_column(con, "sessd", "category")
         category_source = "data" if has and _has_categories(con) else "none"
-        category = "CAST(e.category AS VARCHAR)" if has else "NULL"
-        cat_expr = f"coalesce({category}, {unknown})"
+        cat_expr = f"coalesce(CAST(category AS VARCHAR), {unknown})" if has else unknown
         join = ""
         order = (
             f"CASE WHEN raw = {unknown} THEN 1 ELSE 0 END, TRY_CAST(raw AS DOUBLE) NULLS LAST, raw"
         )
-    con.execute(
-        f"""
-        CREATE TABLE ev_cat AS SELECT e.item, {cat_expr} AS raw, count(*) AS n
-        FROM sessd e {join} GROUP BY ALL
-        """
-    )
+    if config.derive_categories:
+        con.execute(
+            f"CREATE TABLE ev_cat AS SELECT e.item, {cat_expr} AS raw, count(*) AS n "
+            f"FROM sessd e {join} GROUP BY ALL"
+        )
+    else:
+        # Group on the typed category first: casting 10M ids to text costs more than the
+        # grouping; only the distinct (item, category) pairs are cast.
+        typed = "e.category" if has else "NULL"
+        con.execute(
+            f"""
+            CREATE TABLE ev_cat AS
+            SELECT item, {cat_expr} AS raw, n FROM (
+                SELECT e.item, {typed} AS category, count(*) AS n FROM sessd e GROUP BY ALL
+            ) e
+            """
+        )
     con.execute(
         f"""
         CREATE TABLE categories AS
@@ -480,6 +498,13 @@ def _categories(con: duckdb.DuckDBPyConnection, config: PrepareConfig) -> str:
             "CREATE TABLE ev_cat_map AS SELECT ic.item, c.idx FROM item_cat_raw ic "
             "JOIN categories c ON ic.cat = c.raw"
         )
+    elif has:
+        # Typed category -> index, so that the events join on the raw type, not on text.
+        con.execute(
+            "CREATE TABLE cat_keys AS SELECT k.category, c.idx FROM "
+            "(SELECT DISTINCT category FROM sessd WHERE category IS NOT NULL) k "
+            "JOIN categories c ON CAST(k.category AS VARCHAR) = c.raw"
+        )
     return category_source
 
 
@@ -493,7 +518,7 @@ def _write_tables(con: duckdb.DuckDBPyConnection, source: Source, tmp: Path) -> 
         cat_join = "JOIN ev_cat_map cm ON e.item = cm.item"
         cat_idx = "cm.idx"
     elif _has_column(con, "sessd", "category"):
-        cat_join = "LEFT JOIN categories c ON CAST(e.category AS VARCHAR) = c.raw"
+        cat_join = "LEFT JOIN cat_keys c ON e.category = c.category"
         cat_idx = f"coalesce(c.idx, (SELECT idx FROM categories WHERE raw = {unknown}))"
     else:
         cat_join = ""
@@ -508,17 +533,17 @@ def _write_tables(con: duckdb.DuckDBPyConnection, source: Source, tmp: Path) -> 
         COPY (
             SELECT CAST(s.user_idx AS INTEGER) AS user,
                    CAST(s.session AS BIGINT) AS session,
-                   e.step,
+                   CAST(e.pos - s.first_pos AS INTEGER) AS step,
                    CAST(i.idx AS INTEGER) AS item,
                    CAST({cat_idx} AS INTEGER) AS category,
                    CAST(e.event AS TINYINT) AS event,
                    CAST(e.ts AS BIGINT) AS timestamp,
                    CAST(e.split AS TINYINT) AS split{optional}
             FROM sessd e
-            JOIN sessions s ON e.user = s.user AND e.sess = s.sess AND e.split = s.split
+            JOIN sessions s ON e.sess = s.sess
             JOIN items i ON e.item = i.raw
             {cat_join}
-            ORDER BY session, e.step
+            ORDER BY session, step
         ) TO {events_file} (FORMAT parquet)
         """
     )
