@@ -79,9 +79,9 @@ def flag_events(
     same_group = " AND ".join(f"lag({c}) OVER () = {c}" for c in lead)
     dup = " AND ".join(f"lag({c}) OVER () IS NOT DISTINCT FROM {c}" for c in columns)
     prev_ts = f"CASE WHEN {same_group} THEN lag(ts) OVER () END"
-    starts = (
-        "prev_ts IS NULL" if by_session else f"(prev_ts IS NULL OR ts - prev_ts > {int(gap_ms)})"
-    )
+    starts = "prev_ts IS NULL"
+    if gap_ms is not None:
+        starts = f"(prev_ts IS NULL OR ts - prev_ts > {int(gap_ms)})"
     _in_table_order(
         con,
         f"""
