@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from tqdm import tqdm
+
 from rlrec.errors import UserError
 
 
@@ -74,9 +76,18 @@ def _bandit(args: argparse.Namespace) -> int:
         os_lambda=args.os_lambda,
         reward_model=RewardModelConfig(n_folds=args.n_folds),
     )
-    report = run_bandit_ope(
-        feedback, policy.action_dist(feedback), policy.name, ground_truth, settings
-    )
+    action_dist = policy.action_dist(feedback)
+    # The reward-model selection takes seconds to a minute: show progress on a terminal.
+    with tqdm(desc="reward model", unit="fit", disable=not sys.stderr.isatty(), leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        report = run_bandit_ope(
+            feedback, action_dist, policy.name, ground_truth, settings, progress=progress
+        )
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -9,6 +9,7 @@ reward model) and :mod:`rlrec.evaluation.ope` (estimators and bootstrap) into th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,7 @@ def run_bandit_ope(
     policy: str,
     ground_truth: float | None = None,
     settings: BanditOPESettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BanditOPEReport:
     """Estimate an evaluation policy's value from logged feedback with all seven estimators.
 
@@ -103,13 +105,16 @@ def run_bandit_ope(
         policy: Label for the report.
         ground_truth: The evaluation policy's true (or on-policy) value, if known.
         settings: Bootstrap, seeds, thresholds and reward model.
+        progress: ``progress(done, total)`` during the reward-model fit (the slow part).
 
     Returns:
         The report.
     """
     settings = settings or BanditOPESettings()
     start = time.perf_counter()
-    fit = cross_fit_reward_model(feedback, settings.reward_model, seed=settings.seed)
+    fit = cross_fit_reward_model(
+        feedback, settings.reward_model, seed=settings.seed, progress=progress
+    )
     fitted = time.perf_counter()
     rounds = prepare_rounds(
         reward=feedback.reward,

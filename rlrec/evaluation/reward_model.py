@@ -409,6 +409,7 @@ def cross_fit_reward_model(
     feedback: BanditFeedback,
     config: RewardModelConfig | None = None,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RewardModelFit:
     """Select and cross-fit the logistic reward model on logged feedback.
 
@@ -420,6 +421,8 @@ def cross_fit_reward_model(
         feedback: The log; rewards must lie in [0, 1].
         config: Folds, penalties and candidates; default :class:`RewardModelConfig`.
         seed: Seed of the fold assignment.
+        progress: Called as ``progress(done, total)`` after every fitted candidate (for a
+            progress bar); the final cross-fit counts as one more.
 
     Returns:
         The out-of-fold predictions, (n_rounds, n_actions, len_list), and the selection.
@@ -450,10 +453,14 @@ def cross_fit_reward_model(
 
     table: list[tuple[str, float, float]] = []
     best: tuple[float, RewardFeatures, float] | None = None
-    for features in usable:
+    grids = {
         # The intercept-only model has no weights to penalise; the others go from the
         # strongest penalty down, each fold warm-started from the previous solution.
-        grid = [0.0] if features == RewardFeatures() else sorted(config.l2_grid, reverse=True)
+        features: [0.0] if features == RewardFeatures() else sorted(config.l2_grid, reverse=True)
+        for features in usable
+    }
+    total = sum(len(g) for g in grids.values()) + 1
+    for features, grid in grids.items():
         previous: list[LogisticModel | None] = [None] * len(splits)
         for l2 in grid:
             oof = np.empty(feedback.n_rounds)
@@ -469,9 +476,13 @@ def cross_fit_reward_model(
             # Strict improvement only: ties go to the simpler model listed first.
             if best is None or loss < best[0] - 1e-12:
                 best = (loss, features, float(l2))
+            if progress is not None:
+                progress(len(table), total)
     assert best is not None
     loss, features, l2 = best
     predictions = _cross_predict(feedback, features, l2, splits, config.max_iter)
+    if progress is not None:
+        progress(total, total)
     return RewardModelFit(
         estimated_rewards=predictions,
         features=features,

@@ -167,3 +167,13 @@ def test_stratified_folds_spread_rare_positives() -> None:
     folds = stratified_folds(reward, 5, seed=0)
     assert np.bincount(folds[reward == 1], minlength=5).tolist() == [2, 2, 2, 2, 2]
     assert np.bincount(folds, minlength=5).tolist() == [200] * 5
+
+
+def test_progress_reports_every_candidate_and_the_final_fit() -> None:
+    feedback = feedback_with_signal(200)
+    calls: list[tuple[int, int]] = []
+    config = RewardModelConfig(n_folds=2, l2_grid=(1.0, 10.0))
+    fit = cross_fit_reward_model(feedback, config, progress=lambda d, t: calls.append((d, t)))
+    total = len(fit.table) + 1
+    assert calls[-1] == (total, total)
+    assert [d for d, _ in calls] == list(range(1, total + 1))
