@@ -278,9 +278,12 @@ class BanditEstimator:
 
     Subclasses define ``name``, :meth:`terms` and :meth:`combine`; the estimate is
     ``combine(terms.sum(axis=0))``, so bootstrap resamples need only resampled column sums.
+    ``requires_reward_model`` marks estimators that read the reward model (DM, DR family);
+    :func:`estimate_policy_value` skips them by default when there is none.
     """
 
     name: ClassVar[str] = ""
+    requires_reward_model: ClassVar[bool] = False
 
     def terms(self, rounds: LoggedRounds) -> np.ndarray:
         """(n_rounds, n_terms) float64 per-round terms."""
@@ -326,6 +329,7 @@ class DirectMethod(BanditEstimator):
     """DM: the reward model's value of the evaluation policy, averaged over logged contexts."""
 
     name: ClassVar[str] = "dm"
+    requires_reward_model: ClassVar[bool] = True
 
     def terms(self, rounds: LoggedRounds) -> np.ndarray:  # noqa: D102
         _, q_policy = rounds.model_terms(self.name)
@@ -367,6 +371,7 @@ class DoublyRobust(BanditEstimator):
     """DR: DM plus the importance-weighted residual of the reward model."""
 
     name: ClassVar[str] = "dr"
+    requires_reward_model: ClassVar[bool] = True
 
     def _weight(self, w: np.ndarray) -> np.ndarray:
         return w
@@ -385,6 +390,7 @@ class SelfNormalizedDR(BanditEstimator):
     """SNDR: DR whose residual correction is normalised by the sum of the weights."""
 
     name: ClassVar[str] = "sndr"
+    requires_reward_model: ClassVar[bool] = True
 
     def terms(self, rounds: LoggedRounds) -> np.ndarray:  # noqa: D102
         q_factual, q_policy = rounds.model_terms(self.name)
@@ -522,7 +528,7 @@ def estimate_policy_value(
         estimators = [
             e
             for e in default_estimators()
-            if rounds.has_reward_model or isinstance(e, InverseProbabilityWeighting)
+            if rounds.has_reward_model or not e.requires_reward_model
         ]
     names = [e.name for e in estimators]
     if len(set(names)) != len(names):

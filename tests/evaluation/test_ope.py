@@ -185,9 +185,10 @@ def test_ipw_and_snipw_equal_obp_given_its_action_distribution(
         action_dist=action_dist,
     )
     estimates = estimate_policy_value(rounds, n_bootstrap=20, seed=0)
-    assert set(estimates) == {"ipw"}  # no reward model: the model-based ones are skipped
+    assert list(estimates) == ["ipw", "snipw"]  # no reward model: DM and DR family skipped
     ipw = InverseProbabilityWeighting().estimate(rounds)
     snipw = SelfNormalizedIPW().estimate(rounds)
+    assert estimates["ipw"].value == ipw and estimates["snipw"].value == snipw
     assert ipw == pytest.approx(reference["estimates"]["ipw"], rel=1e-9, abs=0)
     assert snipw == pytest.approx(reference["estimates"]["snipw"], rel=1e-9, abs=0)
     assert relative_error(ipw, reference["ground_truth"]) == pytest.approx(
