@@ -139,6 +139,11 @@ def run_pandas(csv: Path, out: Path) -> None:
 
 def child(kind: str, csv: Path, out: Path) -> None:
     """Run one implementation and print its time and this process's peak RSS as JSON."""
+    # Import first, so that the timing covers the work and not the interpreter's start-up.
+    import pandas  # noqa: F401
+
+    import rlrec.data.prepare  # noqa: F401
+
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     (run_prepare if kind == "prepare" else run_pandas)(csv, out)
