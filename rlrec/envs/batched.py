@@ -13,9 +13,10 @@ Two faces over one simulator:
 * :class:`BatchedVecEnv`, a Stable-Baselines3 ``VecEnv`` with SB3's auto-reset:
   ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]``.
 
-All users share one random generator (``np_random``), seeded by ``reset(seed=...)``; the same
-seed gives the same rollouts. The dynamics are :class:`rlrec.envs.dynamics.UserDynamics`, the
-same code as the single env's, so both give the same distribution of episode returns.
+All users share one random generator (``np_random``, NumPy's SFC64), seeded by
+``reset(seed=...)``; the same seed gives the same rollouts. The dynamics are
+:class:`rlrec.envs.dynamics.UserDynamics`, the same code as the single env's, so both give the
+same distribution of episode returns.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.single_observation_space = observation_space(self.dynamics)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._np_random = _generator(None)
         self._state: UserState | None = None
         self._all = np.ones(num_envs, dtype=bool)
         self._all.flags.writeable = False
@@ -116,7 +118,7 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
         if seed is None and not self._seeded and self.config.seed is not None:
             seed = self.config.seed
         if seed is not None:
-            self._np_random = np.random.default_rng(seed if isinstance(seed, int) else list(seed))
+            self._np_random = _generator(seed if isinstance(seed, int) else list(seed))
             self._np_random_seed = seed if isinstance(seed, int) else -1
         self._seeded = True
         mask = None if options is None else options.get("reset_mask")
@@ -194,9 +196,10 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
         if len(done):
             # Whole-array copies (one memcpy each) taken before the rows are overwritten:
             # cheaper than gathering rows and lets both faces index by user.
+            history = state.history.copy()
             final = {
-                "item_history": state.items.copy(),
-                "category_history": state.categories.copy(),
+                "item_history": history[0],
+                "category_history": history[1],
                 "step": state.step[:, None].copy(),
             }
             self.dynamics.restart(state, done, self.np_random)
@@ -224,6 +227,12 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
         if self._state is None:
             raise gym.error.ResetNeeded("call reset() before interest()")
         return self.dynamics.interest(self._state)
+
+
+def _generator(seed: int | list[int] | None) -> np.random.Generator:
+    # SFC64 rather than Gymnasium's PCG64: it draws the step's uniforms about twice as fast,
+    # which is a tenth of a batched step; it passes the same statistical test batteries.
+    return np.random.Generator(np.random.SFC64(seed))
 
 
 def _copy_state(state: UserState) -> UserState:
@@ -266,6 +275,8 @@ class BatchedVecEnv(VecEnv):
             env = BatchedInterestDrift(num_envs, sim_model, dataset, config)
         self.env = env
         self._actions: np.ndarray | None = None
+        # What the last step did (engaged, outcome, item) for callbacks that log it.
+        self.last_step: StepResult | None = None
         super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
 
     def reset(self) -> VecEnvObs:
@@ -287,6 +298,7 @@ class BatchedVecEnv(VecEnv):
             raise RuntimeError("step_async() must be called before step_wait()")
         result, done, final = self.env._advance(self._actions)
         self._actions = None
+        self.last_step = result
         state = self.env._state
         assert state is not None
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]

@@ -62,9 +62,9 @@ class UserState:
             prefix counts).
         misses: (B,) int64 consecutive missed recommendations.
         episode_steps: (B,) int64 recommendations made in this episode.
-        items: (B, L) int32 item tokens of the last L steps, oldest first (dataset item + 1;
-            0 pads).
-        categories: (B, L) int32 category tokens (dataset category + 1; 0 pads).
+        history: (2, B, L) int32 tokens of the last L steps, oldest first: row 0 items
+            (dataset item + 1), row 1 categories (dataset category + 1); 0 pads. One buffer
+            so that a step shifts both with one copy.
     """
 
     category: np.ndarray
@@ -72,13 +72,22 @@ class UserState:
     step: np.ndarray
     misses: np.ndarray
     episode_steps: np.ndarray
-    items: np.ndarray
-    categories: np.ndarray
+    history: np.ndarray
 
     @property
     def size(self) -> int:
         """B, the number of users."""
         return len(self.category)
+
+    @property
+    def items(self) -> np.ndarray:
+        """(B, L) int32 item tokens (a view of ``history``)."""
+        return self.history[0]
+
+    @property
+    def categories(self) -> np.ndarray:
+        """(B, L) int32 category tokens (a view of ``history``)."""
+        return self.history[1]
 
 
 @dataclass(frozen=True)
@@ -113,13 +122,21 @@ class SegmentSampler:
     per-row inverse-CDF search.
     """
 
-    def __init__(self, probs: np.ndarray, segment: np.ndarray, n_segments: int) -> None:
+    def __init__(
+        self,
+        probs: np.ndarray,
+        segment: np.ndarray,
+        n_segments: int,
+        labels: np.ndarray | None = None,
+    ) -> None:
         """Build the tables.
 
         Args:
             probs: (M,) non-negative weights of the members.
             segment: (M,) segment of each member, in 0..n_segments - 1.
             n_segments: G.
+            labels: (M,) what :meth:`sample` returns for each member; the member's index
+                when None.
         """
         segment = np.asarray(segment, dtype=np.int64)
         order = np.argsort(segment, kind="stable")  # table position -> member
@@ -145,12 +162,16 @@ class SegmentSampler:
             # Leftovers are 1 up to rounding: they keep themselves.
             for i in small + large:
                 threshold[lo + i] = 1.0
-        member = np.append(order, -1).astype(np.int64)
+        label = np.arange(len(p)) if labels is None else np.asarray(labels)
+        member = np.append(np.asarray(label)[order], -1).astype(np.int64)
+        local = np.append(np.arange(len(p)) - np.repeat(starts, counts), 0)
         self.count = counts.astype(np.float64)  # (G,)
         self.start = starts  # (G,)
-        self.threshold = threshold  # (M + 1,) keep the bucket's member below this fraction
-        self.member = member  # (M + 1,) bucket -> member
-        self.alias_member = member[alias]  # (M + 1,) bucket -> its alias's member
+        # Bucket j of a segment keeps its own member when u * n < j + threshold[j]: the
+        # bucket index is folded in so that the draw needs no subtraction.
+        self.threshold = local + threshold  # (M + 1,)
+        self.member = member  # (M + 1,) bucket -> member's label
+        self.alias_member = member[alias]  # (M + 1,) bucket -> its alias's label
         self.has_members = (counts > 0) & (totals > 0)  # (G,)
         self.all_nonempty = bool(self.has_members.all())
 
@@ -162,14 +183,12 @@ class SegmentSampler:
             u: (B,) uniforms in [0, 1).
 
         Returns:
-            (B,) int64 member indices; -1 where the segment is empty.
+            (B,) int64 member labels; -1 where the segment is empty.
         """
         x = u * self.count[segment]
         # floor(u * n) <= n - 1 for u < 1 in float64, so the bucket stays in its segment.
-        bucket = x.astype(np.int64)
-        pos = bucket + self.start[segment]
-        keep = (x - bucket) < self.threshold[pos]
-        drawn = np.where(keep, self.member[pos], self.alias_member[pos])
+        pos = x.astype(np.int64) + self.start[segment]
+        drawn = np.where(x < self.threshold[pos], self.member[pos], self.alias_member[pos])
         if not self.all_nonempty:
             drawn = np.where(self.has_members[segment], drawn, -1)
         return drawn
@@ -185,15 +204,14 @@ class WarmStarts:
     Attributes:
         offsets: (S + 1,) int64 session boundaries over the step arrays (only sessions with
             at least ``warm_prefix[0]`` steps).
-        item_tokens: (E,) int32 dataset item + 1 of each step.
-        category_tokens: (E,) int32 dataset category + 1 of each step.
+        tokens: (2, E) int32 dataset item + 1 (row 0) and dataset category + 1 (row 1) of
+            each step.
         sim_category: (E,) int64 sim category of each step.
         streak: (E,) int64 length of the run of equal sim categories ending at each step.
     """
 
     offsets: np.ndarray
-    item_tokens: np.ndarray
-    category_tokens: np.ndarray
+    tokens: np.ndarray
     sim_category: np.ndarray
     streak: np.ndarray
 
@@ -245,8 +263,7 @@ class WarmStarts:
         new_lengths = lengths[usable]
         return cls(
             offsets=np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int64),
-            item_tokens=(step_items[sel] + 1).astype(np.int32),
-            category_tokens=(step_cats[sel] + 1).astype(np.int32),
+            tokens=np.stack([step_items[sel], step_cats[sel]]).astype(np.int32) + 1,
             sim_category=sim_cat[sel],
             streak=streak[sel].astype(np.int64),
         )
@@ -328,7 +345,10 @@ class UserDynamics:
         # miss factor ** misses, misses never exceed max_steps within an episode.
         self.miss_power = float(model.leave_miss_factor) ** np.arange(config.max_steps + 2)
 
-        self._switch = SegmentSampler(model.switch_matrix.ravel(), np.repeat(np.arange(k), k), k)
+        # Labels are destination categories, so a draw is the new category directly.
+        self._switch = SegmentSampler(
+            model.switch_matrix.ravel(), np.repeat(np.arange(k), k), k, np.tile(np.arange(k), k)
+        )
         self._items = SegmentSampler(model.item_popularity, item_category, k)
         self._initial = SegmentSampler(model.initial_category, np.zeros(k, dtype=np.int64), 1)
 
@@ -378,21 +398,18 @@ class UserDynamics:
         u = rng.random((2, n))
         category = self._initial.sample(np.zeros(n, dtype=np.int64), u[0])
         item = self._items.sample(category, u[1])
-        items = np.zeros((n, self.history_length), dtype=np.int32)
-        cats = np.zeros((n, self.history_length), dtype=np.int32)
-        items[:, -1] = self.item_token[item]
-        cats[:, -1] = np.where(
+        history = np.zeros((2, n, self.history_length), dtype=np.int32)
+        history[0, :, -1] = self.item_token[item]
+        history[1, :, -1] = np.where(
             item >= 0, self.item_category_token[item], self.sim_category_token[category]
         )
-        ones = np.ones(n, dtype=np.int64)
         return UserState(
             category=category,
-            streak=ones,
-            step=ones.copy(),
+            streak=np.ones(n, dtype=np.int64),
+            step=np.ones(n, dtype=np.int64),
             misses=np.zeros(n, dtype=np.int64),
             episode_steps=np.zeros(n, dtype=np.int64),
-            items=items,
-            categories=cats,
+            history=history,
         )
 
     def _start_warm(self, n: int, rng: np.random.Generator) -> UserState:
@@ -409,13 +426,12 @@ class UserDynamics:
         pos = np.maximum(pos, 0)
         last = end - 1
         return UserState(
-            category=warm.sim_category[last].copy(),
-            streak=warm.streak[last].copy(),
+            category=warm.sim_category[last],
+            streak=warm.streak[last],
             step=prefix,
             misses=np.zeros(n, dtype=np.int64),
             episode_steps=np.zeros(n, dtype=np.int64),
-            items=np.where(valid, warm.item_tokens[pos], 0).astype(np.int32),
-            categories=np.where(valid, warm.category_tokens[pos], 0).astype(np.int32),
+            history=np.where(valid, warm.tokens[:, pos], 0).astype(np.int32),  # (2, n, L)
         )
 
     def restart(self, state: UserState, users: np.ndarray, rng: np.random.Generator) -> None:
@@ -431,16 +447,12 @@ class UserDynamics:
         if len(users) == 0:
             return
         fresh = self.start(len(users), rng)
-        for name in (
-            "category",
-            "streak",
-            "step",
-            "misses",
-            "episode_steps",
-            "items",
-            "categories",
-        ):
-            getattr(state, name)[users] = getattr(fresh, name)
+        state.category[users] = fresh.category
+        state.streak[users] = fresh.streak
+        state.step[users] = fresh.step
+        state.misses[users] = fresh.misses
+        state.episode_steps[users] = fresh.episode_steps
+        state.history[:, users] = fresh.history
 
     # -- the step --------------------------------------------------------------------------
 
@@ -457,21 +469,21 @@ class UserDynamics:
             raise InvalidActionError(
                 f"actions of shape {np.shape(actions)}, expected ({n},): one catalog item per user"
             )
-        if a.dtype.kind not in "iu":
-            if a.dtype.kind == "f" and np.all(np.mod(a, 1) == 0):
+        if a.dtype != np.int64:
+            if a.dtype.kind in "iu" or (a.dtype.kind == "f" and np.all(np.mod(a, 1) == 0)):
                 a = a.astype(np.int64)
             else:
                 raise InvalidActionError(
                     f"actions of dtype {a.dtype}, expected integers in 0..{self.n_actions - 1}"
                 )
-        lo, hi = a.min(), a.max()
-        if lo < 0 or hi >= self.n_actions:
-            bad = int(lo) if lo < 0 else int(hi)
+        # Seen as unsigned, a negative action is huge: one max() checks both ends.
+        if a.view(np.uint64).max() >= self.n_actions:
+            bad = a[(a < 0) | (a >= self.n_actions)][0]
             raise InvalidActionError(
-                f"action {bad} is outside the action space Discrete({self.n_actions}): "
+                f"action {int(bad)} is outside the action space Discrete({self.n_actions}): "
                 f"expected a catalog item in 0..{self.n_actions - 1}"
             )
-        return a.astype(np.int64, copy=False)
+        return a
 
     def engage_probability(self, state: UserState, actions: np.ndarray) -> np.ndarray:
         """(B,) P(engage) of each user with its recommended catalog item.
@@ -479,15 +491,15 @@ class UserDynamics:
         Equals :func:`rlrec.models.sim_model.engage_probability` on the users' interest rows,
         computed from the one interest entry that matters.
         """
+        k = self.item_category[actions]
         return np.minimum(
-            self._engage_probability(state, actions, self.stay_table[state.streak]), 1.0
+            self._engage_probability(state, actions, k, self.stay_table[state.streak]), 1.0
         )
 
     def _engage_probability(
-        self, state: UserState, actions: np.ndarray, stay: np.ndarray
+        self, state: UserState, actions: np.ndarray, k: np.ndarray, stay: np.ndarray
     ) -> np.ndarray:
         # Not clipped to 1: it is only compared with uniforms in [0, 1).
-        k = self.item_category[actions]
         switch = self.switch_flat[state.category * self.n_categories + k]
         interest_k = switch + stay * ((k == state.category) - switch)  # (1-stay)*sw + stay*eq
         if self.interest_exponent == 1.0:
@@ -511,8 +523,11 @@ class UserDynamics:
         """
         cat, streak = state.category, state.streak
         u = rng.random((_N_UNIFORMS, state.size))
+        k = self.item_category[actions]
         stay = self.stay_table[streak]
-        p = self._engage_probability(state, actions, stay)
+        # Clipped: the funnel below scales p by the cart/buy thresholds, so an unclipped
+        # p > 1 would inflate the cart and buy rates of very engaging items.
+        p = np.minimum(self._engage_probability(state, actions, k, stay), 1.0)
         # One uniform for engagement and funnel: given u0 < p, u0 / p is uniform on [0, 1),
         # so u0 < p * threshold draws the funnel (buy <= cart thresholds nest).
         u0 = u[0]
@@ -526,11 +541,10 @@ class UserDynamics:
 
         # Organic step, computed for everyone and used where the recommendation was missed:
         # cheaper than indexing the missed subset for batches of a few thousand.
-        switched = self._switch.sample(cat, u[2]) - cat * self.n_categories
-        organic_category = np.where(u[1] < stay, cat, switched)
+        organic_category = np.where(u[1] < stay, cat, self._switch.sample(cat, u[2]))
         organic_item = self._items.sample(organic_category, u[3])
 
-        new_cat = np.where(engaged, self.item_category[actions], organic_category)
+        new_cat = np.where(engaged, k, organic_category)
         new_streak = np.where(new_cat == cat, streak + 1, 1)
         item = np.where(engaged, actions, organic_item)
 
@@ -539,17 +553,16 @@ class UserDynamics:
         factor = np.where(engaged, self.leave_engaged_factor, self.miss_power[misses])
         terminated = u[4] < self.hazard_table[step] * factor
         episode_steps = state.episode_steps + 1
-        truncated = (episode_steps >= self.config.max_steps) & ~terminated
+        # For booleans a > b is a & ~b: truncated only if the user did not leave.
+        truncated = (episode_steps >= self.config.max_steps) > terminated
 
-        items = np.empty_like(state.items)
-        items[:, :-1] = state.items[:, 1:]
-        items[:, -1] = self.item_token[item]
-        cats = np.empty_like(state.categories)
-        cats[:, :-1] = state.categories[:, 1:]
+        history = np.empty_like(state.history)  # (2, B, L)
+        history[:, :, :-1] = state.history[:, :, 1:]
+        history[0, :, -1] = self.item_token[item]
         if self._items.all_nonempty:
-            cats[:, -1] = self.item_category_token[item]
+            history[1, :, -1] = self.item_category_token[item]
         else:
-            cats[:, -1] = np.where(
+            history[1, :, -1] = np.where(
                 item >= 0, self.item_category_token[item], self.sim_category_token[new_cat]
             )
         new_state = UserState(
@@ -558,8 +571,7 @@ class UserDynamics:
             step=step,
             misses=misses,
             episode_steps=episode_steps,
-            items=items,
-            categories=cats,
+            history=history,
         )
         return new_state, StepResult(
             reward=reward,

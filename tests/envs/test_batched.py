@@ -62,7 +62,7 @@ def test_single_and_batched_give_the_same_return_distribution(sim_model, tiny_da
     # The test has power: a user twice as likely to engage is told apart.
     other = make_sim_model(engage_base_rate=0.6)
     different = batched_returns(other, tiny_dataset, 400, seed=1, config=config)
-    assert stats.ks_2samp(single, different).pvalue < 1e-6
+    assert stats.ks_2samp(single, different).pvalue < 1e-3
 
 
 def rollout(env, seed, steps=40):

@@ -101,8 +101,8 @@ def test_warm_starts_collapse_repeats_and_follow_sessions(sim_model, tiny_datase
     warm = WarmStarts.from_dataset(tiny_dataset, sim_model, "train", min_steps=2)
     # Sessions 0 (5 steps: item 1 repeated is one step) and 1 (4 steps); session 2 too short.
     np.testing.assert_array_equal(warm.offsets, [0, 5, 9])
-    np.testing.assert_array_equal(warm.item_tokens[:5], [2, 6, 23, 3, 4])
-    np.testing.assert_array_equal(warm.category_tokens[:5], [2, 2, 3, 3, 4])
+    np.testing.assert_array_equal(warm.tokens[0, :5], [2, 6, 23, 3, 4])
+    np.testing.assert_array_equal(warm.tokens[1, :5], [2, 2, 3, 3, 4])
     np.testing.assert_array_equal(warm.streak, [1, 2, 1, 2, 1, 1, 2, 3, 1])
 
 
