@@ -255,10 +255,10 @@ class SequenceEncoder(nn.Module):
     def sampled_item_logits(
         self, hidden: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
     ) -> torch.Tensor:
-        """Sampled-softmax scores: the target first, then shared uniform negatives.
+        """Sampled-softmax scores: the target first, then negatives shared by all rows.
 
-        Negatives equal to a row's target are masked to ``-inf`` (accidental hits); with
-        uniform sampling the log-q correction is a constant and cancels.
+        Negatives equal to a row's target are masked to ``-inf`` (accidental hits). The
+        caller subtracts the log sampling probabilities (the log-q correction).
 
         Args:
             hidden: (N, d) hidden states.

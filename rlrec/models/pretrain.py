@@ -10,7 +10,8 @@ Two stages, each with early stopping on the ``valid`` split (the best epoch's we
    a state at step ``t`` depends only on steps up to ``t``, as the env requires.
 
 The next-item loss is a full softmax for catalogs up to ``full_softmax_max_items`` items and a
-sampled softmax over ``n_negatives`` uniform negatives shared by the batch beyond.
+sampled softmax beyond: ``n_negatives`` negatives shared by the batch, drawn by popularity
+(train count ** 0.75), with the log-q correction.
 
 Same seed, same data, same device -> same weights: the seed drives the initialisation, the
 dropout masks (``torch.manual_seed``), the batch order and the BERT masks (a numpy
@@ -66,7 +67,8 @@ class PretrainConfig:
         category_loss_weight: Weight of the next-category loss in the fine-tuning stage.
         full_softmax_max_items: Largest catalog trained with a full softmax; beyond it the
             next-item loss is a sampled softmax.
-        n_negatives: Uniform negatives per batch of the sampled softmax.
+        n_negatives: Negatives per batch of the sampled softmax, shared by its rows and drawn
+            in proportion to (train count + 1) ** 0.75, with the log-q correction.
         eval_batch_size: Windows per forward pass on the valid split.
         seed: Seed of initialisation, dropout, batch order and masks.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -75,8 +77,8 @@ class PretrainConfig:
 
     objective: Literal["causal", "masked"] = "causal"
     mask_prob: float = 0.2
-    pretrain_epochs: int = 10
-    finetune_epochs: int = 20
+    pretrain_epochs: int = 3
+    finetune_epochs: int = 10
     patience: int = 2
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -165,7 +167,8 @@ def train_encoder(
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    train_windows = training_windows(collapse_repeats(dataset.sessions("train")), enc_cfg.max_len)
+    train_steps = collapse_repeats(dataset.sessions("train"))
+    train_windows = training_windows(train_steps, enc_cfg.max_len)
     valid_windows = prefix_windows(collapse_repeats(dataset.sessions("valid")), enc_cfg.max_len)
     if train_windows.n_targets == 0:
         raise UserError(
@@ -188,6 +191,7 @@ def train_encoder(
             enc_cfg, dataset.n_items, dataset.n_categories, dataset.item_category
         ).to(device)
         trainer = _Trainer(model, cfg, device, rng, writer, progress)
+        trainer.set_item_counts(np.bincount(train_steps.items, minlength=dataset.n_items))
         started = time.perf_counter()
         if cfg.pretrain_epochs:
             trainer.run_stage("pretrain", train_windows, valid_windows, cfg.pretrain_epochs)
@@ -226,6 +230,15 @@ class _Trainer:
         self.writer = writer
         self.progress = progress
         self.sampled = model.n_items > cfg.full_softmax_max_items
+        self.log_q: torch.Tensor | None = None
+        self.sampling_cdf: np.ndarray | None = None
+
+    def set_item_counts(self, counts: np.ndarray) -> None:
+        """Sampled softmax: draw negatives from (n_items,) train step counts ** 0.75 (+1)."""
+        weights = (np.asarray(counts, dtype=np.float64) + 1.0) ** 0.75
+        q = weights / weights.sum()
+        self.sampling_cdf = np.cumsum(q)
+        self.log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=self.device)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, dict[str, Any]] = {}
         self.sequences = 0
@@ -288,14 +301,24 @@ class _Trainer:
             self.best[stage] = best_record
 
     def _batches(self, windows: Windows, shuffle: bool) -> Iterator[dict[str, np.ndarray]]:
-        order = self.rng.permutation(len(windows)) if shuffle else np.arange(len(windows))
+        """Batches of windows of similar length, in random order when ``shuffle``.
+
+        Windows are bucketed by length (after a random permutation, so equal lengths mix
+        differently every epoch) and each batch keeps only the columns that are real in some
+        row: outputs at real positions do not change (positions count real steps and padding
+        keys are masked), and most sessions are far shorter than ``max_len``.
+        """
+        n = len(windows)
+        order = self.rng.permutation(n) if shuffle else np.arange(n)
+        lengths = (windows.items[order] != 0).sum(axis=1)
+        order = order[np.argsort(lengths, kind="stable")]
         size = self.cfg.batch_size if shuffle else self.cfg.eval_batch_size
-        for lo in range(0, len(order), size):
+        starts = np.arange(0, n, size)
+        if shuffle:
+            starts = self.rng.permutation(starts)
+        for lo in starts:
             idx = order[lo : lo + size]
             items = windows.items[idx]
-            # Drop the columns that are padding in every row: outputs at real positions are
-            # unchanged (positions count real steps; padding keys are masked) and short
-            # sessions train far faster.
             width = max(1, int((items != 0).sum(axis=1).max()))
             cols = slice(items.shape[1] - width, None)
             yield {
@@ -312,12 +335,20 @@ class _Trainer:
         """Mean next-item cross-entropy of (N, d) states against (N,) targets."""
         if not self.sampled:
             return F.cross_entropy(self.model.item_logits(hidden), targets)
+        assert self.log_q is not None and self.sampling_cdf is not None
+        draws = np.searchsorted(self.sampling_cdf, self.rng.random(self.cfg.n_negatives))
         negatives = torch.as_tensor(
-            self.rng.integers(0, self.model.n_items, size=self.cfg.n_negatives),
-            device=self.device,
+            np.minimum(draws, self.model.n_items - 1), device=self.device
+        )  # (K,)
+        logits = self.model.sampled_item_logits(hidden, targets, negatives)  # (N, 1 + K)
+        # Sampled softmax with the log-q correction (Jean et al. 2015): subtracting the log
+        # sampling probability makes it a consistent estimate of the full softmax even
+        # though popular items are drawn far more often than rare ones.
+        correction = torch.cat(
+            [self.log_q[targets][:, None], self.log_q[negatives][None, :].expand(len(targets), -1)],
+            dim=1,
         )
-        logits = self.model.sampled_item_logits(hidden, targets, negatives)
-        return F.cross_entropy(logits, torch.zeros_like(targets))
+        return F.cross_entropy(logits - correction, torch.zeros_like(targets))
 
     def _losses(
         self, stage: str, batch: dict[str, np.ndarray], rng: np.random.Generator

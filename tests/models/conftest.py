@@ -9,12 +9,13 @@ a view and sometimes a cart of the same item, so collapsing repeats matters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rlrec.data.dataset import PreparedDataset, load_dataset, write_dataset
 
@@ -82,6 +83,16 @@ def make_sequence_dataset(
         }
     )
     return write_dataset(out, events, users, items, categories, {"source": "test-cyclic"})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    # Encoder tests use tiny tensors: one thread is fastest, and torch's thread pool slows
+    # down by an order of magnitude when the machine's CPUs are shared with other jobs.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

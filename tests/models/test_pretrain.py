@@ -1,0 +1,246 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlrec.cli import main
+from rlrec.data.dataset import PreparedDataset, load_dataset
+from rlrec.errors import UserError
+from rlrec.evaluation.ranking import BASELINES, CATEGORY_METRICS, ITEM_METRICS, evaluate_next_step
+from rlrec.models.checkpoint import load_encoder
+from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+from rlrec.models.pretrain import PretrainConfig, resolve_device, train_encoder
+from rlrec.models.sequences import IGNORE, collapse_repeats, mask_tokens, training_windows
+
+SMALL = EncoderConfig(d_model=16, n_layers=1, n_heads=2, max_len=12, dropout=0.0)
+QUICK = PretrainConfig(pretrain_epochs=1, finetune_epochs=1, batch_size=64, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_dataset(
+    tmp_path_factory: pytest.TempPathFactory, make_seq_dataset: Callable[..., Path]
+) -> PreparedDataset:
+    return load_dataset(make_seq_dataset(tmp_path_factory.mktemp("small") / "ds", n_sessions=60))
+
+
+def _state(model: SequenceEncoder) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_overfits_a_tiny_batch(seq_dataset: PreparedDataset, objective: str) -> None:
+    # Eight windows, no dropout: the model must be able to memorise them (gradients flow
+    # through embeddings, attention and both heads).
+    torch.manual_seed(0)
+    w = training_windows(collapse_repeats(seq_dataset.sessions("train")), 12)
+    items, cats = torch.as_tensor(w.items[:8]), torch.as_tensor(w.categories[:8])
+    t_items, t_cats = torch.as_tensor(w.target_items[:8]), torch.as_tensor(w.target_categories[:8])
+    model = SequenceEncoder(
+        EncoderConfig(d_model=32, n_layers=2, n_heads=2, max_len=12, dropout=0.0),
+        seq_dataset.n_items,
+        seq_dataset.n_categories,
+        seq_dataset.item_category,
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(80):
+        if objective == "masked":
+            mi, mc, tg = mask_tokens(
+                w.items[:8],
+                w.categories[:8],
+                0.3,
+                model.item_mask_token,
+                model.category_mask_token,
+                np.random.default_rng(0),  # the same masks every step: memorisable
+            )
+            hidden = model(torch.as_tensor(mi), torch.as_tensor(mc), causal=False)
+            where = torch.as_tensor(tg != IGNORE)
+            loss = F.cross_entropy(model.item_logits(hidden[where]), torch.as_tensor(tg)[where])
+        else:
+            hidden = model(items, cats)
+            where = t_items != IGNORE
+            loss = F.cross_entropy(model.item_logits(hidden[where]), t_items[where])
+            loss = loss + F.cross_entropy(model.category_logits(hidden[where]), t_cats[where])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # Windows sharing a prefix but not its continuation leave some irreducible loss.
+    assert losses[-1] < 0.1 * losses[0]
+    if objective == "causal":
+        with torch.no_grad():
+            hidden = model(items, cats)[t_items != IGNORE]
+            hits = model.item_logits(hidden).argmax(1) == t_items[t_items != IGNORE]
+        assert hits.float().mean() > 0.9
+
+
+def test_training_is_deterministic_by_seed(small_dataset: PreparedDataset) -> None:
+    a = train_encoder(small_dataset, SMALL, QUICK, progress=False)
+    b = train_encoder(small_dataset, SMALL, QUICK, progress=False)
+    for key, value in _state(a.model).items():
+        torch.testing.assert_close(_state(b.model)[key], value, rtol=0, atol=0)
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    other = train_encoder(
+        small_dataset, SMALL, PretrainConfig(**{**QUICK.__dict__, "seed": 1}), progress=False
+    )
+    assert not torch.equal(other.model.item_bias, a.model.item_bias)
+
+
+def test_stages_history_early_stopping_and_tensorboard(
+    small_dataset: PreparedDataset, tmp_path: Path
+) -> None:
+    cfg = PretrainConfig(
+        objective="masked", pretrain_epochs=2, finetune_epochs=2, batch_size=64, device="cpu"
+    )
+    result = train_encoder(
+        small_dataset, SMALL, cfg, tensorboard_dir=tmp_path / "tb", progress=False
+    )
+    stages = [r["stage"] for r in result.history]
+    assert stages[0] == "pretrain" and stages[-1] == "finetune"
+    assert set(result.best) == {"pretrain", "finetune"}
+    fine = [r for r in result.history if r["stage"] == "finetune"]
+    assert all(np.isfinite(r["valid_loss"]) and "valid_ndcg@10" in r for r in fine)
+    assert "train_category_loss" in fine[0]
+    assert result.train_sequences_per_s > 0
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert not result.model.training
+
+
+def test_valid_loss_improves_with_training(seq_dataset: PreparedDataset) -> None:
+    cfg = PretrainConfig(pretrain_epochs=0, finetune_epochs=4, patience=4, device="cpu")
+    result = train_encoder(seq_dataset, SMALL, cfg, progress=False)
+    losses = [r["valid_loss"] for r in result.history]
+    assert losses[-1] < losses[0]
+
+
+def test_sampled_softmax_path_trains(small_dataset: PreparedDataset) -> None:
+    cfg = PretrainConfig(
+        pretrain_epochs=1, finetune_epochs=2, full_softmax_max_items=5, n_negatives=8, device="cpu"
+    )
+    result = train_encoder(small_dataset, SMALL, cfg, progress=False)
+    assert all(np.isfinite(r["train_item_loss"]) for r in result.history)
+
+
+def test_no_training_sequences_is_a_user_error(
+    tmp_path: Path, make_seq_dataset: Callable[..., Path]
+) -> None:
+    ds = load_dataset(make_seq_dataset(tmp_path / "ds", n_sessions=40))
+    one_step = ds.events.groupby("session").head(1)  # every session a single event
+    single = PreparedDataset(ds.path, one_step, ds.users, ds.items, ds.categories, ds.meta)
+    with pytest.raises(UserError, match="no session of two or more steps"):
+        train_encoder(single, SMALL, QUICK, progress=False)
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValueError, match="both be 0"):
+        PretrainConfig(pretrain_epochs=0, finetune_epochs=0)
+    with pytest.raises(ValueError, match="mask_prob"):
+        PretrainConfig(mask_prob=1.5)
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(UserError, match="expected auto"):
+        resolve_device("tpu:7")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedDataset) -> None:
+    result = train_encoder(small_dataset, SMALL, QUICK, progress=False)
+    report = evaluate_next_step(result.model, small_dataset)
+    assert set(report) == {"protocol", "encoder", "baselines"}
+    assert set(report["encoder"]) == {*ITEM_METRICS, *CATEGORY_METRICS}
+    assert set(report["baselines"]) == set(BASELINES)
+    assert set(report["baselines"]["last_category"]) == set(CATEGORY_METRICS)
+    for name in ("popularity", "item_markov", "category_markov"):
+        assert set(report["baselines"][name]) == {*ITEM_METRICS, *CATEGORY_METRICS}
+    steps = collapse_repeats(small_dataset.sessions("test"))
+    assert report["protocol"]["targets"] == steps.n_targets
+    assert "full ranking" in report["protocol"]["description"]
+    for metrics in (report["encoder"], *report["baselines"].values()):
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+@pytest.mark.slow
+def test_encoder_beats_first_order_baselines_on_streak_structure(
+    seq_dataset: PreparedDataset,
+) -> None:
+    # The fixture's stay probability depends on the streak: only a sequence model sees it.
+    cfg = PretrainConfig(pretrain_epochs=0, finetune_epochs=30, patience=5, device="cpu")
+    enc = EncoderConfig(d_model=32, n_layers=2, n_heads=2, max_len=12, dropout=0.1)
+    result = train_encoder(seq_dataset, enc, cfg, progress=False)
+    report = evaluate_next_step(result.model, seq_dataset)
+    acc = report["encoder"]["category_acc@1"]
+    for name, metrics in report["baselines"].items():
+        assert acc > metrics["category_acc@1"] + 0.1, name
+
+
+def test_cli_pretrain_and_eval(
+    tmp_path: Path,
+    small_dataset: PreparedDataset,
+    capsys: pytest.CaptureFixture[str],
+    make_seq_dataset: Callable[..., Path],
+) -> None:
+    enc_dir = tmp_path / "enc"
+    config = tmp_path / "cfg.yaml"
+    config.write_text("encoder:\n  d_model: 16\n  n_layers: 1\ntraining:\n  batch_size: 64\n")
+    code = main(
+        [
+            "pretrain",
+            str(small_dataset.path),
+            "--out",
+            str(enc_dir),
+            "--config",
+            str(config),
+            "--max-len",
+            "12",
+            "--epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--json",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 2 and "finetune" in summary["best"]
+    _, ckpt = load_encoder(enc_dir, small_dataset)
+    assert (ckpt.config.d_model, ckpt.config.n_layers, ckpt.config.max_len) == (16, 1, 12)
+    assert ckpt.info["training_config"]["batch_size"] == 64
+    assert list((enc_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    assert main(["encoder", "eval", str(enc_dir), "--data", str(small_dataset.path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["encoder"]) == {*ITEM_METRICS, *CATEGORY_METRICS}
+    assert main(["encoder", "eval", str(enc_dir), "--data", str(small_dataset.path)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("protocol:") and "category_markov (baseline)" in text
+
+    other = make_seq_dataset(tmp_path / "other", n_sessions=40, raw_prefix="z")
+    assert main(["encoder", "eval", str(enc_dir), "--data", str(other)]) == 2
+    assert "differs from dataset" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  epochs: 3\n")
+    assert (
+        main(
+            [
+                "pretrain",
+                str(small_dataset.path),
+                "--out",
+                str(tmp_path / "x"),
+                "--config",
+                str(bad),
+            ]
+        )
+        == 2
+    )
+    assert "unknown setting" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
