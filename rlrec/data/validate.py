@@ -10,6 +10,7 @@ few kilobytes, so that a wrong preset fails in milliseconds instead of after a 1
 from __future__ import annotations
 
 import csv
+import gzip
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ def check_input_files(paths: Sequence[Path]) -> None:
 
 
 def sniff_csv(path: Path, delimiter: str) -> CsvShape:
-    """Read the first lines of ``path`` and split them with ``delimiter``."""
-    with path.open("rb") as fh:
+    """Read the first lines of ``path`` (gzip-compressed if it ends in ``.gz``), split them."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as fh:
         head = fh.read(SNIFF_BYTES)
     text = head.decode("utf-8", errors="replace")
     lines = text.splitlines()
