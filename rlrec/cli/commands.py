@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from rlrec.cli import data
 from rlrec.cli import encoder as encoder_cli
+from rlrec.cli import env as env_cli
 from rlrec.cli import ope as ope_cli
 from rlrec.cli import quickstart as quickstart_cli
 from rlrec.cli import sim as sim_cli
@@ -17,6 +18,7 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 REGISTRY: list[Registrar] = [
     data.register,
     encoder_cli.register,
+    env_cli.register,
     ope_cli.register,
     quickstart_cli.register,
     sim_cli.register,

@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlrec.cli import main
+
+from .test_presets import TINY
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_env_build_then_rollout(tmp_path, capsys):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY))
+    cache = str(tmp_path / "cache")
+    assert main(["env", "build", str(preset), "--cache", cache, "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["reused"] == [] and Path(built["sim_dir"]).is_dir()
+    args = ["env", "rollout", str(preset), "--cache", cache, "--episodes", "200", "--users", "32"]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["episodes"] >= 200 and 0 <= report["engagement_rate"] <= 1
+    assert 1 <= report["mean_episode_length"] <= TINY["env"]["max_steps"]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == report  # same seed, same numbers
+
+
+def test_env_errors_are_one_line(capsys):
+    assert main(["env", "build", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a bundled preset" in err
+
+
+@pytest.mark.slow
+def test_bench_env_quick_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "benchmarks/bench_env.py", "--quick", "--hand-built", "--out", str(out)]
+    subprocess.run([*cmd, "--seconds", "0.05"], cwd=PROJECT_ROOT, check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert set(result["batched_steps_per_s"]) == {"1", "64", "1024", "8192"}
+    assert result["single_steps_per_s"] > 0 and result["dummy_vec_steps_per_s"] > 0
+    assert set(result["batched_bytes_per_user"]) == {"1", "64", "1024", "8192"}
