@@ -1,0 +1,149 @@
+"""Typed settings of an RL agent (``agents/*.yaml``): PPO hyperparameters and the encoder's role.
+
+:class:`AgentConfig` is built with :func:`rlrec.config.from_mapping` from a preset file, so a
+typo or a bad value fails at load with the field's name; the resolved configuration is saved
+as ``config.yaml`` in the run directory. Bad combinations are caught at construction, as
+Stable-Baselines3 does (e.g. a batch size larger than one rollout).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rlrec.config import from_mapping, load_yaml
+from rlrec.errors import UserError
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "agents"
+"""The bundled agent presets (``ppo``, ``ppo_frozen``) in the project's ``agents/`` folder."""
+
+EncoderMode = Literal["finetune", "frozen"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """A PPO agent on the batched simulator.
+
+    Attributes:
+        encoder: ``finetune``: the policy runs the pretrained encoder over the observed history
+            and trains it; ``frozen``: the env's observations are replaced by the frozen
+            encoder's states (computed once per step, not per epoch: fast).
+        share_encoder: Fine-tune mode only: actor and critic share one encoder (faster);
+            False gives the critic its own copy, so value gradients cannot disturb the
+            actor's pretrained features.
+        critic_arch: Hidden layer widths of the critic MLP on top of the features.
+        mask_recent: Mask (sb3-contrib MaskablePPO) the catalog items among the last
+            ``mask_recent`` steps of the history; 0 uses plain PPO with no masking.
+        n_envs: Simulated users stepped together (the batched env's N).
+        n_steps: Steps per user per rollout; a rollout has ``n_envs * n_steps`` transitions.
+        batch_size: Minibatch size of the PPO update.
+        n_epochs: Passes over each rollout.
+        learning_rate: Adam learning rate (constant).
+        gamma: Discount factor of the long-term return.
+        gae_lambda: GAE bias/variance trade-off.
+        clip_range: PPO ratio clipping.
+        ent_coef: Entropy bonus weight.
+        vf_coef: Value loss weight.
+        max_grad_norm: Gradient norm clip.
+        target_kl: Stop an update's epochs early past this approximate KL; None never stops.
+        total_timesteps: Default training length in env steps (``--timesteps`` overrides).
+        checkpoint_every: Save a checkpoint every this many env steps (0: only at the end).
+        keep_checkpoints: Checkpoints kept (older ones are deleted).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        num_threads: Torch CPU threads; 0 keeps torch's default.
+        encoder_batch_size: Histories per encoder forward pass in frozen mode and evaluation.
+    """
+
+    encoder: EncoderMode = "finetune"
+    share_encoder: bool = False
+    critic_arch: tuple[int, ...] = (64, 64)
+    mask_recent: int = 0
+    n_envs: int = 16
+    n_steps: int = 128
+    batch_size: int = 256
+    n_epochs: int = 4
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = None
+    total_timesteps: int = 200_000
+    checkpoint_every: int = 50_000
+    keep_checkpoints: int = 3
+    device: str = "cpu"
+    num_threads: int = 0
+    encoder_batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str]] = [
+            (self.n_envs >= 1, f"n_envs: {self.n_envs}, expected >= 1"),
+            (self.n_steps >= 1, f"n_steps: {self.n_steps}, expected >= 1"),
+            (self.batch_size >= 2, f"batch_size: {self.batch_size}, expected >= 2"),
+            (
+                self.batch_size <= self.n_envs * self.n_steps,
+                f"batch_size: {self.batch_size} exceeds one rollout (n_envs * n_steps = "
+                f"{self.n_envs * self.n_steps}); lower it or raise n_steps",
+            ),
+            (self.n_epochs >= 1, f"n_epochs: {self.n_epochs}, expected >= 1"),
+            (self.learning_rate > 0, f"learning_rate: {self.learning_rate}, expected > 0"),
+            (0 < self.gamma <= 1, f"gamma: {self.gamma}, expected in (0, 1]"),
+            (0 <= self.gae_lambda <= 1, f"gae_lambda: {self.gae_lambda}, expected in [0, 1]"),
+            (self.clip_range > 0, f"clip_range: {self.clip_range}, expected > 0"),
+            (self.ent_coef >= 0 and self.vf_coef >= 0, "ent_coef and vf_coef must be >= 0"),
+            (self.max_grad_norm > 0, f"max_grad_norm: {self.max_grad_norm}, expected > 0"),
+            (
+                self.target_kl is None or self.target_kl > 0,
+                f"target_kl: {self.target_kl}, expected > 0 or null",
+            ),
+            (self.total_timesteps >= 1, "total_timesteps must be >= 1"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.mask_recent >= 0, f"mask_recent: {self.mask_recent}, expected >= 0"),
+            (all(w >= 1 for w in self.critic_arch), "critic_arch widths must be >= 1"),
+            (self.num_threads >= 0, "num_threads must be >= 0"),
+            (self.encoder_batch_size >= 1, "encoder_batch_size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"agent.{message}")
+
+    @property
+    def rollout_size(self) -> int:
+        """Transitions per rollout, ``n_envs * n_steps``."""
+        return self.n_envs * self.n_steps
+
+
+def agent_preset_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """Resolve a bundled agent preset name (``ppo``) or a YAML path.
+
+    Raises:
+        UserError: If neither exists.
+    """
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise UserError(f"{candidate}: no such agent preset file")
+        return candidate
+    bundled = PRESET_DIR / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise UserError(
+        f"agent preset {str(name_or_path)!r}: not a file and not a bundled preset "
+        f"({', '.join(known) or 'none found'}); pass a YAML path"
+    )
+
+
+def load_agent_config(name_or_path: str | os.PathLike[str]) -> AgentConfig:
+    """Load an :class:`AgentConfig` from a YAML preset (a path or a bundled name).
+
+    Raises:
+        UserError: Naming the file and the offending field.
+    """
+    path = agent_preset_path(name_or_path)
+    return from_mapping(AgentConfig, load_yaml(path), where=path.name)

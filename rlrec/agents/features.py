@@ -1,0 +1,161 @@
+"""The pretrained encoder as the policy's eyes: a features extractor and a frozen-state wrapper.
+
+Features of an observation are ``[state, step_feature]``: the encoder's (d,) state of the
+observed history (dataset tokens, most recent last) and ``log(1 + t) / 5`` of the session step
+``t`` (the leave hazard depends on it; the critic needs it, the actor ignores it at first).
+
+Two ways to get them:
+
+* :class:`EncoderFeatures` (``encoder: finetune``): an SB3 ``BaseFeaturesExtractor`` that runs a
+  :class:`~rlrec.models.encoder.SequenceEncoder` on the token observations, so PPO's gradients
+  fine-tune it. Dropout is off: a stochastic features extractor would make PPO's probability
+  ratios noisy.
+* :class:`FrozenEncoderStates` (``encoder: frozen``): a ``VecEnvWrapper`` that replaces the
+  token observations by the frozen encoder's features once per env step, so the PPO update
+  never runs the transformer (it would otherwise run it ``n_epochs`` times per transition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+
+STEP_SCALE = 5.0
+"""``log(1 + t) / STEP_SCALE`` keeps the step feature near [0, 1] for sessions up to ~150 steps."""
+
+
+def step_feature(step: torch.Tensor) -> torch.Tensor:
+    """(B, 1) scaled log session step from (B, 1) steps (any numeric dtype)."""
+    return torch.log1p(step.float().clamp(min=0)) / STEP_SCALE
+
+
+def rl_encoder(config: EncoderConfig, n_items: int, n_categories: int) -> SequenceEncoder:
+    """An encoder of the given shape with dropout off (its weights are loaded afterwards).
+
+    ``item_category`` is a saved buffer, so the placeholder zeros here are replaced by the
+    checkpoint's (or by a saved policy's) values when the state dict is loaded.
+    """
+    quiet = dataclasses.replace(config, dropout=0.0)
+    return SequenceEncoder(quiet, n_items, n_categories, np.zeros(n_items, dtype=np.int64))
+
+
+class EncoderFeatures(BaseFeaturesExtractor):
+    """Run the (trainable) sequence encoder over token observations.
+
+    Args:
+        observation_space: The env's Dict space (``item_history``, ``category_history``,
+            ``step``).
+        encoder_config: :class:`EncoderConfig` fields as a plain dict (picklable with the
+            saved policy).
+        n_items: Item vocabulary of the encoder's dataset.
+        n_categories: Category vocabulary of the encoder's dataset.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Dict,
+        encoder_config: dict[str, Any],
+        n_items: int,
+        n_categories: int,
+    ) -> None:
+        config = EncoderConfig(**encoder_config)
+        super().__init__(observation_space, features_dim=config.d_model + 1)
+        self.encoder = rl_encoder(config, n_items, n_categories)
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Features ``[state, step_feature]``.
+
+        Args:
+            observations: ``item_history`` and ``category_history`` (B, L) tokens (SB3 hands
+                them over as floats; token ids are exact in float32), ``step`` (B, 1).
+
+        Returns:
+            (B, d + 1) features.
+        """
+        items = observations["item_history"].long()  # (B, L)
+        categories = observations["category_history"].long()  # (B, L)
+        state = self.encoder.encode(items, categories)  # (B, d)
+        return torch.cat([state, step_feature(observations["step"])], dim=1)  # (B, d + 1)
+
+
+@torch.no_grad()
+def encode_features(
+    encoder: SequenceEncoder, obs: dict[str, np.ndarray], batch_size: int = 4096
+) -> np.ndarray:
+    """Frozen features ``[state, step_feature]`` of a batch of token observations.
+
+    Args:
+        encoder: The encoder (evaluated without gradients, in eval mode).
+        obs: ``item_history``, ``category_history`` (B, L) int tokens and ``step`` (B, 1).
+        batch_size: Histories per forward pass.
+
+    Returns:
+        (B, d + 1) float32 features.
+    """
+    device = next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    items = torch.as_tensor(np.asarray(obs["item_history"]), dtype=torch.long)
+    cats = torch.as_tensor(np.asarray(obs["category_history"]), dtype=torch.long)
+    steps = torch.as_tensor(np.asarray(obs["step"]).reshape(len(items), 1))
+    out = []
+    for lo in range(0, len(items), batch_size):
+        state = encoder.encode(
+            items[lo : lo + batch_size].to(device), cats[lo : lo + batch_size].to(device)
+        )  # (b, d)
+        out.append(torch.cat([state.cpu(), step_feature(steps[lo : lo + batch_size])], dim=1))
+    encoder.train(was_training)
+    if not out:
+        return np.zeros((0, encoder.state_dim + 1), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+class FrozenEncoderStates(VecEnvWrapper):
+    """Replace token observations by frozen encoder features, ``Box((d + 1,), float32)``.
+
+    Terminal observations in ``infos`` (SB3 bootstraps truncated episodes from them) are
+    encoded too, all of a step's in one batch.
+
+    Args:
+        venv: A VecEnv with the simulator's Dict observations.
+        encoder: The pretrained encoder; it is put in eval mode and never trained here.
+        batch_size: Histories per forward pass.
+    """
+
+    def __init__(self, venv: VecEnv, encoder: SequenceEncoder, batch_size: int = 4096) -> None:
+        self.encoder = encoder.eval()
+        for param in self.encoder.parameters():
+            param.requires_grad_(False)
+        self.batch_size = batch_size
+        dim = encoder.state_dim + 1
+        space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        super().__init__(venv, observation_space=space)
+
+    def _encode(self, obs: VecEnvObs) -> np.ndarray:
+        assert isinstance(obs, dict)
+        return encode_features(self.encoder, obs, self.batch_size)
+
+    def reset(self) -> np.ndarray:
+        """Reset the users and return their features."""
+        return self._encode(self.venv.reset())
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """Step the users and return their features (terminal observations encoded too)."""
+        obs, rewards, dones, infos = self.venv.step_wait()
+        finished = [i for i, info in enumerate(infos) if "terminal_observation" in info]
+        if finished:
+            terminal = [infos[i]["terminal_observation"] for i in finished]
+            batch = {key: np.stack([t[key] for t in terminal]) for key in terminal[0]}
+            encoded = self._encode(batch)
+            for row, i in enumerate(finished):
+                infos[i]["terminal_observation"] = encoded[row]
+        return self._encode(obs), rewards, dones, infos

@@ -1,0 +1,442 @@
+"""``rlrec train``: PPO on the batched simulator, from an env preset and an agent preset.
+
+What a run needs is built or reused first, so that a fresh clone trains with one command: the
+env preset's PreparedDataset and SimModel (:func:`rlrec.envs.presets.build_artifacts`) and an
+encoder checkpoint pretrained on that dataset (:func:`build_encoder`, cached under
+``<cache>/encoder-<hash>`` keyed by the dataset and the preset's ``encoder`` settings).
+
+Run directory ``logs/<run-name>/``::
+
+    config.yaml        the resolved run configuration (:class:`RunConfig`), written first
+    encoder/           a copy of the encoder checkpoint (the run is self-contained)
+    tensorboard/       event files (see rlrec.agents.callbacks)
+    checkpoints/       step_<N>.zip every checkpoint_every env steps (atomic)
+    policy.zip         the final model (atomic)
+
+``--resume`` reloads ``config.yaml`` and the newest checkpoint and trains on to the run's
+``timesteps``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from sb3_contrib import MaskablePPO
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.vec_env import VecEnv
+
+from rlrec.agents.callbacks import (
+    AtomicCheckpoint,
+    RecommendationMetrics,
+    checkpoint_files,
+    save_model_atomic,
+)
+from rlrec.agents.config import AgentConfig
+from rlrec.agents.features import FrozenEncoderStates
+from rlrec.agents.policy import (
+    AgentPolicy,
+    Model,
+    RecentItemMask,
+    build_model,
+    token_to_action_table,
+)
+from rlrec.config import from_mapping, load_yaml, to_mapping
+from rlrec.data.dataset import PreparedDataset, load_dataset
+from rlrec.envs.batched import BatchedVecEnv
+from rlrec.envs.config import EnvConfig
+from rlrec.envs.presets import DEFAULT_CACHE_DIR, EnvPreset, build_artifacts, load_env_preset
+from rlrec.errors import UserError
+from rlrec.models.checkpoint import (
+    CONFIG_FILE as ENCODER_CONFIG_FILE,
+)
+from rlrec.models.checkpoint import (
+    ENCODER_SCHEMA_VERSION,
+    load_encoder,
+    save_encoder,
+    vocabulary_fingerprint,
+)
+from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+from rlrec.models.pretrain import PretrainConfig, train_encoder
+from rlrec.models.sim_model import SimModel, load_sim_model
+
+RUN_CONFIG_FILE = "config.yaml"
+POLICY_FILE = "policy.zip"
+ENCODER_DIR = "encoder"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved configuration of a training run, saved as ``config.yaml``.
+
+    Attributes:
+        env_preset: The env preset (a bundled name or a YAML path) the run was built from.
+        agent: The agent settings.
+        timesteps: Env steps to train in total.
+        seed: Seed of the policy, the sampling and the simulated users.
+        cache_dir: Where the artifacts were built or found.
+        dataset_dir: The PreparedDataset used.
+        sim_dir: The SimModel used.
+        encoder_dir: The encoder checkpoint used (its copy is in the run's ``encoder/``).
+        env: The simulator settings.
+    """
+
+    env_preset: str
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    timesteps: int = 200_000
+    seed: int = 0
+    cache_dir: str = str(DEFAULT_CACHE_DIR)
+    dataset_dir: str = ""
+    sim_dir: str = ""
+    encoder_dir: str = ""
+    env: EnvConfig = field(default_factory=EnvConfig)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_agent` returns.
+
+    Attributes:
+        run_dir: The run directory.
+        policy_path: The final ``policy.zip``.
+        timesteps: Env steps trained in total (over resumptions).
+        seconds: Wall time of this call's ``learn``.
+        fps: Env steps per second of this call's ``learn``.
+        resumed_from: Steps of the checkpoint resumed from, or None.
+        reused: Artifacts found in the cache.
+    """
+
+    run_dir: Path
+    policy_path: Path
+    timesteps: int
+    seconds: float
+    fps: float
+    resumed_from: int | None = None
+    reused: tuple[str, ...] = ()
+
+
+def encoder_settings(preset: EnvPreset) -> tuple[EncoderConfig, PretrainConfig]:
+    """The encoder stage's settings from the preset's ``encoder`` mapping.
+
+    The mapping has optional ``model`` (:class:`EncoderConfig`) and ``training``
+    (:class:`PretrainConfig`) sections; the CPU is the default device here so that a cached
+    encoder does not depend on the machine.
+
+    Raises:
+        UserError: Naming the preset and the offending field.
+    """
+    section = dict(preset.encoder)
+    unknown = sorted(set(section) - {"model", "training"})
+    if unknown:
+        raise UserError(
+            f"{preset.name}: encoder: unknown section(s) {', '.join(unknown)}; expected "
+            "'model' (EncoderConfig) and 'training' (PretrainConfig)"
+        )
+    enc = from_mapping(EncoderConfig, section.get("model") or {}, f"{preset.name}:encoder.model")
+    training = {"device": "cpu", **(section.get("training") or {})}
+    pre = from_mapping(PretrainConfig, training, f"{preset.name}:encoder.training")
+    return enc, pre
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+
+
+def build_encoder(
+    preset: EnvPreset,
+    dataset_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+    progress: bool = False,
+) -> tuple[Path, bool]:
+    """Pretrain the preset's encoder on ``dataset_dir``, or reuse the cached one.
+
+    Returns:
+        The checkpoint directory and whether it was reused.
+    """
+    enc_cfg, pre_cfg = encoder_settings(preset)
+    key = _digest(
+        {
+            "schema": ENCODER_SCHEMA_VERSION,
+            "dataset": Path(dataset_dir).name,
+            "model": to_mapping(enc_cfg),
+            "training": to_mapping(pre_cfg),
+        }
+    )
+    out = Path(cache_dir) / f"encoder-{key}"
+    if (out / ENCODER_CONFIG_FILE).is_file():
+        return out, True
+    dataset = load_dataset(dataset_dir)
+    threads = torch.get_num_threads()
+    try:
+        result = train_encoder(dataset, enc_cfg, pre_cfg, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    info = {
+        "dataset": str(dataset.path),
+        "training_config": to_mapping(pre_cfg),
+        "history": result.history,
+        "preset": preset.name,
+    }
+    save_encoder(out, result.model.cpu(), vocabulary_fingerprint(dataset), info)
+    return out, False
+
+
+def make_training_env(
+    agent: AgentConfig,
+    sim_model: SimModel,
+    dataset: PreparedDataset | None,
+    env_config: EnvConfig,
+    encoder: SequenceEncoder,
+    seed: int,
+) -> VecEnv:
+    """The batched SB3 VecEnv for ``agent``: masking and frozen features as configured."""
+    base = BatchedVecEnv(agent.n_envs, sim_model, dataset, env_config)
+    venv: VecEnv = base
+    if agent.mask_recent > 0:
+        dyn = base.env.dynamics
+        table = token_to_action_table(sim_model.item_ids[: dyn.n_actions], dyn.n_item_tokens)
+        venv = RecentItemMask(venv, table, agent.mask_recent)
+    if agent.encoder == "frozen":
+        venv = FrozenEncoderStates(venv, copy.deepcopy(encoder), agent.encoder_batch_size)
+    venv.seed(seed)
+    return venv
+
+
+def _write_yaml_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> RunConfig:
+    """Read a run directory's ``config.yaml``.
+
+    Raises:
+        UserError: If the directory is not a run directory or the file is malformed.
+    """
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {RUN_CONFIG_FILE}; not a run directory of 'rlrec train'")
+    return from_mapping(RunConfig, load_yaml(path), where=str(path))
+
+
+def _algorithm(agent: AgentConfig) -> type[PPO] | type[MaskablePPO]:
+    return MaskablePPO if agent.mask_recent > 0 else PPO
+
+
+def train_agent(
+    env_preset: str | os.PathLike[str],
+    agent: AgentConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    timesteps: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+    progress: bool = False,
+) -> TrainResult:
+    """Train (or resume) a PPO agent; see the module docstring for the run directory.
+
+    Args:
+        env_preset: A bundled env preset name or a YAML path.
+        agent: The agent settings (ignored on resume: the run's saved ones are used).
+        run_dir: The run directory.
+        timesteps: Total env steps; None takes ``agent.total_timesteps`` (on resume, a value
+            extends the run to that total).
+        seed: Seed of the run (ignored on resume).
+        resume: Continue the run in ``run_dir`` from its newest checkpoint.
+        cache_dir: Where artifacts are built or reused.
+        progress: Show SB3's progress bar.
+
+    Raises:
+        UserError: If the run directory exists without ``resume``, or ``resume`` finds no run.
+    """
+    root = Path(run_dir)
+    resumed_from: int | None = None
+    checkpoint: Path | None = None
+    if resume:
+        run = read_run_config(root)
+        if timesteps is not None:
+            run = RunConfig(**{**run.__dict__, "timesteps": timesteps})
+        found = checkpoint_files(root / CHECKPOINT_DIR)
+        if found:
+            resumed_from, checkpoint = found[-1]
+        agent, seed = run.agent, run.seed
+        preset = load_env_preset(run.env_preset)
+    else:
+        if (root / RUN_CONFIG_FILE).exists():
+            raise UserError(
+                f"{root}: a run already exists there; pass --resume to continue it or choose "
+                "another --run-name"
+            )
+        preset = load_env_preset(env_preset)
+        run = RunConfig(
+            env_preset=str(env_preset),
+            agent=agent,
+            timesteps=timesteps if timesteps is not None else agent.total_timesteps,
+            seed=seed,
+            cache_dir=str(cache_dir),
+            env=preset.env,
+        )
+    if agent.num_threads:
+        torch.set_num_threads(agent.num_threads)
+    artifacts = build_artifacts(preset, cache_dir)
+    encoder_dir, encoder_reused = build_encoder(preset, artifacts.dataset_dir, cache_dir)
+    reused = (*artifacts.reused, *(("encoder",) if encoder_reused else ()))
+    run = RunConfig(
+        **{
+            **run.__dict__,
+            "cache_dir": str(cache_dir),
+            "dataset_dir": str(artifacts.dataset_dir),
+            "sim_dir": str(artifacts.sim_dir),
+            "encoder_dir": str(encoder_dir),
+        }
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    run_encoder = root / ENCODER_DIR
+    if not (run_encoder / ENCODER_CONFIG_FILE).is_file():
+        tmp = root / f".{ENCODER_DIR}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(encoder_dir, tmp, ignore=shutil.ignore_patterns("tensorboard"))
+        os.replace(tmp, run_encoder)
+    _write_yaml_atomic(root / RUN_CONFIG_FILE, to_mapping(run))
+
+    dataset = load_dataset(artifacts.dataset_dir)
+    sim_model = load_sim_model(artifacts.sim_dir)
+    encoder, _ = load_encoder(run_encoder, dataset, device="cpu")
+    venv = make_training_env(agent, sim_model, dataset, run.env, encoder, seed)
+    n_actions = int(getattr(venv.action_space, "n", 0))
+    model: Model
+    if checkpoint is not None:
+        model = _algorithm(agent).load(checkpoint, env=venv, device=agent.device)
+    else:
+        model = build_model(
+            agent,
+            venv,
+            encoder,
+            sim_model.item_ids[:n_actions],
+            seed,
+            tensorboard_log=str(root / TENSORBOARD_DIR),
+        )
+    hparams: dict[str, Any] = {
+        k: (v if isinstance(v, int | float | str | bool) else str(v))
+        for k, v in to_mapping(agent).items()
+    }
+    hparams.update(seed=seed, env_preset=run.env_preset, timesteps=run.timesteps)
+    callbacks: list[BaseCallback] = [RecommendationMetrics(hparams)]
+    saver = None
+    if agent.checkpoint_every > 0:
+        saver = AtomicCheckpoint(
+            root / CHECKPOINT_DIR, agent.checkpoint_every, agent.keep_checkpoints
+        )
+        callbacks.append(saver)
+    remaining = max(run.timesteps - model.num_timesteps, 0)
+    started = time.perf_counter()
+    done_before = model.num_timesteps
+    if remaining > 0:
+        model.learn(
+            total_timesteps=remaining,
+            callback=CallbackList(callbacks),
+            reset_num_timesteps=checkpoint is None,
+            tb_log_name="ppo",
+            progress_bar=progress,
+        )
+    seconds = time.perf_counter() - started
+    if saver is not None and remaining > 0:
+        saver.save()
+    policy_path = save_model_atomic(model, root / POLICY_FILE)
+    venv.close()
+    return TrainResult(
+        run_dir=root,
+        policy_path=policy_path,
+        timesteps=int(model.num_timesteps),
+        seconds=seconds,
+        fps=(model.num_timesteps - done_before) / max(seconds, 1e-9),
+        resumed_from=resumed_from,
+        reused=reused,
+    )
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to evaluate.
+
+    Attributes:
+        config: The run's configuration.
+        policy: The trained agent behind the policy protocol.
+        encoder: The run's encoder checkpoint (the supervised one, for greedy baselines).
+        sim_model: The env's SimModel.
+        dataset: The env's PreparedDataset.
+    """
+
+    config: RunConfig
+    policy: AgentPolicy
+    encoder: SequenceEncoder
+    sim_model: SimModel
+    dataset: PreparedDataset
+
+
+def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
+    """Load a run directory's final policy (or newest checkpoint) and its env artifacts.
+
+    Artifacts missing from the cache are rebuilt from the run's env preset.
+
+    Raises:
+        UserError: If the directory holds no run or no trained policy.
+    """
+    root = Path(run_dir)
+    run = read_run_config(root)
+    policy_path = root / POLICY_FILE
+    if not policy_path.is_file():
+        found = checkpoint_files(root / CHECKPOINT_DIR)
+        if not found:
+            raise UserError(
+                f"{root}: no {POLICY_FILE} and no checkpoint; train it with 'rlrec train' "
+                "(or --resume an interrupted run)"
+            )
+        policy_path = found[-1][1]
+    dataset_dir, sim_dir = Path(run.dataset_dir), Path(run.sim_dir)
+    if not (dataset_dir.is_dir() and sim_dir.is_dir()):
+        artifacts = build_artifacts(load_env_preset(run.env_preset), run.cache_dir)
+        dataset_dir, sim_dir = artifacts.dataset_dir, artifacts.sim_dir
+    dataset = load_dataset(dataset_dir)
+    sim_model = load_sim_model(sim_dir)
+    encoder, _ = load_encoder(root / ENCODER_DIR, dataset, device=device)
+    agent = run.agent
+    model = _algorithm(agent).load(policy_path, device=device)
+    n_actions = int(getattr(model.action_space, "n", 0))
+    table = None
+    if agent.mask_recent > 0:
+        n_tokens = dataset.n_items + 1
+        table = token_to_action_table(sim_model.item_ids[:n_actions], n_tokens)
+    policy = AgentPolicy(
+        model,
+        encoder=copy.deepcopy(encoder) if agent.encoder == "frozen" else None,
+        token_to_action=table,
+        mask_recent=agent.mask_recent,
+        batch_size=agent.encoder_batch_size,
+    )
+    return LoadedRun(
+        config=run, policy=policy, encoder=encoder, sim_model=sim_model, dataset=dataset
+    )
+
+
+def default_run_name(env_preset: str, agent_preset: str, seed: int) -> str:
+    """CleanRL-style ``env__agent__seed__time`` run name."""
+    env = Path(env_preset).stem
+    agent = Path(agent_preset).stem
+    return f"{env}__{agent}__{seed}__{int(time.time())}"
