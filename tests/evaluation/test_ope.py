@@ -308,7 +308,7 @@ def test_bootstrap_sums_equal_explicit_resampling() -> None:
     columns = rng.normal(size=(50, 3))
     n_bootstrap = 7
     got = bootstrap_column_sums(columns, n_bootstrap, np.random.default_rng(11), 10**6)
-    idx = np.random.default_rng(11).integers(0, 50, size=(n_bootstrap, 50))
+    idx = np.random.default_rng(11).integers(0, 50, size=(n_bootstrap, 50), dtype=np.int32)
     np.testing.assert_allclose(got, columns[idx].sum(axis=1), rtol=1e-12)
     # Chunking (here one resample at a time) keeps every resample a full-size draw.
     chunked = bootstrap_column_sums(np.ones((50, 1)), 9, np.random.default_rng(1), 50)
