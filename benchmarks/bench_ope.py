@@ -100,6 +100,7 @@ def run(n_rounds: int, n_actions: int, len_list: int, n_bootstrap: int, seed: in
     generate_seconds = time.perf_counter() - t0
 
     t1 = time.perf_counter()
+    c1 = time.process_time()
     rounds = prepare_rounds(
         reward=logs["reward"],
         action=logs["action"],
@@ -113,6 +114,7 @@ def run(n_rounds: int, n_actions: int, len_list: int, n_bootstrap: int, seed: in
         rounds, default_estimators(), n_bootstrap=n_bootstrap, seed=seed
     )
     t3 = time.perf_counter()
+    c3 = time.process_time()
 
     # Per-estimator cost, each with its own bootstrap (the joint run shares one).
     per_estimator = {}
@@ -128,6 +130,10 @@ def run(n_rounds: int, n_actions: int, len_list: int, n_bootstrap: int, seed: in
         "len_list": len_list,
         "n_bootstrap": n_bootstrap,
         "seconds": t3 - t1,
+        # CPU time of the same section (all threads): wall time on a shared machine is
+        # inflated by other processes, CPU time is not.
+        "cpu_seconds": c3 - c1,
+        "load_average_1min": os.getloadavg()[0],
         "prepare_seconds": t2 - t1,
         "estimate_seconds": t3 - t2,
         "generate_seconds": generate_seconds,
