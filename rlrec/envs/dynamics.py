@@ -421,9 +421,18 @@ class UserDynamics:
         longest = np.minimum(hi, warm.offsets[session + 1] - begin)
         prefix = lo + np.floor(rng.random(n) * (longest - lo + 1)).astype(np.int64)
         end = begin + prefix  # exclusive
-        pos = end[:, None] - self.history_length + np.arange(self.history_length)  # (n, L)
+        # A prefix has at most hi steps, so only the last min(L, hi) columns can be non-zero.
+        width = min(self.history_length, hi)
+        pos = end[:, None] - width + np.arange(width)  # (n, width)
         valid = pos >= begin[:, None]
-        pos = np.maximum(pos, 0)
+        # take() along an axis is several times faster than fancy indexing tokens[:, pos].
+        window = warm.tokens.take(np.maximum(pos, 0), axis=1)  # (2, n, width)
+        window *= valid
+        if width == self.history_length:
+            history = window
+        else:
+            history = np.zeros((2, n, self.history_length), dtype=np.int32)
+            history[:, :, -width:] = window
         last = end - 1
         return UserState(
             category=warm.sim_category[last],
@@ -431,7 +440,7 @@ class UserDynamics:
             step=prefix,
             misses=np.zeros(n, dtype=np.int64),
             episode_steps=np.zeros(n, dtype=np.int64),
-            history=np.where(valid, warm.tokens[:, pos], 0).astype(np.int32),  # (2, n, L)
+            history=history,
         )
 
     def restart(self, state: UserState, users: np.ndarray, rng: np.random.Generator) -> None:
