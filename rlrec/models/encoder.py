@@ -16,7 +16,8 @@ Heads:
 * next item: the dot product of the state with the item's output vector
   ``item_embedding[i] + category_embedding[category(i)]`` plus a per-item bias (tied to the
   input embeddings, so rare items borrow strength from their category);
-* next category (the interest-migration task): a linear layer.
+* next category (the interest-migration task): the dot product with the category's
+  embedding plus a per-category bias (tied likewise).
 
 :class:`StateEncoder` is the frozen, inference-only interface that envs and agents use.
 """
@@ -150,7 +151,7 @@ class SequenceEncoder(nn.Module):
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(d)
         self.item_bias = nn.Parameter(torch.zeros(n_items))
-        self.category_head = nn.Linear(d, n_categories)
+        self.category_bias = nn.Parameter(torch.zeros(n_categories))
         self.register_buffer("item_category", item_category, persistent=True)
         self._init_weights()
 
@@ -280,7 +281,10 @@ class SequenceEncoder(nn.Module):
         return torch.cat([positive, negative], dim=1)
 
     def category_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-category scores.
+        """Next-category scores: the state against the (tied) category embeddings, plus a bias.
+
+        Tying makes "stay in the current category" easy to express: the state carries the
+        last step's category embedding through the residual stream.
 
         Args:
             hidden: (..., d) hidden states.
@@ -288,7 +292,8 @@ class SequenceEncoder(nn.Module):
         Returns:
             (..., n_categories) unnormalised log-probabilities.
         """
-        return self.category_head(hidden)
+        weights = self.category_embedding.weight[1 : self.n_categories + 1]  # (C, d)
+        return hidden @ weights.T + self.category_bias
 
 
 class StateEncoder:

@@ -331,10 +331,17 @@ class _Trainer:
     def _to(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, device=self.device)
 
-    def _item_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-item cross-entropy of (N, d) states against (N,) targets."""
+    def _item_loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean next-item cross-entropy of (N, d) states against (N,) targets.
+
+        Returns:
+            The loss, and the (N, n_items) full logits when the softmax is full (else None).
+        """
         if not self.sampled:
-            return F.cross_entropy(self.model.item_logits(hidden), targets)
+            logits = self.model.item_logits(hidden)  # (N, n_items)
+            return F.cross_entropy(logits, targets), logits
         assert self.log_q is not None and self.sampling_cdf is not None
         draws = np.searchsorted(self.sampling_cdf, self.rng.random(self.cfg.n_negatives))
         negatives = torch.as_tensor(
@@ -348,16 +355,18 @@ class _Trainer:
             [self.log_q[targets][:, None], self.log_q[negatives][None, :].expand(len(targets), -1)],
             dim=1,
         )
-        return F.cross_entropy(logits - correction, torch.zeros_like(targets))
+        return F.cross_entropy(logits - correction, torch.zeros_like(targets)), None
 
     def _losses(
         self, stage: str, batch: dict[str, np.ndarray], rng: np.random.Generator
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-        """The stage's losses on one batch, and the causal states at target positions.
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The stage's losses on one batch, and what validation reuses.
 
         Returns:
-            ``(losses, h, where)``: ``h`` (N, d) states at the positions ``where`` (B, L)
-            that have a next-step target, None for the masked objective.
+            ``(losses, extra)``; for the causal objectives ``extra`` holds ``h`` (N, d), the
+            states at the positions with a next-step target, their ``target_items`` and
+            ``target_categories`` (N,), ``category_logits`` and, with a full softmax,
+            ``item_logits``. Empty for the masked objective.
         """
         model = self.model
         if stage == "pretrain" and self.cfg.objective == "masked":
@@ -371,23 +380,32 @@ class _Trainer:
             )
             hidden = model(self._to(items), self._to(cats), causal=False)  # (B, L, d)
             where = self._to(targets != IGNORE)
-            loss = self._item_loss(hidden[where], self._to(targets)[where])
-            return {"loss": loss, "item_loss": loss}, None, None
+            loss, _ = self._item_loss(hidden[where], self._to(targets)[where])
+            return {"loss": loss, "item_loss": loss}, {}
         hidden = model(self._to(batch["items"]), self._to(batch["categories"]))  # (B, L, d)
         where = self._to(batch["target_items"] != IGNORE)  # (B, L)
         h = hidden[where]  # (N, d)
-        item_loss = self._item_loss(h, self._to(batch["target_items"])[where])
+        target_items = self._to(batch["target_items"])[where]  # (N,)
+        target_cats = self._to(batch["target_categories"])[where]  # (N,)
+        item_loss, item_logits = self._item_loss(h, target_items)
+        cat_logits = model.category_logits(h)  # (N, n_categories)
+        extra = {
+            "h": h,
+            "target_items": target_items,
+            "target_categories": target_cats,
+            "category_logits": cat_logits,
+        }
+        if item_logits is not None:
+            extra["item_logits"] = item_logits
         if stage == "pretrain":
-            return {"loss": item_loss, "item_loss": item_loss}, h, where
-        cat_loss = F.cross_entropy(
-            model.category_logits(h), self._to(batch["target_categories"])[where]
-        )
+            return {"loss": item_loss, "item_loss": item_loss}, extra
+        cat_loss = F.cross_entropy(cat_logits, target_cats)
         losses = {
             "loss": item_loss + self.cfg.category_loss_weight * cat_loss,
             "item_loss": item_loss,
             "category_loss": cat_loss,
         }
-        return losses, h, where
+        return losses, extra
 
     def _train_epoch(
         self, stage: str, windows: Windows, optimizer: torch.optim.Optimizer, bar: Any
@@ -396,7 +414,7 @@ class _Trainer:
         sums: dict[str, float] = {}
         n = 0
         for batch in self._batches(windows, shuffle=True):
-            losses, _, _ = self._losses(stage, batch, self.rng)
+            losses, _ = self._losses(stage, batch, self.rng)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -421,22 +439,22 @@ class _Trainer:
             total, weight = 0.0, 0
             item_ranks, cat_ranks = [], []
             for batch in self._batches(windows, shuffle=False):
-                losses, h, where = self._losses(stage, batch, rng)
+                losses, extra = self._losses(stage, batch, rng)
                 n = int((batch["target_items"] != IGNORE).sum())
                 total += float(losses["loss"]) * n
                 weight += n
-                if h is not None and where is not None:
-                    item_ranks.append(
-                        target_ranks(
-                            self.model.item_logits(h), self._to(batch["target_items"])[where]
+                if not extra:
+                    continue
+                if "item_logits" in extra:
+                    item_ranks.append(target_ranks(extra["item_logits"], extra["target_items"]))
+                else:  # sampled softmax: rank against the full catalog in slices of rows
+                    rows = max(1, 4_000_000 // self.model.n_items)
+                    for lo in range(0, n, rows):
+                        logits = self.model.item_logits(extra["h"][lo : lo + rows])
+                        item_ranks.append(
+                            target_ranks(logits, extra["target_items"][lo : lo + rows])
                         )
-                    )
-                    cat_ranks.append(
-                        target_ranks(
-                            self.model.category_logits(h),
-                            self._to(batch["target_categories"])[where],
-                        )
-                    )
+                cat_ranks.append(target_ranks(extra["category_logits"], extra["target_categories"]))
         finally:
             self.rng = saved_rng
         out = {"valid_loss": total / max(weight, 1)}
