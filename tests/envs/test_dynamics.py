@@ -113,3 +113,20 @@ def test_warm_start_needs_dataset_and_a_long_enough_session(sim_model, tiny_data
         UserDynamics(sim_model, EnvConfig(start="warm"))
     with pytest.raises(UserError, match="no session of split 'valid' has 3 steps"):
         UserDynamics(sim_model, EnvConfig(warm_split="valid", warm_prefix=(3, 5)), tiny_dataset)
+
+
+def test_category_without_catalog_items_gives_unknown_item_token():
+    item_category = np.arange(20) % 3  # sim category 3 has no catalog item
+    pop = np.ones(20) / np.bincount(item_category)[item_category]
+    model = make_sim_model(item_category=item_category, item_popularity=pop)
+    dyn = UserDynamics(model, EnvConfig(max_steps=1000))
+    n = 20_000
+    state = _constant_state(dyn, n, category=0)
+    state.streak = np.full(n, 4)  # stay 0.3: most users switch, some to category 3
+    new, res = dyn.step(state, np.zeros(n, dtype=np.int64), np.random.default_rng(0))
+    to_empty = new.category == 3
+    assert to_empty.any()
+    assert (res.item[to_empty] == -1).all() and (new.items[to_empty, -1] == 0).all()
+    # The category token still says where the user went (dataset category 3).
+    assert (new.categories[to_empty, -1] == 4).all()
+    assert (res.item[~to_empty] >= 0).all()

@@ -211,3 +211,13 @@ def test_render_ansi(sim_model):
     assert "category=" in env.render()
     with pytest.raises(UserError, match="render_mode 'human'"):
         InterestDriftEnv(sim_model, render_mode="human")
+
+
+@pytest.mark.slow
+def test_make_with_no_arguments_builds_the_synthetic_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the cache goes to ./logs/cache
+    env = gym.make(ENV_ID)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert env.unwrapped.dynamics.start_mode == "warm"
+    assert any((tmp_path / "logs" / "cache").glob("sim-*"))
