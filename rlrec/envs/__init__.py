@@ -13,9 +13,11 @@ Registration adds no ``TimeLimit``: the env truncates at ``max_steps`` itself.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gymnasium.envs.registration import register, registry
 
-from rlrec.envs.batched import BatchedInterestDrift, BatchedVecEnv, make_batched_env, make_vec_env
+from rlrec.envs.batched import BatchedInterestDrift, make_batched_env
 from rlrec.envs.config import EnvConfig, EnvSpec, RewardWeights
 from rlrec.envs.dynamics import OUTCOMES, InvalidActionError, UserDynamics
 from rlrec.envs.interest_drift import InterestDriftEnv, make_env
@@ -29,6 +31,18 @@ if ENV_ID not in registry:
         max_episode_steps=None,  # the env enforces max_steps itself
         vector_entry_point="rlrec.envs.batched:BatchedInterestDrift",
     )
+
+_SB3 = ("BatchedVecEnv", "make_vec_env")
+
+
+def __getattr__(name: str) -> Any:
+    # The SB3 adapter imports torch (through Stable-Baselines3): load it on first use only.
+    if name in _SB3:
+        from rlrec.envs import sb3_vec_env
+
+        return getattr(sb3_vec_env, name)
+    raise AttributeError(f"module 'rlrec.envs' has no attribute {name!r}")
+
 
 __all__ = [
     "ENV_ID",

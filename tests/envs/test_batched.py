@@ -219,3 +219,14 @@ def test_sb3_ppo_runs_on_the_vec_env(sim_model):
     model = PPO("MultiInputPolicy", vec, n_steps=16, batch_size=64, n_epochs=1, seed=0)
     model.learn(total_timesteps=128)
     assert model.num_timesteps >= 128
+
+
+def test_importing_the_envs_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rlrec.envs, rlrec.envs.batched; assert 'torch' not in sys.modules; "
+        "from rlrec.envs.batched import BatchedVecEnv; assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
