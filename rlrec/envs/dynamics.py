@@ -322,7 +322,8 @@ class UserDynamics:
 
         item_category = np.asarray(model.item_category, dtype=np.int64)
         self.item_category = item_category
-        self.switch_flat = np.asarray(model.switch_matrix, dtype=np.float64).ravel()  # (K*K,)
+        self.switch_matrix = np.asarray(model.switch_matrix, dtype=np.float64)  # (K, K)
+        self.switch_flat = self.switch_matrix.ravel()  # (K*K,)
         # Engagement: p = base * (K * interest_k)^a * (n_k * pop_i)^b. The item factor (all
         # but the interest term) is per item, so it is precomputed.
         n_in_category = np.bincount(item_category, minlength=k)[item_category]
@@ -592,5 +593,11 @@ class UserDynamics:
         )
 
     def interest(self, state: UserState) -> np.ndarray:
-        """(B, K) interest distributions (the hidden state oracles may see)."""
-        return self.model.interest(state.category, state.streak)
+        """(B, K) interest distributions (the hidden state oracles may see).
+
+        :meth:`SimModel.interest` with the precomputed stay table (no clipping per call).
+        """
+        stay = self.stay_table[state.streak]  # (B,)
+        out = (1.0 - stay)[:, None] * self.switch_matrix[state.category]  # (B, K)
+        out[np.arange(state.size), state.category] += stay
+        return out

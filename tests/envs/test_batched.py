@@ -180,6 +180,7 @@ def test_sb3_vec_env_autoreset_and_seeding(sim_model, tiny_dataset):
     for _ in range(6):
         obs, rewards, dones, infos = vec.step(np.zeros(16, dtype=np.int64))
         assert rewards.dtype == np.float32 and len(infos) == 16
+        np.testing.assert_array_equal(vec.last_step.reward, rewards)  # for callbacks
         for i in np.flatnonzero(dones):
             term_obs = infos[i]["terminal_observation"]
             np.testing.assert_array_equal(

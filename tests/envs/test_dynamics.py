@@ -130,3 +130,11 @@ def test_category_without_catalog_items_gives_unknown_item_token():
     # The category token still says where the user went (dataset category 3).
     assert (new.categories[to_empty, -1] == 4).all()
     assert (res.item[~to_empty] >= 0).all()
+
+
+def test_interest_matches_sim_model(sim_model):
+    dyn = UserDynamics(sim_model, EnvConfig())
+    state = dyn.start(300, np.random.default_rng(0))
+    state.streak = np.random.default_rng(1).integers(1, 9, 300)
+    expected = sim_model.interest(state.category, state.streak)
+    np.testing.assert_allclose(dyn.interest(state), expected, rtol=1e-12)
