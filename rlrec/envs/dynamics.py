@@ -383,8 +383,8 @@ class UserDynamics:
         """
         cdc = np.asarray(model.category_of_dataset_category, dtype=np.int64)
         first = np.full(model.n_categories, -1, dtype=np.int64)
-        # Reverse order so the smallest index wins the assignment.
-        first[cdc[::-1]] = np.arange(len(cdc))[::-1]
+        mapped, index = np.unique(cdc, return_index=True)  # index of each first occurrence
+        first[mapped] = index
         return first
 
     # -- starting states -------------------------------------------------------------------

@@ -138,3 +138,12 @@ def test_interest_matches_sim_model(sim_model):
     state.streak = np.random.default_rng(1).integers(1, 9, 300)
     expected = sim_model.interest(state.category, state.streak)
     np.testing.assert_allclose(dyn.interest(state), expected, rtol=1e-12)
+
+
+def test_without_dataset_tokens_use_the_first_dataset_category_of_a_sim_category():
+    model = make_sim_model(category_of_dataset_category=np.array([3, 3, 0, 1, 2, 0]))
+    dyn = UserDynamics(model, EnvConfig())
+    np.testing.assert_array_equal(dyn.sim_category_token, [3, 4, 5, 1])
+    # Catalog item a (sim category a % 4) carries that dataset category's token.
+    np.testing.assert_array_equal(dyn.item_category_token[:4], [3, 4, 5, 1])
+    assert dyn.n_category_tokens == 7 and dyn.n_item_tokens == 21
