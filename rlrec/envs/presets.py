@@ -187,6 +187,15 @@ def sim_key(preset: EnvPreset) -> str:
     )
 
 
+def encoder_key(preset: EnvPreset) -> str:
+    """Hash of what determines the preset's encoder checkpoint: its dataset and ``encoder``.
+
+    The encoder stage caches its checkpoint as ``cache_dir/encoder-<hash>`` with this key,
+    as :func:`build_artifacts` does for the dataset and the SimModel.
+    """
+    return _digest({"dataset": dataset_key(preset), "encoder": to_mapping(preset.encoder)})
+
+
 def build_artifacts(
     preset: EnvPreset, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR
 ) -> Artifacts:

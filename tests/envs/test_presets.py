@@ -8,6 +8,7 @@ from rlrec.envs.presets import (
     PRESET_DIR,
     build_artifacts,
     dataset_key,
+    encoder_key,
     load_env_preset,
     sim_key,
 )
@@ -92,6 +93,9 @@ def test_build_artifacts_builds_once_then_reuses(tmp_path):
     # Another fit reuses the dataset and builds a new SimModel.
     changed = load_env_preset(write_preset(tmp_path, {**TINY, "fit": {"top_k_categories": 4}}))
     assert dataset_key(changed) == dataset_key(preset) and sim_key(changed) != sim_key(preset)
+    assert encoder_key(changed) == encoder_key(preset)  # the encoder does not read the fit
+    other_encoder = load_env_preset(write_preset(tmp_path, {**TINY, "encoder": {"d_model": 64}}))
+    assert encoder_key(other_encoder) != encoder_key(preset)
     third = build_artifacts(changed, tmp_path / "cache")
     assert third.reused == ("dataset",) and third.sim_dir != first.sim_dir
 
