@@ -139,7 +139,14 @@ def prepare(
     started = time.perf_counter()
     paths = [Path(p) for p in inputs]
     final = Path(out)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{final}: cannot create its folder ({exc.strerror}); choose another --out"
+        ) from None
+    if not os.access(final.parent, os.W_OK):
+        raise UserError(f"{final}: its folder is not writable; choose another --out")
     for name in extra_files or {}:
         if name in (META_FILE, "events.parquet", "users.parquet", "items.parquet") or "/" in name:
             raise ValueError(f"extra file name {name!r} would clash with the dataset's files")

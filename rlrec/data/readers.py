@@ -602,7 +602,7 @@ def _mapped(
         header = True if options.header is None else options.header
         shapes = _sniff_all(paths, delim)
         for shape in shapes:
-            if not shape.first_rows or (header and len(shape.first_rows) < 1):
+            if not shape.first_rows:
                 raise UserError(f"{shape.path}: no rows; pass a log with at least one event")
         first = shapes[0]
         if header:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ def check_input_files(paths: Sequence[Path]) -> None:
             raise UserError(f"{path}: no such file; check the --input path")
         if not path.is_file():
             raise UserError(f"{path}: not a file; pass the log file itself, not a folder")
+        if not os.access(path, os.R_OK):
+            raise UserError(f"{path}: not readable (permission denied); check its permissions")
         if path.stat().st_size == 0:
             raise UserError(f"{path}: empty file (0 bytes); pass a log with at least one event")
 

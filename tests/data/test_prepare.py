@@ -357,3 +357,10 @@ def test_bad_config_is_a_user_error() -> None:
         PrepareConfig(split_fractions=(0.5, 0.2, 0.2))
     with pytest.raises(UserError, match="positive duration"):
         PrepareConfig(session_gap_seconds=0)
+
+
+def test_an_impossible_output_folder_is_a_user_error(taobao_csv: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match="cannot create its folder"):
+        prepare([taobao_csv], "taobao", blocker / "ds")
