@@ -132,3 +132,14 @@ def test_taobao_preset_builds_a_working_env(tmp_path, taobao_csv):
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     assert info["interest"].shape == (env.model.n_categories,)
+
+
+def test_file_source_key_follows_the_input_file(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("1,2,3,pv,1511539200\n")
+    data = {"data": {"source": "file", "preset": "taobao", "inputs": [str(log)]}}
+    preset = load_env_preset(write_preset(tmp_path, data))
+    before = dataset_key(preset)
+    assert dataset_key(preset) == before
+    log.write_text("1,2,3,pv,1511539200\n1,2,3,buy,1511539300\n")
+    assert dataset_key(preset) != before
