@@ -40,6 +40,21 @@ def _in_table_order(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         con.execute("SET preserve_insertion_order = false")
 
 
+def sort_order(columns: Sequence[str], by_session: bool) -> str:
+    """SQL ``ORDER BY`` list that :func:`flag_events` needs: user, [session,] time, then all.
+
+    Every carried column is in the key, so that exact duplicates end up adjacent.
+    """
+    lead = ["user", "session"] if by_session else ["user"]
+    rest = [c for c in columns if c not in (*lead, "ts", "event", "item")]
+    return ", ".join([*lead, EVENT_ORDER, *rest])
+
+
+def sort_events(con: duckdb.DuckDBPyConnection, sql: str, target: str, order: str) -> None:
+    """Create table ``target`` holding the rows of query ``sql`` stored in ``order``."""
+    _in_table_order(con, f"CREATE OR REPLACE TABLE {target} AS {sql} ORDER BY {order}")
+
+
 def flag_events(
     con: duckdb.DuckDBPyConnection,
     source: str,
@@ -47,6 +62,7 @@ def flag_events(
     columns: Sequence[str],
     gap_ms: int | None,
     where: str = "true",
+    presorted: bool = False,
 ) -> int:
     """Sort events and flag duplicates and session starts into table ``target``.
 
@@ -61,6 +77,8 @@ def flag_events(
         columns: Columns to carry (all of them are compared to find duplicates).
         gap_ms: Inactivity gap in ms; None to cut by the ``session`` column.
         where: Filter on ``source`` rows (e.g. rows with all ids present).
+        presorted: ``source`` is already stored in :func:`sort_order` (as preparation reads
+            the log straight into sorted order); skips the sort.
 
     Returns:
         Number of exact duplicates flagged.
@@ -69,13 +87,12 @@ def flag_events(
         raise ValueError(f"gap_ms must be >= 0, got {gap_ms}")
     by_session = gap_ms is None
     lead = ["user", "session"] if by_session else ["user"]
-    rest = [c for c in columns if c not in (*lead, "ts", "event", "item")]
-    order = ", ".join([*lead, EVENT_ORDER, *rest])
-    _in_table_order(
-        con,
-        f"CREATE OR REPLACE TABLE _sorted AS SELECT {', '.join(columns)} FROM {source} "
-        f"WHERE {where} ORDER BY {order}",
-    )
+    selected = f"SELECT {', '.join(columns)} FROM {source} WHERE {where}"
+    if presorted:
+        rows = f"({selected})"  # a filter keeps the stored order
+    else:
+        sort_events(con, selected, "_sorted", sort_order(columns, by_session))
+        rows = "_sorted"
     same_group = " AND ".join(f"lag({c}) OVER () = {c}" for c in lead)
     dup = " AND ".join(f"lag({c}) OVER () IS NOT DISTINCT FROM {c}" for c in columns)
     prev_ts = f"CASE WHEN {same_group} THEN lag(ts) OVER () END"
@@ -87,11 +104,12 @@ def flag_events(
         f"""
         CREATE OR REPLACE TABLE {target} AS
         SELECT *, {starts} AS starts FROM (
-            SELECT *, coalesce({dup}, false) AS dup, {prev_ts} AS prev_ts FROM _sorted
+            SELECT *, coalesce({dup}, false) AS dup, {prev_ts} AS prev_ts FROM {rows}
         )
         """,
     )
-    con.execute("DROP TABLE _sorted")
+    if not presorted:
+        con.execute("DROP TABLE _sorted")
     return int(con.execute(f"SELECT count(*) FILTER (WHERE dup) FROM {target}").fetchall()[0][0])
 
 
