@@ -265,8 +265,12 @@ def quote_str(text: str) -> str:
 
 
 def event_code_sql(expr: str) -> str:
-    """SQL mapping a raw event name to its code; NULL input -> view (0), unknown -> NULL."""
-    names = {**{name: name for name in EVENT_TYPES}, **EVENT_ALIASES}
+    """SQL mapping a raw event name (or code ``0``..``4``) to its code.
+
+    NULL input -> view (0); an unknown name -> NULL (reported as an error).
+    """
+    codes = {str(code): name for code, name in enumerate(EVENT_TYPES)}
+    names = {**{name: name for name in EVENT_TYPES}, **EVENT_ALIASES, **codes}
     cases = " ".join(f"WHEN {quote_str(raw)} THEN {EVENT_CODE[c]}" for raw, c in names.items())
     return (
         f"CAST(CASE WHEN {expr} IS NULL THEN 0 "

@@ -59,11 +59,11 @@ def test_read_options_reject_long_delimiters() -> None:
 
 def test_event_names_and_aliases_map_to_codes() -> None:
     con = duckdb.connect()
-    names = ["pv", "View", " addtocart ", "transaction", "favourite", "buy", None, "zap"]
+    names = ["pv", "View", " addtocart ", "transaction", "favourite", "buy", None, "zap", "4"]
     frame = pd.DataFrame({"e": names})  # noqa: F841 - read by DuckDB's replacement scan
     codes = [row[0] for row in con.execute(f"SELECT {event_code_sql('e')} FROM frame").fetchall()]
     view, cart, fav, buy = (EVENT_CODE[k] for k in ("view", "cart", "fav", "buy"))
-    assert codes == [view, view, cart, buy, fav, buy, view, None]
+    assert codes == [view, view, cart, buy, fav, buy, view, None, buy]
 
 
 def test_gzip_and_crlf_taobao(tmp_path: Path) -> None:
