@@ -16,6 +16,7 @@ synthetic default the encoder beats every baseline on NDCG@10 and on category ac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -97,6 +98,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small data, 1+2 epochs")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-epochs", type=int, help="override the schedule's maximum")
+    parser.add_argument("--finetune-epochs", type=int, help="override the schedule's maximum")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,6 +109,15 @@ def main() -> int:
     if args.quick:
         cfg = PretrainConfig(device="cpu", seed=args.seed, pretrain_epochs=1, finetune_epochs=2)
         synth_cfg = SyntheticConfig(seed=args.seed, n_users=300, n_items=3000)
+    overrides = {
+        k: v
+        for k, v in (
+            ("pretrain_epochs", args.pretrain_epochs),
+            ("finetune_epochs", args.finetune_epochs),
+        )
+        if v is not None
+    }
+    cfg = dataclasses.replace(cfg, **overrides)
     out: dict[str, Any] = {
         "quick": args.quick,
         "torch_threads": torch.get_num_threads(),
