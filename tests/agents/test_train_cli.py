@@ -1,0 +1,163 @@
+"""``rlrec train`` / ``rlrec evaluate``: tiny runs as subprocesses, resume after a kill, schema.
+
+Artifacts (dataset, user model, encoder) of the tiny preset are built once per session in a
+shared cache, so each subprocess only trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlrec.agents.callbacks import checkpoint_files
+from rlrec.agents.config import load_agent_config
+from rlrec.agents.train import build_encoder, read_run_config, train_agent
+from rlrec.cli import main
+from rlrec.envs.presets import build_artifacts, load_env_preset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_presets) -> Path:
+    preset = load_env_preset(tiny_presets["env"])
+    artifacts = build_artifacts(preset, tiny_presets["cache"])
+    build_encoder(preset, artifacts.dataset_dir, tiny_presets["cache"])
+    return tiny_presets["cache"]
+
+
+def rlrec(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from rlrec.cli import main; sys.exit(main())", *args]
+
+
+def train_args(presets, log_dir: Path, cache: Path, *extra: str) -> list[str]:
+    return rlrec(
+        "train",
+        "--env",
+        str(presets["env"]),
+        "--agent",
+        str(presets["frozen"]),
+        "--log-dir",
+        str(log_dir),
+        "--cache-dir",
+        str(cache),
+        *extra,
+    )
+
+
+def test_tiny_training_run_through_the_cli(tiny_presets, cache, tmp_path):
+    cmd = train_args(tiny_presets, tmp_path, cache, "--timesteps", "128", "--run-name", "r")
+    done = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["timesteps"] == 128
+    assert set(summary["reused"]) == {"dataset", "sim_model", "encoder"}
+    run = tmp_path / "r"
+    assert (run / "policy.zip").is_file()
+    assert (run / "encoder" / "model.safetensors").is_file()
+    assert [s for s, _ in checkpoint_files(run / "checkpoints")] == [64, 128]
+    config = read_run_config(run)
+    assert config.timesteps == 128 and config.agent == load_agent_config(tiny_presets["frozen"])
+    assert yaml.safe_load((run / "config.yaml").read_text())["agent"]["encoder"] == "frozen"
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in (
+        "charts/episode_return",
+        "charts/session_length",
+        "charts/engage_rate",
+        "charts/buys_per_session",
+        "charts/category_coverage",
+        "charts/recommendation_entropy",
+        "train/value_loss",
+        "train/approx_kl",
+        "train/explained_variance",
+        "train/entropy_loss",
+        "time/fps",
+    ):
+        assert tag in tags, tag
+
+
+def test_resume_continues_a_killed_run(tiny_presets, cache, tmp_path):
+    cmd = train_args(tiny_presets, tmp_path, cache, "--timesteps", "1000000", "--run-name", "k")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt_dir = tmp_path / "k" / "checkpoints"
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint_files(ckpt_dir) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.2)
+        assert checkpoint_files(ckpt_dir), "no checkpoint before the deadline"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    last = checkpoint_files(ckpt_dir)[-1][0]
+    assert not (tmp_path / "k" / "policy.zip").exists()
+    target = last + 128
+    resumed = subprocess.run(
+        [
+            *train_args(tiny_presets, tmp_path, cache, "--run-name", "k", "--resume"),
+            *("--timesteps", str(target), "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_from"] == last
+    assert summary["timesteps"] == target
+    assert (tmp_path / "k" / "policy.zip").is_file()
+    assert checkpoint_files(ckpt_dir)[-1][0] == target
+
+
+def test_train_user_errors(tiny_presets, cache, tmp_path, capsys):
+    args = ["train", "--env", str(tiny_presets["env"]), "--agent", str(tiny_presets["frozen"])]
+    args += ["--log-dir", str(tmp_path), "--cache-dir", str(cache)]
+    assert main([*args, "--resume"]) == 2
+    assert "--resume needs --run-name" in capsys.readouterr().err
+    assert main([*args, "--resume", "--run-name", "none"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main([*args, "--timesteps", "0"]) == 2
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.yaml").write_text("env_preset: e\n")
+    assert main([*args, "--run-name", "x"]) == 2
+    assert "a run already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("agent", ["finetune", "masked"])
+def test_evaluate_json_schema(agent, tiny_presets, cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    train_agent(
+        tiny_presets["env"],
+        load_agent_config(tiny_presets[agent]),
+        run,
+        timesteps=64,
+        cache_dir=cache,
+    )
+    assert main(["evaluate", str(run), "--episodes", "30", "--seed", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    names = ["ppo", "greedy_supervised", "random", "popular", "category_markov", "oracle_myopic"]
+    assert list(payload["policies"]) == names
+    for result in payload["policies"].values():
+        for key in ("return_mean", "session_length_mean", "engage_rate", "buys_mean", "coverage"):
+            assert isinstance(result[key], float)
+        lo, hi = result["return_ci95"]
+        assert lo <= result["return_mean"] <= hi
+        assert result["episodes"] == 30
+    assert json.loads((run / "eval.json").read_text()) == payload
+    assert main(["evaluate", str(run), "--episodes", "30", "--seed", "3"]) == 0
+    assert "greedy_supervised" in capsys.readouterr().out
