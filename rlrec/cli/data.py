@@ -154,7 +154,34 @@ def _prepare(args: argparse.Namespace) -> int:
         threads=args.threads,
         memory_limit_mb=args.memory_limit_mb,
     )
-    out = prepare(args.input, args.preset, args.out, config, columns=columns, read_options=options)
+    from tqdm import tqdm
+
+    from rlrec.data.prepare import STAGES
+
+    # A stage bar on a terminal only: piped output stays clean for scripts.
+    with tqdm(
+        total=len(STAGES),
+        desc="prepare",
+        unit="stage",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    ) as bar:
+
+        def progress(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.n = STAGES.index(stage)
+            bar.refresh()
+
+        out = prepare(
+            args.input,
+            args.preset,
+            args.out,
+            config,
+            columns=columns,
+            read_options=options,
+            progress=progress,
+        )
     meta = json.loads((out / "meta.json").read_text())
     if args.json:
         print(json.dumps(meta, indent=2))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,9 @@ DROP_REASONS: tuple[str, ...] = (
     "min_session_length",
 )
 """Reasons a row can be dropped, in the order they are applied; all appear in ``meta.json``."""
+
+STAGES: tuple[str, ...] = ("read", "validate", "sessionize", "vocabulary", "write")
+"""Stages reported to :func:`prepare`'s ``progress`` callback, in order."""
 
 DERIVED_CATEGORY_PREFIX = "cooc-"
 """Raw id prefix of categories derived from co-occurrence (``cooc-0`` is the largest)."""
@@ -124,6 +127,7 @@ def prepare(
     columns: Mapping[str, str] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     read_options: ReadOptions | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Prepare event logs into a PreparedDataset directory at ``out``.
 
@@ -136,6 +140,8 @@ def prepare(
         extra_files: Files (name -> content) written into the dataset directory, e.g. the
             synthetic generator's ground truth.
         read_options: Time unit, delimiter and header for ``generic`` (overrides for others).
+        progress: Called with the name of each stage as it starts (see :data:`STAGES`); the
+            CLI draws a progress bar with it.
 
     Returns:
         The dataset directory.
@@ -163,7 +169,7 @@ def prepare(
             _configure(con, config, Path(spill))
             source = open_source(con, paths, preset, columns, read_options)
             with atomic_directory(final) as tmp:
-                meta = _run(con, source, config, tmp)
+                meta = _run(con, source, config, tmp, progress or _silent)
                 for name, blob in (extra_files or {}).items():
                     (tmp / name).write_bytes(blob)
                 meta["prepare_seconds"] = round(time.perf_counter() - started, 3)
@@ -184,8 +190,16 @@ def _configure(con: duckdb.DuckDBPyConnection, config: PrepareConfig, spill: Pat
     con.execute("SET enable_progress_bar = false")
 
 
+def _silent(stage: str) -> None:
+    """The default progress callback: report nothing."""
+
+
 def _run(
-    con: duckdb.DuckDBPyConnection, source: Source, config: PrepareConfig, tmp: Path
+    con: duckdb.DuckDBPyConnection,
+    source: Source,
+    config: PrepareConfig,
+    tmp: Path,
+    progress: Callable[[str], None],
 ) -> dict[str, Any]:
     label = ", ".join(str(p) for p in source.files)
     by_session_id = source.has("session")
@@ -194,7 +208,9 @@ def _run(
         c for c in ("category", "session", *source.optional_columns) if source.has(c)
     ]
     # The log is read straight into sessionization order: one pass instead of read + sort.
+    progress("read")
     _materialize(con, source, sort_order(carried, by_session_id))
+    progress("validate")
     counts = _source_counts(con)
     rows_read = counts["rows"]
     validate.check_data_rows(label, rows_read)
@@ -236,6 +252,7 @@ def _run(
         base, base_filter, presorted = "clean", "true", False
     else:
         base, base_filter, presorted = "src", present_filter, True
+    progress("sessionize")
     dropped["exact_duplicate"] += flag_events(
         con, base, "flagged", carried, gap_ms, base_filter, presorted=presorted
     )
@@ -262,6 +279,7 @@ def _run(
             "SEMI JOIN kept_sessions k ON e.sess = k.sess"
         )
 
+    progress("vocabulary")
     _vocab(con, "users", "SELECT user AS raw, count(*) AS count FROM kept_sessions GROUP BY user")
     number_sessions(con, "kept_sessions", "users", "sessions")
     _vocab(con, "items", "SELECT item AS raw, count(*) AS count FROM sessd GROUP BY item")
@@ -271,6 +289,7 @@ def _run(
     if kept + sum(dropped.values()) != rows_read:  # a bug, not a user error
         raise AssertionError(f"row accounting broken: {kept} + {dropped} != {rows_read}")
 
+    progress("write")
     _write_tables(con, source, tmp)
     split_rows = con.execute(
         "SELECT split, count(*), sum(n) FROM sessions GROUP BY split ORDER BY split"

@@ -343,6 +343,12 @@ def test_session_straddling_the_cutoff_is_cut_in_two(tmp_path: Path) -> None:
     assert ds.meta["split"]["train"]["events"] == 4  # times below the cut-off (the 4th value)
 
 
+def test_progress_reports_every_stage_in_order(taobao_csv: Path, tmp_path: Path) -> None:
+    seen: list[str] = []
+    prepare([taobao_csv], "taobao", tmp_path / "ds", progress=seen.append)
+    assert tuple(seen) == prepare_module.STAGES
+
+
 def test_gap_is_configurable(taobao_csv: Path, tmp_path: Path) -> None:
     short = load_dataset(
         prepare([taobao_csv], "taobao", tmp_path / "a", PrepareConfig(session_gap_seconds=60))
