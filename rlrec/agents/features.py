@@ -103,7 +103,8 @@ def encode_features(
     """
     device = next(encoder.parameters()).device
     was_training = encoder.training
-    encoder.eval()
+    if was_training:  # toggling modes walks every submodule: only when needed
+        encoder.eval()
     items = torch.as_tensor(np.asarray(obs["item_history"]), dtype=torch.long)
     cats = torch.as_tensor(np.asarray(obs["category_history"]), dtype=torch.long)
     steps = torch.as_tensor(np.asarray(obs["step"]).reshape(len(items), 1))
@@ -113,7 +114,8 @@ def encode_features(
             items[lo : lo + batch_size].to(device), cats[lo : lo + batch_size].to(device)
         )  # (b, d)
         out.append(torch.cat([state.cpu(), step_feature(steps[lo : lo + batch_size])], dim=1))
-    encoder.train(was_training)
+    if was_training:
+        encoder.train()
     if not out:
         return np.zeros((0, encoder.state_dim + 1), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
@@ -151,11 +153,18 @@ class FrozenEncoderStates(VecEnvWrapper):
     def step_wait(self) -> VecEnvStepReturn:
         """Step the users and return their features (terminal observations encoded too)."""
         obs, rewards, dones, infos = self.venv.step_wait()
+        assert isinstance(obs, dict)
         finished = [i for i, info in enumerate(infos) if "terminal_observation" in info]
-        if finished:
-            terminal = [infos[i]["terminal_observation"] for i in finished]
-            batch = {key: np.stack([t[key] for t in terminal]) for key in terminal[0]}
-            encoded = self._encode(batch)
-            for row, i in enumerate(finished):
-                infos[i]["terminal_observation"] = encoded[row]
-        return self._encode(obs), rewards, dones, infos
+        if not finished:
+            return self._encode(obs), rewards, dones, infos
+        # One forward pass for the current and the terminal observations together.
+        terminal = [infos[i]["terminal_observation"] for i in finished]
+        batch = {
+            key: np.concatenate([np.asarray(obs[key]), np.stack([t[key] for t in terminal])])
+            for key in obs
+        }
+        encoded = self._encode(batch)
+        n = len(rewards)
+        for row, i in enumerate(finished):
+            infos[i]["terminal_observation"] = encoded[n + row]
+        return encoded[:n], rewards, dones, infos
