@@ -389,7 +389,7 @@ def _check_source(
     if counts["bad_event"]:
         values, where = _locate(con, source, "event IS NULL", source.event_raw or "NULL")
         validate.unknown_events_error(
-            where, source.event_column or "event", [str(v) for v in values], ""
+            where, source.event_column or "event", [str(v) for v in values]
         )
     if counts["bad_time"]:
         values, where = _locate(con, source, "time_bad", "NULL")

@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from rlrec.data.schema import EVENT_ALIASES, EVENT_TYPES
 from rlrec.errors import UserError
@@ -170,7 +171,7 @@ def check_data_rows(path_label: str, n_rows: int) -> None:
         raise UserError(f"{path_label}: no data rows; pass a log with at least one event")
 
 
-def unknown_events_error(where: str, column: str, values: Sequence[str], first_line: str) -> None:
+def unknown_events_error(where: str, column: str, values: Sequence[str]) -> NoReturn:
     """Fail on event types that are neither canonical nor a known alias.
 
     Raises:
@@ -180,7 +181,7 @@ def unknown_events_error(where: str, column: str, values: Sequence[str], first_l
     known = ", ".join(EVENT_TYPES)
     aliases = ", ".join(sorted(EVENT_ALIASES))
     raise UserError(
-        f"{where}{first_line}: unknown event type(s) {shown} in column {column!r}; expected "
+        f"{where}: unknown event type(s) {shown} in column {column!r}; expected "
         f"one of {known} (or an alias: {aliases}); fix the values or map another column "
         "with --columns event=COL"
     )
