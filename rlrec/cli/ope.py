@@ -1,4 +1,4 @@
-"""``rlrec ope``: off-policy evaluation from logged data (``bandit``; ``sessions`` to come)."""
+"""``rlrec ope``: off-policy evaluation from logged data (``bandit``, ``sessions``, ``replay``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bandit.add_argument("--os-lambda", type=float, default=10000.0, help="DR-OS shrinkage")
     bandit.add_argument("--json", action="store_true", help="print the report as JSON")
     bandit.set_defaults(handler=_bandit)
+
+    from rlrec.cli.ope_sessions import add_replay_parser, add_sessions_parser
+
+    add_sessions_parser(verbs)
+    add_replay_parser(verbs)
 
 
 def _bandit(args: argparse.Namespace) -> int:

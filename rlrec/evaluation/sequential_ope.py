@@ -1,0 +1,547 @@
+r"""Off-policy evaluation of sequential (session) policies from logged sessions.
+
+Session :math:`i` has steps :math:`t = 0 .. T_i - 1` with state :math:`s_{i,t}`, logged action
+:math:`a_{i,t}`, reward :math:`r_{i,t}`, the behaviour policy's propensity
+:math:`\pi_b(a_{i,t} \mid s_{i,t})` and the target policy's probability
+:math:`\pi_e(a_{i,t} \mid s_{i,t})`. With the per-step ratio
+:math:`\rho_{i,t} = \pi_e / \pi_b` and the cumulative weight
+:math:`w_{i,t} = \prod_{u \le t} \rho_{i,u}` (:math:`w_{i,-1} = 1`), and optionally a fitted
+Q-function :math:`\hat q_{i,t} = \hat Q(s_{i,t}, a_{i,t})` and
+:math:`\hat v_{i,t} = \sum_a \pi_e(a \mid s_{i,t}) \hat Q(s_{i,t}, a)`:
+
+==========  =================================================================================
+``is``      trajectory-wise IS: :math:`\frac1n \sum_i w_{i,T_i-1} \sum_t \gamma^t r_{i,t}`
+``wis``     weighted IS: the same divided by :math:`\frac1n\sum_i w_{i,T_i-1}`
+``pdis``    per-decision IS: :math:`\frac1n \sum_i \sum_t \gamma^t w_{i,t} r_{i,t}`
+``wpdis``   weighted PDIS: :math:`\sum_t \gamma^t \sum_i w_{i,t} r_{i,t} / \sum_i w_{i,t}`
+``dm``      the fitted Q-function's value: :math:`\frac1n \sum_i \hat v_{i,0}`
+``dr``      step-wise doubly robust (Jiang & Li 2016):
+            :math:`\frac1n\sum_i\sum_t \gamma^t (w_{i,t}(r_{i,t} - \hat q_{i,t})
+            + w_{i,t-1}\hat v_{i,t})`
+``wdr``     weighted DR (Thomas & Brunskill 2016): DR with :math:`w_{i,t}/n` replaced by
+            :math:`w_{i,t} / \sum_j w_{j,t}`
+==========  =================================================================================
+
+Sessions have different lengths. A session that has ended is treated as absorbing: from its
+end on it earns nothing, its Q and V are 0, and its cumulative weight stays at its last value
+(every policy takes the same dummy action there), which is the convention that keeps the
+weighted estimators' per-step normalisers comparable across steps (Thomas 2015).
+
+Like the bandit estimators (:mod:`rlrec.evaluation.ope`), every estimator is a function of
+column sums of per-session terms, so one resample of sessions (:func:`bootstrap_column_sums`)
+gives every estimator's bootstrap interval at once. The fitted Q-function is held fixed
+across resamples (fit it cross-fitted, :mod:`rlrec.evaluation.fqe`, so that its errors are
+independent of the residuals it corrects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from rlrec.errors import UserError
+from rlrec.evaluation.ope import Estimate, bootstrap_column_sums
+
+SESSION_ESTIMATOR_NAMES = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr")
+"""The sequential estimators, in report order."""
+
+DEFAULT_ESTIMATOR = "wdr"
+"""The estimator reported as the default: weighted DR is consistent, bounded per step and
+keeps DR's variance reduction (Thomas & Brunskill 2016); ``wpdis`` is the default without a
+Q-function."""
+
+_SUM_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class LoggedSessions:
+    r"""Validated logged sessions, padded to a (n_sessions, horizon) grid.
+
+    Build it with :func:`prepare_sessions`. Cells after a session's end hold reward 0,
+    Q and V 0, and the session's last cumulative weight (the absorbing convention).
+
+    Attributes:
+        reward: (S, H) float64 rewards.
+        weight: (S, H) float64 cumulative importance weights :math:`w_{i,t}`.
+        q_factual: (S, H) float64 :math:`\hat q_{i,t}`, or None without a Q-function.
+        v_target: (S, H) float64 :math:`\hat v_{i,t}`, or None.
+        lengths: (S,) int64 steps of each session (after the horizon cut).
+        gamma: Discount.
+    """
+
+    reward: np.ndarray
+    weight: np.ndarray
+    q_factual: np.ndarray | None
+    v_target: np.ndarray | None
+    lengths: np.ndarray
+    gamma: float = 1.0
+
+    @property
+    def n_sessions(self) -> int:
+        """Number of logged sessions."""
+        return int(self.reward.shape[0])
+
+    @property
+    def horizon(self) -> int:
+        """Longest session's length (the grid's width)."""
+        return int(self.reward.shape[1])
+
+    @property
+    def has_q_function(self) -> bool:
+        """Whether Q-function quantities are present (needed by DM, DR and WDR)."""
+        return self.q_factual is not None and self.v_target is not None
+
+    @property
+    def discount(self) -> np.ndarray:
+        r"""(H,) :math:`\gamma^t`."""
+        return self.gamma ** np.arange(self.horizon, dtype=np.float64)
+
+    def model_terms(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(q_factual, v_target), or a UserError naming the estimator that needs them."""
+        if self.q_factual is None or self.v_target is None:
+            raise UserError(
+                f"estimator {name} needs a fitted Q-function (q_factual and v_target); fit "
+                "one with rlrec.evaluation.fqe.fitted_q_evaluation and pass its output"
+            )
+        return self.q_factual, self.v_target
+
+
+def _check_1d(name: str, arr: object, n: int | None) -> np.ndarray:
+    if not isinstance(arr, np.ndarray):
+        raise UserError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    if arr.ndim != 1:
+        raise UserError(f"{name}: expected a 1-D array of shape (n_steps,), got {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise UserError(
+            f"{name}: has {arr.shape[0]} steps but reward has {n}; every per-step array must "
+            "have one entry per logged step"
+        )
+    return arr
+
+
+def _check_probability(name: str, p: np.ndarray, allow_zero: bool) -> None:
+    ok = np.isfinite(p) & (p <= 1.0) & ((p >= 0.0) if allow_zero else (p > 0.0))
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        span = "[0, 1]" if allow_zero else "(0, 1]"
+        raise UserError(f"{name}: probabilities must lie in {span}, found {p[bad]!r} at step {bad}")
+
+
+def validate_session_inputs(
+    *,
+    session_offsets: np.ndarray,
+    reward: np.ndarray,
+    behaviour_prob: np.ndarray,
+    target_prob: np.ndarray | None = None,
+    target_action_probs: np.ndarray | None = None,
+    action: np.ndarray | None = None,
+    q_factual: np.ndarray | None = None,
+    v_target: np.ndarray | None = None,
+    gamma: float = 1.0,
+    horizon: int | None = None,
+) -> None:
+    """Check shapes, ranges and normalisation of logged session arrays.
+
+    Args:
+        session_offsets: (S + 1,) int non-decreasing offsets, 0 first and n_steps last;
+            session ``i`` spans ``offsets[i]:offsets[i + 1]``; every session has >= 1 step.
+        reward: (n_steps,) finite rewards.
+        behaviour_prob: (n_steps,) behaviour propensities of the logged actions, in (0, 1].
+        target_prob: (n_steps,) target probabilities of the logged actions, in [0, 1].
+        target_action_probs: (n_steps, n_actions) the target policy's full distributions
+            (rows sum to 1), an alternative to ``target_prob`` that needs ``action``.
+        action: (n_steps,) int logged actions in [0, n_actions).
+        q_factual: (n_steps,) finite Q-function values at the logged actions, or None.
+        v_target: (n_steps,) finite target-policy values of the states, or None.
+        gamma: Discount in [0, 1].
+        horizon: Keep only each session's first ``horizon`` steps (>= 1), or None.
+
+    Raises:
+        UserError: One line naming the array, what was expected and what was found.
+    """
+    _check_1d("reward", reward, None)
+    n = reward.shape[0]
+    if n == 0:
+        raise UserError("reward: the log is empty (0 steps); pass at least one logged session")
+    offsets = _check_1d("session_offsets", session_offsets, None)
+    if not np.issubdtype(offsets.dtype, np.integer):
+        raise UserError(f"session_offsets: expected integers, got dtype {offsets.dtype}")
+    if offsets.shape[0] < 2 or offsets[0] != 0 or offsets[-1] != n:
+        raise UserError(
+            f"session_offsets: expected (n_sessions + 1,) offsets from 0 to n_steps = {n}, got "
+            f"{offsets.shape[0]} offsets from {offsets[0] if len(offsets) else None} to "
+            f"{offsets[-1] if len(offsets) else None}"
+        )
+    lengths = np.diff(offsets)
+    if (lengths < 1).any():
+        bad = int(np.flatnonzero(lengths < 1)[0])
+        raise UserError(
+            f"session_offsets: session {bad} has {lengths[bad]} steps; offsets must increase "
+            "strictly (every session needs at least one step)"
+        )
+    _check_1d("behaviour_prob", behaviour_prob, n)
+    if not np.all(np.isfinite(reward)):
+        raise UserError("reward: contains NaN or infinite values")
+    _check_probability("behaviour_prob", behaviour_prob, allow_zero=False)
+    if (target_prob is None) == (target_action_probs is None):
+        raise UserError("target: pass exactly one of target_prob and target_action_probs")
+    if target_prob is not None:
+        _check_1d("target_prob", target_prob, n)
+        _check_probability("target_prob", target_prob, allow_zero=True)
+    else:
+        probs = target_action_probs
+        if not isinstance(probs, np.ndarray) or probs.ndim != 2 or probs.shape[0] != n:
+            raise UserError(
+                f"target_action_probs: expected shape ({n}, n_actions), got "
+                f"{getattr(probs, 'shape', None)}"
+            )
+        if action is None:
+            raise UserError("action: required with target_action_probs (the logged actions)")
+        _check_1d("action", action, n)
+        if not np.issubdtype(action.dtype, np.integer):
+            raise UserError(f"action: expected integers, got dtype {action.dtype}")
+        n_actions = probs.shape[1]
+        if action.min() < 0 or action.max() >= n_actions:
+            raise UserError(
+                f"action: values must lie in [0, {n_actions}) (target_action_probs has "
+                f"{n_actions} actions), found {action.min()}..{action.max()}"
+            )
+        sums = probs.sum(axis=1, dtype=np.float64)
+        if not np.all(np.isfinite(sums)) or probs.min() < 0:
+            raise UserError("target_action_probs: probabilities must be finite and non-negative")
+        off = np.abs(sums - 1.0)
+        if off.max() > _SUM_TOL:
+            row = int(np.argmax(off))
+            raise UserError(
+                f"target_action_probs: each step's probabilities must sum to 1, step {row} "
+                f"sums to {sums[row]:.6g}"
+            )
+    if (q_factual is None) != (v_target is None):
+        raise UserError("q_factual, v_target: pass both (a fitted Q-function) or neither")
+    for name, arr in (("q_factual", q_factual), ("v_target", v_target)):
+        if arr is not None:
+            _check_1d(name, arr, n)
+            if not np.all(np.isfinite(arr)):
+                raise UserError(f"{name}: contains NaN or infinite values")
+    if not 0.0 <= gamma <= 1.0:
+        raise UserError(f"gamma: expected a discount in [0, 1], got {gamma}")
+    if horizon is not None and horizon < 1:
+        raise UserError(f"horizon: expected >= 1 steps, got {horizon}")
+
+
+def _to_grid(
+    values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    grid = np.zeros(shape, dtype=np.float64)
+    grid[rows, cols] = values
+    return grid
+
+
+def prepare_sessions(
+    *,
+    session_offsets: np.ndarray,
+    reward: np.ndarray,
+    behaviour_prob: np.ndarray,
+    target_prob: np.ndarray | None = None,
+    target_action_probs: np.ndarray | None = None,
+    action: np.ndarray | None = None,
+    q_factual: np.ndarray | None = None,
+    v_target: np.ndarray | None = None,
+    gamma: float = 1.0,
+    horizon: int | None = None,
+) -> LoggedSessions:
+    """Validate flat per-step arrays and lay them out on the (sessions, steps) grid.
+
+    Arguments are those of :func:`validate_session_inputs` (steps in session order).
+
+    Returns:
+        The padded sessions with cumulative importance weights.
+
+    Raises:
+        UserError: See :func:`validate_session_inputs`.
+    """
+    validate_session_inputs(
+        session_offsets=session_offsets,
+        reward=reward,
+        behaviour_prob=behaviour_prob,
+        target_prob=target_prob,
+        target_action_probs=target_action_probs,
+        action=action,
+        q_factual=q_factual,
+        v_target=v_target,
+        gamma=gamma,
+        horizon=horizon,
+    )
+    offsets = session_offsets.astype(np.int64)
+    n_sessions = len(offsets) - 1
+    lengths = np.diff(offsets)
+    row = np.repeat(np.arange(n_sessions), lengths)  # (n_steps,)
+    col = np.arange(offsets[-1]) - offsets[row]  # (n_steps,) step within its session
+    if target_prob is None:
+        assert target_action_probs is not None and action is not None  # validated above
+        target_prob = target_action_probs[np.arange(len(action)), action]
+    keep = np.ones(len(row), dtype=bool) if horizon is None else col < horizon
+    row, col = row[keep], col[keep]
+    lengths = np.minimum(lengths, horizon) if horizon is not None else lengths
+    shape = (n_sessions, int(lengths.max()))
+    ratio = target_prob[keep].astype(np.float64) / behaviour_prob[keep].astype(np.float64)
+    # Cumulative products along each row; ratio 1 after the end keeps the last weight.
+    ratio_grid = np.ones(shape, dtype=np.float64)
+    ratio_grid[row, col] = ratio
+    weight = np.cumprod(ratio_grid, axis=1)  # (S, H)
+    q = v = None
+    if q_factual is not None and v_target is not None:
+        q = _to_grid(q_factual[keep].astype(np.float64), row, col, shape)
+        v = _to_grid(v_target[keep].astype(np.float64), row, col, shape)
+    return LoggedSessions(
+        reward=_to_grid(reward[keep].astype(np.float64), row, col, shape),
+        weight=weight,
+        q_factual=q,
+        v_target=v,
+        lengths=lengths.astype(np.int64),
+        gamma=float(gamma),
+    )
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Divide num by den, with 0 where den == 0 (no weight at a step: it contributes nothing)."""
+    out = np.zeros(np.broadcast_shapes(num.shape, den.shape), dtype=np.float64)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def _nan_ratio(num: np.ndarray, den: np.ndarray | int) -> np.ndarray:
+    num = np.asarray(num, dtype=np.float64)
+    den_arr = np.broadcast_to(np.asarray(den, dtype=np.float64), num.shape)
+    out = np.full(num.shape, np.nan)
+    np.divide(num, den_arr, out=out, where=den_arr != 0)
+    return out
+
+
+@dataclass(frozen=True)
+class SessionEstimator:
+    """Base of the sequential estimators: per-session terms whose sums combine into a value.
+
+    ``requires_q_function`` marks the estimators that read the fitted Q-function.
+    """
+
+    name: ClassVar[str] = ""
+    requires_q_function: ClassVar[bool] = False
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:
+        """(n_sessions, n_terms) float64 per-session terms."""
+        raise NotImplementedError
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:
+        """(B,) estimates from (B, n_terms) column sums over ``n_sessions`` sessions."""
+        raise NotImplementedError
+
+    def estimate(self, sessions: LoggedSessions) -> float:
+        """The point estimate on all logged sessions."""
+        sums = self.terms(sessions).sum(axis=0, keepdims=True)
+        return float(self.combine(sums, sessions.n_sessions, sessions)[0])
+
+
+def _returns(sessions: LoggedSessions) -> np.ndarray:
+    return sessions.reward @ sessions.discount  # (S,)
+
+
+@dataclass(frozen=True)
+class TrajectoryIS(SessionEstimator):
+    """Trajectory-wise importance sampling: the whole session's weight times its return."""
+
+    name: ClassVar[str] = "is"
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        return (sessions.weight[:, -1] * _returns(sessions))[:, None]
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        return _nan_ratio(sums[:, 0], n_sessions)
+
+
+@dataclass(frozen=True)
+class WeightedIS(SessionEstimator):
+    """Weighted (self-normalised) trajectory-wise IS."""
+
+    name: ClassVar[str] = "wis"
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        w = sessions.weight[:, -1]
+        return np.column_stack([w * _returns(sessions), w])
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        return _nan_ratio(sums[:, 0], sums[:, 1])
+
+
+@dataclass(frozen=True)
+class PerDecisionIS(SessionEstimator):
+    """Per-decision IS: each reward weighted by the weight of the steps up to it."""
+
+    name: ClassVar[str] = "pdis"
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        return ((sessions.weight * sessions.reward) @ sessions.discount)[:, None]
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        return _nan_ratio(sums[:, 0], n_sessions)
+
+
+@dataclass(frozen=True)
+class WeightedPDIS(SessionEstimator):
+    """Weighted PDIS: each step's weighted rewards normalised by that step's weight sum."""
+
+    name: ClassVar[str] = "wpdis"
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        w = sessions.weight
+        return np.hstack([w * sessions.reward, w])  # (S, 2H)
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        h = sessions.horizon
+        return _safe_ratio(sums[:, :h], sums[:, h:]) @ sessions.discount
+
+
+@dataclass(frozen=True)
+class DirectMethod(SessionEstimator):
+    """DM: the fitted Q-function's value of the target policy at the sessions' first states."""
+
+    name: ClassVar[str] = "dm"
+    requires_q_function: ClassVar[bool] = True
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        _, v = sessions.model_terms(self.name)
+        return v[:, :1]
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        return _nan_ratio(sums[:, 0], n_sessions)
+
+
+def _previous_weight(sessions: LoggedSessions) -> np.ndarray:
+    """(S, H) :math:`w_{i,t-1}` with :math:`w_{i,-1} = 1`."""
+    w = sessions.weight
+    return np.hstack([np.ones((w.shape[0], 1)), w[:, :-1]])
+
+
+@dataclass(frozen=True)
+class StepwiseDR(SessionEstimator):
+    """Step-wise doubly robust (Jiang & Li 2016): PDIS with the Q-function as control variate."""
+
+    name: ClassVar[str] = "dr"
+    requires_q_function: ClassVar[bool] = True
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        q, v = sessions.model_terms(self.name)
+        w = sessions.weight
+        per_step = w * (sessions.reward - q) + _previous_weight(sessions) * v  # (S, H)
+        return (per_step @ sessions.discount)[:, None]
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        return _nan_ratio(sums[:, 0], n_sessions)
+
+
+@dataclass(frozen=True)
+class WeightedDR(SessionEstimator):
+    """Weighted doubly robust (Thomas & Brunskill 2016): DR with per-step normalised weights."""
+
+    name: ClassVar[str] = "wdr"
+    requires_q_function: ClassVar[bool] = True
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        q, v = sessions.model_terms(self.name)
+        w = sessions.weight
+        # Columns: w_t (r_t - q_t), w_{t-1} v_t, w_t; each (S, H).
+        return np.hstack([w * (sessions.reward - q), _previous_weight(sessions) * v, w])
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        h = sessions.horizon
+        residual, control, weight = sums[:, :h], sums[:, h : 2 * h], sums[:, 2 * h :]
+        previous = np.hstack([np.full((sums.shape[0], 1), float(n_sessions)), weight[:, :-1]])
+        per_step = _safe_ratio(residual, weight) + _safe_ratio(control, previous)  # (B, H)
+        return per_step @ sessions.discount
+
+
+def default_session_estimators() -> tuple[SessionEstimator, ...]:
+    """The estimators of :data:`SESSION_ESTIMATOR_NAMES`, in that order."""
+    return (
+        TrajectoryIS(),
+        WeightedIS(),
+        PerDecisionIS(),
+        WeightedPDIS(),
+        DirectMethod(),
+        StepwiseDR(),
+        WeightedDR(),
+    )
+
+
+def estimate_session_value(
+    sessions: LoggedSessions,
+    estimators: Sequence[SessionEstimator] | None = None,
+    n_bootstrap: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Estimate]:
+    """Estimate the target policy's expected (discounted) session return with every estimator.
+
+    Bootstrap intervals resample whole sessions (the independent units), once for all
+    estimators; the Q-function is held fixed across resamples.
+
+    Args:
+        sessions: Validated sessions from :func:`prepare_sessions`.
+        estimators: Default: :func:`default_session_estimators`, without DM, DR and WDR when
+            ``sessions`` has no Q-function.
+        n_bootstrap: Resamples; 0 gives point estimates with NaN intervals.
+        confidence: Interval level in (0, 1).
+        seed: Seed of the resampling.
+
+    Returns:
+        Estimates keyed by estimator name, in the given order.
+
+    Raises:
+        UserError: For a bad ``n_bootstrap`` or ``confidence``, or duplicate names.
+    """
+    if n_bootstrap < 0:
+        raise UserError(f"n_bootstrap: expected >= 0 resamples, got {n_bootstrap}")
+    if not 0 < confidence < 1:
+        raise UserError(f"confidence: expected a level in (0, 1), got {confidence}")
+    if estimators is None:
+        estimators = [
+            e
+            for e in default_session_estimators()
+            if sessions.has_q_function or not e.requires_q_function
+        ]
+    names = [e.name for e in estimators]
+    if len(set(names)) != len(names):
+        raise UserError(f"estimators: names must be unique, got {', '.join(names)}")
+    blocks = [e.terms(sessions) for e in estimators]  # each (S, k_e)
+    n = sessions.n_sessions
+    values = [
+        float(e.combine(b.sum(axis=0, keepdims=True), n, sessions)[0])
+        for e, b in zip(estimators, blocks, strict=True)
+    ]
+    if n_bootstrap > 0:
+        sums = bootstrap_column_sums(np.hstack(blocks), n_bootstrap, np.random.default_rng(seed))
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    out: dict[str, Estimate] = {}
+    start = 0
+    for est, block, value in zip(estimators, blocks, values, strict=True):
+        k = block.shape[1]
+        ci = (float("nan"), float("nan"))
+        if n_bootstrap > 0:
+            stats = est.combine(sums[:, start : start + k], n, sessions)  # (B,)
+            finite = stats[np.isfinite(stats)]
+            if finite.size:
+                low, high = np.percentile(finite, [tail, 100.0 - tail])
+                ci = (float(low), float(high))
+        start += k
+        out[est.name] = Estimate(name=est.name, value=value, ci95=ci)
+    return out
+
+
+def effective_sample_size(sessions: LoggedSessions) -> float:
+    """Kish's effective number of sessions of the trajectory weights, ``(sum w)^2 / sum w^2``."""
+    w = sessions.weight[:, -1]
+    denom = float(np.sum(w * w))
+    return float(np.sum(w) ** 2 / denom) if denom > 0 else 0.0
