@@ -199,11 +199,13 @@ class CatalogFeatures:
     """Hand features of (state, action) for linear fitted Q evaluation.
 
     Per (state, action): a constant, the session step (buckets), the current streak (steps
-    at the end of the history in the last category), the action's log popularity, whether
-    its category is the last step's, the share of the last 5 steps in its category, whether
-    its item is already in the history, and interactions of the category match with
-    popularity, streak and step. :meth:`expected` gives their expectation under a policy's
-    (B, A) probabilities without scoring every action.
+    at the end of the history in the last category), the action's log popularity and its
+    popularity bin (quantiles over the catalog: engagement is multiplicative in popularity,
+    so a linear term alone extrapolates badly to policies that favour unpopular items),
+    whether its category is the last step's, the share of the last 5 steps in its category,
+    whether its item is already in the history, and interactions of the category match with
+    popularity (and its bins), streak and step. :meth:`expected` gives their expectation under
+    a policy's (B, A) probabilities without scoring every action.
 
     Args:
         action_item_token: (A,) item token (dataset index + 1) of each action.
@@ -212,6 +214,7 @@ class CatalogFeatures:
         n_item_tokens: Size of the item token space (for the history lookup).
         n_category_tokens: Size of the category token space.
         recent: How many recent steps the category share looks at.
+        n_popularity_bins: Quantile bins of popularity.
     """
 
     STEP_EDGES = (2, 4, 8, 16)
@@ -225,6 +228,7 @@ class CatalogFeatures:
         n_item_tokens: int,
         n_category_tokens: int,
         recent: int = 5,
+        n_popularity_bins: int = 6,
     ) -> None:
         self.n_actions = len(action_item_token)
         self.category = np.asarray(action_category_token, dtype=np.int64)
@@ -241,7 +245,21 @@ class CatalogFeatures:
         self.action_of_item_token[np.asarray(action_item_token, dtype=np.int64)] = np.arange(
             self.n_actions
         )
-        self.n_features = 1 + (len(self.STEP_EDGES) + 1) + 1 + 7 + len(self.STEP_EDGES) + 1
+        edges = np.quantile(self.log_pop, np.linspace(0, 1, n_popularity_bins + 1)[1:-1])
+        self.pop_bin = np.searchsorted(edges, self.log_pop, side="right")  # (A,) in [0, nb)
+        self.n_bins = n_popularity_bins
+        self.bin_onehot = np.eye(n_popularity_bins)[self.pop_bin]  # (A, nb)
+        # (A, C * nb) one-hot of (category, bin): mass per category and popularity bin.
+        self.n_category_tokens = n_category_tokens
+        self.category_bin_onehot = sp.csr_matrix(
+            (
+                np.ones(self.n_actions),
+                (np.arange(self.n_actions), self.category * n_popularity_bins + self.pop_bin),
+            ),
+            shape=(self.n_actions, n_category_tokens * n_popularity_bins),
+        )
+        n_steps = len(self.STEP_EDGES) + 1
+        self.n_features = 1 + n_steps + 1 + 7 + n_steps + 2 * n_popularity_bins
 
     def _state(self, obs: dict[str, Any]) -> tuple[np.ndarray, ...]:
         cats = np.asarray(obs["category_history"], dtype=np.int64)  # (B, L)
@@ -266,6 +284,8 @@ class CatalogFeatures:
         seen: np.ndarray,
         same_x_pop: np.ndarray,
         recent_x_pop: np.ndarray,
+        bins: np.ndarray,
+        same_x_bins: np.ndarray,
     ) -> np.ndarray:
         b = len(streak)
         return np.column_stack(
@@ -281,6 +301,8 @@ class CatalogFeatures:
                 recent_x_pop,
                 same_last * streak,
                 same_last[:, None] * step_onehot,
+                bins,
+                same_x_bins,
             ]
         )
 
@@ -293,6 +315,7 @@ class CatalogFeatures:
         recent_share = (cats[:, -self.recent :] == cat_a[:, None]).mean(axis=1)
         seen = (self.action_of_item_token[items] == a[:, None]).any(axis=1).astype(np.float64)
         lp = self.log_pop[a]
+        bins = self.bin_onehot[a]  # (B, nb)
         return self._assemble(
             step_onehot,
             streak,
@@ -302,6 +325,8 @@ class CatalogFeatures:
             seen,
             same_last * lp,
             recent_share * lp,
+            bins,
+            same_last[:, None] * bins,
         )
 
     def expected(self, obs: dict[str, Any], probs: np.ndarray) -> np.ndarray:
@@ -325,8 +350,21 @@ class CatalogFeatures:
         valid = first & (ordered >= 0)
         seen = (p[rows[:, None], np.maximum(ordered, 0)] * valid).sum(axis=1)
         lp = p @ self.log_pop
+        bins = p @ self.bin_onehot  # (B, nb)
+        by_cat_bin = np.asarray((self.category_bin_onehot.T @ p.T).T).reshape(
+            b, self.n_category_tokens, self.n_bins
+        )  # (B, C, nb)
         return self._assemble(
-            step_onehot, streak, lp, same_last, recent_share, seen, same_x_pop, recent_x_pop
+            step_onehot,
+            streak,
+            lp,
+            same_last,
+            recent_share,
+            seen,
+            same_x_pop,
+            recent_x_pop,
+            bins,
+            by_cat_bin[rows, last],
         )
 
 

@@ -1,0 +1,172 @@
+"""``rlrec ope sessions`` and ``rlrec ope replay``: JSON contracts, text output, user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlrec.cli import main
+from rlrec.cli.ope_sessions import parse_policy_spec
+from rlrec.errors import UserError
+from rlrec.evaluation.sequential_ope import SESSION_ESTIMATOR_NAMES
+from tests.envs.conftest import write_tiny_dataset
+
+TINY_PRESET = """\
+data:
+  source: synthetic
+  synthetic: {n_users: 60, n_categories: 5, n_items: 300, seed: 0}
+fit: {top_k_categories: 5, catalog_size: 100}
+env: {history_length: 5, max_steps: 10, catalog_size: 50}
+"""
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("preset")
+    path = root / "tiny.yaml"
+    path.write_text(TINY_PRESET)
+    return path, root / "cache"
+
+
+def simulate_args(preset: tuple[Path, Path], *extra: str) -> list[str]:
+    path, cache = preset
+    return [
+        "ope",
+        "sessions",
+        "--simulate",
+        str(path),
+        "--cache-dir",
+        str(cache),
+        "--behaviour",
+        "popularity,eps=0.3",
+        "--target",
+        "random",
+        "--target",
+        "popular,eps=0.5",
+        "--sessions",
+        "150",
+        "--truth-sessions",
+        "150",
+        "--n-bootstrap",
+        "20",
+        *extra,
+    ]
+
+
+@pytest.mark.slow  # builds a tiny preset's artifacts and simulates
+def test_simulate_json_contract(preset, capsys):
+    assert main(simulate_args(preset, "--json")) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sessions"] == 150
+    assert report["propensities"].startswith("known")
+    assert report["default_estimator"] == "wdr"
+    assert set(report["targets"]) == {"random", "popular,eps=0.5"}
+    for t in report["targets"].values():
+        assert tuple(t["estimates"]) == SESSION_ESTIMATOR_NAMES
+        assert set(t["relative_error"]) == set(SESSION_ESTIMATOR_NAMES)
+        assert t["kl_per_step"] > 0 and t["true_value"] > 0
+        for e in t["estimates"].values():
+            assert set(e) == {"value", "ci95"} and len(e["ci95"]) == 2
+    # The same seed gives the same report.
+    assert main(simulate_args(preset, "--json")) == 0
+    assert json.loads(capsys.readouterr().out) == report
+
+
+@pytest.mark.slow  # builds a tiny preset's artifacts and simulates
+def test_simulate_text_output(preset, capsys):
+    assert main(simulate_args(preset)) == 0
+    out = capsys.readouterr().out
+    assert "target random: true value" in out and "(default)" in out and "KL per step" in out
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    write_tiny_dataset(tmp_path / "data")
+    return tmp_path / "data"
+
+
+def test_real_sessions_json_says_propensities_are_estimated(data_dir, capsys):
+    args = ["ope", "sessions", "--data", str(data_dir), "--split", "train"]
+    code = main([*args, "--target", "popularity,eps=0.5", "--n-bootstrap", "10", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    t = report["targets"]["popularity,eps=0.5"]
+    assert t["propensities"].startswith("estimated (category-conditional counts")
+    assert tuple(t["estimates"]) == SESSION_ESTIMATOR_NAMES
+    assert t["decisions"] == 7
+    assert main([*args, "--target", "random", "--n-bootstrap", "10"]) == 0
+    assert "propensities: estimated" in capsys.readouterr().out
+
+
+def test_replay_json(data_dir, capsys):
+    code = main(["ope", "replay", "--data", str(data_dir), "--policy", "popularity", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["k"] == 10 and report["decisions"] == 2 and report["split"] == "test"
+    assert 0.0 <= report["hr@10"] <= 1.0 and 0.0 <= report["ndcg@10"] <= report["hr@10"]
+    assert main(["ope", "replay", "--data", str(data_dir), "--policy", "random", "--k", "5"]) == 0
+    assert "HR@5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "nonsense"], "unknown base 'nonsense'"),
+        (["--policy", "random,tau=0"], "tau must be > 0"),
+        (["--policy", "random,eps=2"], "eps must lie in"),
+        (["--policy", "random,foo=1"], "not tau=T or eps=E"),
+        (["--policy", "greedy_supervised"], "pass --encoder DIR"),
+        (["--policy", "category_markov"], "needs the simulator's user model"),
+        (["--policy", "random", "--k", "0"], "--k: expected >= 1"),
+    ],
+)
+def test_replay_user_errors_are_one_line(data_dir, capsys, args, message):
+    code = main(["ope", "replay", "--data", str(data_dir), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_policy_spec_parsing():
+    spec = parse_policy_spec("greedy_supervised,tau=0.5,eps=0.1")
+    assert (spec.base, spec.temperature, spec.epsilon) == ("greedy_supervised", 0.5, 0.1)
+    run = parse_policy_spec("run:logs/x")
+    assert (run.base, run.run_dir) == ("ppo", "logs/x")
+    with pytest.raises(UserError, match="is not a number"):
+        parse_policy_spec("random,eps=x")
+
+
+def test_sessions_flag_errors(preset, capsys):
+    code = main(simulate_args(preset, "--sessions", "0"))
+    assert code == 2 and "--sessions: expected >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # builds a tiny preset's artifacts and simulates
+def test_bench_script_quick_subprocess(preset, tmp_path):
+    path, cache = preset
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_ope_sessions.py",
+        "--env",
+        str(path),
+        "--cache-dir",
+        str(cache),
+        "--behaviour",
+        "popularity,eps=0.3",
+        "--target",
+        "random",
+        "--sessions",
+        "100",
+        "--n-bootstrap",
+        "10",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).parents[2])
+    result = json.loads(out.read_text())
+    assert result["sessions"] == 100 and result["seconds"] > 0
+    assert "relative_error__random__wdr" in result and "kl_per_step__random" in result

@@ -1,0 +1,103 @@
+"""Real logged sessions as decisions, the count behaviour, OPE on them, replay metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from rlrec.data.schema import EVENT_TYPES
+from rlrec.errors import UserError
+from rlrec.evaluation.logged_sessions import (
+    BEHAVIOUR_METHOD,
+    estimate_count_behaviour,
+    evaluate_real_sessions,
+    replay_metrics,
+    session_decisions,
+)
+from tests.envs.conftest import N_DATASET_ITEMS, write_tiny_dataset
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data")
+    events = data.events.copy()
+    # Session 0's second event (item 1 again) is a cart: the collapsed step's reward is 3.
+    events.loc[(events["session"] == 0) & (events["step"] == 1), "event"] = EVENT_TYPES.index(
+        "cart"
+    )
+    events.loc[(events["session"] == 4) & (events["step"] == 2), "event"] = EVENT_TYPES.index("buy")
+    return dataclasses.replace(data, events=events)
+
+
+def test_decisions_of_the_test_split(dataset):
+    d = session_decisions(dataset, "test", history_length=3)
+    # Test session: items 11, 15, 24 (categories 3, 3, 0): two decisions.
+    np.testing.assert_array_equal(d.session_offsets, [0, 2])
+    np.testing.assert_array_equal(d.item, [15, 24])
+    np.testing.assert_array_equal(d.item_history, [[0, 0, 12], [0, 12, 16]])
+    np.testing.assert_array_equal(d.category_history, [[0, 0, 4], [0, 4, 4]])
+    np.testing.assert_array_equal(d.step[:, 0], [1, 2])
+    np.testing.assert_array_equal(d.reward, [1.0, 10.0])
+
+
+def test_decisions_collapse_repeats_and_keep_the_strongest_event(dataset):
+    d = session_decisions(dataset, "train", history_length=2)
+    # Session 0 has 5 steps (4 decisions), session 1 has 4 (3), session 2 one step (none).
+    np.testing.assert_array_equal(d.session_offsets, [0, 4, 7])
+    np.testing.assert_array_equal(d.item[:4], [5, 22, 2, 3])
+    np.testing.assert_array_equal(d.item_history[0], [0, 2])  # item 1 (cart) once
+    np.testing.assert_array_equal(d.reward, np.ones(7))  # the cart was on the first step
+    with pytest.raises(UserError, match="no session with 2 or more steps"):
+        session_decisions(
+            dataclasses.replace(dataset, events=dataset.events[dataset.events["session"] == 2]),
+            "train",
+            2,
+        )
+
+
+def test_count_behaviour_is_a_distribution_over_items(dataset):
+    b = estimate_count_behaviour(dataset)
+    obs = {"category_history": np.array([[0, 1], [0, 4]])}
+    p = b.action_probabilities(obs)
+    assert p.shape == (2, N_DATASET_ITEMS)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_allclose(
+        b.probability(np.array([0, 3]), np.array([4, 24])), p[:, [4, 24]][[0, 1], [0, 1]]
+    )
+
+
+def test_ope_on_real_sessions_with_the_behaviour_as_target(dataset):
+    behaviour = estimate_count_behaviour(dataset)
+    report = evaluate_real_sessions(
+        dataset, behaviour.action_probabilities, "behaviour", split="train", n_bootstrap=20
+    )
+    assert report["propensities"] == BEHAVIOUR_METHOD
+    assert report["decisions"] == 7 and report["sessions"] == 2
+    for name in ("is", "wis", "pdis", "wpdis"):
+        assert report["estimates"][name]["value"] == pytest.approx(report["logged_value"])
+    assert report["kl_per_step"] == pytest.approx(0.0, abs=1e-12)
+    assert set(report["estimates"]) == {"is", "wis", "pdis", "wpdis", "dm", "dr", "wdr"}
+
+
+def test_replay_metrics(dataset):
+    def oracle(obs):
+        # Knows the next item of the test session from the last one: 11 -> 15 -> 24.
+        nxt = {12: 15, 16: 24}
+        out = np.zeros((len(obs["item_history"]), N_DATASET_ITEMS))
+        for row, last in enumerate(obs["item_history"][:, -1]):
+            out[row, nxt[int(last)]] = 1.0
+        return out
+
+    perfect = replay_metrics(dataset, oracle, "test", history_length=3, k=10)
+    assert perfect["hr@10"] == 1.0 and perfect["ndcg@10"] == 1.0 and perfect["decisions"] == 2
+
+    def uniform(obs):
+        return np.full((len(obs["item_history"]), N_DATASET_ITEMS), 1.0 / N_DATASET_ITEMS)
+
+    flat = replay_metrics(dataset, uniform, "test", history_length=3, k=5)
+    # All 25 items tie: rank 12 (ties count half) is outside the top 5.
+    assert flat["hr@5"] == 0.0 and flat["mrr"] == pytest.approx(1 / 13)
+    with pytest.raises(UserError, match="--k"):
+        replay_metrics(dataset, uniform, "test", k=0)
