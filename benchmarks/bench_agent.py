@@ -158,7 +158,8 @@ def main() -> int:
     parser.add_argument("--cache-dir", default=str(ROOT / "logs" / "cache"))
     parser.add_argument("--runs-dir", default=str(ROOT / "logs" / "bench_agent"))
     parser.add_argument("--all-baselines", action="store_true", help="evaluate every baseline")
-    parser.add_argument("--skip-fps", action="store_true")
+    parser.add_argument("--skip-fps", action="store_true", help="skip the throughput comparison")
+    parser.add_argument("--fps-only", action="store_true", help="only the throughput comparison")
     args = parser.parse_args()
     agent = load_agent_config(args.agent)
     if args.quick:
@@ -184,6 +185,11 @@ def main() -> int:
     if not args.skip_fps:
         out.update(measure_fps(args, agent))
         out["fps_target_met"] = bool(out["fps_ratio"] >= 0.5)
+    if args.fps_only:
+        out["wall_seconds"] = time.perf_counter() - started
+        write_json_atomic(args.out, out)
+        print(json.dumps(out, indent=2))
+        return 0
     root = Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
     seeds = []
     for seed in args.seeds:
