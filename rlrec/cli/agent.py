@@ -34,11 +34,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=fmt,
     )
     train.add_argument(
-        "--env", default="envs/synthetic.yaml", help="env preset: a YAML path or bundled name"
+        "--env", default="synthetic", help="env preset: a YAML path or a bundled name"
     )
-    train.add_argument(
-        "--agent", default="agents/ppo.yaml", help="agent preset: a YAML path or bundled name"
-    )
+    train.add_argument("--agent", default="ppo", help="agent preset: a YAML path or a bundled name")
     train.add_argument("--timesteps", type=int, help="env steps (default: the agent preset's)")
     train.add_argument("--seed", type=int, default=0, help="seed of the policy and the users")
     train.add_argument("--run-name", help="run directory name under --log-dir")
