@@ -5,9 +5,10 @@ are dataset index + 1, ``0`` is left padding, most recent step last), which is a
 of the simulator's observations, so the encoder reads exactly what the agent sees.
 
 Architecture (SASRec-style, pre-norm): the embedding of a step is
-``item_embedding[item] + category_embedding[category] + position_embedding[p]``, where ``p``
-counts real steps from the start of the window (``0`` for the oldest visible step), so a
-prefix gets the same positions whether it is encoded alone or inside a longer sequence.
+``item_embedding[item] + category_embedding[category] + position_embedding[p] +
+streak_embedding[s]``, where ``p`` counts real steps from the start of the window (``0`` for
+the oldest visible step), so a prefix gets the same positions whether it is encoded alone or
+inside a longer sequence, and ``s`` is the step's category streak (:func:`category_streak`).
 Attention is causal (a position sees itself and the past); the masked BERT4Rec-style
 pretraining objective runs the same weights bidirectionally. Padding keys are never attended.
 
@@ -46,6 +47,8 @@ class EncoderConfig:
         max_len: Longest history read, in steps; longer ones keep their most recent steps.
         ff_mult: Width of each block's feed-forward layer, as a multiple of ``d_model``.
         dropout: Dropout on embeddings, attention and feed-forward outputs during training.
+        max_streak: Streaks (consecutive steps in one category) longer than this share one
+            streak embedding.
     """
 
     d_model: int = 64
@@ -54,14 +57,15 @@ class EncoderConfig:
     max_len: int = 50
     ff_mult: int = 4
     dropout: float = 0.2
+    max_streak: int = 16
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.n_layers < 1 or self.n_heads < 1 or self.max_len < 1:
             raise ValueError("d_model, n_layers, n_heads and max_len must be positive")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
-        if self.ff_mult < 1:
-            raise ValueError("ff_mult must be positive")
+        if self.ff_mult < 1 or self.max_streak < 1:
+            raise ValueError("ff_mult and max_streak must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
 
@@ -147,6 +151,8 @@ class SequenceEncoder(nn.Module):
         self.item_embedding = nn.Embedding(n_items + 2, d, padding_idx=0)
         self.category_embedding = nn.Embedding(n_categories + 2, d, padding_idx=0)
         self.position_embedding = nn.Embedding(config.max_len, d)
+        # Index 0 is padding; s = 1..max_streak is the streak (longer ones share the last).
+        self.streak_embedding = nn.Embedding(config.max_streak + 1, d, padding_idx=0)
         self.embed_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(d)
@@ -210,6 +216,7 @@ class SequenceEncoder(nn.Module):
             self.item_embedding(items)
             + self.category_embedding(categories)
             + self.position_embedding(position)
+            + self.streak_embedding(category_streak(categories, self.config.max_streak))
         )  # (B, L, d)
         x = self.embed_drop(x)
         length = items.shape[1]
@@ -294,6 +301,30 @@ class SequenceEncoder(nn.Module):
         """
         weights = self.category_embedding.weight[1 : self.n_categories + 1]  # (C, d)
         return hidden @ weights.T + self.category_bias
+
+
+def category_streak(categories: torch.Tensor, max_streak: int) -> torch.Tensor:
+    """Streak at every position: consecutive steps in the current category, ending there.
+
+    The user model's hidden state is (category, streak), and saturation makes the streak
+    decide whether a user stays; attention could count it, but handing it over directly is
+    what lets a small encoder learn saturation from modest data. Causal: the streak at ``t``
+    depends only on categories up to ``t``.
+
+    Args:
+        categories: (B, L) category tokens, 0 = padding.
+        max_streak: Cap; longer streaks map to ``max_streak``.
+
+    Returns:
+        (B, L) long streaks in ``1..max_streak``, 0 at padding.
+    """
+    length = categories.shape[1]
+    t = torch.arange(length, device=categories.device).expand_as(categories)  # (B, L)
+    change = torch.ones_like(categories, dtype=torch.bool)
+    change[:, 1:] = categories[:, 1:] != categories[:, :-1]
+    last_change = torch.cummax(torch.where(change, t, torch.zeros_like(t)), dim=1).values
+    streak = (t - last_change + 1).clamp(max=max_streak)
+    return torch.where(categories != 0, streak, torch.zeros_like(streak))
 
 
 class StateEncoder:

@@ -20,7 +20,7 @@ from rlrec.models.checkpoint import (
     save_encoder,
     vocabulary_fingerprint,
 )
-from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
+from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder, category_streak
 from rlrec.models.sequences import (
     IGNORE,
     collapse_repeats,
@@ -280,3 +280,13 @@ def test_broken_checkpoints_are_user_errors(tiny_dataset: Path, tmp_path: Path) 
     with pytest.raises(UserError, match=r"missing encoder\.json"):
         load_encoder(out)
     assert isinstance(ds.items, pd.DataFrame)
+
+
+def test_category_streak_counts_runs_causally() -> None:
+    cats = torch.tensor([[0, 0, 3, 3, 3, 1, 1, 3], [2, 2, 2, 2, 2, 2, 2, 2]])
+    streak = category_streak(cats, max_streak=4)
+    assert streak.tolist() == [[0, 0, 1, 2, 3, 1, 2, 1], [1, 2, 3, 4, 4, 4, 4, 4]]
+    # Changing a later category never changes an earlier streak.
+    later = cats.clone()
+    later[0, 6] = 2
+    assert category_streak(later, 4)[0, :6].tolist() == streak[0, :6].tolist()
