@@ -308,7 +308,7 @@ def replay_metrics(
     decisions = session_decisions(dataset, split, history_length)
     ranks = np.empty(decisions.n_decisions)
     for sl in _chunks(decisions.n_decisions, dataset.n_items):
-        s = np.asarray(scores(decisions.observations(sl)), dtype=np.float64)
+        s = np.array(scores(decisions.observations(sl)), dtype=np.float64)  # writable copy
         ranks[sl] = target_ranks(s, decisions.item[sl])
     return {
         "split": split,
