@@ -192,6 +192,13 @@ class GreedySupervisedPolicy(_DeterministicPolicy):
         self.item_ids = torch.as_tensor(np.asarray(item_ids, dtype=np.int64))
         self.n_actions = len(item_ids)
         self.batch_size = batch_size
+        # The next-item head restricted to the catalog (the encoder is not trained here):
+        # scoring A catalog items instead of the whole vocabulary, then gathering.
+        with torch.no_grad():
+            device = next(encoder.parameters()).device
+            ids = self.item_ids.to(device)
+            self._vectors = encoder.item_output_vectors()[ids]  # (A, d)
+            self._bias = encoder.item_bias[ids]  # (A,)
 
     @torch.no_grad()
     def catalog_scores(self, obs: dict[str, Any]) -> np.ndarray:
@@ -199,14 +206,13 @@ class GreedySupervisedPolicy(_DeterministicPolicy):
         device = next(self.encoder.parameters()).device
         items = torch.as_tensor(np.asarray(obs["item_history"]), dtype=torch.long)
         cats = torch.as_tensor(np.asarray(obs["category_history"]), dtype=torch.long)
-        ids = self.item_ids.to(device)
         out = []
         for lo in range(0, len(items), self.batch_size):
             state = self.encoder.encode(
                 items[lo : lo + self.batch_size].to(device),
                 cats[lo : lo + self.batch_size].to(device),
             )  # (b, d)
-            out.append(self.encoder.item_logits(state)[:, ids].cpu())  # (b, A)
+            out.append((state @ self._vectors.T + self._bias).cpu())  # (b, A)
         return torch.cat(out).numpy() if out else np.zeros((0, self.n_actions))
 
     def choose(self, obs: dict[str, Any]) -> np.ndarray:
