@@ -170,3 +170,36 @@ def test_bench_script_quick_subprocess(preset, tmp_path):
     result = json.loads(out.read_text())
     assert result["sessions"] == 100 and result["seconds"] > 0
     assert "relative_error__random__wdr" in result and "kl_per_step__random" in result
+
+
+def test_ppo_base_uses_the_runs_action_probabilities(tmp_path):
+    """``ppo`` softens the loaded run's policy (a stand-in here: no trained run needed)."""
+    import types
+
+    import numpy as np
+
+    from rlrec.cli.ope_sessions import SimulatorContext
+    from rlrec.envs.config import EnvConfig
+    from tests.envs.conftest import N_ITEMS, make_sim_model
+
+    class Agent:
+        n_actions = N_ITEMS
+
+        def action_probabilities(self, obs):
+            p = np.zeros((len(obs["item_history"]), N_ITEMS))
+            p[:, 7] = 1.0
+            return p
+
+    ctx = SimulatorContext(
+        sim_model=make_sim_model(),
+        dataset=write_tiny_dataset(tmp_path / "data"),
+        env_config=EnvConfig(catalog_size=N_ITEMS, history_length=5),
+        encoder_loader=None,
+        run=types.SimpleNamespace(policy=Agent()),
+    )
+    policy = ctx.policy(parse_policy_spec("ppo,eps=0.5"), seed=0)
+    p = policy.action_probabilities({"item_history": np.zeros((2, 5), dtype=np.int64)})
+    np.testing.assert_allclose(p[:, 7], 0.5 + 0.5 / N_ITEMS)
+    no_run = SimulatorContext(ctx.sim_model, ctx.dataset, ctx.env_config, None)
+    with pytest.raises(UserError, match="no trained run"):
+        no_run.policy(parse_policy_spec("ppo"), seed=0)
