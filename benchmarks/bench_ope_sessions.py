@@ -14,7 +14,8 @@ distance from it: ``greedy_supervised,tau=1,eps=0.1``, ``greedy_supervised,tau=0
 
 Writes flat keys: ``sessions``, ``truth_sessions``, ``seconds``, ``behaviour_value``, and per
 target (its SPEC with non-alphanumerics as ``_``): ``kl_per_step__T``, ``ess__T``,
-``true_value__T``, ``estimate__T__E``, ``relative_error__T__E`` for each estimator ``E``,
+``true_value__T``, ``estimate__T__E``, ``relative_error__T__E`` and ``truth_in_ci95__T__E``
+for each estimator ``E``,
 plus ``default_relative_error_kl_le_1_max`` (the worst default-estimator error over targets
 with KL <= 1 nat) and ``targets`` (the full report).
 
@@ -68,6 +69,7 @@ def flatten(report: dict[str, Any]) -> dict[str, Any]:
         for est, e in t["estimates"].items():
             out[f"estimate__{k}__{est}"] = e["value"]
             out[f"relative_error__{k}__{est}"] = t["relative_error"][est]
+            out[f"truth_in_ci95__{k}__{est}"] = t["truth_in_ci95"][est]
         if t["kl_per_step"] <= 1.0:
             err = t["relative_error"][default]
             worst = err if worst is None else max(worst, err)

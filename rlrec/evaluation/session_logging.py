@@ -586,7 +586,8 @@ def evaluate_logged_targets(
     Returns:
         Per target: ``estimates`` ({name: {value, ci95}}), ``kl_per_step`` (mean over logged
         steps, nats), ``ess`` (effective sessions of the trajectory weights), ``fqe_iterations``
-        and, with ``truths``, ``true_value``, ``true_ci95`` and ``relative_error``.
+        and, with ``truths``, ``true_value``, ``true_ci95``, ``relative_error`` and
+        ``truth_in_ci95`` (whether each estimator's interval covers the truth).
     """
     out: dict[str, Any] = {}
     for name, tl in log.targets.items():
@@ -622,6 +623,11 @@ def evaluate_logged_targets(
             entry["true_ci95"] = list(truth.ci95)
             entry["relative_error"] = {
                 k: relative_error(e.value, truth.value) for k, e in estimates.items()
+            }
+            # Whether each bootstrap interval covers the truth (None: no interval).
+            entry["truth_in_ci95"] = {
+                k: (bool(e.ci95[0] <= truth.value <= e.ci95[1]) if np.isfinite(e.ci95[0]) else None)
+                for k, e in estimates.items()
             }
         out[name] = entry
     return out

@@ -156,6 +156,7 @@ def test_simulated_check_with_the_behaviour_as_target(make_env):
         assert t["estimates"][name]["value"] == pytest.approx(report["behaviour_value"])
     assert t["kl_per_step"] == pytest.approx(0.0, abs=1e-12)
     assert set(t["relative_error"]) == set(t["estimates"])
+    assert set(t["truth_in_ci95"]) == set(t["estimates"])
     assert report["default_estimator"] == "wdr"
     with pytest.raises(UserError, match="gamma"):
         SimulatedCheckSettings(gamma=0.9)
