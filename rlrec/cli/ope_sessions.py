@@ -236,7 +236,8 @@ def add_sessions_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
         "--behaviour",
         metavar="SPEC",
         default="greedy_supervised,tau=1,eps=0.3",
-        help="known logging policy (--simulate only)",
+        help="known logging policy (--simulate only); greedy_supervised pretrains the preset's "
+        "encoder on first use (cached under --cache-dir)",
     )
     p.add_argument(
         "--target", metavar="SPEC", action="append", required=True, help="target (repeatable)"
