@@ -178,7 +178,12 @@ def build_encoder(
     )
     out = Path(cache_dir) / f"encoder-{key}"
     if (out / ENCODER_CONFIG_FILE).is_file():
-        return out, True
+        try:
+            # A cached checkpoint from an older encoder architecture no longer loads: rebuild.
+            load_encoder(out)
+            return out, True
+        except UserError:
+            pass
     dataset = load_dataset(dataset_dir)
     threads = torch.get_num_threads()
     try:

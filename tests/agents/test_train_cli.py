@@ -161,3 +161,17 @@ def test_evaluate_json_schema(agent, tiny_presets, cache, tmp_path, capsys):
     assert json.loads((run / "eval.json").read_text()) == payload
     assert main(["evaluate", str(run), "--episodes", "30", "--seed", "3"]) == 0
     assert "greedy_supervised" in capsys.readouterr().out
+
+
+def test_unloadable_cached_encoder_is_rebuilt(tiny_presets, cache, tmp_path):
+    from rlrec.models.checkpoint import load_encoder
+
+    preset = load_env_preset(tiny_presets["env"])
+    dataset_dir = build_artifacts(preset, cache).dataset_dir
+    out, reused = build_encoder(preset, dataset_dir, tmp_path)
+    assert not reused
+    assert build_encoder(preset, dataset_dir, tmp_path) == (out, True)
+    # An encoder of an older architecture (here: garbage weights) must not be reused.
+    (out / "model.safetensors").write_bytes(b"not safetensors")
+    assert build_encoder(preset, dataset_dir, tmp_path) == (out, False)
+    load_encoder(out)
