@@ -67,7 +67,7 @@ def test_validate_on_synthetic_data(fitted: SimModel, synthetic: PreparedDataset
         assert 0 <= report[key] < 0.1, key
     # A well-fitted model scores near what a perfect one would on a test split this size.
     floor = report["js_category_transition_floor"]
-    assert 0 < floor and report["js_category_transition"] < 2 * floor
+    assert floor > 0 and report["js_category_transition"] < 2 * floor
     assert report["event_mix_max_abs_diff"] < 0.02
     assert report["ground_truth"]["transition_tv"] < 0.06
     assert report == validate_fidelity(fitted, synthetic, n_sessions=5000, seed=0)
