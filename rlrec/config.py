@@ -46,6 +46,32 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def resolve_preset(name_or_path: str | os.PathLike[str], preset_dir: Path, kind: str) -> Path:
+    """Resolve a bundled preset name (``synthetic``) or a YAML path to a file.
+
+    Args:
+        name_or_path: A path to a YAML file, or the stem of a file in ``preset_dir``.
+        preset_dir: Where the bundled presets of this kind live.
+        kind: What the preset is (``env``, ``agent``), for the error message.
+
+    Raises:
+        UserError: If neither a file nor a bundled preset of that name exists.
+    """
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise UserError(f"{candidate}: no such {kind} preset file")
+        return candidate
+    bundled = preset_dir / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    known = sorted(p.stem for p in preset_dir.glob("*.yaml"))
+    raise UserError(
+        f"{kind} preset {str(name_or_path)!r}: not a file and not a bundled preset "
+        f"({', '.join(known) or 'none found'}); pass a YAML path"
+    )
+
+
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
     """Build the dataclass ``cls`` from ``data``, checking every field's name and type.
 

@@ -42,3 +42,15 @@ def test_round_trip_and_coercion():
 def test_bad_values_name_the_field(data, match):
     with pytest.raises(UserError, match=match):
         from_mapping(Outer, data)
+
+
+def test_resolve_preset_by_name_by_path_and_errors(tmp_path):
+    from rlrec.config import resolve_preset
+
+    (tmp_path / "small.yaml").write_text("a: 1\n")
+    assert resolve_preset("small", tmp_path, "env") == tmp_path / "small.yaml"
+    assert resolve_preset(tmp_path / "small.yaml", tmp_path, "env") == tmp_path / "small.yaml"
+    with pytest.raises(UserError, match=r"no such agent preset file"):
+        resolve_preset(tmp_path / "missing.yaml", tmp_path, "agent")
+    with pytest.raises(UserError, match=r"env preset 'big': not a file .*\(small\)"):
+        resolve_preset("big", tmp_path, "env")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rlrec.config import from_mapping, load_yaml
+from rlrec.config import from_mapping, load_yaml, resolve_preset
 from rlrec.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "agents"
@@ -119,24 +119,12 @@ class AgentConfig:
 
 
 def agent_preset_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """Resolve a bundled agent preset name (``ppo``) or a YAML path.
+    """Resolve a bundled agent preset name or a YAML path (see :func:`rlrec.config.resolve_preset`).
 
     Raises:
         UserError: If neither exists.
     """
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        if not candidate.is_file():
-            raise UserError(f"{candidate}: no such agent preset file")
-        return candidate
-    bundled = PRESET_DIR / f"{name_or_path}.yaml"
-    if bundled.is_file():
-        return bundled
-    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    raise UserError(
-        f"agent preset {str(name_or_path)!r}: not a file and not a bundled preset "
-        f"({', '.join(known) or 'none found'}); pass a YAML path"
-    )
+    return resolve_preset(name_or_path, PRESET_DIR, "agent")
 
 
 def load_agent_config(name_or_path: str | os.PathLike[str]) -> AgentConfig:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rlrec.config import from_mapping, load_yaml, to_mapping
+from rlrec.config import from_mapping, load_yaml, resolve_preset, to_mapping
 from rlrec.data.dataset import META_FILE, write_json_atomic
 from rlrec.data.prepare import PrepareConfig
 from rlrec.data.schema import SCHEMA_VERSION
@@ -111,24 +111,12 @@ class Artifacts:
 
 
 def preset_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """Resolve a bundled preset name (``synthetic``) or a YAML path.
+    """Resolve a bundled env preset name or a YAML path (see :func:`rlrec.config.resolve_preset`).
 
     Raises:
         UserError: If neither exists.
     """
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        if not candidate.is_file():
-            raise UserError(f"{candidate}: no such preset file")
-        return candidate
-    bundled = PRESET_DIR / f"{name_or_path}.yaml"
-    if bundled.is_file():
-        return bundled
-    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    raise UserError(
-        f"env preset {str(name_or_path)!r}: not a file and not a bundled preset "
-        f"({', '.join(known) or 'none found'}); pass a YAML path"
-    )
+    return resolve_preset(name_or_path, PRESET_DIR, "env")
 
 
 def load_env_preset(name_or_path: str | os.PathLike[str]) -> EnvPreset:
