@@ -36,8 +36,9 @@ Sequential (session) estimators live in their own module beside this one; they s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -523,44 +524,73 @@ def estimate_policy_value(
     Raises:
         UserError: For a bad ``n_bootstrap`` or ``confidence``, or duplicate names.
     """
-    if n_bootstrap < 0:
-        raise UserError(f"n_bootstrap: expected >= 0 resamples, got {n_bootstrap}")
-    if not 0 < confidence < 1:
-        raise UserError(f"confidence: expected a level in (0, 1), got {confidence}")
     if estimators is None:
         estimators = [
             e
             for e in default_estimators()
             if rounds.has_reward_model or not e.requires_reward_model
         ]
-    names = [e.name for e in estimators]
+    return bootstrap_estimates(
+        [e.name for e in estimators],
+        [e.terms(rounds) for e in estimators],  # each (n, k_e)
+        [partial(e.combine, n_rounds=rounds.n_rounds) for e in estimators],
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+    )
+
+
+def bootstrap_estimates(
+    names: Sequence[str],
+    blocks: Sequence[np.ndarray],
+    combines: Sequence[Callable[[np.ndarray], np.ndarray]],
+    n_bootstrap: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, Estimate]:
+    """Point estimates and percentile bootstrap intervals from per-unit terms.
+
+    Every estimator here is a function of column sums of its per-unit terms (rounds for
+    bandits, sessions for sequential estimators). One resampling of the units serves every
+    estimator, so their intervals come from the same resamples and the bootstrap is paid once.
+
+    Args:
+        names: Estimator names, unique.
+        blocks: Per estimator, its (n_units, k_e) terms.
+        combines: Per estimator, a function of (B, k_e) column sums to (B,) estimates.
+        n_bootstrap: Resamples; 0 gives point estimates with NaN intervals.
+        confidence: Interval level in (0, 1).
+        seed: Seed of the resampling; the same seed gives the same intervals.
+
+    Returns:
+        Estimates keyed by name, in the given order.
+
+    Raises:
+        UserError: For a bad ``n_bootstrap`` or ``confidence``, or duplicate names.
+    """
+    if n_bootstrap < 0:
+        raise UserError(f"n_bootstrap: expected >= 0 resamples, got {n_bootstrap}")
+    if not 0 < confidence < 1:
+        raise UserError(f"confidence: expected a level in (0, 1), got {confidence}")
     if len(set(names)) != len(names):
         raise UserError(f"estimators: names must be unique, got {', '.join(names)}")
-    blocks = [e.terms(rounds) for e in estimators]  # each (n, k_e)
-    values = [
-        float(e.combine(_column_sums(b), rounds.n_rounds)[0])
-        for e, b in zip(estimators, blocks, strict=True)
-    ]
+    values = [float(c(_column_sums(b))[0]) for c, b in zip(combines, blocks, strict=True)]
     if n_bootstrap > 0:
-        columns = np.hstack(blocks)  # (n, sum k_e)
-        sums = bootstrap_column_sums(columns, n_bootstrap, np.random.default_rng(seed))
+        sums = bootstrap_column_sums(np.hstack(blocks), n_bootstrap, np.random.default_rng(seed))
     tail = 100.0 * (1.0 - confidence) / 2.0
     out: dict[str, Estimate] = {}
     start = 0
-    for est, block, value in zip(estimators, blocks, values, strict=True):
+    for name, combine, block, value in zip(names, combines, blocks, values, strict=True):
         k = block.shape[1]
+        ci = (float("nan"), float("nan"))
         if n_bootstrap > 0:
-            stats = est.combine(sums[:, start : start + k], rounds.n_rounds)  # (B,)
+            stats = combine(sums[:, start : start + k])  # (B,)
             finite = stats[np.isfinite(stats)]
             if finite.size:
                 low, high = np.percentile(finite, [tail, 100.0 - tail])
                 ci = (float(low), float(high))
-            else:
-                ci = (float("nan"), float("nan"))
-        else:
-            ci = (float("nan"), float("nan"))
         start += k
-        out[est.name] = Estimate(name=est.name, value=value, ci95=ci)
+        out[name] = Estimate(name=name, value=value, ci95=ci)
     return out
 
 

@@ -38,12 +38,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import numpy as np
 
 from rlrec.errors import UserError
-from rlrec.evaluation.ope import Estimate, bootstrap_column_sums
+from rlrec.evaluation.ope import Estimate, bootstrap_estimates
 
 SESSION_ESTIMATOR_NAMES = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr")
 """The sequential estimators, in report order."""
@@ -502,42 +503,20 @@ def estimate_session_value(
     Raises:
         UserError: For a bad ``n_bootstrap`` or ``confidence``, or duplicate names.
     """
-    if n_bootstrap < 0:
-        raise UserError(f"n_bootstrap: expected >= 0 resamples, got {n_bootstrap}")
-    if not 0 < confidence < 1:
-        raise UserError(f"confidence: expected a level in (0, 1), got {confidence}")
     if estimators is None:
         estimators = [
             e
             for e in default_session_estimators()
             if sessions.has_q_function or not e.requires_q_function
         ]
-    names = [e.name for e in estimators]
-    if len(set(names)) != len(names):
-        raise UserError(f"estimators: names must be unique, got {', '.join(names)}")
-    blocks = [e.terms(sessions) for e in estimators]  # each (S, k_e)
-    n = sessions.n_sessions
-    values = [
-        float(e.combine(b.sum(axis=0, keepdims=True), n, sessions)[0])
-        for e, b in zip(estimators, blocks, strict=True)
-    ]
-    if n_bootstrap > 0:
-        sums = bootstrap_column_sums(np.hstack(blocks), n_bootstrap, np.random.default_rng(seed))
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    out: dict[str, Estimate] = {}
-    start = 0
-    for est, block, value in zip(estimators, blocks, values, strict=True):
-        k = block.shape[1]
-        ci = (float("nan"), float("nan"))
-        if n_bootstrap > 0:
-            stats = est.combine(sums[:, start : start + k], n, sessions)  # (B,)
-            finite = stats[np.isfinite(stats)]
-            if finite.size:
-                low, high = np.percentile(finite, [tail, 100.0 - tail])
-                ci = (float(low), float(high))
-        start += k
-        out[est.name] = Estimate(name=est.name, value=value, ci95=ci)
-    return out
+    return bootstrap_estimates(
+        [e.name for e in estimators],
+        [e.terms(sessions) for e in estimators],  # each (S, k_e)
+        [partial(e.combine, n_sessions=sessions.n_sessions, sessions=sessions) for e in estimators],
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+    )
 
 
 def effective_sample_size(sessions: LoggedSessions) -> float:
