@@ -31,7 +31,6 @@ import torch
 
 from rlrec.data.dataset import PreparedDataset, load_dataset, write_json_atomic
 from rlrec.data.prepare import prepare
-from rlrec.data.synthetic import SyntheticConfig, generate_dataset, load_ground_truth
 from rlrec.evaluation.ranking import (
     category_accuracy,
     evaluate_next_step,
@@ -41,6 +40,7 @@ from rlrec.evaluation.ranking import (
 from rlrec.models.encoder import EncoderConfig, StateEncoder
 from rlrec.models.pretrain import PretrainConfig, TrainingResult, train_encoder
 from rlrec.models.sequences import collapse_repeats, prefix_windows
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset, load_ground_truth
 
 TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_sample/UserBehavior.csv"
 

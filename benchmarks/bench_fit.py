@@ -22,8 +22,8 @@ from typing import Any
 
 from rlrec.data.dataset import load_dataset, write_json_atomic
 from rlrec.data.prepare import prepare
-from rlrec.data.synthetic import SyntheticConfig, generate_dataset, generate_events
 from rlrec.evaluation.fidelity import validate_fidelity
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset, generate_events
 from rlrec.models.transition import fit_sim_model
 
 TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_sample/UserBehavior.csv"

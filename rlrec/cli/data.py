@@ -248,7 +248,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from rlrec.data.synthetic import SyntheticConfig, generate_dataset
+    from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 
     for flag, value in (("--users", args.users), ("--events", args.events)):
         if value is not None and value < 1:

@@ -39,8 +39,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     from rlrec.cli.data import format_stats
     from rlrec.data.dataset import load_dataset
     from rlrec.data.stats import dataset_stats
-    from rlrec.data.synthetic import SyntheticConfig, generate_dataset
     from rlrec.evaluation.fidelity import format_fidelity, validate_fidelity
+    from rlrec.models.synthetic import SyntheticConfig, generate_dataset
     from rlrec.models.transition import FitConfig, fit_sim_model
 
     out: Path = args.out

@@ -24,10 +24,10 @@ from rlrec.config import from_mapping, load_yaml, resolve_preset, to_mapping
 from rlrec.data.dataset import META_FILE, write_json_atomic
 from rlrec.data.prepare import PrepareConfig
 from rlrec.data.schema import SCHEMA_VERSION
-from rlrec.data.synthetic import SyntheticConfig
 from rlrec.envs.config import EnvConfig, EnvSpec
 from rlrec.errors import UserError
 from rlrec.models.sim_model import ARRAYS_FILE, PARAMS_FILE, SIM_SCHEMA_VERSION
+from rlrec.models.synthetic import SyntheticConfig
 from rlrec.models.transition import FitConfig
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "envs"
@@ -226,7 +226,7 @@ def build_artifacts(
 def _build_dataset(preset: EnvPreset, out: Path) -> None:
     data = preset.data
     if data.source == "synthetic":
-        from rlrec.data.synthetic import generate_dataset
+        from rlrec.models.synthetic import generate_dataset
 
         generate_dataset(out, data.synthetic, data.prepare)
         return

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from rlrec.data.dataset import PreparedDataset
-from rlrec.data.synthetic import GroundTruth, load_ground_truth, streak_lengths
 from rlrec.errors import UserError
 from rlrec.models.sim_model import SimModel
+from rlrec.models.synthetic import GroundTruth, load_ground_truth, streak_lengths
 from rlrec.models.transition import simulate_organic, step_log
 
 

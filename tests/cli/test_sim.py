@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlrec.cli import main
-from rlrec.data.synthetic import SyntheticConfig, generate_dataset
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,6 @@ from scipy.stats import ks_2samp
 
 from rlrec.data.dataset import PreparedDataset, load_dataset
 from rlrec.data.prepare import prepare
-from rlrec.data.synthetic import (
-    GROUND_TRUTH_JSON,
-    GROUND_TRUTH_NPZ,
-    SyntheticConfig,
-    generate_dataset,
-)
 from rlrec.errors import UserError
 from rlrec.evaluation.fidelity import (
     format_fidelity,
@@ -25,6 +19,12 @@ from rlrec.evaluation.fidelity import (
     validate_fidelity,
 )
 from rlrec.models.sim_model import SimModel
+from rlrec.models.synthetic import (
+    GROUND_TRUTH_JSON,
+    GROUND_TRUTH_NPZ,
+    SyntheticConfig,
+    generate_dataset,
+)
 from rlrec.models.transition import fit_sim_model
 
 

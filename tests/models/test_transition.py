@@ -10,7 +10,6 @@ import pytest
 
 from rlrec.data.dataset import PreparedDataset, load_dataset
 from rlrec.data.prepare import prepare
-from rlrec.data.synthetic import SyntheticConfig, generate_dataset, load_ground_truth
 from rlrec.errors import UserError
 from rlrec.evaluation.fidelity import ground_truth_errors
 from rlrec.models.sim_model import (
@@ -21,6 +20,7 @@ from rlrec.models.sim_model import (
     SimModel,
     load_sim_model,
 )
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset, load_ground_truth
 from rlrec.models.transition import (
     OTHER_CATEGORY,
     FitConfig,

@@ -8,7 +8,9 @@ import pytest
 
 from rlrec.config import from_mapping
 from rlrec.data.dataset import load_dataset
-from rlrec.data.synthetic import (
+from rlrec.errors import UserError
+from rlrec.models.sim_model import ARRAY_FIELDS
+from rlrec.models.synthetic import (
     GROUND_TRUTH_JSON,
     GROUND_TRUTH_NPZ,
     SyntheticConfig,
@@ -18,8 +20,6 @@ from rlrec.data.synthetic import (
     log_statistics,
     read_taobao_frame,
 )
-from rlrec.errors import UserError
-from rlrec.models.sim_model import ARRAY_FIELDS
 
 SMALL = SyntheticConfig(n_users=60, n_categories=8, n_items=400, seed=3)
 
