@@ -32,76 +32,12 @@ import torch
 
 from rlrec.data.dataset import PreparedDataset
 from rlrec.models.encoder import SequenceEncoder
+from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
 from rlrec.models.sequences import IGNORE, Steps, Windows, collapse_repeats, prefix_windows
-
-K = 10
-"""Cut-off of HR@K and NDCG@K."""
 
 ITEM_METRICS: tuple[str, ...] = ("hr@10", "ndcg@10", "mrr")
 CATEGORY_METRICS: tuple[str, ...] = ("category_acc@1", "category_acc@5")
 BASELINES: tuple[str, ...] = ("popularity", "item_markov", "category_markov", "last_category")
-
-
-def target_ranks(
-    scores: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor
-) -> np.ndarray:
-    """0-based rank of each row's target among all columns (higher score ranks first).
-
-    Ties count half: ``rank = #{score > target} + #{score == target, other column} / 2``.
-
-    Args:
-        scores: (N, M) scores.
-        targets: (N,) int column of each row's target.
-
-    Returns:
-        (N,) float64 ranks in ``[0, M - 1]``.
-    """
-    s = torch.as_tensor(scores)
-    t = torch.as_tensor(targets, device=s.device).long()
-    if s.dim() != 2 or t.shape != (s.shape[0],):
-        raise ValueError(f"scores {tuple(s.shape)} must be (N, M) and targets (N,)")
-    if t.numel() and (t.min() < 0 or t.max() >= s.shape[1]):
-        raise ValueError("a target is outside 0..M-1")
-    target_score = s.gather(1, t[:, None])  # (N, 1)
-    greater = (s > target_score).sum(dim=1)
-    ties = (s == target_score).sum(dim=1) - 1
-    return (greater.double() + 0.5 * ties.double()).cpu().numpy()
-
-
-def item_ranking_metrics(ranks: np.ndarray, k: int = K) -> dict[str, float]:
-    """HR@k, NDCG@k and MRR of next-item ranks (one relevant item per target).
-
-    Args:
-        ranks: (N,) 0-based ranks from :func:`target_ranks`.
-        k: Cut-off.
-
-    Returns:
-        ``{"hr@k", "ndcg@k", "mrr"}``; NaN when there is no target.
-    """
-    r = np.asarray(ranks, dtype=np.float64)
-    if r.size == 0:
-        return {f"hr@{k}": float("nan"), f"ndcg@{k}": float("nan"), "mrr": float("nan")}
-    hit = r < k
-    return {
-        f"hr@{k}": float(hit.mean()),
-        f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean()),
-        "mrr": float((1.0 / (r + 1.0)).mean()),
-    }
-
-
-def category_accuracy(ranks: np.ndarray) -> dict[str, float]:
-    """Next-category accuracy@1 and @5 (the target among the top 1 and top 5).
-
-    Args:
-        ranks: (N,) 0-based ranks from :func:`target_ranks`.
-
-    Returns:
-        ``{"category_acc@1", "category_acc@5"}``; NaN when there is no target.
-    """
-    r = np.asarray(ranks, dtype=np.float64)
-    if r.size == 0:
-        return {"category_acc@1": float("nan"), "category_acc@5": float("nan")}
-    return {"category_acc@1": float((r < 1).mean()), "category_acc@5": float((r < 5).mean())}
 
 
 @dataclass(frozen=True)

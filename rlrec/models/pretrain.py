@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from rlrec.config import to_mapping
 from rlrec.data.dataset import PreparedDataset
 from rlrec.errors import UserError
-from rlrec.evaluation.ranking import category_accuracy, item_ranking_metrics, target_ranks
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
 from rlrec.models.sequences import (
     IGNORE,
     Windows,
