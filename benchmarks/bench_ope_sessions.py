@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-from rlrec.cli.ope_sessions import run_simulated_check
+from rlrec.agents.policy_specs import run_simulated_check
 from rlrec.data.dataset import write_json_atomic
 
 BEHAVIOUR = "greedy_supervised,tau=1,eps=0.3"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from rlrec.agents.policy_specs import parse_policy_spec
 from rlrec.cli import main
-from rlrec.cli.ope_sessions import parse_policy_spec
 from rlrec.errors import UserError
 from rlrec.evaluation.sequential_ope import SESSION_ESTIMATOR_NAMES
 from tests.envs.conftest import write_tiny_dataset
@@ -178,7 +178,7 @@ def test_ppo_base_uses_the_runs_action_probabilities(tmp_path):
 
     import numpy as np
 
-    from rlrec.cli.ope_sessions import SimulatorContext
+    from rlrec.agents.policy_specs import SimulatorContext
     from rlrec.envs.config import EnvConfig
     from tests.envs.conftest import N_ITEMS, make_sim_model
 
