@@ -31,7 +31,7 @@ import torch
 from rlrec.envs.config import RewardWeights
 from rlrec.evaluation.rollout import HIDDEN_INTEREST_KEY
 from rlrec.models.encoder import SequenceEncoder
-from rlrec.models.sim_model import SimModel
+from rlrec.models.sim_model import SimModel, saturate
 
 
 def _one_hot(actions: np.ndarray, n_actions: int) -> np.ndarray:
@@ -248,8 +248,8 @@ def engage_probability_matrix(model: SimModel, interest: np.ndarray, n_actions: 
     rel_pop = np.maximum(n_in_cat * model.item_popularity[:n_actions], 1e-12)
     item_factor = model.engage_base_rate * np.power(rel_pop, model.engage_popularity_exponent)
     rel_interest = model.n_categories * np.asarray(interest, dtype=np.float64)[:, k]  # (B, A)
-    p = item_factor[None, :] * np.power(rel_interest, model.engage_interest_exponent)
-    return np.clip(p, 0.0, 1.0)
+    z = item_factor[None, :] * np.power(rel_interest, model.engage_interest_exponent)
+    return saturate(z, model.engage_ceiling)
 
 
 class OracleMyopicPolicy(_DeterministicPolicy):

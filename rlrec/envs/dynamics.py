@@ -14,8 +14,9 @@ recommended catalog item ``a`` of sim category ``k`` (see ``docs/architecture.md
 3. missed: an organic step (stay with ``stay(s)``, else switch by ``switch_matrix[c]``; the
    item is drawn from the new category by popularity, over the whole SimModel catalog); no
    reward;
-4. the user leaves with ``hazard(t + 1) * leave_engaged_factor`` after an engaged step and
-   ``hazard(t + 1) * leave_miss_factor ** misses`` after ``misses`` consecutive missed ones
+4. the user leaves with ``hazard(t + 1) * leave_engaged_factor * leave_streak_factor **
+   max(0, s' - leave_streak_start)`` after an engaged step with new streak ``s'`` (boredom)
+   and ``hazard(t + 1) * leave_miss_factor ** misses`` after ``misses`` consecutive missed ones
    (clipped to 1): a termination. Reaching ``max_steps`` recommendations is a truncation.
 
 Observation tokens are DATASET indices + 1 (0 is padding), so an encoder trained on the
@@ -324,8 +325,9 @@ class UserDynamics:
         self.item_category = item_category
         self.switch_matrix = np.asarray(model.switch_matrix, dtype=np.float64)  # (K, K)
         self.switch_flat = self.switch_matrix.ravel()  # (K*K,)
-        # Engagement: p = base * (K * interest_k)^a * (n_k * pop_i)^b. The item factor (all
-        # but the interest term) is per item, so it is precomputed.
+        # Engagement: z = base * (K * interest_k)^a * (n_k * pop_i)^b, p = m * z / (m + z) with
+        # m = engage_ceiling. The item factor of z (all but the interest term) is per item, so
+        # it is precomputed.
         n_in_category = np.bincount(item_category, minlength=k)[item_category]
         rel_pop = np.maximum(n_in_category * model.item_popularity, 1e-12)
         self.interest_exponent = float(model.engage_interest_exponent)
@@ -342,6 +344,7 @@ class UserDynamics:
         self.cart_threshold = np.maximum(p_cart, p_buy)[item_category]
         w = config.reward_weights
         self.reward_table = np.array([0.0, w.engage, w.cart, w.buy])  # by outcome code
+        self.engage_ceiling = float(model.engage_ceiling)
         self.leave_engaged_factor = float(model.leave_engaged_factor)
         # miss factor ** misses, misses never exceed max_steps within an episode.
         self.miss_power = float(model.leave_miss_factor) ** np.arange(config.max_steps + 2)
@@ -374,6 +377,12 @@ class UserDynamics:
         span = np.maximum(np.arange(self.max_session_step + 2), 1)
         self.stay_table = model.stay_probability(span).astype(np.float64)
         self.hazard_table = model.hazard(span).astype(np.float64)
+        # Hazard factor after an engaged step, by new streak s' (at most max_session_step + 1):
+        # leave_engaged_factor * leave_streak_factor ** max(0, s' - leave_streak_start).
+        excess = np.maximum(np.arange(self.max_session_step + 2) - model.leave_streak_start, 0)
+        self.engaged_factor_table = (
+            float(model.leave_engaged_factor) * float(model.leave_streak_factor) ** excess
+        ).astype(np.float64)
 
     @staticmethod
     def _first_dataset_category(model: SimModel) -> np.ndarray:
@@ -502,21 +511,22 @@ class UserDynamics:
         computed from the one interest entry that matters.
         """
         k = self.item_category[actions]
-        return np.minimum(
-            self._engage_probability(state, actions, k, self.stay_table[state.streak]), 1.0
-        )
+        return self._engage_probability(state, actions, k, self.stay_table[state.streak])
 
     def _engage_probability(
         self, state: UserState, actions: np.ndarray, k: np.ndarray, stay: np.ndarray
     ) -> np.ndarray:
-        # Not clipped to 1: it is only compared with uniforms in [0, 1).
         switch = self.switch_flat[state.category * self.n_categories + k]
         interest_k = switch + stay * ((k == state.category) - switch)  # (1-stay)*sw + stay*eq
         if self.interest_exponent == 1.0:
-            return self.item_factor[actions] * interest_k
-        return self.item_factor[actions] * np.power(
-            self.n_categories * interest_k, self.interest_exponent
-        )
+            z = self.item_factor[actions] * interest_k
+        else:
+            z = self.item_factor[actions] * np.power(
+                self.n_categories * interest_k, self.interest_exponent
+            )
+        # The saturating response of rlrec.models.sim_model.saturate, below engage_ceiling <= 1.
+        m = self.engage_ceiling
+        return m * z / (m + z)
 
     def step(
         self, state: UserState, actions: np.ndarray, rng: np.random.Generator
@@ -535,9 +545,9 @@ class UserDynamics:
         u = rng.random((_N_UNIFORMS, state.size))
         k = self.item_category[actions]
         stay = self.stay_table[streak]
-        # Clipped: the funnel below scales p by the cart/buy thresholds, so an unclipped
-        # p > 1 would inflate the cart and buy rates of very engaging items.
-        p = np.minimum(self._engage_probability(state, actions, k, stay), 1.0)
+        # p < engage_ceiling <= 1 (saturating response), so the funnel below, which scales p by
+        # the cart/buy thresholds, never inflates the cart and buy rates.
+        p = self._engage_probability(state, actions, k, stay)
         # One uniform for engagement and funnel: given u0 < p, u0 / p is uniform on [0, 1),
         # so u0 < p * threshold draws the funnel (buy <= cart thresholds nest).
         u0 = u[0]
@@ -560,7 +570,7 @@ class UserDynamics:
 
         step = state.step + 1
         misses = np.where(engaged, 0, state.misses + 1)
-        factor = np.where(engaged, self.leave_engaged_factor, self.miss_power[misses])
+        factor = np.where(engaged, self.engaged_factor_table[new_streak], self.miss_power[misses])
         terminated = u[4] < self.hazard_table[step] * factor
         episode_steps = state.episode_steps + 1
         # For booleans a > b is a & ~b: truncated only if the user did not leave.

@@ -16,9 +16,11 @@ So the interest distribution over the next category, the hidden state that an or
 is ``interest = stay * onehot(c) + (1 - stay) * switch_matrix[c]``: this is the migration
 model ``p(y_{t+1} | y_t, streak)``. Its streak-averaged form is :meth:`SimModel.migration_matrix`.
 
-A recommended item of category ``k`` is engaged with :func:`engage_probability`; the env adds
-how engagement pulls interest and changes the leave hazard (``leave_engaged_factor``,
-``leave_miss_factor``).
+A recommended item of category ``k`` is engaged with :func:`engage_probability`, a saturating
+response below ``engage_ceiling``; the env adds how engagement pulls interest and changes the
+leave hazard (``leave_engaged_factor``, ``leave_miss_factor``, and boredom: after an engaged
+step whose new streak ``s'`` exceeds ``leave_streak_start``, the hazard is multiplied by
+``leave_streak_factor ** (s' - leave_streak_start)``).
 
 On disk (a directory): ``arrays.npz`` (every array below) and ``sim_model.json`` (scalars,
 category ids, and each parameter's provenance: ``fitted``, ``default`` or ``user``).
@@ -36,7 +38,7 @@ import numpy as np
 
 from rlrec.errors import UserError
 
-SIM_SCHEMA_VERSION = 1
+SIM_SCHEMA_VERSION = 2  # 2: engage_ceiling, leave_streak_factor, leave_streak_start
 ARRAYS_FILE = "arrays.npz"
 PARAMS_FILE = "sim_model.json"
 
@@ -60,6 +62,9 @@ SCALAR_FIELDS = (
     "engage_popularity_exponent",
     "leave_engaged_factor",
     "leave_miss_factor",
+    "engage_ceiling",
+    "leave_streak_factor",
+    "leave_streak_start",
 )
 
 
@@ -106,6 +111,13 @@ class SimModel:
         leave_engaged_factor: Multiplier on the leave hazard after an engaged step (< 1).
         leave_miss_factor: Multiplier on the leave hazard per consecutive missed
             recommendation (> 1).
+        engage_ceiling: The saturation level m of :func:`engage_probability`, in (0, 1]: no
+            item is engaged with a probability above it.
+        leave_streak_factor: Boredom (>= 1): after an engaged step whose new streak ``s'``
+            exceeds ``leave_streak_start``, the leave hazard is multiplied by
+            ``leave_streak_factor ** (s' - leave_streak_start)`` (being fed more of the same
+            makes users leave).
+        leave_streak_start: The streak s0 (>= 1, a whole number) beyond which boredom applies.
         provenance: Parameter name -> :class:`Provenance`.
         info: Free-form facts about the fit (dataset path, sizes, smoothing chosen, ...).
     """
@@ -126,6 +138,9 @@ class SimModel:
     engage_popularity_exponent: float = 0.5
     leave_engaged_factor: float = 0.8
     leave_miss_factor: float = 1.15
+    engage_ceiling: float = 0.9
+    leave_streak_factor: float = 1.2
+    leave_streak_start: float = 3.0
     provenance: dict[str, Provenance] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -198,6 +213,13 @@ class SimModel:
             raise UserError(
                 f"{where}: need 0 < leave_engaged_factor <= 1 and leave_miss_factor >= 1"
             )
+        if not 0 < self.engage_ceiling <= 1:
+            raise UserError(f"{where}: engage_ceiling must be in (0, 1]")
+        if not self.leave_streak_factor >= 1:
+            raise UserError(f"{where}: leave_streak_factor must be >= 1")
+        start = self.leave_streak_start
+        if not (np.isfinite(start) and start >= 1 and float(start).is_integer()):
+            raise UserError(f"{where}: leave_streak_start must be a whole number >= 1")
 
     def stay_probability(self, streak: np.ndarray) -> np.ndarray:
         """P(stay) for streak lengths ``streak`` (any shape, ints >= 1)."""
@@ -307,11 +329,13 @@ def load_sim_model(path: str | os.PathLike[str]) -> SimModel:
 def engage_probability(model: SimModel, interest: np.ndarray, items: np.ndarray) -> np.ndarray:
     """P(engage) with recommended catalog items, given the users' interest distributions.
 
-    ``p = base * (K * interest[k])^a * (n_k * pop[i])^b``, clipped to [0, 1], where ``k`` is the
-    item's category, ``n_k`` the number of catalog items in ``k``, ``a`` and ``b`` the interest
-    and popularity exponents. Both factors are relative to their uniform values (an interest of
-    1/K, a popularity of 1/n_k), so ``engage_base_rate`` is the engagement of an average item
-    in an average-interest category.
+    With ``z = base * (K * interest[k])^a * (n_k * pop[i])^b``, where ``k`` is the item's
+    category, ``n_k`` the number of catalog items in ``k``, ``a`` and ``b`` the interest and
+    popularity exponents, ``p = m * z / (m + z)`` with ``m = engage_ceiling``: a saturating
+    response that is about ``z`` for small ``z`` and stays below ``m`` (so in [0, 1) with no
+    clipping). Both factors of ``z`` are relative to their uniform values (an interest of 1/K,
+    a popularity of 1/n_k), so ``engage_base_rate`` is (up to the saturation, small at usual
+    rates) the engagement of an average item in an average-interest category.
 
     Args:
         model: The SimModel.
@@ -325,9 +349,17 @@ def engage_probability(model: SimModel, interest: np.ndarray, items: np.ndarray)
     rel_interest = model.n_categories * interest[np.arange(len(items)), k]  # (B,)
     n_in_cat = np.bincount(model.item_category, minlength=model.n_categories)[k]  # (B,)
     rel_pop = n_in_cat * model.item_popularity[items]  # (B,)
-    p = (
+    z = (
         model.engage_base_rate
         * np.power(rel_interest, model.engage_interest_exponent)
         * np.power(np.maximum(rel_pop, 1e-12), model.engage_popularity_exponent)
     )
-    return np.clip(p, 0.0, 1.0)
+    return saturate(z, model.engage_ceiling)
+
+
+def saturate(z: np.ndarray, ceiling: float) -> np.ndarray:
+    """The engagement response ``m * z / (m + z)`` of raw scores ``z >= 0``, ``m = ceiling``.
+
+    About ``z`` for small ``z``, increasing, and below ``m`` for every finite ``z``.
+    """
+    return ceiling * z / (ceiling + z)

@@ -434,6 +434,12 @@ def fit_sim_model(ds: PreparedDataset, config: FitConfig | None = None) -> SimMo
         "leave_miss_factor": Provenance(
             "default", "needs recommendation outcomes; organic logs cannot separate it"
         ),
+        **{
+            name: Provenance(
+                "default", "not identifiable from organic logs; an assumption of the simulator"
+            )
+            for name in ("engage_ceiling", "leave_streak_factor", "leave_streak_start")
+        },
     }
     streak_weights = np.bincount(np.minimum(streak, len(stay)), minlength=len(stay) + 1)[1:].astype(
         float

@@ -3,7 +3,8 @@ import pytest
 
 from rlrec.envs.config import EnvConfig
 from rlrec.envs.dynamics import OUTCOMES, SegmentSampler, UserDynamics, UserState, WarmStarts
-from rlrec.models.sim_model import engage_probability
+from rlrec.errors import UserError
+from rlrec.models.sim_model import engage_probability, saturate
 
 from .conftest import K, make_sim_model
 
@@ -147,3 +148,94 @@ def test_without_dataset_tokens_use_the_first_dataset_category_of_a_sim_category
     # Catalog item a (sim category a % 4) carries that dataset category's token.
     np.testing.assert_array_equal(dyn.item_category_token[:4], [3, 4, 5, 1])
     assert dyn.n_category_tokens == 7 and dyn.n_item_tokens == 21
+
+
+def test_engage_probability_saturates_below_the_ceiling():
+    # Concentrated interest and a high base rate: raw scores z well above the ceiling.
+    model = make_sim_model(engage_base_rate=0.9, engage_ceiling=0.5)
+    interest = np.zeros((model.n_items, K))
+    interest[np.arange(model.n_items), model.item_category] = 1.0
+    actions = np.arange(model.n_items)
+    p = engage_probability(model, interest, actions)
+    n_k = np.bincount(model.item_category, minlength=K)[model.item_category]
+    z = 0.9 * K * np.sqrt(n_k * model.item_popularity)  # exponents a = 1, b = 0.5
+    assert (z > 0.5).any()
+    np.testing.assert_allclose(p, 0.5 * z / (0.5 + z), rtol=1e-12)
+    assert (p < 0.5).all()
+    assert saturate(np.array([1e6]), 0.9)[0] == pytest.approx(0.9, rel=1e-5)
+
+
+def test_engage_probability_is_about_z_for_small_z():
+    model = make_sim_model(engage_base_rate=1e-5)
+    rng = np.random.default_rng(0)
+    interest = rng.dirichlet(np.ones(K), size=200)
+    actions = rng.integers(0, model.n_items, 200)
+    p = engage_probability(model, interest, actions)
+    k = model.item_category[actions]
+    n_k = np.bincount(model.item_category, minlength=K)[k]
+    raw = 1e-5 * K * interest[np.arange(200), k] * np.sqrt(n_k * model.item_popularity[actions])
+    assert (p <= raw).all()
+    np.testing.assert_allclose(p, raw, rtol=1e-3)
+
+
+class _FixedUniforms:
+    """Stands in for the generator: step draws its (5, B) uniforms from here."""
+
+    def __init__(self, u: np.ndarray) -> None:
+        self.u = u
+
+    def random(self, shape: tuple[int, int]) -> np.ndarray:
+        assert shape == self.u.shape
+        return self.u
+
+
+def test_boredom_multiplies_the_hazard_only_after_engaged_steps_beyond_the_start():
+    hazard, start, factor = 0.05, 3, 1.5
+    model = make_sim_model(
+        leave_hazard=np.array([hazard]),
+        leave_engaged_factor=0.7,
+        leave_miss_factor=1.2,
+        leave_streak_factor=factor,
+        leave_streak_start=float(start),
+    )
+    dyn = UserDynamics(model, EnvConfig(max_steps=100))
+    streaks = np.arange(1, 8)
+    n = len(streaks)
+    state = _constant_state(dyn, n, category=1)
+    state.streak = streaks.copy()
+    same = np.full(n, 5)  # category 1: the user's own, new streak s + 1
+    other = np.full(n, 6)  # category 2: new streak 1
+    for actions, engaged, new_streak, expected in [
+        (same, True, streaks + 1, 0.7 * factor ** np.maximum(streaks + 1 - start, 0)),
+        (other, True, np.ones(n), np.full(n, 0.7)),
+        # Missed (u0 near 1): miss factor only, whatever the streak.
+        (same, False, None, np.full(n, 1.2)),
+    ]:
+        limit = hazard * expected
+        for nudge, leaves in [(1 - 1e-9, True), (1 + 1e-9, False)]:
+            u = np.zeros((5, n))
+            u[0] = 0.0 if engaged else np.nextafter(1.0, 0.0)
+            u[1] = 0.0  # a missed user stays in its category
+            u[4] = limit * nudge
+            new, res = dyn.step(state, actions, _FixedUniforms(u))  # type: ignore[arg-type]
+            assert (res.engaged == engaged).all()
+            if new_streak is not None:
+                np.testing.assert_array_equal(new.streak, new_streak)
+            assert (res.terminated == leaves).all(), (engaged, new.streak, nudge)
+    # Boredom really bites here: new streaks 4..8 are beyond the start.
+    assert (0.7 * factor ** np.maximum(streaks + 1 - start, 0) > 0.7).sum() == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"engage_ceiling": 0.0}, "engage_ceiling"),
+        ({"engage_ceiling": 1.1}, "engage_ceiling"),
+        ({"leave_streak_factor": 0.9}, "leave_streak_factor"),
+        ({"leave_streak_start": 0.0}, "leave_streak_start"),
+        ({"leave_streak_start": 2.5}, "leave_streak_start"),
+    ],
+)
+def test_ceiling_and_boredom_are_validated(overrides, match):
+    with pytest.raises(UserError, match=match):
+        make_sim_model(**overrides)

@@ -84,6 +84,9 @@ def test_every_parameter_has_provenance(fitted: SimModel) -> None:
     assert fitted.provenance["engage_base_rate"].source == "default"
     assert fitted.engage_base_rate == 0.1
     assert fitted.provenance["leave_miss_factor"].source == "default"
+    for name in ("engage_ceiling", "leave_streak_factor", "leave_streak_start"):
+        assert fitted.provenance[name].source == "default"
+        assert "not identifiable from organic logs" in fitted.provenance[name].detail
 
 
 def test_user_base_rate_and_fitted_ctr(synthetic: PreparedDataset) -> None:
@@ -162,6 +165,16 @@ def test_bad_sim_model_dirs(fitted: SimModel, tmp_path: Path) -> None:
     path = fitted.save(tmp_path / "json")
     (path / PARAMS_FILE).write_text("{not json")
     with pytest.raises(UserError, match="invalid JSON"):
+        load_sim_model(path)
+
+    # A model saved before the engagement ceiling and boredom (schema 1) is refused.
+    path = fitted.save(tmp_path / "stale")
+    params = json.loads((path / PARAMS_FILE).read_text())
+    params["schema_version"] = 1
+    for name in ("engage_ceiling", "leave_streak_factor", "leave_streak_start"):
+        del params[name]
+    (path / PARAMS_FILE).write_text(json.dumps(params))
+    with pytest.raises(UserError, match="schema_version 1, expected 2; fit the model again"):
         load_sim_model(path)
 
 
