@@ -84,27 +84,30 @@ def _rollout(args: argparse.Namespace) -> int:
     env = make_batched_env(artifacts.spec(num_envs=args.users))
     rng = np.random.default_rng(args.seed)
     n_actions = env.dynamics.n_actions
-    env.reset(seed=args.seed)
     returns: list[float] = []
     lengths: list[int] = []
-    total = np.zeros(args.users)
-    length = np.zeros(args.users, dtype=np.int64)
     engaged = steps = 0
-    while len(returns) < args.episodes:
-        if args.policy == "random":
-            actions = rng.integers(0, n_actions, args.users)
-        else:  # catalog item 0 is the most popular
-            actions = np.zeros(args.users, dtype=np.int64)
-        _, reward, terminated, truncated, info = env.step(actions)
-        total += reward
-        length += 1
-        engaged += int(info["engaged"].sum())
-        steps += args.users
-        done = terminated | truncated
-        returns.extend(total[done].tolist())
-        lengths.extend(length[done].tolist())
-        total[done] = 0.0
-        length[done] = 0
+    # Rounds of one whole episode per user slot: counting episodes as they end would favour
+    # short ones (long episodes still running at the stop would be left out).
+    for round_index in range(-(-args.episodes // args.users)):
+        env.reset(seed=args.seed + round_index)
+        active = np.arange(args.users) < args.episodes - len(returns)  # (users,) counted slots
+        total = np.zeros(args.users)
+        length = np.zeros(args.users, dtype=np.int64)
+        while active.any():
+            if args.policy == "random":
+                actions = rng.integers(0, n_actions, args.users)
+            else:  # catalog item 0 is the most popular
+                actions = np.zeros(args.users, dtype=np.int64)
+            _, reward, terminated, truncated, info = env.step(actions)
+            total += np.where(active, reward, 0.0)
+            length += active
+            engaged += int(info["engaged"][active].sum())
+            steps += int(active.sum())
+            done = active & (terminated | truncated)
+            returns.extend(total[done].tolist())
+            lengths.extend(length[done].tolist())
+            active &= ~done
     report: dict[str, Any] = {
         "preset": preset.name,
         "policy": args.policy,

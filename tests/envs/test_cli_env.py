@@ -23,10 +23,37 @@ def test_env_build_then_rollout(tmp_path, capsys):
     args = ["env", "rollout", str(preset), "--cache", cache, "--episodes", "200", "--users", "32"]
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["episodes"] >= 200 and 0 <= report["engagement_rate"] <= 1
+    assert report["episodes"] == 200 and 0 <= report["engagement_rate"] <= 1
     assert 1 <= report["mean_episode_length"] <= TINY["env"]["max_steps"]
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == report  # same seed, same numbers
+
+
+def test_rollout_counts_whole_episodes_like_one_episode_per_user(tmp_path, capsys):
+    """Episodes that end first must not be over-counted: the CLI's mean return matches a
+    one-episode-per-user rollout of the same constant policy (within sampling error)."""
+    import numpy as np
+
+    from rlrec.envs.batched import make_batched_env
+    from rlrec.envs.presets import build_artifacts, load_env_preset
+    from rlrec.evaluation.rollout import mean_ci95, rollout
+
+    preset_file = tmp_path / "tiny.yaml"
+    preset_file.write_text(yaml.safe_dump(TINY))
+    cache = str(tmp_path / "cache")
+    args = ["env", "rollout", str(preset_file), "--cache", cache, "--policy", "popular"]
+    assert main([*args, "--episodes", "3000", "--users", "3000", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+
+    class Popular:
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return np.zeros(len(obs["step"]), dtype=np.int64), state
+
+    artifacts = build_artifacts(load_env_preset(preset_file), cache)
+    stats = rollout(Popular(), make_batched_env(artifacts.spec(num_envs=3000)), seed=123)
+    mean, low, high = mean_ci95(stats.returns)
+    half_width = (high - low) / 2
+    assert abs(cli["mean_return"] - mean) < 3 * half_width
 
 
 def test_env_errors_are_one_line(capsys):
