@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +97,9 @@ class _Narrator:
         if not self.quiet:
             print(text)
 
-    def stage(self, name: str) -> _Stage:
-        return _Stage(name, self)
-
-
-class _Stage:
-    def __init__(self, name: str, narrator: _Narrator) -> None:
-        self.name = name
-        self.narrator = narrator
-        self.start = 0.0
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-        self.narrator.show(f"==> {self.name} ...")
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.narrator.show(f"    {self.name}: {time.perf_counter() - self.start:.1f} s")
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        self.show(f"==> {name} ...")
+        yield
+        self.show(f"    {name}: {time.perf_counter() - start:.1f} s")
