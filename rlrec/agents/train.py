@@ -55,7 +55,13 @@ from rlrec.config import from_mapping, load_yaml, to_mapping
 from rlrec.data.dataset import PreparedDataset, load_dataset
 from rlrec.envs.batched import BatchedVecEnv
 from rlrec.envs.config import EnvConfig
-from rlrec.envs.presets import DEFAULT_CACHE_DIR, EnvPreset, build_artifacts, load_env_preset
+from rlrec.envs.presets import (
+    DEFAULT_CACHE_DIR,
+    Artifacts,
+    EnvPreset,
+    build_artifacts,
+    load_env_preset,
+)
 from rlrec.errors import UserError
 from rlrec.models.checkpoint import (
     CONFIG_FILE as ENCODER_CONFIG_FILE,
@@ -253,6 +259,8 @@ def train_agent(
     resume: bool = False,
     cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
     progress: bool = False,
+    artifacts: Artifacts | None = None,
+    encoder_dir: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train (or resume) a PPO agent; see the module docstring for the run directory.
 
@@ -266,6 +274,10 @@ def train_agent(
         resume: Continue the run in ``run_dir`` from its newest checkpoint.
         cache_dir: Where artifacts are built or reused.
         progress: Show SB3's progress bar.
+        artifacts: Dataset and SimModel already built (``rlrec quickstart`` builds its own
+            under its output directory); None builds or reuses the preset's in the cache.
+        encoder_dir: An encoder checkpoint already trained on that dataset; None builds or
+            reuses the preset's in the cache.
 
     Raises:
         UserError: If the run directory exists without ``resume``, or ``resume`` finds no run.
@@ -299,8 +311,12 @@ def train_agent(
         )
     if agent.num_threads:
         torch.set_num_threads(agent.num_threads)
-    artifacts = build_artifacts(preset, cache_dir)
-    encoder_dir, encoder_reused = build_encoder(preset, artifacts.dataset_dir, cache_dir)
+    if artifacts is None:
+        artifacts = build_artifacts(preset, cache_dir)
+    if encoder_dir is None:
+        encoder_dir, encoder_reused = build_encoder(preset, artifacts.dataset_dir, cache_dir)
+    else:
+        encoder_reused = True
     reused = (*artifacts.reused, *(("encoder",) if encoder_reused else ()))
     run = RunConfig(
         **{

@@ -9,14 +9,6 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_LOG_DIR = "logs"
-POLICY_ORDER = (
-    "ppo",
-    "greedy_supervised",
-    "random",
-    "popular",
-    "category_markov",
-    "oracle_myopic",
-)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,42 +109,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_run(
-    run_dir: str | Path, episodes: int, seed: int, deterministic: bool = True
-) -> dict[str, Any]:
-    """Evaluate a run's policy and every baseline; the ``rlrec evaluate --json`` payload."""
-    from rlrec.agents.baselines import make_baselines
-    from rlrec.agents.train import load_run
-    from rlrec.data.dataset import write_json_atomic
-    from rlrec.envs.batched import BatchedInterestDrift
-    from rlrec.errors import UserError
-    from rlrec.evaluation.rollout import evaluate_policies
-
-    if episodes < 1:
-        raise UserError(f"--episodes: {episodes}, expected >= 1")
-    run = load_run(run_dir)
-    env_cfg = run.config.env
-    n_actions = run.policy.n_actions
-    policies: dict[str, Any] = {"ppo": run.policy}
-    policies.update(
-        make_baselines(run.sim_model, n_actions, env_cfg.reward_weights, run.encoder, seed)
-    )
-
-    def make_env(n: int) -> BatchedInterestDrift:
-        return BatchedInterestDrift(n, run.sim_model, run.dataset, env_cfg)
-
-    results = evaluate_policies(policies, make_env, episodes, seed, deterministic)
-    payload = {
-        "run_dir": str(run_dir),
-        "episodes": episodes,
-        "seed": seed,
-        "deterministic": deterministic,
-        "policies": {name: results[name] for name in POLICY_ORDER if name in results},
-    }
-    write_json_atomic(Path(run_dir) / "eval.json", payload)
-    return payload
-
-
 def format_table(payload: dict[str, Any]) -> str:
     """A plain-text table of an evaluation payload."""
     lines = [
@@ -170,6 +126,8 @@ def format_table(payload: dict[str, Any]) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from rlrec.agents.evaluate import evaluate_run
+
     payload = evaluate_run(args.run_dir, args.episodes, args.seed, not args.stochastic)
     if args.json:
         json.dump(payload, sys.stdout, indent=2)

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from rlrec.config import from_mapping, load_yaml, to_mapping
+from rlrec.config import from_mapping, load_yaml
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,50 +111,26 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from rlrec.data.dataset import atomic_directory, load_dataset
-    from rlrec.models.checkpoint import vocabulary_fingerprint, write_encoder_files
+    from rlrec.data.dataset import load_dataset
     from rlrec.models.encoder import EncoderConfig
-    from rlrec.models.pretrain import PretrainConfig, train_encoder
+    from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint
 
     encoder_map, training_map = _settings(args)
     where = args.config or "flags"
     enc_cfg = from_mapping(EncoderConfig, encoder_map, f"{where}:encoder")
     cfg = from_mapping(PretrainConfig, training_map, f"{where}:training")
     dataset = load_dataset(args.data)
-    with atomic_directory(args.out) as tmp:
-        result = train_encoder(
-            dataset,
-            enc_cfg,
-            cfg,
-            tensorboard_dir=tmp / "tensorboard",
-            progress=not args.no_progress,
-        )
-        summary = {
-            "out": str(args.out),
-            "dataset": str(dataset.path),
-            "device": str(next(result.model.parameters()).device),
-            "seconds": round(result.seconds, 3),
-            "train_sequences_per_s": result.train_sequences_per_s,
-            "epochs": len(result.history),
-            "best": result.best,
-        }
-        info = {
-            "dataset": str(dataset.path),
-            "training_config": to_mapping(cfg),
-            "history": result.history,
-            "summary": summary,
-        }
-        write_encoder_files(tmp, result.model, vocabulary_fingerprint(dataset), info)
+    summary = pretrain_checkpoint(dataset, args.out, enc_cfg, cfg, progress=not args.no_progress)
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
         print(
-            f"encoder written to {args.out} ({len(result.history)} epochs, "
-            f"{result.seconds:.1f} s, {result.train_sequences_per_s:.0f} sequences/s, "
+            f"encoder written to {args.out} ({summary['epochs']} epochs, "
+            f"{summary['seconds']:.1f} s, {summary['train_sequences_per_s']:.0f} sequences/s, "
             f"{summary['device']})"
         )
-        for stage, record in result.best.items():
+        for stage, record in summary["best"].items():
             metrics = ", ".join(
                 f"{k.removeprefix('valid_')} {v:.4f}"
                 for k, v in record.items()

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rlrec.config import to_mapping
-from rlrec.data.dataset import PreparedDataset
+from rlrec.data.dataset import PreparedDataset, atomic_directory
 from rlrec.errors import UserError
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder
 from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
@@ -209,6 +209,49 @@ def train_encoder(
         train_sequences_per_s=trainer.sequences / max(trainer.train_seconds, 1e-9),
         seconds=seconds,
     )
+
+
+def pretrain_checkpoint(
+    dataset: PreparedDataset,
+    out: str | os.PathLike[str],
+    encoder_config: EncoderConfig | None = None,
+    config: PretrainConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train an encoder on ``dataset`` and write its checkpoint directory ``out`` atomically.
+
+    What ``rlrec pretrain`` and ``rlrec quickstart`` run: :func:`train_encoder` with
+    TensorBoard logs under ``out/tensorboard``, then ``model.safetensors`` and
+    ``encoder.json`` (training config, per-epoch history and the returned summary).
+
+    Returns:
+        The ``rlrec pretrain --json`` summary: ``out``, ``dataset``, ``device``, ``seconds``,
+        ``train_sequences_per_s``, ``epochs`` and ``best`` (the best record of each stage).
+    """
+    from rlrec.models.checkpoint import vocabulary_fingerprint, write_encoder_files
+
+    cfg = config or PretrainConfig()
+    with atomic_directory(out) as tmp:
+        result = train_encoder(
+            dataset, encoder_config, cfg, tensorboard_dir=tmp / "tensorboard", progress=progress
+        )
+        summary: dict[str, Any] = {
+            "out": str(out),
+            "dataset": str(dataset.path),
+            "device": str(next(result.model.parameters()).device),
+            "seconds": round(result.seconds, 3),
+            "train_sequences_per_s": result.train_sequences_per_s,
+            "epochs": len(result.history),
+            "best": result.best,
+        }
+        info = {
+            "dataset": str(dataset.path),
+            "training_config": to_mapping(cfg),
+            "history": result.history,
+            "summary": summary,
+        }
+        write_encoder_files(tmp, result.model, vocabulary_fingerprint(dataset), info)
+    return summary
 
 
 class _Trainer:
