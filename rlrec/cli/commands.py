@@ -11,6 +11,7 @@ from rlrec.cli import encoder as encoder_cli
 from rlrec.cli import env as env_cli
 from rlrec.cli import ope as ope_cli
 from rlrec.cli import quickstart as quickstart_cli
+from rlrec.cli import report as report_cli
 from rlrec.cli import sim as sim_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -23,5 +24,6 @@ REGISTRY: list[Registrar] = [
     env_cli.register,
     ope_cli.register,
     quickstart_cli.register,
+    report_cli.register,
     sim_cli.register,
 ]

@@ -1,0 +1,258 @@
+"""The HTML report: hand-built inputs, partial directories, self-containment, a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlrec.cli import main
+from rlrec.errors import UserError
+from rlrec.evaluation.report import (
+    ReportResult,
+    fidelity_distributions,
+    migration_matrix,
+    read_scalars,
+    write_report,
+)
+from tests.envs.conftest import make_sim_model, write_tiny_dataset
+
+ALL_PLOTS = {"learning_curves", "migration", "fidelity", "policies", "ope", "encoder"}
+
+
+def _policy(mean: float) -> dict:
+    return {
+        "return_mean": mean,
+        "return_ci95": [mean - 0.5, mean + 0.5],
+        "session_length_mean": 6.0,
+        "engage_rate": 0.6,
+        "buys_mean": 0.1,
+        "coverage": 0.03,
+    }
+
+
+def _estimate(value: float) -> dict:
+    return {"value": value, "ci95": [value - 0.4, value + 0.4]}
+
+
+PAYLOADS = {
+    "evaluate.json": {
+        "episodes": 100,
+        "seed": 1,
+        "policies": {
+            "ppo": _policy(6.0),
+            "greedy_supervised": _policy(5.0),
+            "random": _policy(1.0),
+        },
+    },
+    "encoder_eval.json": {
+        "protocol": {"description": "test split, full ranking"},
+        "encoder": {"hr@10": 0.3, "ndcg@10": 0.2, "mrr": 0.15, "category_acc@1": 0.5},
+        "baselines": {
+            "popularity": {"hr@10": 0.1, "ndcg@10": 0.05, "mrr": 0.04, "category_acc@1": 0.2},
+            "item_markov": {"hr@10": 0.2, "ndcg@10": 0.12, "mrr": 0.1, "category_acc@1": 0.3},
+            "last_category": {"category_acc@1": 0.45},
+        },
+    },
+    "fidelity.json": {
+        "js_category_transition": 0.02,
+        "js_category_transition_floor": 0.01,
+        "ks_session_length": 0.03,
+        "ks_streak_length": 0.01,
+        "event_mix_max_abs_diff": 0.004,
+        "mean_session_length": {"simulated": 5.0, "test": 5.2},
+        "ground_truth": {"transition_tv": 0.05},
+        "distributions": {
+            "session_length": {
+                "lengths": [1, 2, 3],
+                "simulated": [0.5, 0.3, 0.2],
+                "test": [0.45, 0.35, 0.2],
+            },
+            "transitions": {
+                "labels": ["a", "b"],
+                "simulated": [[0.7, 0.3], [0.4, 0.6]],
+                "test": [[0.65, 0.35], [0.45, 0.55]],
+            },
+        },
+    },
+    "ope_sessions.json": {
+        "sessions": 300,
+        "behaviour": "greedy_supervised,tau=1,eps=0.3",
+        "default_estimator": "wdr",
+        "targets": {
+            "ppo": {
+                "true_value": 5.0,
+                "true_ci95": [4.8, 5.2],
+                "estimates": {"wis": _estimate(5.5), "wdr": _estimate(5.1), "dm": _estimate(4.0)},
+                "relative_error": {"wis": 0.1, "wdr": 0.02, "dm": -0.2},
+                "truth_in_ci95": {"wis": False, "wdr": True, "dm": False},
+            }
+        },
+    },
+}
+
+
+def _write_run(run: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("env_preset: synthetic\n")
+    writer = SummaryWriter(log_dir=str(run / "tensorboard" / "ppo_1"))
+    for step in range(1, 9):
+        writer.add_scalar("charts/episode_return", 1.0 + 0.1 * step, step * 1024)
+        writer.add_scalar("train/value_loss", 2.0 / step, step * 1024)
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def full_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report") / "qs"
+    root.mkdir()
+    for name, payload in PAYLOADS.items():
+        (root / name).write_text(json.dumps(payload))
+    make_sim_model().save(root / "sim")
+    _write_run(root / "run")
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_report(full_dir: Path) -> ReportResult:
+    return write_report(full_dir)
+
+
+def _external_references(page: str) -> list[str]:
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    return [r for r in refs if not (r.startswith("data:") or r.startswith("#"))]
+
+
+def test_report_has_every_section_and_is_self_contained(
+    full_dir: Path, full_report: ReportResult
+) -> None:
+    result = full_report
+    page = result.html.read_text()
+    assert {p.stem for p in result.plots} == ALL_PLOTS
+    assert all(result.sections.values())
+    for name in ALL_PLOTS:
+        assert (full_dir / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'data-file="plots/{name}.png"' in page
+    assert page.count('src="data:image/png;base64,') == len(ALL_PLOTS)
+    assert _external_references(page) == []
+    assert "<link" not in page and "@import" not in page
+    assert "Not available" not in page
+
+
+def test_headline_numbers(full_report: ReportResult) -> None:
+    h = full_report.headline
+    assert h["ppo_vs_greedy_return_ratio"] == pytest.approx(6.0 / 5.0)
+    assert h["encoder_ndcg10"] == 0.2
+    assert (h["best_baseline"], h["best_baseline_ndcg10"]) == ("item_markov", 0.12)
+    assert h["ks_session_length"] == 0.03 and h["js_category_transition"] == 0.02
+    assert (h["best_ope_estimator"], h["best_ope_relative_error"]) == ("wdr", 0.02)
+
+
+@pytest.mark.parametrize("keep", ["evaluate.json", "fidelity.json", "sim"])
+def test_a_partial_directory_says_what_is_missing(
+    full_dir: Path, tmp_path: Path, keep: str
+) -> None:
+    part = tmp_path / "part"
+    part.mkdir()
+    src = full_dir / keep
+    if src.is_dir():
+        shutil.copytree(src, part / keep)
+    else:
+        shutil.copy(src, part / keep)
+    result = write_report(part)
+    page = result.html.read_text()
+    assert len(result.plots) == 1
+    assert page.count("Not available") == len(ALL_PLOTS) - 1
+    assert "no ope_sessions.json" in page
+
+
+def test_a_plain_train_run_directory(full_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(full_dir / "run", run)
+    shutil.copy(full_dir / "evaluate.json", run / "eval.json")
+    result = write_report(run)
+    assert {p.stem for p in result.plots} == {"learning_curves", "policies"}
+    assert result.html == run / "report.html"
+
+
+def test_nothing_to_report_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(UserError, match="nothing to report"):
+        write_report(tmp_path)
+    assert main(["report", str(tmp_path / "absent")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_cli_json(full_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["report", str(full_dir), "--out", str(tmp_path / "out"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert Path(payload["report"]) == tmp_path / "out" / "report.html"
+    assert Path(payload["report"]).is_file()
+    assert len(payload["plots"]) == len(ALL_PLOTS)
+
+
+def test_read_scalars_merges_event_files(full_dir: Path) -> None:
+    scalars = read_scalars(full_dir / "run" / "tensorboard")
+    steps, values = scalars["charts/episode_return"]
+    assert steps.tolist() == [1024 * s for s in range(1, 9)]
+    assert values[-1] == pytest.approx(1.8)
+
+
+def test_fidelity_distributions_and_migration_matrix(tmp_path: Path) -> None:
+    model = make_sim_model()
+    dataset = write_tiny_dataset(tmp_path / "data")
+    dist = fidelity_distributions(model, dataset, n_sessions=500, seed=0, top=3)
+    lengths = dist["session_length"]
+    assert len(lengths["lengths"]) == len(lengths["simulated"]) == len(lengths["test"])
+    assert sum(lengths["simulated"]) == pytest.approx(1.0)
+    sim = np.asarray(dist["transitions"]["simulated"])
+    assert sim.shape == (3, 3) and np.allclose(sim.sum(axis=1), 1.0)
+    matrix, labels, share = migration_matrix(model, top=3)
+    assert matrix.shape == (3, 3) and np.allclose(matrix.sum(axis=1), 1.0)
+    assert len(labels) == 3 and np.all(np.diff(share) <= 0)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_loads_every_image_in_headless_chromium(
+    full_report: ReportResult, tmp_path: Path
+) -> None:
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but chromium is missing: .ci/run installs it")
+        pytest.skip("no chromium here (Debian: apt-get install chromium)")
+    page = full_report.html
+    common = [browser, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars"]
+    dom = subprocess.run(
+        [*common, "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    # The page's inline script counts images that loaded with a non-zero natural width.
+    marker = re.search(r'data-images="(\d+)/(\d+)"', dom)
+    assert marker is not None, dom[:500]
+    assert marker.group(1) == marker.group(2) == str(len(ALL_PLOTS))
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [*common, f"--screenshot={shot}", "--window-size=1280,2000", page.resolve().as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 5.0  # not a blank page
