@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
+from functools import partial
 
 from tqdm import tqdm
 
@@ -62,7 +64,7 @@ def _bandit(args: argparse.Namespace) -> int:
     # Imported here so that `rlrec --help` does not pay for scipy and pandas.
     from rlrec.data.bandit import load_obd
     from rlrec.evaluation.bandit_ope import BanditOPESettings, format_report, run_bandit_ope
-    from rlrec.evaluation.policies_bandit import parse_policy_spec
+    from rlrec.evaluation.policies_bandit import RunDirectoryPolicy, parse_policy_spec
     from rlrec.evaluation.reward_model import RewardModelConfig
 
     if args.n_bootstrap < 0:
@@ -70,6 +72,14 @@ def _bandit(args: argparse.Namespace) -> int:
     if args.n_folds < 1:
         raise UserError(f"--n-folds: expected >= 1, got {args.n_folds}")
     policy = parse_policy_spec(args.policy, n_sim=args.n_sim, seed=args.policy_seed)
+    if isinstance(policy, RunDirectoryPolicy):
+        # A run's policy lives in rlrec.agents, which evaluation never imports: the CLI
+        # supplies the loader (see rlrec.agents.bandit_policy for what it computes).
+        from rlrec.agents.bandit_policy import run_action_dist
+
+        policy = replace(
+            policy, loader=partial(run_action_dist, n_sim=args.n_sim, seed=args.policy_seed)
+        )
     feedback = load_obd(args.logs, args.item_context)
     ground_truth = None
     if args.on_policy_logs is not None:

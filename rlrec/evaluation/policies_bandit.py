@@ -210,15 +210,21 @@ class BernoulliTSPolicy:
 class RunDirectoryPolicy:
     """A trained rlrec policy in a run directory (``policy.zip`` / ``config.yaml``).
 
-    Hook for the agents issue: a run's policy exposes ``action_probabilities(obs) ->
-    (n, n_actions)`` over *session observations* (recent history), while an OBD round
-    carries hashed user features. Evaluating it here needs (1) a loader for the run's policy
-    and (2) a map from a round to an observation and from item scores to a slate
-    distribution. Both belong to that issue; set :data:`RUN_POLICY_ACTION_DIST` to a function
-    ``(run_dir, feedback) -> (n_rounds, n_actions, len_list)`` to enable this SPEC.
+    A run's policy exposes ``action_probabilities(obs) -> (n, n_actions)`` over *session
+    observations* (recent history), while a bandit round carries hashed user features.
+    Loading the run and mapping rounds to observations and item probabilities to a slate
+    distribution belong to ``rlrec.agents`` (which this package never imports):
+    ``loader`` (else the module hook :data:`RUN_POLICY_ACTION_DIST`) is that function,
+    ``(run_dir, feedback) -> (n_rounds or 1, n_actions, len_list)``; ``rlrec ope bandit``
+    passes ``rlrec.agents.bandit_policy.run_action_dist``.
+
+    Attributes:
+        path: The run directory.
+        loader: The run's action distribution function, or None for the module hook.
     """
 
     path: Path
+    loader: RunPolicyActionDist | None = None
 
     @property
     def name(self) -> str:
@@ -226,14 +232,15 @@ class RunDirectoryPolicy:
         return str(self.path)
 
     def action_dist(self, feedback: BanditFeedback) -> np.ndarray:
-        """The run policy's action distribution, via :data:`RUN_POLICY_ACTION_DIST`."""
-        if RUN_POLICY_ACTION_DIST is None:
+        """The run policy's action distribution, via ``loader`` or the module hook."""
+        loader = self.loader or RUN_POLICY_ACTION_DIST
+        if loader is None:
             raise UserError(
-                f"{self.path}: bandit OPE of a trained rlrec run is not available yet (no "
-                "mapping from logged bandit rounds to the policy's observations); use "
+                f"{self.path}: no loader for run-directory policies (pass loader=, as rlrec "
+                "ope bandit does with rlrec.agents.bandit_policy.run_action_dist); use "
                 "--policy random or bts:PRIOR.json"
             )
-        return RUN_POLICY_ACTION_DIST(self.path, feedback)
+        return loader(self.path, feedback)
 
 
 class RunPolicyActionDist(Protocol):
@@ -243,7 +250,7 @@ class RunPolicyActionDist(Protocol):
 
 
 RUN_POLICY_ACTION_DIST: RunPolicyActionDist | None = None
-"""Loader for run-directory policies; None until the agents issue provides one."""
+"""Default loader for run-directory policies without their own ``loader`` (None: none)."""
 
 
 def parse_policy_spec(spec: str, n_sim: int = 100_000, seed: int = 12345) -> BanditEvaluationPolicy:

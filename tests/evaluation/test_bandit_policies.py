@@ -125,7 +125,7 @@ def test_run_directory_is_recognised_and_its_loader_is_a_hook(tmp_path, monkeypa
     (tmp_path / "policy.zip").write_bytes(b"")
     policy = parse_policy_spec(str(tmp_path))
     assert isinstance(policy, RunDirectoryPolicy)
-    with pytest.raises(UserError, match="not available yet"):
+    with pytest.raises(UserError, match="no loader for run-directory policies"):
         policy.action_dist(small_feedback())
 
     def loader(run_dir, feedback):
