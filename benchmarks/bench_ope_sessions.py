@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = time.perf_counter() - started
     result["cpu_seconds"] = time.process_time() - cpu_started
     result["seed"] = args.seed
+    result["behaviour_q_calibration"] = report.get("behaviour_q_calibration")
     result["targets"] = report["targets"]
     write_json_atomic(args.out, result)
     for spec, t in report["targets"].items():

@@ -168,3 +168,84 @@ def fitted_q_evaluation(
         thetas.append(theta)
         iterations.append(it)
     return FQEResult(q_factual=q, v_target=v, iterations=tuple(iterations), theta=np.stack(thetas))
+
+
+def returns_to_go(
+    session_offsets: np.ndarray, reward: np.ndarray, gamma: float = 1.0
+) -> np.ndarray:
+    r"""(n_steps,) :math:`G_t = \sum_{u \ge t} \gamma^{u - t} r_u` within each session.
+
+    Args:
+        session_offsets: (S + 1,) session offsets into the step arrays.
+        reward: (n_steps,) rewards.
+        gamma: Discount in [0, 1].
+    """
+    offsets = np.asarray(session_offsets, dtype=np.int64)
+    r = np.asarray(reward, dtype=np.float64)
+    out = np.empty_like(r)
+    lengths = np.diff(offsets)
+    ends = offsets[1:]
+    carry = np.zeros(len(lengths))
+    # Walk backwards from each session's end: step k from the end of every session at once.
+    for k in range(1, int(lengths.max()) + 1 if len(lengths) else 1):
+        live = lengths >= k
+        idx = ends[live] - k
+        carry[live] = r[idx] + gamma * carry[live]
+        out[idx] = carry[live]
+    return out
+
+
+def q_calibration(
+    session_offsets: np.ndarray,
+    reward: np.ndarray,
+    q_factual: np.ndarray,
+    gamma: float = 1.0,
+    n_bins: int = 10,
+) -> dict[str, object]:
+    r"""Calibration of out-of-fold Q values of the BEHAVIOUR policy on its own logged returns.
+
+    For the policy that logged the sessions, :math:`Q(s_t, a_t) = E[G_t \mid s_t, a_t]`, so
+    cross-fitted :math:`\hat q_t` (each from a model that never saw its session) can be
+    checked against the observed returns-to-go :math:`G_t` on held-out data: per quantile bin
+    of :math:`\hat q`, the mean :math:`\hat q` should equal the mean :math:`G`. A Q-model that
+    misses state the dynamics depend on shows as bins whose mean return departs from their
+    mean prediction, and as a low :math:`R^2`. This uses the logs only, never a target's truth.
+
+    Args:
+        session_offsets: (S + 1,) session offsets.
+        reward: (n_steps,) rewards.
+        q_factual: (n_steps,) out-of-fold :math:`\hat q_t` of FQE run with the behaviour
+            policy's expected features.
+        gamma: Discount of the returns.
+        n_bins: Quantile bins of :math:`\hat q`.
+
+    Returns:
+        ``{"r2", "mean_error", "max_bin_error", "first_step_q", "first_step_return", "bins":
+        [{"q", "return", "steps"}]}`` with ``mean_error`` = mean of :math:`\hat q - G`,
+        ``max_bin_error`` the largest absolute bin gap between mean prediction and mean
+        return, and the means of :math:`\hat q` and :math:`G` over the sessions' first steps
+        (the latter is the behaviour's logged value, so their gap is DM's error on the
+        behaviour policy).
+    """
+    g = returns_to_go(session_offsets, reward, gamma)
+    starts = np.asarray(session_offsets, dtype=np.int64)[:-1]
+    q = np.asarray(q_factual, dtype=np.float64)
+    edges = np.quantile(q, np.linspace(0, 1, n_bins + 1)[1:-1])
+    bin_of = np.searchsorted(edges, q, side="right")
+    bins: list[dict[str, float]] = []
+    gaps = []
+    for k in range(n_bins):
+        sel = bin_of == k
+        if sel.any():
+            mean_q, mean_g = float(q[sel].mean()), float(g[sel].mean())
+            bins.append({"q": mean_q, "return": mean_g, "steps": float(sel.sum())})
+            gaps.append(abs(mean_q - mean_g))
+    total = float(np.sum((g - g.mean()) ** 2))
+    return {
+        "r2": 1.0 - float(np.sum((g - q) ** 2)) / total if total > 0 else float("nan"),
+        "mean_error": float(np.mean(q - g)),
+        "max_bin_error": max(gaps),
+        "first_step_q": float(q[starts].mean()),
+        "first_step_return": float(g[starts].mean()),
+        "bins": bins,
+    }

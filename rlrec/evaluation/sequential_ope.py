@@ -20,6 +20,10 @@ Q-function :math:`\hat q_{i,t} = \hat Q(s_{i,t}, a_{i,t})` and
             + w_{i,t-1}\hat v_{i,t})`
 ``wdr``     weighted DR (Thomas & Brunskill 2016): DR with :math:`w_{i,t}/n` replaced by
             :math:`w_{i,t} / \sum_j w_{j,t}`
+``magic``   MAGIC (Thomas & Brunskill 2016): the blend of the off-policy j-step returns
+            (weighted DR up to step j, the Q-function after it; j = -1 is DM, the last j is
+            WDR) that minimises an MSE estimated from the logs alone, see
+            :class:`BlendedDR`
 ==========  =================================================================================
 
 Sessions have different lengths. A session that has ended is treated as absorbing: from its
@@ -42,17 +46,25 @@ from functools import partial
 from typing import ClassVar
 
 import numpy as np
+from scipy.optimize import minimize
 
 from rlrec.errors import UserError
-from rlrec.evaluation.ope import Estimate, bootstrap_estimates
+from rlrec.evaluation.ope import Estimate, bootstrap_column_sums, bootstrap_estimates
 
-SESSION_ESTIMATOR_NAMES = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr")
+SESSION_ESTIMATOR_NAMES = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "magic")
 """The sequential estimators, in report order."""
 
-DEFAULT_ESTIMATOR = "wdr"
-"""The estimator reported as the default: weighted DR is consistent, bounded per step and
-keeps DR's variance reduction (Thomas & Brunskill 2016); ``wpdis`` is the default without a
-Q-function."""
+DEFAULT_ESTIMATOR = "magic"
+"""The estimator reported as the default (``wpdis`` without a Q-function).
+
+MAGIC because neither end of the DM..WDR range is safe alone: weighted DR is consistent but
+its error grows with the importance weights' spread (per-step KL), while DM has no weights
+but the Q-model's bias. MAGIC picks the blend from the logs alone (bootstrap variance plus a
+bias bound from WDR's interval), so it follows WDR where the weights are tame and the model
+where they are not. Chosen on a validation setting separate from the benchmark's targets
+(behaviour ``greedy_supervised,tau=1.5,eps=0.4``, seed 1, 10,000 sessions, five other
+targets at 0.29-2.24 nat): MAGIC's largest relative error was 8.6% against WDR's 33%; WDR
+was better only near the behaviour (3.3% against 7.4% at most for KL <= 1)."""
 
 _SUM_TOL = 1e-6
 
@@ -464,8 +476,125 @@ class WeightedDR(SessionEstimator):
         return per_step @ sessions.discount
 
 
-def default_session_estimators() -> tuple[SessionEstimator, ...]:
-    """The estimators of :data:`SESSION_ESTIMATOR_NAMES`, in that order."""
+def _j_step_returns(
+    sums: np.ndarray, n_sessions: int, horizon: int, discount: np.ndarray, steps: np.ndarray
+) -> np.ndarray:
+    r"""(B, J) off-policy j-step returns from (B, 3H) weighted-DR column sums.
+
+    With per-step sums :math:`R_t = \sum_i w_{i,t}(r_{i,t} - \hat q_{i,t})`,
+    :math:`C_t = \sum_i w_{i,t-1} \hat v_{i,t}`, :math:`W_t = \sum_i w_{i,t}`
+    (:math:`W_{-1} = n`) and the weighted-DR step term :math:`d_t = R_t / W_t + C_t / W_{t-1}`:
+    :math:`g^{(j)} = \sum_{t \le j} \gamma^t d_t + \gamma^{j+1} C_{j+1} / W_j` (the model's
+    value of the states reached after step j, weighted like step j; :math:`C_H = 0`).
+    """
+    h = horizon
+    residual, control, weight = sums[:, :h], sums[:, h : 2 * h], sums[:, 2 * h :]
+    previous = np.hstack([np.full((sums.shape[0], 1), float(n_sessions)), weight[:, :-1]])
+    per_step = (_safe_ratio(residual, weight) + _safe_ratio(control, previous)) * discount
+    head = np.hstack([np.zeros((sums.shape[0], 1)), np.cumsum(per_step, axis=1)])  # (B, H+1)
+    # Tail after step j: gamma^{j+1} C_{j+1} / W_j, i.e. the control term of step j + 1.
+    control_next = np.hstack([_safe_ratio(control, previous) * discount, np.zeros((len(sums), 1))])
+    return head[:, steps + 1] + control_next[:, steps + 1]
+
+
+def _simplex_quadratic_minimum(matrix: np.ndarray) -> np.ndarray:
+    """The minimiser of x' M x over the probability simplex (M symmetric PSD), by SLSQP."""
+    k = matrix.shape[0]
+    scale = max(float(np.max(np.abs(matrix))), 1e-300)
+    m = matrix / scale  # the minimiser does not change; SLSQP's tolerances do
+    start = np.full(k, 1.0 / k)
+    result = minimize(
+        lambda x: float(x @ m @ x),
+        start,
+        jac=lambda x: 2.0 * (m @ x),
+        bounds=[(0.0, 1.0)] * k,
+        constraints=[{"type": "eq", "fun": lambda x: float(np.sum(x) - 1.0)}],
+        method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 500},
+    )
+    x = np.clip(result.x, 0.0, None)
+    return x / x.sum() if x.sum() > 0 else start
+
+
+@dataclass(frozen=True)
+class BlendedDR(SessionEstimator):
+    r"""MAGIC (Thomas & Brunskill 2016): a data-chosen blend of DM, partial WDR and WDR.
+
+    The off-policy j-step return :math:`g^{(j)}` uses weighted DR for steps :math:`\le j`
+    and the fitted Q-function for the rest (:math:`g^{(-1)}` is DM, :math:`g^{(H-1)}` is
+    WDR). Short j has little variance but the model's bias; long j is consistent but carries
+    the importance weights' variance. The blend weights :math:`x` on the simplex minimise
+    the estimated MSE :math:`x^\top(\hat\Omega + \hat b \hat b^\top)x`, where
+    :math:`\hat\Omega` is the bootstrap covariance of the :math:`g^{(j)}` (resampled
+    sessions) and :math:`\hat b_j` is the distance from :math:`g^{(j)}` to the percentile
+    bootstrap interval (level ``bias_interval``) of WDR, the consistent end: a model value
+    inside WDR's plausible range counts as unbiased. Everything comes from the logs; no
+    ground truth is used.
+
+    The blend weights are chosen once on all sessions and held fixed across the outer
+    bootstrap resamples (as the Q-function is), so its interval is conditional on them.
+
+    Attributes:
+        steps: The j of the candidate returns (-1 = DM); the last step (WDR) is always added.
+        n_bootstrap: Resamples for :math:`\hat\Omega` and WDR's interval.
+        bias_interval: Level of WDR's percentile interval that bounds the bias.
+        seed: Seed of those resamples.
+    """
+
+    name: ClassVar[str] = "magic"
+    requires_q_function: ClassVar[bool] = True
+    steps: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
+    n_bootstrap: int = 200
+    bias_interval: float = 0.9
+    seed: int = 0
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        return WeightedDR().terms(sessions)
+
+    def candidate_steps(self, sessions: LoggedSessions) -> np.ndarray:
+        """(J,) the j of the candidate returns within this log's horizon, WDR's last."""
+        h = sessions.horizon
+        return np.unique(np.append([j for j in self.steps if -1 <= j < h - 1], h - 1))
+
+    def blend(self, sessions: LoggedSessions) -> tuple[np.ndarray, np.ndarray]:
+        """(J,) candidate steps and (J,) their blend weights, chosen on ``sessions``."""
+        steps = self.candidate_steps(sessions)
+        n = sessions.n_sessions
+        terms = self.terms(sessions)
+        g = partial(
+            _j_step_returns,
+            n_sessions=n,
+            horizon=sessions.horizon,
+            discount=sessions.discount,
+            steps=steps,
+        )
+        point = g(terms.sum(axis=0, keepdims=True))[0]  # (J,)
+        resampled = g(
+            bootstrap_column_sums(terms, self.n_bootstrap, np.random.default_rng(self.seed))
+        )
+        resampled = resampled[np.all(np.isfinite(resampled), axis=1)]
+        if len(resampled) < 2:
+            weights = np.zeros(len(steps))
+            weights[-1] = 1.0
+            return steps, weights
+        tail = 100.0 * (1.0 - self.bias_interval) / 2.0
+        low, high = np.percentile(resampled[:, -1], [tail, 100.0 - tail])
+        bias = np.maximum(low - point, 0.0) + np.maximum(point - high, 0.0)  # (J,)
+        omega = np.cov(resampled, rowvar=False)  # (J, J)
+        return steps, _simplex_quadratic_minimum(omega + np.outer(bias, bias))
+
+    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        steps, weights = self.blend(sessions)
+        g = _j_step_returns(sums, n_sessions, sessions.horizon, sessions.discount, steps)
+        return g @ weights
+
+
+def default_session_estimators(seed: int = 0) -> tuple[SessionEstimator, ...]:
+    """The estimators of :data:`SESSION_ESTIMATOR_NAMES`, in that order.
+
+    Args:
+        seed: Seed of MAGIC's internal resamples.
+    """
     return (
         TrajectoryIS(),
         WeightedIS(),
@@ -474,6 +603,7 @@ def default_session_estimators() -> tuple[SessionEstimator, ...]:
         DirectMethod(),
         StepwiseDR(),
         WeightedDR(),
+        BlendedDR(seed=seed),
     )
 
 
@@ -506,7 +636,7 @@ def estimate_session_value(
     if estimators is None:
         estimators = [
             e
-            for e in default_session_estimators()
+            for e in default_session_estimators(seed)
             if sessions.has_q_function or not e.requires_q_function
         ]
     return bootstrap_estimates(

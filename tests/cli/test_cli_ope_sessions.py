@@ -63,7 +63,7 @@ def test_simulate_json_contract(preset, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["sessions"] == 150
     assert report["propensities"].startswith("known")
-    assert report["default_estimator"] == "wdr"
+    assert report["default_estimator"] == "magic"
     assert set(report["targets"]) == {"random", "popular,eps=0.5"}
     for t in report["targets"].values():
         assert tuple(t["estimates"]) == SESSION_ESTIMATOR_NAMES

@@ -78,7 +78,7 @@ def test_ope_on_real_sessions_with_the_behaviour_as_target(dataset):
     for name in ("is", "wis", "pdis", "wpdis"):
         assert report["estimates"][name]["value"] == pytest.approx(report["logged_value"])
     assert report["kl_per_step"] == pytest.approx(0.0, abs=1e-12)
-    assert set(report["estimates"]) == {"is", "wis", "pdis", "wpdis", "dm", "dr", "wdr"}
+    assert set(report["estimates"]) == {"is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "magic"}
 
 
 def test_replay_metrics(dataset):

@@ -311,3 +311,58 @@ def test_interval_coverage_on_a_known_mdp():
 def test_every_default_estimator_is_reported_in_order():
     sessions = prepare_sessions(**_base(), q_factual=Q, v_target=V)
     assert tuple(estimate_session_value(sessions, n_bootstrap=10)) == SESSION_ESTIMATOR_NAMES
+
+
+def test_magic_candidates_run_from_dm_to_wdr():
+    """The j-step returns at j = -1 and j = H - 1 are DM and WDR (hand example above)."""
+    from rlrec.evaluation.sequential_ope import BlendedDR, WeightedDR, _j_step_returns
+
+    sessions = prepare_sessions(**_base(), q_factual=Q, v_target=V, gamma=0.9)
+    terms = WeightedDR().terms(sessions).sum(axis=0, keepdims=True)
+    steps = np.array([-1, 0, 1])
+    g = _j_step_returns(terms, 2, sessions.horizon, sessions.discount, steps)[0]
+    est = {k: e.value for k, e in estimate_session_value(sessions, n_bootstrap=0).items()}
+    assert g[0] == pytest.approx(est["dm"])
+    assert g[-1] == pytest.approx(est["wdr"])
+    # j = 0: WDR's first step, then the model's value of the second states weighted like step 0:
+    # (2*0.5 + 0.5*2)/2.5 + 4.5/2 + 0.9 * (2*0.5 + 0.5*0)/2.5
+    assert g[1] == pytest.approx(2.0 / 2.5 + 4.5 / 2 + 0.9 * 1.0 / 2.5)
+    cand, weights = BlendedDR().blend(sessions)
+    np.testing.assert_array_equal(cand, steps)
+    assert weights.min() >= 0 and weights.sum() == pytest.approx(1.0)
+
+
+def test_magic_follows_the_data_on_a_known_mdp():
+    """An exact Q-function: MAGIC within 10% like DM and WDR; a biased one: it leaves DM."""
+    from rlrec.evaluation.sequential_ope import BlendedDR
+
+    offsets, s, a, r, pb, pe = simulate(0, 3000)
+    fqe = fitted_q_evaluation(
+        offsets, r, tabular_features(s, a), expected_tabular(s), config=FQEConfig(n_folds=2)
+    )
+    truth = exact_value(TARGET)
+    kwargs = {"session_offsets": offsets, "reward": r, "behaviour_prob": pb, "target_prob": pe}
+    good = prepare_sessions(**kwargs, q_factual=fqe.q_factual, v_target=fqe.v_target)
+    assert estimate_session_value(good, n_bootstrap=0)["magic"].value == pytest.approx(
+        truth, rel=0.1
+    )
+    # A Q-function three times too large: DM is far off, outside WDR's interval, so the
+    # blend must put most of its weight on the returns that use the importance weights.
+    bad = prepare_sessions(**kwargs, q_factual=3 * fqe.q_factual, v_target=3 * fqe.v_target)
+    est = estimate_session_value(bad, n_bootstrap=0)
+    assert abs(est["dm"].value - truth) > 0.5 * truth
+    steps, weights = BlendedDR().blend(bad)
+    assert weights[steps == -1][0] < 0.1
+    assert est["magic"].value == pytest.approx(truth, rel=0.15)
+
+
+def test_returns_to_go_and_calibration_of_an_exact_model():
+    from rlrec.evaluation.fqe import q_calibration, returns_to_go
+
+    g = returns_to_go(OFFSETS, REWARD, gamma=0.5)
+    np.testing.assert_allclose(g, [1 + 0.5 * 2, 2, 4])
+    # A Q equal to the returns is perfectly calibrated.
+    cal = q_calibration(OFFSETS, REWARD, np.array([3.0, 2.0, 4.0]), n_bins=3)
+    assert cal["mean_error"] == pytest.approx(0.0) and cal["max_bin_error"] == pytest.approx(0.0)
+    assert cal["r2"] == pytest.approx(1.0)
+    assert (cal["first_step_q"], cal["first_step_return"]) == (3.5, 3.5)

@@ -8,6 +8,7 @@ import pytest
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.envs.config import EnvConfig
 from rlrec.errors import UserError
+from rlrec.evaluation.fqe import FQEConfig, fitted_q_evaluation
 from rlrec.evaluation.session_logging import (
     CachedScores,
     CatalogFeatures,
@@ -15,6 +16,7 @@ from rlrec.evaluation.session_logging import (
     SimulatedCheckSettings,
     SoftenedPolicy,
     catalog_features,
+    category_switch_matrix,
     kl_divergence,
     log_sessions,
     sample_actions,
@@ -157,7 +159,7 @@ def test_simulated_check_with_the_behaviour_as_target(make_env):
     assert t["kl_per_step"] == pytest.approx(0.0, abs=1e-12)
     assert set(t["relative_error"]) == set(t["estimates"])
     assert set(t["truth_in_ci95"]) == set(t["estimates"])
-    assert report["default_estimator"] == "wdr"
+    assert report["default_estimator"] == "magic"
     with pytest.raises(UserError, match="gamma"):
         SimulatedCheckSettings(gamma=0.9)
 
@@ -169,3 +171,111 @@ def test_catalog_features_of_an_env_with_a_dataset(tmp_path):
     obs, _ = env.reset(seed=0)
     f = feat.features(obs, np.zeros(4, dtype=np.int64))
     assert np.all(np.isfinite(f)) and f.shape == (4, feat.n_features)
+
+
+def _tiny_features(**kwargs):
+    rng = np.random.default_rng(0)
+    return CatalogFeatures(
+        action_item_token=np.arange(N_ITEMS) + 1,
+        action_category_token=np.arange(N_ITEMS) % 4 + 1,
+        action_log_popularity=rng.normal(size=N_ITEMS),
+        n_item_tokens=N_ITEMS + 1,
+        n_category_tokens=5,
+        **kwargs,
+    )
+
+
+def test_expected_features_with_misses_and_switches_equal_the_average():
+    transition = np.random.default_rng(1).random((5, 5))
+    feat = _tiny_features(category_transition=transition)
+    probs = np.random.default_rng(2).dirichlet(np.ones(N_ITEMS), size=2)
+    misses = np.array([0, 6])
+    brute = sum(
+        probs[:, a : a + 1] * feat.features(OBS, np.full(2, a), misses) for a in range(N_ITEMS)
+    )
+    np.testing.assert_allclose(feat.expected(OBS, probs, misses), brute, atol=1e-12)
+    with pytest.raises(UserError, match="misses"):
+        feat.features(OBS, np.array([0, 1]), np.array([1, 2, 3]))
+    with pytest.raises(UserError, match="category_transition"):
+        _tiny_features(category_transition=np.ones((3, 3)))
+
+
+def test_miss_features_change_the_q_fit_on_a_hand_built_log():
+    """Same observation and action, returns that depend on the misses so far.
+
+    Sessions of one step: after 0 misses the step earns 2, after 5 misses 0 (a user about to
+    leave). Only with the misses in the features can FQE tell them apart.
+    """
+    feat = _tiny_features()
+    n = 40
+    obs = {k: np.repeat(v[:1], n, axis=0) for k, v in OBS.items()}
+    action = np.zeros(n, dtype=np.int64)
+    misses = np.where(np.arange(n) % 2 == 0, 0, 5)
+    reward = np.where(misses == 0, 2.0, 0.0)
+    offsets = np.arange(n + 1)
+    probs = np.zeros((n, N_ITEMS))
+    probs[:, 0] = 1.0
+    config = FQEConfig(n_folds=1)
+    with_misses = fitted_q_evaluation(
+        offsets,
+        reward,
+        feat.features(obs, action, misses),
+        feat.expected(obs, probs, misses),
+        config=config,
+    )
+    without = fitted_q_evaluation(
+        offsets, reward, feat.features(obs, action), feat.expected(obs, probs), config=config
+    )
+    np.testing.assert_allclose(with_misses.q_factual, reward, atol=0.01)
+    np.testing.assert_allclose(without.q_factual, 1.0, atol=0.01)  # one mean for both
+
+
+def test_logged_features_count_consecutive_misses(make_env):
+    behaviour = SoftenedPolicy(OneHot(0), "b", epsilon=0.5)
+    env = make_env(64)
+    feat = catalog_features(env)
+    log = log_sessions(env, behaviour, {}, seed=4)
+    assert log.engaged is not None and log.behaviour_expected_features is not None
+    np.testing.assert_array_equal(log.engaged, log.reward > 0)  # default weights are positive
+    expected_misses = np.zeros(len(log.reward), dtype=np.int64)
+    for lo, hi in zip(log.session_offsets[:-1], log.session_offsets[1:], strict=True):
+        count = 0
+        for t in range(lo, hi):
+            expected_misses[t] = count
+            count = 0 if log.engaged[t] else count + 1
+    assert expected_misses.max() >= 2  # the check below sees several levels
+    # Columns j * q of the product block are the state basis times the action constant; the
+    # last len(MISS_EDGES) state-basis entries are the miss levels 1, 2, 3-4, 5-8, 9+.
+    q = feat.N_ACTION_BASIS
+    p = feat.n_state_basis
+    miss_cols = [j * q for j in range(p - len(feat.MISS_EDGES), p)]
+    level = np.searchsorted(np.asarray(feat.MISS_EDGES), expected_misses, side="left")
+    onehot = np.eye(len(feat.MISS_EDGES) + 1)[level][:, 1:]
+    np.testing.assert_array_equal(log.features[:, miss_cols], onehot)
+
+
+def test_category_switch_matrix_counts_changes_inside_sessions():
+    # Sessions [1, 2, 2, 3] and [3, 1]: changes 1->2, 2->3 (first session), 3->1 (second);
+    # the 3 -> 3 pair across the session boundary is not a step.
+    offsets = np.array([0, 4, 6])
+    tokens = np.array([1, 2, 2, 3, 3, 1])
+    m = category_switch_matrix(offsets, tokens, 4, smoothing=0.0)
+    expected = np.zeros((4, 4))
+    expected[1, 2] = expected[2, 3] = expected[3, 1] = 1.0
+    np.testing.assert_allclose(m, expected)
+    smooth = category_switch_matrix(offsets, tokens, 4, smoothing=0.5)
+    np.testing.assert_allclose(smooth.sum(axis=1), 1.0)
+    assert np.all(np.diag(smooth) == 0.0)
+
+
+def test_simulated_check_reports_the_behaviour_q_calibration(make_env):
+    behaviour = SoftenedPolicy(OneHot(0), "b", epsilon=0.5, seed=1)
+    settings = SimulatedCheckSettings(n_sessions=300, truth_sessions=50, n_bootstrap=10)
+    report = simulated_ope_check(make_env, behaviour, {"b": behaviour}, settings)
+    cal = report["behaviour_q_calibration"]
+    assert set(cal) >= {"r2", "mean_error", "max_bin_error", "first_step_q", "bins"}
+    # The logged value is the behaviour's mean return, and on-policy FQE should be close.
+    assert cal["first_step_return"] == pytest.approx(report["behaviour_value"])
+    assert cal["first_step_q"] == pytest.approx(report["behaviour_value"], rel=0.2)
+    blend = report["targets"]["b"]["magic_blend"]
+    assert len(blend["steps"]) == len(blend["weights"])
