@@ -34,6 +34,12 @@ class AgentConfig:
             False gives the critic its own copy, so value gradients cannot disturb the
             actor's pretrained features.
         critic_arch: Hidden layer widths of the critic MLP on top of the features.
+        head_hidden: Hidden width of the actor's category terms (see
+            :class:`rlrec.agents.policy.FactoredActorHead`).
+        init_temperature: The untrained policy is the encoder's next-item softmax at this
+            temperature (same mode: the greedy supervised choice). Below 1 it starts closer
+            to the greedy recommender: sampling a flat softmax over a large catalog earns
+            far less than its mode, and PPO would first spend updates sharpening it.
         mask_recent: Mask (sb3-contrib MaskablePPO) the catalog items among the last
             ``mask_recent`` steps of the history; 0 uses plain PPO with no masking.
         n_envs: Simulated users stepped together (the batched env's N).
@@ -59,6 +65,8 @@ class AgentConfig:
     encoder: EncoderMode = "finetune"
     share_encoder: bool = False
     critic_arch: tuple[int, ...] = (64, 64)
+    head_hidden: int = 64
+    init_temperature: float = 1.0
     mask_recent: int = 0
     n_envs: int = 16
     n_steps: int = 128
@@ -105,6 +113,11 @@ class AgentConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (self.mask_recent >= 0, f"mask_recent: {self.mask_recent}, expected >= 0"),
             (all(w >= 1 for w in self.critic_arch), "critic_arch widths must be >= 1"),
+            (self.head_hidden >= 1, f"head_hidden: {self.head_hidden}, expected >= 1"),
+            (
+                self.init_temperature > 0,
+                f"init_temperature: {self.init_temperature}, expected > 0",
+            ),
             (self.num_threads >= 0, "num_threads must be >= 0"),
             (self.encoder_batch_size >= 1, "encoder_batch_size must be >= 1"),
         ]

@@ -1,8 +1,17 @@
 """The pretrained encoder as the policy's eyes: a features extractor and a frozen-state wrapper.
 
-Features of an observation are ``[state, step_feature]``: the encoder's (d,) state of the
-observed history (dataset tokens, most recent last) and ``log(1 + t) / 5`` of the session step
-``t`` (the leave hazard depends on it; the critic needs it, the actor ignores it at first).
+Features of an observation are ``[state, context, category]`` (:data:`N_EXTRA` columns after
+the state), every one a function of the observation alone:
+
+* ``state``: the encoder's (d,) state of the observed history (dataset tokens, most recent
+  last);
+* ``context``: ``log(1 + t) / 5`` of the session step ``t`` (the leave hazard depends on it)
+  and a one-hot of the current category streak (how many of the last history steps share the
+  last step's category: 1..5, 6 or more; users tire of long streaks). The encoder sees both
+  implicitly; stating them lets the critic and the actor's category head use them directly;
+* ``category``: the last step's category token (dataset category + 1), as a float, for the
+  actor's category head (:class:`rlrec.agents.policy.FactoredActorHead`); the critic never
+  reads it (a token id is not a magnitude).
 
 Two ways to get them:
 
@@ -32,10 +41,39 @@ from rlrec.models.encoder import EncoderConfig, SequenceEncoder
 STEP_SCALE = 5.0
 """``log(1 + t) / STEP_SCALE`` keeps the step feature near [0, 1] for sessions up to ~150 steps."""
 
+STREAK_BINS = 6
+"""Current-streak one-hot bins: streaks 1..5 and 6 or more."""
+
+N_CONTEXT = 1 + STREAK_BINS
+"""Context columns after the state: the step feature and the streak one-hot."""
+
+N_EXTRA = N_CONTEXT + 1
+"""Columns after the state: the context and the last category token."""
+
 
 def step_feature(step: torch.Tensor) -> torch.Tensor:
     """(B, 1) scaled log session step from (B, 1) steps (any numeric dtype)."""
     return torch.log1p(step.float().clamp(min=0)) / STEP_SCALE
+
+
+def extra_features(category_history: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The columns after the state: step feature, streak one-hot, last category token.
+
+    Args:
+        category_history: (B, L) category tokens, most recent last (0 = padding).
+        step: (B, 1) session steps.
+
+    Returns:
+        (B, N_EXTRA) float32.
+    """
+    history = category_history.long()
+    last = history[:, -1:]  # (B, 1)
+    same = (history == last) & (last > 0)  # (B, L)
+    # Length of the trailing run of the last category: the cumulative product along the
+    # reversed history stays 1 until the first different token.
+    streak = same.flip(1).long().cumprod(dim=1).sum(dim=1)  # (B,)
+    bins = torch.nn.functional.one_hot(streak.clamp(1, STREAK_BINS) - 1, STREAK_BINS)
+    return torch.cat([step_feature(step), bins.float(), last.float()], dim=1)
 
 
 def rl_encoder(config: EncoderConfig, n_items: int, n_categories: int) -> SequenceEncoder:
@@ -68,30 +106,31 @@ class EncoderFeatures(BaseFeaturesExtractor):
         n_categories: int,
     ) -> None:
         config = EncoderConfig(**encoder_config)
-        super().__init__(observation_space, features_dim=config.d_model + 1)
+        super().__init__(observation_space, features_dim=config.d_model + N_EXTRA)
         self.encoder = rl_encoder(config, n_items, n_categories)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Features ``[state, step_feature]``.
+        """Features ``[state, context, category]`` (see the module docstring).
 
         Args:
             observations: ``item_history`` and ``category_history`` (B, L) tokens (SB3 hands
                 them over as floats; token ids are exact in float32), ``step`` (B, 1).
 
         Returns:
-            (B, d + 1) features.
+            (B, d + N_EXTRA) features.
         """
         items = observations["item_history"].long()  # (B, L)
         categories = observations["category_history"].long()  # (B, L)
         state = self.encoder.encode(items, categories)  # (B, d)
-        return torch.cat([state, step_feature(observations["step"])], dim=1)  # (B, d + 1)
+        extra = extra_features(categories, observations["step"])  # (B, N_EXTRA)
+        return torch.cat([state, extra], dim=1)
 
 
 @torch.no_grad()
 def encode_features(
     encoder: SequenceEncoder, obs: dict[str, np.ndarray], batch_size: int = 4096
 ) -> np.ndarray:
-    """Frozen features ``[state, step_feature]`` of a batch of token observations.
+    """Frozen features ``[state, context, category]`` of a batch of token observations.
 
     Args:
         encoder: The encoder (evaluated without gradients, in eval mode).
@@ -99,7 +138,7 @@ def encode_features(
         batch_size: Histories per forward pass.
 
     Returns:
-        (B, d + 1) float32 features.
+        (B, d + N_EXTRA) float32 features.
     """
     device = next(encoder.parameters()).device
     was_training = encoder.training
@@ -113,16 +152,17 @@ def encode_features(
         state = encoder.encode(
             items[lo : lo + batch_size].to(device), cats[lo : lo + batch_size].to(device)
         )  # (b, d)
-        out.append(torch.cat([state.cpu(), step_feature(steps[lo : lo + batch_size])], dim=1))
+        extra = extra_features(cats[lo : lo + batch_size], steps[lo : lo + batch_size])
+        out.append(torch.cat([state.cpu(), extra], dim=1))
     if was_training:
         encoder.train()
     if not out:
-        return np.zeros((0, encoder.state_dim + 1), dtype=np.float32)
+        return np.zeros((0, encoder.state_dim + N_EXTRA), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
 class FrozenEncoderStates(VecEnvWrapper):
-    """Replace token observations by frozen encoder features, ``Box((d + 1,), float32)``.
+    """Replace token observations by frozen encoder features, ``Box((d + N_EXTRA,), float32)``.
 
     Terminal observations in ``infos`` (SB3 bootstraps truncated episodes from them) are
     encoded too, all of a step's in one batch.
@@ -138,7 +178,7 @@ class FrozenEncoderStates(VecEnvWrapper):
         for param in self.encoder.parameters():
             param.requires_grad_(False)
         self.batch_size = batch_size
-        dim = encoder.state_dim + 1
+        dim = encoder.state_dim + N_EXTRA
         space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         super().__init__(venv, observation_space=space)
 

@@ -1,13 +1,21 @@
 """The PPO agent around the pretrained encoder: model building, transfer init, masking, protocol.
 
-Actor: a linear head over the features ``[state, step_feature]`` whose weights start as the
-encoder's next-item head gathered at the catalog items (item output vectors and item biases;
-zeros on the step feature). At initialisation the actor's logits over catalog action ``a``
-are therefore exactly the encoder's next-item logits of dataset item ``item_ids[a]``: the
-untrained policy is the supervised recommender's softmax restricted to the catalog, and its
-mode is the greedy supervised baseline's choice (transfer). PPO then moves the whole head (and,
-when fine-tuning, the encoder) toward what pays over a session. Critic: a small MLP on the
-same features.
+Actor (:class:`FactoredActorHead`), over the features ``[state, context, category]`` of
+:mod:`rlrec.agents.features`: the logit of catalog action ``a`` with category ``k(a)`` is
+
+    item(state)[a] + adjust(state, context)[k(a)] + gate(state, context) * [k(a) == current]
+
+The item term is a linear map whose weights start as the encoder's next-item head gathered at
+the catalog items (item output vectors and item biases), and the last layers of ``adjust`` (a
+K-way category bias) and ``gate`` (one number: lean towards or away from the user's current
+category) start at zero. At initialisation the actor's logits are therefore exactly the
+encoder's next-item logits of dataset item ``item_ids[a]``: the untrained policy is the
+supervised recommender's softmax restricted to the catalog, and its mode is the greedy
+supervised baseline's choice (transfer). PPO then moves the whole head (and, when fine-tuning,
+the encoder) toward what pays over a session. The category terms are why: what a long-term
+policy changes first is *which category* to show (leave a category before the user tires of
+it, favour categories that buy), a move that needs K + 1 numbers per state instead of A item
+logits. Critic: a small MLP on ``[state, context]``.
 
 Masking (``mask_recent > 0``): sb3-contrib's MaskablePPO with :class:`RecentItemMask`, which
 forbids the catalog items among the last ``mask_recent`` history steps.
@@ -26,12 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3 import PPO
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 from rlrec.agents.config import AgentConfig
-from rlrec.agents.features import EncoderFeatures, encode_features
+from rlrec.agents.features import N_CONTEXT, N_EXTRA, EncoderFeatures, encode_features
 from rlrec.errors import UserError
 from rlrec.models.encoder import SequenceEncoder
 
@@ -138,6 +148,167 @@ class RecentItemMask(VecEnvWrapper):
         return self.venv.env_method(method_name, *method_args, indices=indices, **method_kwargs)
 
 
+class FactoredActorHead(torch.nn.Module):
+    """Catalog logits = item term + category adjustment + current-category gate.
+
+    Args:
+        state_dim: d, the encoder state's width (the features are ``d + N_EXTRA`` wide).
+        item_category: (A,) category index (dataset categories, 0-based) of each action.
+        n_categories: C, the dataset's category count.
+        hidden: Width of the hidden layer shared by the category terms.
+    """
+
+    def __init__(
+        self, state_dim: int, item_category: list[int], n_categories: int, hidden: int
+    ) -> None:
+        super().__init__()
+        self.state_dim = state_dim
+        self.register_buffer("item_category", torch.as_tensor(item_category, dtype=torch.long))
+        self.item = torch.nn.Linear(state_dim, len(item_category))
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(state_dim + N_CONTEXT, hidden), torch.nn.Tanh()
+        )
+        self.category = torch.nn.Linear(hidden, n_categories + 1)  # C biases and the gate
+        torch.nn.init.zeros_(self.category.weight)
+        torch.nn.init.zeros_(self.category.bias)
+
+    @property
+    def out_features(self) -> int:
+        """A, the number of actions."""
+        return self.item.out_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, A) action logits from (B, d + N_EXTRA) features."""
+        state = features[:, : self.state_dim]  # (B, d)
+        current = features[:, -1].long() - 1  # (B,) token -> category; padding -> -1
+        terms = self.category(self.body(features[:, :-1]))  # (B, C + 1)
+        adjust, gate = terms[:, :-1], terms[:, -1:]  # (B, C), (B, 1)
+        item_category: torch.Tensor = self.item_category  # type: ignore[assignment]
+        same = (item_category[None, :] == current[:, None]).float()  # (B, A)
+        return self.item(state) + adjust[:, item_category] + gate * same
+
+
+class _CriticOnly(torch.nn.Module):
+    """SB3's ``mlp_extractor`` slot: features pass to the actor; the critic MLP drops the token.
+
+    Args:
+        feature_dim: Width of the features (``d + N_EXTRA``).
+        critic_arch: Hidden widths of the critic.
+        activation_fn: Activation class of the critic.
+    """
+
+    def __init__(
+        self, feature_dim: int, critic_arch: list[int], activation_fn: type[torch.nn.Module]
+    ) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        width = feature_dim - 1
+        for size in critic_arch:
+            layers += [torch.nn.Linear(width, size), activation_fn()]
+            width = size
+        self.value_net = torch.nn.Sequential(*layers)
+        self.latent_dim_pi = feature_dim
+        self.latent_dim_vf = width
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(latent_pi, latent_vf)``."""
+        return self.forward_actor(features), self.forward_critic(features)
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        """The features themselves (the actor head reads their layout)."""
+        return features
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        """The critic MLP on every column but the category token."""
+        return self.value_net(features[:, :-1])
+
+
+def _critic_extractor(policy: Any) -> Any:
+    """The :class:`_CriticOnly` extractor for an SB3 policy (its ``net_arch['vf']``)."""
+    net_arch = policy.net_arch
+    critic = list(net_arch.get("vf", [])) if isinstance(net_arch, dict) else list(net_arch)
+    return _CriticOnly(policy.features_dim, critic, policy.activation_fn)
+
+
+def _install_head(policy: Any, lr_schedule: Any, head_kwargs: dict[str, Any]) -> None:
+    """Replace the built policy's linear actor by :class:`FactoredActorHead`; new optimizer."""
+    policy.action_net = FactoredActorHead(policy.features_dim - N_EXTRA, **head_kwargs)
+    policy.optimizer = policy.optimizer_class(
+        policy.parameters(), lr=lr_schedule(1), **policy.optimizer_kwargs
+    )
+
+
+def _head_kwargs(item_category: list[int], n_categories: int, head_hidden: int) -> dict[str, Any]:
+    return {
+        "item_category": [int(k) for k in item_category],
+        "n_categories": int(n_categories),
+        "hidden": int(head_hidden),
+    }
+
+
+def _policy_kwargs(head: dict[str, Any]) -> dict[str, Any]:
+    """The policy's extra constructor arguments back from :func:`_head_kwargs`'s output."""
+    return {
+        "item_category": head["item_category"],
+        "n_categories": head["n_categories"],
+        "head_hidden": head["hidden"],
+    }
+
+
+class RecommenderPolicy(ActorCriticPolicy):
+    """SB3's actor-critic with the factored actor head and a token-blind critic.
+
+    Extra keyword arguments (kept in the saved model, so ``load`` rebuilds the same head):
+    ``item_category`` (A,) category index per action, ``n_categories``, ``head_hidden``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        item_category: list[int],
+        n_categories: int,
+        head_hidden: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        self._head = _head_kwargs(item_category, n_categories, head_hidden)
+        super().__init__(*args, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = _critic_extractor(self)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        _install_head(self, lr_schedule, self._head)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), **_policy_kwargs(self._head)}
+
+
+class MaskableRecommenderPolicy(MaskableActorCriticPolicy):
+    """:class:`RecommenderPolicy` for sb3-contrib's MaskablePPO (same extra arguments)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        item_category: list[int],
+        n_categories: int,
+        head_hidden: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        self._head = _head_kwargs(item_category, n_categories, head_hidden)
+        super().__init__(*args, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = _critic_extractor(self)
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        _install_head(self, lr_schedule, self._head)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), **_policy_kwargs(self._head)}
+
+
 def build_model(
     config: AgentConfig,
     venv: VecEnv,
@@ -161,9 +332,13 @@ def build_model(
     Returns:
         The model, ready for ``learn``.
     """
+    ids = torch.as_tensor(np.asarray(item_ids, dtype=np.int64))
     policy_kwargs: dict[str, Any] = {
         "net_arch": {"pi": [], "vf": list(config.critic_arch)},
         "activation_fn": torch.nn.Tanh,
+        "item_category": encoder.item_category[ids].tolist(),
+        "n_categories": encoder.n_categories,
+        "head_hidden": config.head_hidden,
     }
     if config.encoder == "finetune":
         policy_kwargs.update(
@@ -177,9 +352,8 @@ def build_model(
             },
             share_features_extractor=config.share_encoder,
         )
-        policy_name = "MultiInputPolicy"
-    else:
-        policy_name = "MlpPolicy"
+    masked = config.mask_recent > 0
+    policy_class: Any = MaskableRecommenderPolicy if masked else RecommenderPolicy
     kwargs: dict[str, Any] = {
         "n_steps": config.n_steps,
         "batch_size": config.batch_size,
@@ -198,20 +372,24 @@ def build_model(
         "device": config.device,
         "verbose": 0,
     }
-    algo: type[PPO] | type[MaskablePPO] = MaskablePPO if config.mask_recent > 0 else PPO
-    model = algo(policy_name, venv, **kwargs)
-    init_from_encoder(model, encoder, item_ids)
+    algo: type[PPO] | type[MaskablePPO] = MaskablePPO if masked else PPO
+    model = algo(policy_class, venv, **kwargs)
+    init_from_encoder(model, encoder, item_ids, config.init_temperature)
     return model
 
 
 @torch.no_grad()
-def init_from_encoder(model: Model, encoder: SequenceEncoder, item_ids: np.ndarray) -> None:
+def init_from_encoder(
+    model: Model, encoder: SequenceEncoder, item_ids: np.ndarray, temperature: float = 1.0
+) -> None:
     """Copy the pretrained encoder into the policy's extractors and its head into the actor.
 
     Args:
         model: A freshly built model.
         encoder: The pretrained encoder.
         item_ids: (A,) dataset item of each catalog action.
+        temperature: The initial policy is the encoder's softmax at this temperature (the
+            item term's weights and biases are divided by it; the mode is unchanged).
     """
     policy = model.policy
     state = encoder.state_dict()
@@ -223,15 +401,18 @@ def init_from_encoder(model: Model, encoder: SequenceEncoder, item_ids: np.ndarr
     vectors = encoder.item_output_vectors()[ids].to(policy.device)  # (A, d)
     bias = encoder.item_bias[ids].to(policy.device)  # (A,)
     head = policy.action_net
-    assert isinstance(head, torch.nn.Linear)
-    if head.out_features != len(ids) or head.in_features != encoder.state_dim + 1:
+    assert isinstance(head, FactoredActorHead)
+    if head.out_features != len(ids) or head.state_dim != encoder.state_dim:
         raise UserError(
-            f"actor head {head.in_features}->{head.out_features} does not match the encoder "
-            f"(d={encoder.state_dim}) and catalog ({len(ids)} actions)"
+            f"actor head (d={head.state_dim}, {head.out_features} actions) does not match "
+            f"the encoder (d={encoder.state_dim}) and catalog ({len(ids)} actions)"
         )
-    head.weight.zero_()
-    head.weight[:, : encoder.state_dim] = vectors  # the step feature column stays 0
-    head.bias.copy_(bias)
+    head.item.weight.copy_(vectors / temperature)
+    head.item.bias.copy_(bias / temperature)
+    # The category terms' output layer is zero (FactoredActorHead), so the logits are the
+    # encoder's; SB3's orthogonal init never touches it (the head is built after that init).
+    head.category.weight.zero_()
+    head.category.bias.zero_()
 
 
 class AgentPolicy:

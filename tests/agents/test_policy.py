@@ -9,9 +9,10 @@ from sb3_contrib import MaskablePPO
 
 from rlrec.agents.baselines import GreedySupervisedPolicy
 from rlrec.agents.config import AgentConfig
-from rlrec.agents.features import FrozenEncoderStates
+from rlrec.agents.features import N_EXTRA, STREAK_BINS, FrozenEncoderStates, extra_features
 from rlrec.agents.policy import (
     AgentPolicy,
+    FactoredActorHead,
     RecentItemMask,
     build_model,
     recent_item_mask,
@@ -54,17 +55,17 @@ def raw_observations(sim_model, dataset, n: int = 16, seed: int = 3) -> dict:
     return obs
 
 
-@pytest.mark.parametrize("mode", ["frozen", "finetune"])
-def test_untrained_policy_is_the_supervised_recommender(mode, sim_model, tiny_dataset):
+@pytest.mark.parametrize(("mode", "temperature"), [("frozen", 1.0), ("finetune", 0.5)])
+def test_untrained_policy_is_the_supervised_recommender(mode, temperature, sim_model, tiny_dataset):
     encoder = small_encoder(tiny_dataset)
-    cfg = agent(encoder=mode)
+    cfg = agent(encoder=mode, init_temperature=temperature)
     venv = make_training_env(cfg, sim_model, tiny_dataset, _env(), encoder, seed=0)
     model = build_model(cfg, venv, encoder, sim_model.item_ids, seed=0)
     policy = AgentPolicy(model, encoder=encoder if mode == "frozen" else None)
     obs = raw_observations(sim_model, tiny_dataset)
     greedy = GreedySupervisedPolicy(encoder, sim_model.item_ids)
     logits = torch.as_tensor(greedy.catalog_scores(obs))
-    expected = torch.softmax(logits, dim=1).numpy()
+    expected = torch.softmax(logits / temperature, dim=1).numpy()
     np.testing.assert_allclose(policy.action_probabilities(obs), expected, atol=1e-5)
     actions, _ = policy.predict(obs, deterministic=True)
     np.testing.assert_array_equal(actions, greedy.predict(obs)[0])
@@ -117,13 +118,13 @@ def test_frozen_wrapper_encodes_terminal_observations(sim_model, tiny_dataset):
     venv = make_training_env(cfg, sim_model, tiny_dataset, _env(), encoder, seed=0)
     assert isinstance(venv, FrozenEncoderStates)
     obs = venv.reset()
-    assert obs.shape == (4, encoder.state_dim + 1) and obs.dtype == np.float32
+    assert obs.shape == (4, encoder.state_dim + N_EXTRA) and obs.dtype == np.float32
     ended = 0
     for _ in range(30):
         venv.step_async(np.zeros(4, dtype=np.int64))
         obs, _, dones, infos = venv.step_wait()
         for i in np.flatnonzero(dones):
-            assert infos[i]["terminal_observation"].shape == (encoder.state_dim + 1,)
+            assert infos[i]["terminal_observation"].shape == (encoder.state_dim + N_EXTRA,)
             ended += 1
     assert ended > 0
 
@@ -154,3 +155,27 @@ def test_catalog_size_matches_the_actor_head(sim_model, tiny_dataset):
     venv = make_training_env(cfg, sim_model, tiny_dataset, _env(), encoder, seed=0)
     model = build_model(cfg, venv, encoder, sim_model.item_ids, seed=0)
     assert model.policy.action_net.out_features == N_ITEMS
+
+
+def test_extra_features_read_the_streak_and_the_last_category() -> None:
+    history = torch.tensor([[0, 3, 5, 5, 5], [0, 0, 0, 0, 2], [5, 5, 5, 5, 5], [4, 4, 1, 4, 4]])
+    extra = extra_features(history, torch.tensor([[1], [2], [3], [4]]))
+    assert extra.shape == (4, N_EXTRA)
+    bins = extra[:, 1 : 1 + STREAK_BINS].argmax(dim=1) + 1
+    assert bins.tolist() == [3, 1, 5, 2]
+    assert extra[:, -1].tolist() == [5.0, 2.0, 5.0, 4.0]
+
+
+def test_factored_head_gate_moves_mass_off_the_current_category() -> None:
+    d, item_category = 4, [0, 0, 1, 2]
+    head = FactoredActorHead(d, item_category, n_categories=3, hidden=8)
+    features = torch.zeros(2, d + N_EXTRA)
+    features[:, -1] = torch.tensor([1.0, 2.0])  # current category tokens: 0 and 1
+    before = head(features)
+    assert torch.allclose(before, head.item(features[:, :d]))  # zero-initialised terms
+    with torch.no_grad():
+        head.category.bias[-1] = -5.0  # the gate: away from the current category
+    after = head(features)
+    assert torch.allclose(after[0, :2], before[0, :2] - 5.0)
+    assert torch.allclose(after[0, 2:], before[0, 2:])
+    assert torch.allclose(after[1, 2], before[1, 2] - 5.0)
