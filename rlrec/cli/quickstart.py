@@ -31,11 +31,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, default=Path("logs/quickstart"), help="output directory")
     p.add_argument("--tiny", action="store_true", help="a small world and short budgets")
     p.add_argument("--seed", type=int, default=0, help="random seed of every stage")
+    # "%(default).0s" prints nothing; it keeps argparse from appending "(default: None)".
     p.add_argument(
         "--timesteps",
         type=int,
         default=None,
-        help="PPO env steps (default: the agent preset's, 300000; tiny 3072)",
+        help="PPO env steps (default: the agent preset's, 300000; tiny 3072)%(default).0s",
     )
     p.add_argument(
         "--json",

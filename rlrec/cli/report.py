@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="quickstart output or run dir")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default: RUN_DIR)")
+    # "%(default).0s" prints nothing; it keeps argparse from appending "(default: None)".
+    p.add_argument(
+        "--out", type=Path, default=None, help="where to write (default: RUN_DIR)%(default).0s"
+    )
     p.add_argument("--json", action="store_true", help="print the paths and headline as JSON")
     p.set_defaults(handler=_report)
 
