@@ -76,6 +76,14 @@ def format_simulated(report: dict[str, Any]) -> str:
         f"{report['source']} by {report['behaviour']} (mean return "
         f"{report['behaviour_value']:.3f}); propensities {report['propensities']}",
     ]
+    cal = report.get("behaviour_q_calibration")
+    if cal is not None:
+        # The Q-model checked on the behaviour's own held-out returns (no ground truth used).
+        lines.append(
+            f"Q-model on the behaviour's held-out returns: first-step Q {cal['first_step_q']:.3f}"
+            f" vs logged {cal['first_step_return']:.3f}, mean error {cal['mean_error']:+.3f}, "
+            f"largest decile gap {cal['max_bin_error']:.3f}"
+        )
     for name, t in report["targets"].items():
         lo, hi = t["true_ci95"]
         lines.append("")

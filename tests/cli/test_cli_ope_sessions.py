@@ -81,6 +81,7 @@ def test_simulate_text_output(preset, capsys):
     assert main(simulate_args(preset)) == 0
     out = capsys.readouterr().out
     assert "target random: true value" in out and "(default)" in out and "KL per step" in out
+    assert "Q-model on the behaviour's held-out returns: first-step Q" in out
 
 
 @pytest.fixture
