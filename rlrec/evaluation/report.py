@@ -568,7 +568,9 @@ def headline_numbers(inputs: ReportInputs) -> dict[str, Any]:
         ``ppo_vs_greedy_return_ratio``, ``encoder_ndcg10``, ``best_baseline_ndcg10``,
         ``best_baseline``, ``ks_session_length``, ``js_category_transition``,
         ``best_ope_estimator``, ``best_ope_relative_error`` (|relative error| of the most
-        accurate estimator for the first target) and ``ope_target``.
+        accurate estimator for the ``ppo`` target, else the first; picked with hindsight),
+        ``default_ope_estimator``, ``default_ope_relative_error`` (what a user without the
+        truth would report) and ``ope_target``.
     """
     out: dict[str, Any] = dict.fromkeys(
         (
@@ -580,6 +582,8 @@ def headline_numbers(inputs: ReportInputs) -> dict[str, Any]:
             "js_category_transition",
             "best_ope_estimator",
             "best_ope_relative_error",
+            "default_ope_estimator",
+            "default_ope_relative_error",
             "ope_target",
         )
     )
@@ -598,7 +602,8 @@ def headline_numbers(inputs: ReportInputs) -> dict[str, Any]:
     fid = inputs.files.get("fidelity") or {}
     out["ks_session_length"] = fid.get("ks_session_length")
     out["js_category_transition"] = fid.get("js_category_transition")
-    targets = (inputs.files.get("ope") or {}).get("targets", {})
+    ope = inputs.files.get("ope") or {}
+    targets = ope.get("targets", {})
     if targets:
         name = "ppo" if "ppo" in targets else next(iter(targets))
         errors = {
@@ -610,6 +615,10 @@ def headline_numbers(inputs: ReportInputs) -> dict[str, Any]:
             best = min(errors, key=lambda k: errors[k])
             out["ope_target"] = name
             out["best_ope_estimator"], out["best_ope_relative_error"] = best, errors[best]
+            default = ope.get("default_estimator")
+            if default in errors:
+                out["default_ope_estimator"] = default
+                out["default_ope_relative_error"] = errors[default]
     return out
 
 
@@ -652,7 +661,13 @@ def _cards(h: Mapping[str, Any]) -> str:
             "no OPE check"
             if err is None
             else f"{html.escape(str(h['best_ope_estimator']))} error on "
-            f"{html.escape(str(h['ope_target']))}",
+            f"{html.escape(str(h['ope_target']))}"
+            + (
+                ""
+                if h["default_ope_relative_error"] is None
+                else f"; default {html.escape(str(h['default_ope_estimator']))} "
+                f"{100 * h['default_ope_relative_error']:.1f}%"
+            ),
             None if err is None else err < 0.1,
         ),
     ]

@@ -84,7 +84,7 @@ PAYLOADS = {
     "ope_sessions.json": {
         "sessions": 300,
         "behaviour": "greedy_supervised,tau=1,eps=0.3",
-        "default_estimator": "wdr",
+        "default_estimator": "dm",
         "targets": {
             "ppo": {
                 "true_value": 5.0,
@@ -154,6 +154,8 @@ def test_headline_numbers(full_report: ReportResult) -> None:
     assert (h["best_baseline"], h["best_baseline_ndcg10"]) == ("item_markov", 0.12)
     assert h["ks_session_length"] == 0.03 and h["js_category_transition"] == 0.02
     assert (h["best_ope_estimator"], h["best_ope_relative_error"]) == ("wdr", 0.02)
+    # The default estimator's error is what a user without the truth gets: shown beside.
+    assert (h["default_ope_estimator"], h["default_ope_relative_error"]) == ("dm", 0.2)
 
 
 @pytest.mark.parametrize("keep", ["evaluate.json", "fidelity.json", "sim"])
