@@ -36,6 +36,7 @@ import torch
 import yaml
 
 from rlrec.config import to_mapping
+from rlrec.envs.presets import EnvPreset, load_env_preset
 from rlrec.errors import UserError
 
 ENV_FILE = "env.yaml"
@@ -174,14 +175,8 @@ class _Stages:
         self.progress(f"    {name}: {self.seconds[name]:.1f} s")
 
 
-def quickstart_preset(config: QuickstartConfig) -> Any:
-    """The env preset with the quickstart's overrides (users, seed, encoder epochs).
-
-    Returns:
-        An :class:`rlrec.envs.presets.EnvPreset`.
-    """
-    from rlrec.envs.presets import load_env_preset
-
+def quickstart_preset(config: QuickstartConfig) -> EnvPreset:
+    """The env preset with the quickstart's overrides (users, seeds, threads, encoder epochs)."""
     preset = load_env_preset(config.env_preset)
     synthetic = preset.data.synthetic
     synthetic = dataclasses.replace(

@@ -8,7 +8,6 @@ import pytest
 from rlrec.agents.pipeline import QuickstartConfig
 from rlrec.cli import main
 from rlrec.data.dataset import load_dataset
-from rlrec.errors import UserError
 from rlrec.models.checkpoint import read_checkpoint_info
 from rlrec.models.sim_model import load_sim_model
 
@@ -102,8 +101,3 @@ def test_quickstart_refuses_a_file_as_out(tmp_path, capsys):
     assert main(["quickstart", "--tiny", "--out", str(target)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rlrec: error: --out") and "\n" not in err
-
-
-def test_quickstart_config_rejects_empty_budgets() -> None:
-    with pytest.raises(UserError, match="timesteps"):
-        QuickstartConfig(timesteps=0)
