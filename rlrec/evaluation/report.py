@@ -52,6 +52,15 @@ CURVE_TAGS = (
     "train/entropy_loss",
 )
 TOP_CATEGORIES = 12
+TITLES = {
+    "learning_curves": "Learning curves",
+    "migration": "Category migration matrix",
+    "fidelity": "Simulator fidelity",
+    "policies": "Policy comparison in the simulator",
+    "ope": "Off-policy evaluation against the simulator's truth",
+    "encoder": "Encoder ranking metrics",
+}
+"""Section key (plot file stem) -> heading."""
 
 
 @dataclass
@@ -321,7 +330,7 @@ def _table(header: list[str], rows: list[list[str]], highlight: int | None = Non
 def _learning_section(inputs: ReportInputs) -> Section:
     from rlrec.evaluation import plots
 
-    section = Section("learning_curves", "Learning curves")
+    section = Section("learning_curves", TITLES["learning_curves"])
     if inputs.run_dir is None:
         section.missing = "no PPO run directory (run/config.yaml): train one with 'rlrec train'"
         return section
@@ -355,7 +364,7 @@ def _migration_section(inputs: ReportInputs) -> Section:
     from rlrec.evaluation import plots
     from rlrec.models.sim_model import load_sim_model
 
-    section = Section("migration", "Category migration matrix")
+    section = Section("migration", TITLES["migration"])
     if inputs.sim_dir is None:
         section.missing = "no SimModel (sim/): fit one with 'rlrec fit'"
         return section
@@ -390,7 +399,7 @@ def _migration_section(inputs: ReportInputs) -> Section:
 def _fidelity_section(inputs: ReportInputs) -> Section:
     from rlrec.evaluation import plots
 
-    section = Section("fidelity", "Simulator fidelity")
+    section = Section("fidelity", TITLES["fidelity"])
     report = inputs.files.get("fidelity")
     if report is None:
         section.missing = "no fidelity.json: run 'rlrec sim validate --json' or the quickstart"
@@ -428,7 +437,7 @@ def _fidelity_section(inputs: ReportInputs) -> Section:
 def _policy_section(inputs: ReportInputs) -> Section:
     from rlrec.evaluation import plots
 
-    section = Section("policies", "Policy comparison in the simulator")
+    section = Section("policies", TITLES["policies"])
     payload = inputs.files.get("evaluate")
     if payload is None:
         section.missing = "no evaluate.json (or run/eval.json): run 'rlrec evaluate RUN_DIR'"
@@ -472,7 +481,7 @@ def _policy_section(inputs: ReportInputs) -> Section:
 def _ope_section(inputs: ReportInputs) -> Section:
     from rlrec.evaluation import plots
 
-    section = Section("ope", "Off-policy evaluation against the simulator's truth")
+    section = Section("ope", TITLES["ope"])
     payload = inputs.files.get("ope")
     if payload is None:
         section.missing = "no ope_sessions.json: run 'rlrec ope sessions --simulate RUN_DIR --json'"
@@ -516,7 +525,7 @@ def _encoder_section(inputs: ReportInputs) -> Section:
     from rlrec.evaluation import plots
     from rlrec.evaluation.ranking import CATEGORY_METRICS, ITEM_METRICS
 
-    section = Section("encoder", "Encoder ranking metrics")
+    section = Section("encoder", TITLES["encoder"])
     report = inputs.files.get("encoder_eval")
     if report is None:
         section.missing = "no encoder_eval.json: run 'rlrec encoder eval ENC_DIR --json'"
@@ -548,14 +557,15 @@ def _encoder_section(inputs: ReportInputs) -> Section:
     return section
 
 
-SECTIONS: tuple[Callable[[ReportInputs], Section], ...] = (
-    _policy_section,
-    _learning_section,
-    _encoder_section,
-    _fidelity_section,
-    _migration_section,
-    _ope_section,
+SECTIONS: tuple[tuple[str, Callable[[ReportInputs], Section]], ...] = (
+    ("policies", _policy_section),
+    ("learning_curves", _learning_section),
+    ("encoder", _encoder_section),
+    ("fidelity", _fidelity_section),
+    ("migration", _migration_section),
+    ("ope", _ope_section),
 )
+"""The page's sections in order: key and builder."""
 
 
 # --------------------------------------------------------------------------- headline
@@ -754,6 +764,17 @@ def render_html(
     )
 
 
+def _build(key: str, section: Callable[[ReportInputs], Section], inputs: ReportInputs) -> Section:
+    """One section, or the loader's message where an input exists but does not load.
+
+    An older SimModel schema, say, then empties its section instead of failing the page.
+    """
+    try:
+        return section(inputs)
+    except UserError as exc:
+        return Section(key, TITLES[key], missing=str(exc).rstrip("."))
+
+
 def write_report(
     directory: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
 ) -> ReportResult:
@@ -773,7 +794,7 @@ def write_report(
     inputs = find_inputs(directory)
     target = Path(out) if out is not None else inputs.root
     target.mkdir(parents=True, exist_ok=True)
-    sections = [build(inputs) for build in SECTIONS]
+    sections = [_build(key, section, inputs) for key, section in SECTIONS]
     written = []
     for s in sections:
         if s.image is not None:

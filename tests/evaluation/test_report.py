@@ -258,3 +258,17 @@ def test_report_loads_every_image_in_headless_chromium(
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (2000, 1280)
     assert pixels.std() > 5.0  # not a blank page
+
+
+def test_an_input_that_does_not_load_empties_its_section_only(
+    full_dir: Path, tmp_path: Path
+) -> None:
+    part = tmp_path / "part"
+    shutil.copytree(full_dir / "sim", part / "sim")
+    shutil.copy(full_dir / "evaluate.json", part / "evaluate.json")
+    params = part / "sim" / "sim_model.json"
+    params.write_text(json.dumps({**json.loads(params.read_text()), "schema_version": 1}))
+    result = write_report(part)
+    assert [p.stem for p in result.plots] == ["policies"]
+    page = result.html.read_text()
+    assert "Category migration matrix" in page and "schema_version 1" in page
