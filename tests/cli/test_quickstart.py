@@ -101,3 +101,13 @@ def test_quickstart_refuses_a_file_as_out(tmp_path, capsys):
     assert main(["quickstart", "--tiny", "--out", str(target)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rlrec: error: --out") and "\n" not in err
+
+
+def test_report_of_the_quickstart_run_directory_alone(
+    tiny_run: tuple[Path, dict, str], tmp_path: Path
+) -> None:
+    out, _, _ = tiny_run
+    # A plain run directory: its curves, its eval.json and the SimModel its config names.
+    assert main(["report", str(out / "run"), "--out", str(tmp_path), "--json"]) == 0
+    plots = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert plots == {"learning_curves.png", "policies.png", "migration.png"}
