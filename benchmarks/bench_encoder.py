@@ -13,6 +13,7 @@ The target: the encoder beats every baseline on NDCG@10 and on category accuracy
 
     python benchmarks/bench_encoder.py --out bench_encoder.json            # default schedule
     python benchmarks/bench_encoder.py --out bench_encoder.json --quick    # small data, 1+2 epochs
+    python benchmarks/bench_encoder.py --out bench_encoder.json --no-copy  # generative head only
 """
 
 from __future__ import annotations
@@ -162,12 +163,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small data, 1+2 epochs")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--copy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the encoder's copy (pointer) term (EncoderConfig.copy)",
+    )
     parser.add_argument("--pretrain-epochs", type=int, help="override the schedule's maximum")
     parser.add_argument("--finetune-epochs", type=int, help="override the schedule's maximum")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    enc = EncoderConfig()
+    enc = EncoderConfig(copy=args.copy)
     cfg = PretrainConfig(device="cpu", seed=args.seed)
     synth_cfg = SyntheticConfig(seed=args.seed)
     if args.quick:
@@ -188,6 +195,7 @@ def main() -> int:
         "encoder_d_model": enc.d_model,
         "encoder_layers": enc.n_layers,
         "encoder_max_len": enc.max_len,
+        "encoder_copy": enc.copy,
         "pretrain_epochs_max": cfg.pretrain_epochs,
         "finetune_epochs_max": cfg.finetune_epochs,
     }

@@ -10,6 +10,8 @@ Protocol (:func:`evaluate_next_step`, printed with every result):
   with no sampled negatives; ties count half (the expected rank under random tie-breaking);
 * HR@10 and NDCG@10 (one relevant item: ``1 / log2(rank + 2)`` when ``rank < 10``) and MRR for
   the next item, accuracy@1 and @5 for the next category, averaged over targets;
+* the encoder ranks items by its next-item log-probabilities: the copy/generate mixture
+  when it has a copy term (``EncoderConfig.copy``), else the generative head's softmax;
 * baselines are fitted on the ``train`` split's steps: ``popularity`` (most frequent items and
   categories), ``item_markov`` (first-order item-to-item transition counts, popularity as
   tie-break; categories by summing the transitions into each category),
@@ -250,12 +252,21 @@ def evaluate_next_step(
             with torch.no_grad():
                 items = torch.as_tensor(windows.items[sl], device=device)
                 cats = torch.as_tensor(windows.categories[sl], device=device)
-                hidden = model(items, cats, causal=True)[tg.rows, tg.cols]  # (N, d)
+                full = model(items, cats, causal=True)  # (B, L, d)
+                at = tuple(torch.as_tensor(a, device=device) for a in (tg.rows, tg.cols))
+                hidden = full[at]  # (N, d)
+                pointer = model.pointer(full, items, cats)
+                pointer = pointer[at] if pointer is not None else None  # (N,)
                 for lo in range(0, len(tg.items), target_rows):
-                    h = hidden[lo : lo + target_rows]
-                    t_items = torch.as_tensor(tg.items[lo : lo + target_rows], device=device)
-                    t_cats = torch.as_tensor(tg.categories[lo : lo + target_rows], device=device)
-                    ranks["encoder"]["item"].append(target_ranks(model.item_logits(h), t_items))
+                    part = slice(lo, lo + target_rows)
+                    h = hidden[part]
+                    t_items = torch.as_tensor(tg.items[part], device=device)
+                    t_cats = torch.as_tensor(tg.categories[part], device=device)
+                    # The copy/generate mixture when the encoder has a copy term.
+                    scores = model.next_item_log_probs(
+                        h, pointer[part] if pointer is not None else None
+                    )
+                    ranks["encoder"]["item"].append(target_ranks(scores, t_items))
                     ranks["encoder"]["category"].append(
                         target_ranks(model.category_logits(h), t_cats)
                     )

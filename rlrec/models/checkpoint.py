@@ -139,7 +139,11 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> EncoderCheckpoint:
     ]
     if missing:
         raise UserError(f"{config_file}: missing {', '.join(missing)}; pretrain the encoder again")
-    config = from_mapping(EncoderConfig, payload["encoder_config"], f"{config_file}:encoder_config")
+    mapping = payload["encoder_config"]
+    if isinstance(mapping, dict) and "copy" not in mapping:
+        # Saved before the copy term existed: its weights have no pointer head.
+        mapping = {**mapping, "copy": False}
+    config = from_mapping(EncoderConfig, mapping, f"{config_file}:encoder_config")
     for key in ("n_items", "n_categories"):
         value = payload[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -18,7 +18,20 @@ Heads:
   ``item_embedding[i] + category_embedding[category(i)]`` plus a per-item bias (tied to the
   input embeddings, so rare items borrow strength from their category);
 * next category (the interest-migration task): the dot product with the category's
-  embedding plus a per-category bias (tied likewise).
+  embedding plus a per-category bias (tied likewise);
+* copy (``EncoderConfig.copy``, a pointer-generator mixture as in RepeatNet): users go back to
+  items they have just seen (comparing products), and the tied embeddings of rarely seen items
+  are too poor for the generative head to rank them first. A pointer attends from the state at
+  step ``t`` over the visible steps ``j <= t`` and the next item's probability is
+  ``p(i) = g * p_copy(i) + (1 - g) * p_gen(i)``, with ``p_copy(i)`` the pointer weight summed
+  over the steps that show item ``i``, ``p_gen`` the softmax of the generative head above and
+  ``g = sigmoid(w . h_t + b)`` a learned gate (``p_gen`` also gets a learned penalty on the
+  current item, which a step never repeats; see ``_CopyHead``); everything is in log space
+  (:meth:`SequenceEncoder.pointer`, :meth:`SequenceEncoder.next_item_log_probs`). The
+  evaluation and :meth:`StateEncoder.next_item_scores` rank by the mixture. The PPO actor head
+  and the greedy baseline (``rlrec.agents``) start from the generative head only
+  (:meth:`SequenceEncoder.item_logits`, :meth:`SequenceEncoder.item_output_vectors`): the
+  simulator's user model does not revisit items, so there is nothing there to copy.
 
 :class:`StateEncoder` is the frozen, inference-only interface that envs and agents use.
 """
@@ -27,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +63,8 @@ class EncoderConfig:
         dropout: Dropout on embeddings, attention and feed-forward outputs during training.
         max_streak: Streaks (consecutive steps in one category) longer than this share one
             streak embedding.
+        copy: Add the copy (pointer) term to the next-item head (see the module docstring).
+            Checkpoints saved before it existed load with ``copy=False``.
     """
 
     d_model: int = 64
@@ -58,6 +74,7 @@ class EncoderConfig:
     ff_mult: int = 4
     dropout: float = 0.2
     max_streak: int = 16
+    copy: bool = True
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.n_layers < 1 or self.n_heads < 1 or self.max_len < 1:
@@ -113,6 +130,102 @@ class _Block(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
+NEG = -1e9
+"""Log-weight of an impossible event. Finite on purpose: ``-inf`` turns the gradients of
+``logsumexp`` and ``log`` into NaN on rows where every term is impossible."""
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The copy term's distribution at a batch of query steps, in log space.
+
+    Leading dimensions ``...`` are the queries: (B, L) from :meth:`SequenceEncoder.pointer`,
+    (N,) after selecting positions with ``pointer[mask]``, ``pointer[rows, cols]`` or
+    ``pointer[:, -1]``. ``K`` is the window length.
+
+    Attributes:
+        log_weights: (..., K) log pointer weight of each visible history step (they sum to one
+            over the visible steps), :data:`NEG` where a step is not visible (later, padding).
+        history: (..., K) item token at each history step (0 = padding).
+        log_gate: (...) log g, the copy share of the mixture (:data:`NEG` without history).
+        log_ungate: (...) log (1 - g).
+        current: (...) item token of the query step itself (0 at padding).
+    """
+
+    log_weights: torch.Tensor
+    history: torch.Tensor
+    log_gate: torch.Tensor
+    log_ungate: torch.Tensor
+    current: torch.Tensor
+
+    def __getitem__(self, index: Any) -> Pointer:
+        """Select query positions (any index that selects along the leading dimensions)."""
+        return Pointer(
+            log_weights=self.log_weights[index],
+            history=self.history[index],
+            log_gate=self.log_gate[index],
+            log_ungate=self.log_ungate[index],
+            current=self.current[index],
+        )
+
+    def copy_log_probs(self, n_items: int) -> torch.Tensor:
+        """Log p_copy over the catalog: (..., n_items), :data:`NEG` for items not in history."""
+        weights = self.log_weights.exp()  # (..., K), 0 where not visible
+        index = (self.history - 1).clamp(min=0)  # padding adds weight 0 to item 0
+        probs = torch.zeros(
+            (*weights.shape[:-1], n_items), dtype=weights.dtype, device=weights.device
+        ).scatter_add_(-1, index, weights)  # (..., n_items)
+        tiny = torch.finfo(probs.dtype).tiny
+        return torch.where(probs > 0, probs.clamp(min=tiny).log(), torch.full_like(probs, NEG))
+
+    def target_log_copy(self, targets: torch.Tensor) -> torch.Tensor:
+        """Log p_copy of each query's target: (...,) from (...,) dataset item indices."""
+        hit = self.history == (targets + 1).unsqueeze(-1)  # (..., K)
+        return torch.logsumexp(self.log_weights.masked_fill(~hit, NEG), dim=-1)
+
+
+BIAS_SCALE = 10.0
+"""Scale of the copy head's scalar biases (its parameters hold bias / BIAS_SCALE)."""
+
+
+class _CopyHead(nn.Module):
+    """Pointer scores over the history and the copy gate (see :meth:`SequenceEncoder.pointer`).
+
+    Besides the content score ``(W_q h_t) . (W_k h_j) / sqrt(d)`` a pair ``(t, j)`` gets learned
+    scalar biases: one per distance ``t - j`` (recency, as T5's relative attention bias), one
+    when step ``j`` shows the current item (collapsed steps never repeat it), one when ``j``
+    is in the current category, and one when ``j`` is inside the current category streak.
+    Dot products cannot express "``j`` is after the streak's start", and the streak is where
+    revisits happen (comparing products of one interest), so the biases hand it over.
+
+    ``repeat_bias`` is added to the generative logit of the query's own item. With tied
+    embeddings the state carries that item's embedding, so the generative head ranks the
+    current item near the top (measured: in the top 10 for nearly every query), while a step
+    is a maximal run of one item and the next step is never the same item. Learned rather than
+    a hard mask, so data that does repeat items keeps them.
+
+    The scalar biases are stored divided by :data:`BIAS_SCALE`: Adam moves a parameter by
+    about the learning rate per step, so a logit bias stored as is would need thousands of
+    steps to reach the several units it is worth.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.query = nn.Linear(d, d)
+        self.key = nn.Linear(d, d)
+        self.gate = nn.Linear(d, 1)
+        self.distance_bias = nn.Parameter(torch.zeros(config.max_len))
+        self.same_item_bias = nn.Parameter(torch.zeros(()))
+        self.same_category_bias = nn.Parameter(torch.zeros(()))
+        self.in_streak_bias = nn.Parameter(torch.zeros(()))
+        self.repeat_bias = nn.Parameter(torch.zeros(()))
+
+    def bias(self, name: str) -> torch.Tensor:
+        """The bias ``name`` (a parameter's name) in logit units."""
+        return BIAS_SCALE * getattr(self, name)
+
+
 class SequenceEncoder(nn.Module):
     """Transformer over step histories with next-item and next-category heads.
 
@@ -159,6 +272,7 @@ class SequenceEncoder(nn.Module):
         self.item_bias = nn.Parameter(torch.zeros(n_items))
         self.category_bias = nn.Parameter(torch.zeros(n_categories))
         self.register_buffer("item_category", item_category, persistent=True)
+        self.copy_head = _CopyHead(config) if config.copy else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -178,6 +292,10 @@ class SequenceEncoder(nn.Module):
             assert isinstance(block, _Block)
             # Scaled residual projections (GPT-2): keeps the residual stream's variance flat.
             nn.init.normal_(block.proj.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
+        if self.copy_head is not None:
+            # Start mostly generative (g = 0.12) with uniform pointer weights: the copy term
+            # earns its share from the data instead of diluting the head from the first step.
+            nn.init.constant_(self.copy_head.gate.bias, -2.0)
 
     @property
     def state_dim(self) -> int:
@@ -259,6 +377,127 @@ class SequenceEncoder(nn.Module):
             (..., n_items) unnormalised log-probabilities.
         """
         return hidden @ self.item_output_vectors().T + self.item_bias
+
+    def pointer(
+        self, hidden: torch.Tensor, items: torch.Tensor, categories: torch.Tensor
+    ) -> Pointer | None:
+        """The copy term at every position: pointer weights over the visible steps and gate.
+
+        Causal: query ``t`` weighs steps ``j <= t`` only (padding never), and its gate reads
+        ``h_t``; with causal ``hidden`` nothing at ``t`` depends on later steps.
+
+        Args:
+            hidden: (B, K, d) causal hidden states (:meth:`forward`'s output for the tokens).
+            items: (B, L) the item tokens they came from (``L >= K``; the last ``K`` columns
+                are used, as :meth:`forward` truncates to ``max_len``).
+            categories: (B, L) the category tokens.
+
+        Returns:
+            A (B, K) :class:`Pointer`, or None when the encoder has no copy term.
+        """
+        head = self.copy_head
+        if head is None:
+            return None
+        b, length, d = hidden.shape
+        items, categories = items[:, -length:], categories[:, -length:]
+        t = torch.arange(length, device=hidden.device)
+        distance = t[:, None] - t[None, :]  # (K, K) query t, key j
+        visible = (distance >= 0) & (items != 0)[:, None, :]  # (B, K, K)
+        streak = category_streak(categories, length)  # (B, K)
+        in_streak = distance[None] < streak[:, :, None]  # (B, K, K): t - j < streak_t
+        scores = head.query(hidden) @ head.key(hidden).transpose(1, 2) / math.sqrt(d)
+        scores = (
+            scores  # (B, K, K)
+            + head.bias("distance_bias")[distance.clamp(0, self.config.max_len - 1)]
+            + head.bias("same_item_bias") * (items[:, :, None] == items[:, None, :])
+            + head.bias("same_category_bias") * (categories[:, :, None] == categories[:, None, :])
+            + head.bias("in_streak_bias") * in_streak
+        )
+        log_weights = torch.log_softmax(scores.masked_fill(~visible, NEG), dim=-1)
+        log_weights = log_weights.masked_fill(~visible, NEG)  # rows without history too
+        has_history = visible.any(dim=-1)  # (B, K)
+        gate = head.gate(hidden).squeeze(-1)  # (B, K)
+        neg = torch.full_like(gate, NEG)
+        return Pointer(
+            log_weights=log_weights,
+            history=items[:, None, :].expand(b, length, length),
+            log_gate=torch.where(has_history, F.logsigmoid(gate), neg),
+            log_ungate=torch.where(has_history, F.logsigmoid(-gate), torch.zeros_like(gate)),
+            current=items,
+        )
+
+    def repeat_adjustment(self, ids: torch.Tensor, pointer: Pointer | None) -> torch.Tensor:
+        """The learned ``repeat_bias`` where a scored item is the query's own item.
+
+        Args:
+            ids: (N, M) or (M,) dataset item index of each scored column.
+            pointer: (N,) :class:`Pointer` of the queries, or None.
+
+        Returns:
+            (N, M) (or 0 without a copy term) to add to the generative logits.
+        """
+        if pointer is None or self.copy_head is None:
+            return torch.zeros((), device=ids.device)
+        same = ids == (pointer.current - 1)[:, None]  # (N, M); padding (-1) matches nothing
+        return self.copy_head.bias("repeat_bias") * same
+
+    def mix_log_probs(self, logits: torch.Tensor, pointer: Pointer | None) -> torch.Tensor:
+        """Next-item log-probabilities of the mixture, from the generative head's logits.
+
+        The generative part is the softmax of ``logits`` plus :meth:`repeat_adjustment`.
+
+        Args:
+            logits: (N, n_items) :meth:`item_logits` of the query states.
+            pointer: (N,) :class:`Pointer` of the same queries, or None (generative only).
+
+        Returns:
+            (N, n_items) log-probabilities ``log(g p_copy + (1 - g) p_gen)``.
+        """
+        if pointer is None:
+            return torch.log_softmax(logits, dim=-1)
+        ids = torch.arange(self.n_items, device=logits.device)
+        log_gen = torch.log_softmax(logits + self.repeat_adjustment(ids, pointer), dim=-1)
+        return torch.logaddexp(
+            pointer.log_gate[:, None] + pointer.copy_log_probs(self.n_items),
+            pointer.log_ungate[:, None] + log_gen,
+        )
+
+    def next_item_log_probs(self, hidden: torch.Tensor, pointer: Pointer | None) -> torch.Tensor:
+        """Next-item log-probabilities over the full catalog (the mixture with a copy term).
+
+        Args:
+            hidden: (N, d) query states.
+            pointer: (N,) their :class:`Pointer` (from :meth:`pointer`), or None.
+
+        Returns:
+            (N, n_items) log-probabilities; what evaluation ranks by.
+        """
+        return self.mix_log_probs(self.item_logits(hidden), pointer)
+
+    def mix_target_log_prob(
+        self, log_gen_target: torch.Tensor, pointer: Pointer | None, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Log p(target) of the mixture, from the generative head's log p_gen(target).
+
+        Training's loss: exact in the copy part (the history is at most ``max_len`` steps,
+        and a target in the history gets its pointer weight), whatever estimates
+        ``log_gen_target`` (a full or a sampled softmax, of the logits with
+        :meth:`repeat_adjustment` added).
+
+        Args:
+            log_gen_target: (N,) log p_gen of each target.
+            pointer: (N,) :class:`Pointer` of the queries, or None (returns the input).
+            targets: (N,) dataset item index of each target.
+
+        Returns:
+            (N,) log-probabilities.
+        """
+        if pointer is None:
+            return log_gen_target
+        return torch.logaddexp(
+            pointer.log_gate + pointer.target_log_copy(targets),
+            pointer.log_ungate + log_gen_target,
+        )
 
     def sampled_item_logits(
         self, hidden: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor
@@ -412,10 +651,17 @@ class StateEncoder:
             categories: (B, L) category tokens.
 
         Returns:
-            (B, n_items) log-softmax scores; column ``i`` is dataset item ``i``.
+            (B, n_items) log-probabilities; column ``i`` is dataset item ``i``. With the copy
+            term (``EncoderConfig.copy``) this is the copy/generate mixture, so items of the
+            history rank higher than the generative head alone (:meth:`encode` followed by
+            ``model.item_logits``, which the PPO head starts from) would put them.
         """
-        state = self.model.encode(*self._tokens(items, categories))
-        return torch.log_softmax(self.model.item_logits(state), dim=-1)
+        it, ct = self._tokens(items, categories)
+        hidden = self.model(it, ct)  # (B, K, d)
+        pointer = self.model.pointer(hidden, it, ct)
+        return self.model.next_item_log_probs(
+            hidden[:, -1], pointer[:, -1] if pointer is not None else None
+        )
 
     @torch.no_grad()
     def next_category_scores(

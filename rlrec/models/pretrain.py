@@ -11,7 +11,10 @@ Two stages, each with early stopping on the ``valid`` split (the best epoch's we
 
 The next-item loss is a full softmax for catalogs up to ``full_softmax_max_items`` items and a
 sampled softmax beyond: ``n_negatives`` negatives shared by the batch, drawn by popularity
-(train count ** 0.75), with the log-q correction.
+(train count ** 0.75), with the log-q correction. With the copy term (``EncoderConfig.copy``)
+the loss is the negative log-likelihood of the copy/generate mixture: the copy part is exact
+(it covers at most ``max_len`` history steps), the generative part is the full or the sampled
+softmax's ``log p_gen(target)``; the masked objective trains the generative head alone.
 
 Same seed, same data, same device -> same weights: the seed drives the initialisation, the
 dropout masks (``torch.manual_seed``), the batch order and the BERT masks (a numpy
@@ -38,7 +41,7 @@ from tqdm.auto import tqdm
 from rlrec.config import to_mapping
 from rlrec.data.dataset import PreparedDataset, atomic_directory
 from rlrec.errors import UserError
-from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+from rlrec.models.encoder import EncoderConfig, Pointer, SequenceEncoder
 from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
 from rlrec.models.sequences import (
     IGNORE,
@@ -375,16 +378,28 @@ class _Trainer:
         return torch.as_tensor(array, device=self.device)
 
     def _item_loss(
-        self, hidden: torch.Tensor, targets: torch.Tensor
+        self, hidden: torch.Tensor, targets: torch.Tensor, pointer: Pointer | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Mean next-item cross-entropy of (N, d) states against (N,) targets.
+        """Mean next-item negative log-likelihood of (N, d) states against (N,) targets.
+
+        Args:
+            hidden: (N, d) query states.
+            targets: (N,) dataset item indices.
+            pointer: (N,) copy term of the queries (None: the generative head alone).
 
         Returns:
-            The loss, and the (N, n_items) full logits when the softmax is full (else None).
+            The loss, and the (N, n_items) generative logits when the softmax is full (else
+            None).
         """
         if not self.sampled:
             logits = self.model.item_logits(hidden)  # (N, n_items)
-            return F.cross_entropy(logits, targets), logits
+            if pointer is None:
+                return F.cross_entropy(logits, targets), logits
+            ids = torch.arange(self.model.n_items, device=self.device)
+            adjusted = logits + self.model.repeat_adjustment(ids, pointer)
+            log_gen = torch.log_softmax(adjusted, dim=-1).gather(1, targets[:, None])[:, 0]
+            log_p = self.model.mix_target_log_prob(log_gen, pointer, targets)  # (N,)
+            return -log_p.mean(), logits
         assert self.log_q is not None and self.sampling_cdf is not None
         draws = np.searchsorted(self.sampling_cdf, self.rng.random(self.cfg.n_negatives))
         negatives = torch.as_tensor(
@@ -398,18 +413,26 @@ class _Trainer:
             [self.log_q[targets][:, None], self.log_q[negatives][None, :].expand(len(targets), -1)],
             dim=1,
         )
-        return F.cross_entropy(logits - correction, torch.zeros_like(targets)), None
+        if pointer is None:
+            return F.cross_entropy(logits - correction, torch.zeros_like(targets)), None
+        # The sampled estimate of log p_gen(target); the copy part stays exact. A target in
+        # the history is column 0 either way (accidental hits are masked among negatives).
+        columns = torch.cat([targets[:, None], negatives[None, :].expand(len(targets), -1)], 1)
+        logits = logits + self.model.repeat_adjustment(columns, pointer)  # (N, 1 + K)
+        log_gen = torch.log_softmax(logits - correction, dim=1)[:, 0]  # (N,)
+        return -self.model.mix_target_log_prob(log_gen, pointer, targets).mean(), None
 
     def _losses(
         self, stage: str, batch: dict[str, np.ndarray], rng: np.random.Generator
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The stage's losses on one batch, and what validation reuses.
 
         Returns:
             ``(losses, extra)``; for the causal objectives ``extra`` holds ``h`` (N, d), the
             states at the positions with a next-step target, their ``target_items`` and
-            ``target_categories`` (N,), ``category_logits`` and, with a full softmax,
-            ``item_logits``. Empty for the masked objective.
+            ``target_categories`` (N,), ``category_logits``, ``pointer`` (the (N,) copy term,
+            with ``EncoderConfig.copy``) and, with a full softmax, ``item_logits`` (the
+            generative head's). Empty for the masked objective.
         """
         model = self.model
         if stage == "pretrain" and self.cfg.objective == "masked":
@@ -425,18 +448,22 @@ class _Trainer:
             where = self._to(targets != IGNORE)
             loss, _ = self._item_loss(hidden[where], self._to(targets)[where])
             return {"loss": loss, "item_loss": loss}, {}
-        hidden = model(self._to(batch["items"]), self._to(batch["categories"]))  # (B, L, d)
+        item_tokens, cat_tokens = self._to(batch["items"]), self._to(batch["categories"])
+        hidden = model(item_tokens, cat_tokens)  # (B, L, d)
         where = self._to(batch["target_items"] != IGNORE)  # (B, L)
         h = hidden[where]  # (N, d)
+        pointer = model.pointer(hidden, item_tokens, cat_tokens)
+        pointer = pointer[where] if pointer is not None else None  # (N,)
         target_items = self._to(batch["target_items"])[where]  # (N,)
         target_cats = self._to(batch["target_categories"])[where]  # (N,)
-        item_loss, item_logits = self._item_loss(h, target_items)
+        item_loss, item_logits = self._item_loss(h, target_items, pointer)
         cat_logits = model.category_logits(h)  # (N, n_categories)
-        extra = {
+        extra: dict[str, Any] = {
             "h": h,
             "target_items": target_items,
             "target_categories": target_cats,
             "category_logits": cat_logits,
+            "pointer": pointer,
         }
         if item_logits is not None:
             extra["item_logits"] = item_logits
@@ -488,15 +515,18 @@ class _Trainer:
                 weight += n
                 if not extra:
                     continue
+                pointer = extra["pointer"]
                 if "item_logits" in extra:
-                    item_ranks.append(target_ranks(extra["item_logits"], extra["target_items"]))
+                    scores = self.model.mix_log_probs(extra["item_logits"], pointer)
+                    item_ranks.append(target_ranks(scores, extra["target_items"]))
                 else:  # sampled softmax: rank against the full catalog in slices of rows
                     rows = max(1, 4_000_000 // self.model.n_items)
                     for lo in range(0, n, rows):
-                        logits = self.model.item_logits(extra["h"][lo : lo + rows])
-                        item_ranks.append(
-                            target_ranks(logits, extra["target_items"][lo : lo + rows])
+                        part = slice(lo, lo + rows)
+                        scores = self.model.next_item_log_probs(
+                            extra["h"][part], pointer[part] if pointer is not None else None
                         )
+                        item_ranks.append(target_ranks(scores, extra["target_items"][part]))
                 cat_ranks.append(target_ranks(extra["category_logits"], extra["target_categories"]))
         finally:
             self.rng = saved_rng

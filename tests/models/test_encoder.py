@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -290,3 +291,164 @@ def test_category_streak_counts_runs_causally() -> None:
     later = cats.clone()
     later[0, 6] = 2
     assert category_streak(later, 4)[0, :6].tolist() == streak[0, :6].tolist()
+
+
+# --- copy (pointer) term ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_copy_term_is_causal(pad: int) -> None:
+    model = _model()
+    assert model.copy_head is not None
+    with torch.no_grad():  # a strong, state-dependent gate so that changes would show
+        model.copy_head.gate.weight.normal_(0.0, 1.0)
+    items, cats = _tokens(np.random.default_rng(0), 4, 10, pad=pad)
+    t = 7
+
+    def scores(it: torch.Tensor, ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = model(it, ct)  # (B, L, d)
+        pointer = model.pointer(hidden, it, ct)
+        assert pointer is not None
+        every = torch.ones(it.shape, dtype=torch.bool)  # all (B, L) positions, flattened
+        flat = model.next_item_log_probs(hidden[every], pointer[every])  # (B * L, n_items)
+        return pointer.log_weights, flat.view(it.shape[0], it.shape[1], -1)
+
+    base_w, base_p = scores(items, cats)
+    items2, cats2 = items.clone(), cats.clone()
+    items2[:, t] = (items2[:, t] % N_ITEMS) + 1
+    cats2[:, t] = (cats2[:, t] % N_CATS) + 1
+    w2, p2 = scores(items2, cats2)
+    torch.testing.assert_close(w2[:, pad:t], base_w[:, pad:t], rtol=0, atol=0)
+    torch.testing.assert_close(p2[:, pad:t], base_p[:, pad:t], rtol=0, atol=0)
+    assert not torch.allclose(p2[:, t:], base_p[:, t:])
+    # A query never points at a later or a padding step.
+    later = torch.ones(10, 10, dtype=torch.bool).triu(1)
+    assert (base_w[:, later] <= -1e8).all()
+    assert (base_w[:, :, :pad] <= -1e8).all()
+
+
+def test_copy_mixture_is_a_distribution_and_its_target_form_agrees() -> None:
+    model = _model()
+    assert model.copy_head is not None
+    with torch.no_grad():
+        model.copy_head.gate.weight.zero_()
+        model.copy_head.gate.bias.zero_()  # g = 1/2 everywhere
+        model.copy_head.repeat_bias.fill_(-0.3)  # -3 on the query's own item
+    items, cats = _tokens(np.random.default_rng(3), 3, 8, pad=2)
+    hidden = model(items, cats)
+    pointer = model.pointer(hidden, items, cats)
+    assert pointer is not None
+    where = items != 0
+    h, ptr = hidden[where], pointer[where]  # (N, d), (N,)
+    n = torch.arange(len(h))
+    log_p = model.next_item_log_probs(h, ptr)  # (N, n_items)
+    torch.testing.assert_close(log_p.exp().sum(1), torch.ones(len(h)))
+    # The generative part: the head's logits with the repeat bias on the current item.
+    logits = model.item_logits(h)
+    current = items[where] - 1  # (N,)
+    logits[n, current] -= 3.0
+    log_gen = torch.log_softmax(logits, -1)
+    targets = n % N_ITEMS
+    target_form = model.mix_target_log_prob(log_gen[n, targets], ptr, targets)
+    torch.testing.assert_close(target_form, log_p[n, targets])
+    # Half the mass goes to the history: an item not seen keeps (1 - g) of its generative
+    # probability.
+    row_items = {int(i) - 1 for i in items[0] if i > 0}  # query 0 sees a subset of its row
+    unseen = next(i for i in range(N_ITEMS) if i not in row_items)
+    torch.testing.assert_close(log_p[0, unseen], log_gen[0, unseen] + math.log(0.5))
+    # Without history (an empty window) the mixture is the generative head alone.
+    empty = torch.zeros(1, 4, dtype=torch.long)
+    eh = model(empty, empty)
+    ep = model.pointer(eh, empty, empty)
+    assert ep is not None
+    torch.testing.assert_close(
+        model.next_item_log_probs(eh[:, -1], ep[:, -1]),
+        torch.log_softmax(model.item_logits(eh[:, -1]), -1),
+    )
+
+
+def test_copy_off_is_the_generative_head() -> None:
+    model = _model(copy=False)
+    assert model.copy_head is None
+    items, cats = _tokens(np.random.default_rng(4), 2, 6)
+    hidden = model(items, cats)
+    assert model.pointer(hidden, items, cats) is None
+    torch.testing.assert_close(
+        model.next_item_log_probs(hidden[:, -1], None),
+        torch.log_softmax(model.item_logits(hidden[:, -1]), -1),
+    )
+    assert not any(k.startswith("copy_head.") for k in model.state_dict())
+
+
+def test_copy_term_learns_to_revisit_rare_items() -> None:
+    # Each target is the item seen two steps back: unpredictable from item identity (all
+    # items equally rare), trivial for a pointer.
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    items, cats = _tokens(rng, 32, 10)
+    items[:, 2::2] = items[:, 0:-2:2]
+    cats = torch.as_tensor(ITEM_CATEGORY[items.numpy() - 1] + 1)
+    targets = items[:, 2:] - 1  # (B, 8): position t predicts item t + 1 = item t - 1
+    targets = torch.where(torch.arange(8) % 2 == 0, targets, torch.full_like(targets, IGNORE))
+    model = _model().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        hidden = model(items, cats)[:, 1:-1]  # positions 1..8 predict 2..9
+        pointer = model.pointer(hidden, items[:, :-1], cats[:, :-1])
+        assert pointer is not None
+        where = targets != IGNORE
+        log_gen = torch.log_softmax(model.item_logits(hidden[where]), -1)
+        t = targets[where]
+        log_p = model.mix_target_log_prob(log_gen[torch.arange(len(t)), t], pointer[where], t)
+        opt.zero_grad()
+        (-log_p.mean()).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        hidden = model(items, cats)[:, 1:-1]
+        pointer = model.pointer(hidden, items[:, :-1], cats[:, :-1])
+        assert pointer is not None
+        where = targets != IGNORE
+        log_p = model.next_item_log_probs(hidden[where], pointer[where])
+        hits = (log_p.argmax(1) == targets[where]).float().mean()
+        gate = pointer[where].log_gate.exp().mean()
+    assert hits > 0.95 and gate > 0.5  # the gate starts at 0.12
+
+
+def test_state_encoder_next_item_scores_use_the_copy_mixture() -> None:
+    model = _model()
+    assert model.copy_head is not None
+    with torch.no_grad():
+        model.copy_head.gate.bias.fill_(3.0)  # mostly copy
+    enc = StateEncoder(model)
+    obs_items = np.array([[0, 0, 3, 4], [1, 2, 3, 30]])
+    obs_cats = ITEM_CATEGORY[np.maximum(obs_items - 1, 0)] + 1
+    obs_cats[obs_items == 0] = 0
+    scores = enc.next_item_scores(obs_items, obs_cats)
+    torch.testing.assert_close(scores.exp().sum(1), torch.ones(2))
+    top = scores.topk(4, dim=1).indices
+    assert set(top[1].tolist()) == {0, 1, 2, 29}  # the history's items (dataset index)
+    gen = torch.log_softmax(model.item_logits(enc.encode(obs_items, obs_cats)), -1)
+    assert not torch.allclose(scores, gen)
+
+
+def test_checkpoint_without_copy_setting_loads_as_generative(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    ds = load_dataset(tiny_dataset)
+    torch.manual_seed(3)
+    old = SequenceEncoder(
+        EncoderConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, copy=False),
+        ds.n_items,
+        ds.n_categories,
+        ds.item_category,
+    ).eval()
+    out = save_encoder(tmp_path / "enc", old, vocabulary_fingerprint(ds))
+    meta = json.loads((out / CONFIG_FILE).read_text())
+    del meta["encoder_config"]["copy"]  # written before the setting existed
+    (out / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded, ckpt = load_encoder(out, ds)
+    assert ckpt.config.copy is False and loaded.copy_head is None
+    new = save_encoder(tmp_path / "new", _dataset_model(tiny_dataset), vocabulary_fingerprint(ds))
+    loaded, ckpt = load_encoder(new, ds)
+    assert ckpt.config.copy is True and loaded.copy_head is not None

@@ -14,7 +14,8 @@ from rlrec.data.dataset import PreparedDataset, load_dataset
 from rlrec.errors import UserError
 from rlrec.evaluation.ranking import BASELINES, CATEGORY_METRICS, ITEM_METRICS, evaluate_next_step
 from rlrec.models.checkpoint import load_encoder
-from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
+from rlrec.models.metrics import item_ranking_metrics, target_ranks
 from rlrec.models.pretrain import PretrainConfig, resolve_device, train_encoder
 from rlrec.models.sequences import IGNORE, collapse_repeats, mask_tokens, training_windows
 
@@ -125,6 +126,12 @@ def test_sampled_softmax_path_trains(small_dataset: PreparedDataset) -> None:
     )
     result = train_encoder(small_dataset, SMALL, cfg, progress=False)
     assert all(np.isfinite(r["train_item_loss"]) for r in result.history)
+    # The copy term trains on the sampled path too (its part of the loss is exact), and
+    # validation ranks by the mixture over the full catalog.
+    head = result.model.copy_head
+    assert head is not None and head.gate.bias.item() != -2.0
+    assert head.repeat_bias.item() < 0.0  # the next step is never the current item
+    assert np.isfinite(result.history[-1]["valid_ndcg@10"])
 
 
 def test_no_training_sequences_is_a_user_error(
@@ -164,6 +171,36 @@ def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedData
     assert "full ranking" in report["protocol"]["description"]
     for metrics in (report["encoder"], *report["baselines"].values()):
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+def test_evaluation_ranks_by_the_copy_mixture_of_each_prefix(
+    small_dataset: PreparedDataset,
+) -> None:
+    # The batched evaluation (pointer rows picked out of whole windows) must score each
+    # target exactly as StateEncoder.next_item_scores scores its prefix alone.
+    result = train_encoder(small_dataset, SMALL, QUICK, progress=False)
+    model = result.model
+    assert model.copy_head is not None
+    report = evaluate_next_step(model, small_dataset)
+    encoder = StateEncoder(model)
+    steps = collapse_repeats(small_dataset.sessions("test"))
+    mixture, generative = [], []
+    for s in range(steps.n_sessions):
+        lo, hi = int(steps.offsets[s]), int(steps.offsets[s + 1])
+        for t in range(lo + 1, hi):
+            start = max(lo, t - SMALL.max_len)
+            items = steps.items[start:t][None] + 1
+            cats = steps.categories[start:t][None] + 1
+            target = torch.tensor([steps.items[t]])
+            mixture.append(target_ranks(encoder.next_item_scores(items, cats), target))
+            gen = model.item_logits(encoder.encode(items, cats))
+            generative.append(target_ranks(gen, target))
+    expected = item_ranking_metrics(np.concatenate(mixture))
+    for key in ITEM_METRICS:
+        assert report["encoder"][key] == pytest.approx(expected[key], abs=1e-9)
+    assert item_ranking_metrics(np.concatenate(generative))["mrr"] != pytest.approx(
+        expected["mrr"], abs=1e-6
+    )
 
 
 @pytest.mark.slow
