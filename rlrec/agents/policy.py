@@ -163,7 +163,16 @@ class FactoredActorHead(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.state_dim = state_dim
-        self.register_buffer("item_category", torch.as_tensor(item_category, dtype=torch.long))
+        self.n_categories = n_categories
+        index = torch.as_tensor(item_category, dtype=torch.long)
+        self.register_buffer("item_category", index)
+        # (C, A) one-hot of each action's category: the category terms reach the actions by
+        # one matmul, whose backward is a matmul too (a gather's is a slow scatter-add).
+        self.register_buffer(
+            "category_actions",
+            torch.nn.functional.one_hot(index, n_categories).T.float(),
+            persistent=False,  # derived from item_category; not saved
+        )
         self.item = torch.nn.Linear(state_dim, len(item_category))
         self.body = torch.nn.Sequential(
             torch.nn.Linear(state_dim + N_CONTEXT, hidden), torch.nn.Tanh()
@@ -183,9 +192,11 @@ class FactoredActorHead(torch.nn.Module):
         current = features[:, -1].long() - 1  # (B,) token -> category; padding -> -1
         terms = self.category(self.body(features[:, :-1]))  # (B, C + 1)
         adjust, gate = terms[:, :-1], terms[:, -1:]  # (B, C), (B, 1)
-        item_category: torch.Tensor = self.item_category  # type: ignore[assignment]
-        same = (item_category[None, :] == current[:, None]).float()  # (B, A)
-        return self.item(state) + adjust[:, item_category] + gate * same
+        is_current = torch.nn.functional.one_hot(current.clamp(min=0), self.n_categories)
+        is_current = is_current * (current >= 0)[:, None]  # (B, C); no category: all zero
+        by_category = adjust + gate * is_current  # (B, C)
+        category_actions: torch.Tensor = self.category_actions  # type: ignore[assignment]
+        return self.item(state) + by_category @ category_actions  # (B, A)
 
 
 class _CriticOnly(torch.nn.Module):
