@@ -98,7 +98,11 @@ def test_greedy_supervised_takes_the_encoders_top_catalog_item():
         "step": np.ones((6, 1)),
     }
     policy = GreedySupervisedPolicy(encoder, item_ids, batch_size=4)
-    scores = StateEncoder(encoder).next_item_scores(obs["item_history"], obs["category_history"])
+    # The generative head (the simulator does not model revisits, so the greedy baseline
+    # and the PPO actor leave the encoder's copy term out).
+    with torch.no_grad():
+        state = StateEncoder(encoder).encode(obs["item_history"], obs["category_history"])
+        scores = encoder.item_logits(state)
     expected = np.argmax(scores.numpy()[:, item_ids], axis=1)
     actions, _ = policy.predict(obs)
     np.testing.assert_array_equal(actions, expected)
