@@ -2,7 +2,8 @@
 
 Each verb group lives in its own module under ``rlrec.cli`` and contributes a ``register``
 function that adds its subparsers; the work itself is done by the library. User errors
-(:class:`rlrec.errors.UserError`) are printed as one line on stderr with exit code 2.
+(:class:`rlrec.errors.UserError`) are printed as one line on stderr with exit code 2, and so
+are command-line mistakes (:class:`rlrec.cli.parsing.Parser`).
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ import sys
 from collections.abc import Sequence
 
 from rlrec import __version__
+from rlrec.cli.parsing import HelpFormatter, Parser
 from rlrec.errors import EXIT_USER_ERROR, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``rlrec`` argument parser."""
-    parser = argparse.ArgumentParser(
+    # Parser: command-line mistakes are one line and exit 2; its subparsers inherit it.
+    parser: argparse.ArgumentParser = Parser(
         prog="rlrec",
         description=(
             "Learn how users' interests migrate from e-commerce event logs, simulate them, "
             "and train RL recommenders for long-term engagement."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rlrec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

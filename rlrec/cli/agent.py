@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from rlrec.cli.parsing import HelpFormatter
 
 DEFAULT_LOG_DIR = "logs"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec train`` and ``rlrec evaluate``."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     train = sub.add_parser(
         "train",
         help="train a PPO recommender on the simulator (builds missing artifacts first)",
@@ -37,7 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument(
         "--resume", action="store_true", help="continue --run-name from its newest checkpoint"
     )
-    train.add_argument("--progress", action="store_true", help="show a progress bar")
+    train.add_argument(
+        "--progress", action="store_true", help="show a progress bar (needs the rich package)"
+    )
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(handler=_train)
 
@@ -71,6 +76,13 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"--timesteps: {args.timesteps}, expected >= 1")
     if args.resume and not args.run_name:
         raise UserError("--resume needs --run-name NAME (the run directory to continue)")
+    if args.progress and importlib.util.find_spec("rich") is None:
+        # stable-baselines3's progress bar is tqdm.rich; without rich it raises ImportError
+        # only after the artifacts are built, with a traceback.
+        raise UserError(
+            "--progress needs the 'rich' package (stable-baselines3's progress bar); "
+            "install it with '.venv/bin/pip install rich' or leave out --progress"
+        )
     agent = load_agent_config(args.agent)
     name = args.run_name or default_run_name(args.env, args.agent, args.seed)
     run_dir = Path(args.log_dir) / name

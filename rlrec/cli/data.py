@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlrec.cli.parsing import HelpFormatter, check_out_dir
 from rlrec.errors import UserError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -34,7 +35,9 @@ def parse_duration(text: str, flag: str = "--session-gap") -> float:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec data`` and its verbs."""
-    parser = sub.add_parser("data", help="generate, prepare and inspect event logs")
+    parser = sub.add_parser(
+        "data", help="generate, prepare and inspect event logs", formatter_class=HelpFormatter
+    )
     verbs = parser.add_subparsers(dest="data_command", metavar="VERB", required=True)
     _register_prepare(verbs)
     _register_stats(verbs)
@@ -51,7 +54,7 @@ def _register_prepare(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
             "Read an event log through a preset (or a column map), validate it, sessionize "
             "it, split it by time and write a PreparedDataset directory (atomically)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--preset", required=True, choices=PRESETS, help="input format")
     p.add_argument("--input", required=True, nargs="+", type=Path, metavar="PATH", help="log files")
@@ -99,6 +102,7 @@ def _register_stats(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "stats",
         help="summary statistics of a PreparedDataset",
         description="Counts, session lengths, event mix, top categories, category continuation.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dataset", type=Path, metavar="DIR", help="a PreparedDataset directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -113,7 +117,7 @@ def _register_synth(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "Draw a log from the user model with known parameters and write it as a "
             "PreparedDataset, with the ground truth (ground_truth.json / .npz) beside it."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="dataset directory")
     size = p.add_mutually_exclusive_group()
@@ -125,6 +129,7 @@ def _register_synth(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from rlrec.data.dataset import META_FILE
     from rlrec.data.prepare import PrepareConfig, prepare
     from rlrec.data.readers import ReadOptions, load_column_map, parse_columns
 
@@ -144,6 +149,7 @@ def _prepare(args: argparse.Namespace) -> int:
         delimiter=delimiter or file_options.delimiter,
         header=False if args.no_header else file_options.header,
     )
+    check_out_dir(args.out, META_FILE, "a PreparedDataset")
     config = PrepareConfig(
         session_gap_seconds=parse_duration(args.session_gap),
         min_item_count=args.min_item_count,
@@ -248,6 +254,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from rlrec.data.dataset import META_FILE
     from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 
     for flag, value in (("--users", args.users), ("--events", args.events)):
@@ -258,6 +265,7 @@ def _synth(args: argparse.Namespace) -> int:
         sizes["n_users"] = args.users
     if args.events is not None:
         sizes["n_events"] = args.events
+    check_out_dir(args.out, META_FILE, "a PreparedDataset")
     config = SyntheticConfig(seed=args.seed, **sizes)
     out = generate_dataset(args.out, config)
     if args.json:

@@ -7,12 +7,13 @@ import json
 import sys
 from typing import Any
 
+from rlrec.cli.parsing import HelpFormatter, check_out_dir
 from rlrec.config import from_mapping, load_yaml
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec pretrain`` and ``rlrec encoder eval``."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     pre = sub.add_parser(
         "pretrain",
         help="pretrain and fine-tune the sequence encoder on a prepared dataset",
@@ -32,27 +33,53 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="settings file with optional 'encoder:' (EncoderConfig) and 'training:' "
         "(PretrainConfig) sections",
     )
-    enc = pre.add_argument_group("encoder (default: 2 layers, 64 dims, 50 steps)")
-    enc.add_argument("--d-model", type=int, dest="d_model", help="state dimension")
-    enc.add_argument("--layers", type=int, dest="n_layers", help="transformer blocks")
-    enc.add_argument("--heads", type=int, dest="n_heads", help="attention heads")
-    enc.add_argument("--max-len", type=int, dest="max_len", help="history length in steps")
-    enc.add_argument("--dropout", type=float, help="dropout rate")
-    train = pre.add_argument_group("training")
-    train.add_argument("--objective", choices=("causal", "masked"), help="pretraining objective")
-    train.add_argument("--epochs", type=int, dest="pretrain_epochs", help="pretraining epochs")
-    train.add_argument("--finetune-epochs", type=int, dest="finetune_epochs", help="epochs")
-    train.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    train.add_argument("--batch-size", type=int, dest="batch_size", help="windows per step")
-    train.add_argument("--lr", type=float, dest="learning_rate", help="learning rate")
-    train.add_argument("--seed", type=int, help="random seed")
-    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--threads", type=int, dest="num_threads", help="CPU threads (0: default)")
+    # The defaults below are EncoderConfig's and PretrainConfig's, written out because
+    # importing those (torch) would slow every `rlrec --help`; a test keeps them equal. The
+    # options themselves default to None so that --config values are only overridden when set.
+    enc = pre.add_argument_group("encoder (flags override --config)")
+    enc.add_argument("--d-model", type=int, dest="d_model", help="state dimension (default: 64)")
+    enc.add_argument("--layers", type=int, dest="n_layers", help="transformer blocks (default: 2)")
+    enc.add_argument("--heads", type=int, dest="n_heads", help="attention heads (default: 2)")
+    enc.add_argument(
+        "--max-len", type=int, dest="max_len", help="history length in steps (default: 50)"
+    )
+    enc.add_argument("--dropout", type=float, help="dropout rate (default: 0.2)")
+    train = pre.add_argument_group("training (flags override --config)")
+    train.add_argument(
+        "--objective",
+        choices=("causal", "masked"),
+        help="pretraining objective (default: causal)",
+    )
+    train.add_argument(
+        "--epochs", type=int, dest="pretrain_epochs", help="pretraining epochs (default: 3)"
+    )
+    train.add_argument(
+        "--finetune-epochs",
+        type=int,
+        dest="finetune_epochs",
+        help="fine-tuning epochs (default: 10)",
+    )
+    train.add_argument(
+        "--patience", type=int, help="early-stopping patience in epochs (default: 2)"
+    )
+    train.add_argument(
+        "--batch-size", type=int, dest="batch_size", help="windows per step (default: 128)"
+    )
+    train.add_argument(
+        "--lr", type=float, dest="learning_rate", help="learning rate (default: 0.001)"
+    )
+    train.add_argument("--seed", type=int, help="random seed (default: 0)")
+    train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    train.add_argument(
+        "--threads", type=int, dest="num_threads", help="CPU threads, 0 for torch's (default: 0)"
+    )
     pre.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     pre.add_argument("--json", action="store_true", help="print the result as JSON")
     pre.set_defaults(handler=_pretrain)
 
-    group = sub.add_parser("encoder", help="evaluate a trained sequence encoder")
+    group = sub.add_parser(
+        "encoder", help="evaluate a trained sequence encoder", formatter_class=HelpFormatter
+    )
     verbs = group.add_subparsers(dest="encoder_command", metavar="VERB", required=True)
     ev = verbs.add_parser(
         "eval",
@@ -112,9 +139,11 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 
 def _pretrain(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
+    from rlrec.models.checkpoint import CONFIG_FILE
     from rlrec.models.encoder import EncoderConfig
     from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint
 
+    check_out_dir(args.out, CONFIG_FILE, "an encoder checkpoint")
     encoder_map, training_map = _settings(args)
     where = args.config or "flags"
     enc_cfg = from_mapping(EncoderConfig, encoder_map, f"{where}:encoder")

@@ -7,12 +7,17 @@ import json
 import time
 from typing import Any
 
+from rlrec.cli.parsing import HelpFormatter
 from rlrec.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec env`` and its verbs."""
-    parser = sub.add_parser("env", help="build, check and roll out the interest-drift simulator")
+    parser = sub.add_parser(
+        "env",
+        help="build, check and roll out the interest-drift simulator",
+        formatter_class=HelpFormatter,
+    )
     verbs = parser.add_subparsers(dest="env_command", metavar="VERB", required=True)
 
     build = verbs.add_parser(
@@ -22,7 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Build the dataset and the fitted SimModel that an env preset names, or reuse them "
             "from the cache, where they are keyed by a hash of their configuration."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     build.add_argument("preset", metavar="PRESET", help="bundled name (synthetic, taobao) or YAML")
     build.add_argument("--cache", default="logs/cache", help="cache directory")
@@ -37,11 +42,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "random (uniform over the catalog) or popular (always the most popular item), and "
             "report the mean episode return, length and engagement rate."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     rollout.add_argument("preset", metavar="PRESET", help="bundled name or YAML")
     rollout.add_argument("--cache", default="logs/cache", help="cache directory")
-    rollout.add_argument("--policy", choices=("random", "popular"), default="random")
+    rollout.add_argument(
+        "--policy",
+        choices=("random", "popular"),
+        default="random",
+        help="uniform over the catalog, or always the most popular item",
+    )
     rollout.add_argument("--episodes", type=int, default=10_000, help="episodes to finish")
     rollout.add_argument("--users", type=int, default=1024, help="simultaneous users")
     rollout.add_argument("--seed", type=int, default=0, help="seed of the rollout")

@@ -10,12 +10,17 @@ from functools import partial
 
 from tqdm import tqdm
 
+from rlrec.cli.parsing import HelpFormatter
 from rlrec.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec ope`` and its verbs."""
-    parser = sub.add_parser("ope", help="off-policy evaluation of policies from logged data")
+    parser = sub.add_parser(
+        "ope",
+        help="off-policy evaluation of policies from logged data",
+        formatter_class=HelpFormatter,
+    )
     verbs = parser.add_subparsers(dest="ope_command", metavar="VERB", required=True)
 
     bandit = verbs.add_parser(
@@ -27,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "bootstrap 95% interval. DM and the DR family use a cross-fitted logistic reward "
             "model chosen by cross-validated log-loss on the logs."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     bandit.add_argument("--logs", required=True, help="logged feedback CSV (OBD layout)")
     bandit.add_argument("--item-context", default=None, help="item features CSV (OBD layout)")

@@ -17,6 +17,7 @@ from rlrec.agents.policy_specs import (
     parse_policy_spec,
     run_simulated_check,
 )
+from rlrec.cli.parsing import HelpFormatter
 from rlrec.errors import UserError
 
 
@@ -36,7 +37,7 @@ def add_sessions_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
             "estimated from the logs. SPEC: BASE[,tau=T][,eps=E] with BASE in "
             f"{', '.join(BASES)} or run:RUN_DIR."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -146,10 +147,11 @@ def run_real_sessions(args: argparse.Namespace) -> dict[str, Any]:
     from rlrec.evaluation.fqe import FQEConfig
     from rlrec.evaluation.logged_sessions import evaluate_real_sessions
 
+    specs = [parse_policy_spec(text) for text in args.target]  # mistakes before the data loads
     dataset = load_dataset(args.data)
     targets = {}
-    for i, text in enumerate(args.target):
-        policy, history = data_policy(parse_policy_spec(text), dataset, args.encoder, args.seed + i)
+    for i, (text, spec) in enumerate(zip(args.target, specs, strict=True)):
+        policy, history = data_policy(spec, dataset, args.encoder, args.seed + i)
         targets[text] = evaluate_real_sessions(
             dataset,
             policy.action_probabilities,
@@ -198,7 +200,7 @@ def add_replay_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
             "random, popular, popularity, greedy_supervised (with --encoder) or run:RUN_DIR, "
             "optionally with ,tau=T and ,eps=E."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, metavar="DATA_DIR", help="a PreparedDataset")
     p.add_argument("--policy", required=True, metavar="SPEC", help="the policy to replay")
@@ -213,8 +215,11 @@ def _replay(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
     from rlrec.evaluation.logged_sessions import replay_metrics
 
+    if args.k < 1:
+        raise UserError(f"--k: expected >= 1, got {args.k}")
+    spec = parse_policy_spec(args.policy)  # a mistyped SPEC fails before the data loads
     dataset = load_dataset(args.data)
-    policy, history = data_policy(parse_policy_spec(args.policy), dataset, args.encoder, 0)
+    policy, history = data_policy(spec, dataset, args.encoder, 0)
     report = {
         "data": str(args.data),
         "policy": args.policy,

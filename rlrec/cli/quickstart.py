@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlrec.cli.parsing import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec quickstart``."""
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "estimators of the trained policy against the simulator's true values, and write "
             "OUT/report.html. About 10 minutes on 2 CPU cores; --tiny about a minute."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("logs/quickstart"), help="output directory")
     p.add_argument("--tiny", action="store_true", help="a small world and short budgets")

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from rlrec.cli.parsing import HelpFormatter
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec report``."""
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "fidelity, the policy comparison, OPE against the true values and the encoder's "
             "ranking metrics. A section whose input is missing says so on the page."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="quickstart output or run dir")
     # "%(default).0s" prints nothing; it keeps argparse from appending "(default: None)".

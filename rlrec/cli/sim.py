@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+from rlrec.cli.parsing import HelpFormatter, check_out_dir
 from rlrec.errors import UserError
 
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "popularity and the cart/buy funnel. Every parameter's provenance is saved in "
             "SIM_DIR/sim_model.json."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     fit.add_argument("data_dir", metavar="DATA_DIR", help="a PreparedDataset directory")
     fit.add_argument("--out", required=True, metavar="SIM_DIR", help="where to write the model")
@@ -39,7 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fit.add_argument("--json", action="store_true", help="print a JSON summary")
     fit.set_defaults(handler=_fit)
 
-    sim = sub.add_parser("sim", help="inspect and validate a fitted simulator")
+    sim = sub.add_parser(
+        "sim", help="inspect and validate a fitted simulator", formatter_class=HelpFormatter
+    )
     verbs = sim.add_subparsers(dest="sim_command", metavar="VERB", required=True)
     validate = verbs.add_parser(
         "validate",
@@ -50,18 +53,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "category-streak lengths, and the step-outcome mix. On synthetic data the fitted "
             "parameters are also compared with the generator's ground truth."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     validate.add_argument("sim_dir", metavar="SIM_DIR", help="a SimModel directory")
     validate.add_argument("--data", required=True, metavar="DATA_DIR", help="its PreparedDataset")
     validate.add_argument("--sessions", type=int, default=20_000, help="sessions to simulate")
     validate.add_argument("--seed", type=int, default=0, help="seed of the simulation")
-    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    validate.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as JSON, with the distributions that 'rlrec report' plots",
+    )
     validate.set_defaults(handler=_validate)
 
 
 def _fit(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
+    from rlrec.models.sim_model import PARAMS_FILE
     from rlrec.models.transition import FitConfig, fit_sim_model
 
     for flag, value in (
@@ -75,6 +83,7 @@ def _fit(args: argparse.Namespace) -> int:
     rate = args.engage_base_rate
     if rate is not None and not 0 < rate < 1:
         raise UserError(f"--engage-base-rate: expected a number in (0, 1), got {rate}")
+    check_out_dir(args.out, PARAMS_FILE, "a SimModel")
     config = FitConfig(
         top_k_categories=args.top_k,
         catalog_size=args.catalog_size,
@@ -118,8 +127,15 @@ def _validate(args: argparse.Namespace) -> int:
     if args.sessions < 1:
         raise UserError(f"--sessions: expected an integer >= 1, got {args.sessions}")
     model = load_sim_model(args.sim_dir)
-    report = validate_fidelity(model, load_dataset(args.data), args.sessions, args.seed)
+    dataset = load_dataset(args.data)
+    report = validate_fidelity(model, dataset, args.sessions, args.seed)
     if args.json:
+        from rlrec.evaluation.report import fidelity_distributions
+
+        # The distributions behind the report's fidelity plot, so that this output saved as
+        # fidelity.json beside a run directory is what `rlrec report` reads (as the
+        # quickstart's fidelity.json).
+        report["distributions"] = fidelity_distributions(model, dataset, args.sessions, args.seed)
         print(json.dumps(_json_safe(report), indent=2))
     else:
         print(format_fidelity(report))
