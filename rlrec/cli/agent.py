@@ -138,9 +138,30 @@ def format_table(payload: dict[str, Any]) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from rlrec.agents.evaluate import evaluate_run
 
-    payload = evaluate_run(args.run_dir, args.episodes, args.seed, not args.stochastic)
+    # A bar over the policies (a minute or more at the default 1000 users), on a terminal
+    # only, so that piped and --json output stays clean.
+    with tqdm(
+        desc="evaluate",
+        unit="policy",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        leave=False,
+    ) as bar:
+        started: list[str] = []
+
+        def progress(name: str) -> None:
+            if started:  # called before each policy: the previous one is done
+                bar.update(1)
+            started.append(name)
+            bar.set_postfix_str(name)
+
+        payload = evaluate_run(
+            args.run_dir, args.episodes, args.seed, not args.stochastic, progress
+        )
     if args.json:
         json.dump(payload, sys.stdout, indent=2)
         print()
