@@ -83,6 +83,8 @@ def _train(args: argparse.Namespace) -> int:
             "--progress needs the 'rich' package (stable-baselines3's progress bar); "
             "install it with '.venv/bin/pip install rich' or leave out --progress"
         )
+    if Path(args.log_dir).exists() and not Path(args.log_dir).is_dir():
+        raise UserError(f"--log-dir {args.log_dir}: is a file; pass the folder for run directories")
     agent = load_agent_config(args.agent)
     name = args.run_name or default_run_name(args.env, args.agent, args.seed)
     run_dir = Path(args.log_dir) / name

@@ -34,8 +34,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from rlrec.errors import UserError
     from rlrec.evaluation.report import write_report
 
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a file; pass a folder for report.html and plots/")
     result = write_report(args.run_dir, args.out)
     if args.json:
         payload = {

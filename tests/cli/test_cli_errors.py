@@ -121,6 +121,8 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["quickstart", "--timesteps", "0", "--out", "{tmp}/q"], "timesteps"),
     (["quickstart", "--out", "{tmp}/file.txt", "--tiny"], "not a directory"),
     (["report", "{tmp}/missing"], "not a directory"),
+    (["report", "{tmp}", "--out", "{tmp}/file.txt"], "is a file"),
+    (["train", "--log-dir", "{tmp}/file.txt"], "is a file"),
     (["report", "{tmp}"], "nothing to report"),
 ]
 
