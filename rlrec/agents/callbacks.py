@@ -180,3 +180,33 @@ class AtomicCheckpoint(BaseCallback):
         for _, old in checkpoint_files(self.directory)[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+
+class TqdmProgress(BaseCallback):
+    """A tqdm progress bar over env steps (SB3's own bar needs ``rich``, not a dependency).
+
+    Args:
+        total: Env steps this ``learn`` call will take.
+    """
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self._bar: Any = None
+        self._start = 0
+
+    def _on_training_start(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._start = self.num_timesteps
+        self._bar = tqdm(total=self.total, unit="step", desc="PPO", dynamic_ncols=True)
+
+    def _on_step(self) -> bool:
+        # Called once per vectorized step: set the bar to the steps done (n_envs each).
+        self._bar.n = min(self.num_timesteps - self._start, self.total)
+        self._bar.refresh()
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

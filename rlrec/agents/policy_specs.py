@@ -298,7 +298,7 @@ def data_policy(spec: PolicySpec, dataset: Any, encoder_dir: str | None, seed: i
         if encoder_dir is None:
             raise UserError(
                 f"policy {spec.text}: pass --encoder DIR (an encoder checkpoint trained on "
-                "this dataset, e.g. from 'rlrec encoder train')"
+                "this dataset, e.g. from 'rlrec pretrain')"
             )
         from rlrec.models.checkpoint import load_encoder
 

@@ -39,6 +39,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from rlrec.agents.callbacks import (
     AtomicCheckpoint,
     RecommendationMetrics,
+    TqdmProgress,
     checkpoint_files,
     save_model_atomic,
 )
@@ -273,7 +274,7 @@ def train_agent(
         seed: Seed of the run (ignored on resume).
         resume: Continue the run in ``run_dir`` from its newest checkpoint.
         cache_dir: Where artifacts are built or reused.
-        progress: Show SB3's progress bar.
+        progress: Show a progress bar (tqdm, on stderr).
         artifacts: Dataset and SimModel already built (``rlrec quickstart`` builds its own
             under its output directory); None builds or reuses the preset's in the cache.
         encoder_dir: An encoder checkpoint already trained on that dataset; None builds or
@@ -366,6 +367,8 @@ def train_agent(
         )
         callbacks.append(saver)
     remaining = max(run.timesteps - model.num_timesteps, 0)
+    if progress:
+        callbacks.append(TqdmProgress(remaining))
     started = time.perf_counter()
     done_before = model.num_timesteps
     if remaining > 0:
@@ -374,7 +377,6 @@ def train_agent(
             callback=CallbackList(callbacks),
             reset_num_timesteps=checkpoint is None,
             tb_log_name="ppo",
-            progress_bar=progress,
         )
     seconds = time.perf_counter() - started
     if saver is not None and remaining > 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -41,7 +40,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--resume", action="store_true", help="continue --run-name from its newest checkpoint"
     )
     train.add_argument(
-        "--progress", action="store_true", help="show a progress bar (needs the rich package)"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: when stderr is a terminal)",
     )
     train.add_argument("--json", action="store_true", help="print the result as JSON")
     train.set_defaults(handler=_train)
@@ -76,13 +78,6 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"--timesteps: {args.timesteps}, expected >= 1")
     if args.resume and not args.run_name:
         raise UserError("--resume needs --run-name NAME (the run directory to continue)")
-    if args.progress and importlib.util.find_spec("rich") is None:
-        # stable-baselines3's progress bar is tqdm.rich; without rich it raises ImportError
-        # only after the artifacts are built, with a traceback.
-        raise UserError(
-            "--progress needs the 'rich' package (stable-baselines3's progress bar); "
-            "install it with '.venv/bin/pip install rich' or leave out --progress"
-        )
     if Path(args.log_dir).exists() and not Path(args.log_dir).is_dir():
         raise UserError(f"--log-dir {args.log_dir}: is a file; pass the folder for run directories")
     agent = load_agent_config(args.agent)
@@ -96,7 +91,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         resume=args.resume,
         cache_dir=args.cache_dir,
-        progress=args.progress,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
     )
     summary = {
         "run_dir": str(result.run_dir),

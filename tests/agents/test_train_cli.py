@@ -55,8 +55,11 @@ def train_args(presets, log_dir: Path, cache: Path, *extra: str) -> list[str]:
 
 def test_tiny_training_run_through_the_cli(tiny_presets, cache, tmp_path):
     cmd = train_args(tiny_presets, tmp_path, cache, "--timesteps", "128", "--run-name", "r")
-    done = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*cmd, "--json", "--progress"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
+    assert "128/128" in done.stderr  # the tqdm bar (stderr), not in the JSON
     summary = json.loads(done.stdout)
     assert summary["timesteps"] == 128
     assert set(summary["reused"]) == {"dataset", "sim_model", "encoder"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +22,6 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["train", "--env", "no-such-preset", "--log-dir", "{tmp}/logs"], "no-such-preset"),
     (["train", "--agent", "no-such-agent", "--log-dir", "{tmp}/logs"], "no-such-agent"),
     (["train", "--resume"], "--run-name"),
-    *(
-        [(["train", "--progress", "--log-dir", "{tmp}/logs"], "'rich'")]
-        if importlib.util.find_spec("rich") is None
-        else []
-    ),
     (["evaluate", "{tmp}"], "not a run directory"),
     (["evaluate", "{tmp}/missing"], "not a run directory"),
     (["evaluate", "{tmp}", "--episodes", "0"], "--episodes"),
