@@ -11,5 +11,6 @@ OUT=${OUT_DIR:-.}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 "$PY" benchmarks/bench_agent.py --env envs/synthetic.yaml --seeds 0 1 2 --all-baselines \
   --out "$OUT/bench_agent_synthetic.json"
+# The Taobao sample is small (114 users): 300k steps per seed.
 "$PY" benchmarks/bench_agent.py --env envs/taobao.yaml --seeds 0 1 2 --all-baselines \
-  --skip-fps --out "$OUT/bench_agent_taobao.json"
+  --skip-fps --timesteps 300000 --out "$OUT/bench_agent_taobao.json"

@@ -66,8 +66,8 @@ class QuickstartConfig:
         fidelity_sessions: Organic sessions simulated for the fidelity check.
         pretrain_epochs: Encoder self-supervised epochs; None keeps the preset's.
         finetune_epochs: Encoder fine-tuning epochs; None keeps the preset's.
-        timesteps: PPO env steps; None keeps the agent preset's (300k for ``ppo_frozen``:
-            about 3 minutes at its ~1,800 steps/s on one free core).
+        timesteps: PPO env steps; None keeps the agent preset's (600k for ``ppo_frozen``:
+            about 6 minutes at its ~1,800 steps/s on one free core).
         eval_episodes: Simulated users per policy in the evaluation.
         ope_behaviour: Logging policy SPEC of the OPE check.
         ope_targets: Target policy SPECs of the OPE check (``ppo`` is the trained run).
