@@ -241,28 +241,31 @@ def _critic_extractor(policy: Any) -> Any:
     return _CriticOnly(policy.features_dim, critic, policy.activation_fn)
 
 
-def _install_head(policy: Any, lr_schedule: Any, head_kwargs: dict[str, Any]) -> None:
-    """Replace the built policy's linear actor by :class:`FactoredActorHead`; new optimizer."""
-    policy.action_net = FactoredActorHead(policy.features_dim - N_EXTRA, **head_kwargs)
+def _install_head(policy: Any, lr_schedule: Any, extra: dict[str, Any]) -> None:
+    """Replace the built policy's linear actor by :class:`FactoredActorHead`; new optimizer.
+
+    Args:
+        policy: A just-built SB3 actor-critic policy.
+        lr_schedule: Its learning-rate schedule.
+        extra: The policy's extra constructor arguments (see :class:`RecommenderPolicy`).
+    """
+    policy.action_net = FactoredActorHead(
+        policy.features_dim - N_EXTRA,
+        item_category=extra["item_category"],
+        n_categories=extra["n_categories"],
+        hidden=extra["head_hidden"],
+    )
     policy.optimizer = policy.optimizer_class(
         policy.parameters(), lr=lr_schedule(1), **policy.optimizer_kwargs
     )
 
 
-def _head_kwargs(item_category: list[int], n_categories: int, head_hidden: int) -> dict[str, Any]:
+def _extra_kwargs(item_category: list[int], n_categories: int, head_hidden: int) -> dict[str, Any]:
+    """The extra constructor arguments as plain ints (saved with the model)."""
     return {
         "item_category": [int(k) for k in item_category],
         "n_categories": int(n_categories),
-        "hidden": int(head_hidden),
-    }
-
-
-def _policy_kwargs(head: dict[str, Any]) -> dict[str, Any]:
-    """The policy's extra constructor arguments back from :func:`_head_kwargs`'s output."""
-    return {
-        "item_category": head["item_category"],
-        "n_categories": head["n_categories"],
-        "head_hidden": head["hidden"],
+        "head_hidden": int(head_hidden),
     }
 
 
@@ -281,7 +284,7 @@ class RecommenderPolicy(ActorCriticPolicy):
         head_hidden: int = 64,
         **kwargs: Any,
     ) -> None:
-        self._head = _head_kwargs(item_category, n_categories, head_hidden)
+        self._extra = _extra_kwargs(item_category, n_categories, head_hidden)
         super().__init__(*args, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
@@ -289,10 +292,10 @@ class RecommenderPolicy(ActorCriticPolicy):
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
-        _install_head(self, lr_schedule, self._head)
+        _install_head(self, lr_schedule, self._extra)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), **_policy_kwargs(self._head)}
+        return {**super()._get_constructor_parameters(), **self._extra}
 
 
 class MaskableRecommenderPolicy(MaskableActorCriticPolicy):
@@ -306,7 +309,7 @@ class MaskableRecommenderPolicy(MaskableActorCriticPolicy):
         head_hidden: int = 64,
         **kwargs: Any,
     ) -> None:
-        self._head = _head_kwargs(item_category, n_categories, head_hidden)
+        self._extra = _extra_kwargs(item_category, n_categories, head_hidden)
         super().__init__(*args, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
@@ -314,10 +317,10 @@ class MaskableRecommenderPolicy(MaskableActorCriticPolicy):
 
     def _build(self, lr_schedule: Any) -> None:
         super()._build(lr_schedule)
-        _install_head(self, lr_schedule, self._head)
+        _install_head(self, lr_schedule, self._extra)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), **_policy_kwargs(self._head)}
+        return {**super()._get_constructor_parameters(), **self._extra}
 
 
 def build_model(
