@@ -36,7 +36,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+from rlrec.models.encoder import EncoderConfig, SequenceEncoder, category_streak
 
 STEP_SCALE = 5.0
 """``log(1 + t) / STEP_SCALE`` keeps the step feature near [0, 1] for sessions up to ~150 steps."""
@@ -67,13 +67,10 @@ def extra_features(category_history: torch.Tensor, step: torch.Tensor) -> torch.
         (B, N_EXTRA) float32.
     """
     history = category_history.long()
-    last = history[:, -1:]  # (B, 1)
-    same = (history == last) & (last > 0)  # (B, L)
-    # Length of the trailing run of the last category: the cumulative product along the
-    # reversed history stays 1 until the first different token.
-    streak = same.flip(1).long().cumprod(dim=1).sum(dim=1)  # (B,)
-    bins = torch.nn.functional.one_hot(streak.clamp(1, STREAK_BINS) - 1, STREAK_BINS)
-    return torch.cat([step_feature(step), bins.float(), last.float()], dim=1)
+    # The encoder's own streak count at the last position (0 for an empty history -> bin 1).
+    streak = category_streak(history, STREAK_BINS)[:, -1]  # (B,)
+    bins = torch.nn.functional.one_hot(streak.clamp(min=1) - 1, STREAK_BINS)
+    return torch.cat([step_feature(step), bins.float(), history[:, -1:].float()], dim=1)
 
 
 def rl_encoder(config: EncoderConfig, n_items: int, n_categories: int) -> SequenceEncoder:
