@@ -475,6 +475,20 @@ def simulate_organic_categories(
     return lengths, np.concatenate(rec_cat)[order]
 
 
+def _runs(new_run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First index of each element's run and its 1-based position in it.
+
+    Args:
+        new_run: (n,) bool, True where a run (e.g. a category streak) starts.
+
+    Returns:
+        ``run_start`` and ``streak``, both (n,) int.
+    """
+    index = np.arange(len(new_run))
+    run_start = np.maximum.accumulate(np.where(new_run, index, 0))
+    return run_start, index - run_start + 1
+
+
 def _revisit(
     item: np.ndarray,
     cat: np.ndarray,
@@ -496,12 +510,9 @@ def _revisit(
         rate: The revisit probability.
         rng: The random generator.
     """
-    n = len(item)
-    if n == 0 or rate <= 0:
+    if len(item) == 0 or rate <= 0:
         return
-    new_run = ~(same_session & np.r_[False, cat[1:] == cat[:-1]])
-    run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
-    streak = np.arange(n) - run_start + 1
+    run_start, streak = _runs(~(same_session & np.r_[False, cat[1:] == cat[:-1]]))
     candidates = np.flatnonzero(streak >= 3)
     chosen = candidates[rng.random(len(candidates)) < rate]
     # Uniform over the streak's steps run_start .. i - 2.
@@ -790,10 +801,8 @@ def log_statistics(frame: pd.DataFrame, session_gap_ms: int = SESSION_GAP_MS) ->
     same_session = steps["session"][1:] == steps["session"][:-1]
     stayed = cat[1:] == cat[:-1]
     n_steps = len(cat)
-    run_start = np.maximum.accumulate(
-        np.where(np.r_[True, ~(same_session & stayed)], np.arange(n_steps), 0)
-    )
-    streak_bin = np.minimum(np.arange(n_steps) - run_start + 1, 8)[:-1][same_session]
+    _, streak = _runs(np.r_[True, ~(same_session & stayed)])
+    streak_bin = np.minimum(streak, 8)[:-1][same_session]
     stay_counts = np.bincount(streak_bin, weights=stayed[same_session], minlength=9)[1:]
     stay_by_streak = stay_counts / np.maximum(np.bincount(streak_bin, minlength=9)[1:], 1)
     seen = pd.DataFrame({"s": steps["session"], "i": steps["item"]}).duplicated().to_numpy()
