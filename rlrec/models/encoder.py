@@ -106,26 +106,33 @@ class _Block(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
         """Apply the block.
 
         Args:
             x: (B, L, d) hidden states.
             allowed: (B, 1, L, L) bool, True where query ``i`` may attend to key ``j``.
+            last_only: Compute the output of the last position only (keys and values still
+                come from every position). A state reads nothing else from the last block,
+                and this halves its cost.
 
         Returns:
-            (B, L, d) hidden states.
+            (B, L, d) hidden states, or (B, 1, d) with ``last_only``.
         """
         b, length, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(d, dim=2)  # 3 x (B, L, d)
-        heads = (b, length, self.n_heads, d // self.n_heads)
-        q = q.view(heads).transpose(1, 2)  # (B, H, L, d/H)
-        k = k.view(heads).transpose(1, 2)
-        v = v.view(heads).transpose(1, 2)
+        if last_only:
+            q, x, allowed = q[:, -1:], x[:, -1:], allowed[:, :, -1:]
+        queries = q.shape[1]
+        q = q.reshape(b, queries, self.n_heads, d // self.n_heads).transpose(1, 2)
+        k = k.reshape(b, length, self.n_heads, d // self.n_heads).transpose(1, 2)
+        v = v.reshape(b, length, self.n_heads, d // self.n_heads).transpose(1, 2)
         att = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, d/H)
-        att = att.transpose(1, 2).reshape(b, length, d)  # (B, L, d)
+        )  # (B, H, queries, d/H)
+        att = att.transpose(1, 2).reshape(b, queries, d)  # (B, queries, d)
         x = x + self.drop(self.proj(att))
         return x + self.drop(self.ff(self.norm2(x)))
 
@@ -318,6 +325,38 @@ class SequenceEncoder(nn.Module):
             (B, L, d) hidden states; row ``b``, column ``t`` summarises the steps up to ``t``
             (all steps when not causal). Padding columns hold meaningless values.
         """
+        x, allowed = self._embed(items, categories, causal)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.final_norm(x)  # (B, L, d)
+
+    def encode(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        """State of each history: the causal hidden state at its most recent step.
+
+        Equal to ``forward(items, categories)[:, -1]``, but the last block computes the last
+        position only (the frozen agent runs this once per env step).
+
+        Args:
+            items: (B, L) item tokens, left-padded, most recent last.
+            categories: (B, L) category tokens.
+
+        Returns:
+            (B, d) states (differentiable; use :class:`StateEncoder` for frozen inference).
+        """
+        x, allowed = self._embed(items, categories, causal=True)
+        *inner, last = self.blocks
+        for block in inner:
+            x = block(x, allowed)
+        return self.final_norm(last(x, allowed, last_only=True)[:, -1])  # (B, d)
+
+    def _embed(
+        self, items: torch.Tensor, categories: torch.Tensor, causal: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step embeddings and the attention mask (see :meth:`forward` for the arguments).
+
+        Returns:
+            (B, L, d) embeddings and the (B, 1, L, L) bool mask of allowed query-key pairs.
+        """
         if items.shape != categories.shape or items.dim() != 2:
             raise ValueError(
                 f"items {tuple(items.shape)} and categories {tuple(categories.shape)} "
@@ -344,22 +383,7 @@ class SequenceEncoder(nn.Module):
             allowed = allowed & tril  # (B, 1, L, L)
         # Every query may see itself, so rows of padding never attend to an empty set (NaN).
         eye = torch.eye(length, dtype=torch.bool, device=items.device)
-        allowed = allowed | eye
-        for block in self.blocks:
-            x = block(x, allowed)
-        return self.final_norm(x)  # (B, L, d)
-
-    def encode(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        """State of each history: the causal hidden state at its most recent step.
-
-        Args:
-            items: (B, L) item tokens, left-padded, most recent last.
-            categories: (B, L) category tokens.
-
-        Returns:
-            (B, d) states (differentiable; use :class:`StateEncoder` for frozen inference).
-        """
-        return self.forward(items, categories, causal=True)[:, -1]
+        return x, allowed | eye
 
     def item_output_vectors(self) -> torch.Tensor:
         """(n_items, d) output vector of each item: its embedding plus its category's."""

@@ -161,6 +161,23 @@ def test_state_of_a_prefix_does_not_depend_on_padding_or_longer_context() -> Non
         torch.testing.assert_close(model.encode(pi, pc), full[:, t], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_encode_is_the_last_column_of_forward_and_passes_gradients(n_layers: int) -> None:
+    # encode() runs the last block for the last position only; it must not change the state.
+    torch.manual_seed(0)
+    cfg = EncoderConfig(d_model=16, n_layers=n_layers, n_heads=2, max_len=12, dropout=0.0)
+    model = SequenceEncoder(cfg, N_ITEMS, N_CATS, ITEM_CATEGORY).eval()
+    items, cats = _tokens(np.random.default_rng(5), 6, 10, pad=0)
+    items[:3, :4] = 0  # mixed padding, and one empty history
+    cats[:3, :4] = 0
+    items[5], cats[5] = 0, 0
+    state = model.encode(items, cats)
+    torch.testing.assert_close(state, model(items, cats)[:, -1], atol=1e-6, rtol=1e-5)
+    state.sum().backward()
+    assert model.blocks[0].qkv.weight.grad is not None  # type: ignore[union-attr]
+    assert model.blocks[0].qkv.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+
+
 def test_empty_history_and_long_history_are_handled() -> None:
     model = _model()
     state = model.encode(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long))
