@@ -22,6 +22,9 @@ Two ways to get them:
 * :class:`FrozenEncoderStates` (``encoder: frozen``): a ``VecEnvWrapper`` that replaces the
   token observations by the frozen encoder's features once per env step, so the PPO update
   never runs the transformer (it would otherwise run it ``n_epochs`` times per transition).
+  Frozen agents also freeze the actor's item term, and the wrapper appends its per-category
+  summaries ``[L, H]`` (2K columns; :class:`rlrec.agents.categorical.CatalogTerm`), so the
+  update never evaluates the A item logits either.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
+from rlrec.agents.categorical import CatalogTerm
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder, category_streak
 
 STEP_SCALE = 5.0
@@ -123,9 +127,12 @@ class EncoderFeatures(BaseFeaturesExtractor):
         return torch.cat([state, extra], dim=1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_features(
-    encoder: SequenceEncoder, obs: dict[str, np.ndarray], batch_size: int = 4096
+    encoder: SequenceEncoder,
+    obs: dict[str, np.ndarray],
+    batch_size: int = 4096,
+    catalog: CatalogTerm | None = None,
 ) -> np.ndarray:
     """Frozen features ``[state, context, category]`` of a batch of token observations.
 
@@ -133,9 +140,11 @@ def encode_features(
         encoder: The encoder (evaluated without gradients, in eval mode).
         obs: ``item_history``, ``category_history`` (B, L) int tokens and ``step`` (B, 1).
         batch_size: Histories per forward pass.
+        catalog: When given, the summaries ``[L, H]`` (2K columns) of this frozen item term
+            at each state are appended (see :mod:`rlrec.agents.categorical`).
 
     Returns:
-        (B, d + N_EXTRA) float32 features.
+        (B, d + N_EXTRA [+ 2K]) float32 features.
     """
     device = next(encoder.parameters()).device
     was_training = encoder.training
@@ -148,18 +157,21 @@ def encode_features(
     for lo in range(0, len(items), batch_size):
         state = encoder.encode(
             items[lo : lo + batch_size].to(device), cats[lo : lo + batch_size].to(device)
-        )  # (b, d)
-        extra = extra_features(cats[lo : lo + batch_size], steps[lo : lo + batch_size])
-        out.append(torch.cat([state.cpu(), extra], dim=1))
+        ).cpu()  # (b, d)
+        parts = [state, extra_features(cats[lo : lo + batch_size], steps[lo : lo + batch_size])]
+        if catalog is not None:
+            parts.append(catalog.summaries(state))
+        out.append(torch.cat(parts, dim=1))
     if was_training:
         encoder.train()
     if not out:
-        return np.zeros((0, encoder.state_dim + N_EXTRA), dtype=np.float32)
+        width = encoder.state_dim + N_EXTRA + (2 * catalog.n_slots if catalog else 0)
+        return np.zeros((0, width), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
 class FrozenEncoderStates(VecEnvWrapper):
-    """Replace token observations by frozen encoder features, ``Box((d + N_EXTRA,), float32)``.
+    """Replace token observations by frozen features, ``Box((d + N_EXTRA [+ 2K],), float32)``.
 
     Terminal observations in ``infos`` (SB3 bootstraps truncated episodes from them) are
     encoded too, all of a step's in one batch.
@@ -168,20 +180,29 @@ class FrozenEncoderStates(VecEnvWrapper):
         venv: A VecEnv with the simulator's Dict observations.
         encoder: The pretrained encoder; it is put in eval mode and never trained here.
         batch_size: Histories per forward pass.
+        catalog: The actor's frozen item term; its category summaries are appended (see
+            :func:`encode_features`).
     """
 
-    def __init__(self, venv: VecEnv, encoder: SequenceEncoder, batch_size: int = 4096) -> None:
+    def __init__(
+        self,
+        venv: VecEnv,
+        encoder: SequenceEncoder,
+        batch_size: int = 4096,
+        catalog: CatalogTerm | None = None,
+    ) -> None:
         self.encoder = encoder.eval()
         for param in self.encoder.parameters():
             param.requires_grad_(False)
         self.batch_size = batch_size
-        dim = encoder.state_dim + N_EXTRA
+        self.catalog = catalog
+        dim = encoder.state_dim + N_EXTRA + (2 * catalog.n_slots if catalog else 0)
         space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         super().__init__(venv, observation_space=space)
 
     def _encode(self, obs: VecEnvObs) -> np.ndarray:
         assert isinstance(obs, dict)
-        return encode_features(self.encoder, obs, self.batch_size)
+        return encode_features(self.encoder, obs, self.batch_size, self.catalog)
 
     def reset(self) -> np.ndarray:
         """Reset the users and return their features."""

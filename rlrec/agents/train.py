@@ -43,6 +43,7 @@ from rlrec.agents.callbacks import (
     checkpoint_files,
     save_model_atomic,
 )
+from rlrec.agents.categorical import CatalogTerm
 from rlrec.agents.config import AgentConfig
 from rlrec.agents.features import FrozenEncoderStates
 from rlrec.agents.policy import (
@@ -223,7 +224,9 @@ def make_training_env(
         table = token_to_action_table(sim_model.item_ids[: dyn.n_actions], dyn.n_item_tokens)
         venv = RecentItemMask(venv, table, agent.mask_recent)
     if agent.encoder == "frozen":
-        venv = FrozenEncoderStates(venv, copy.deepcopy(encoder), agent.encoder_batch_size)
+        item_ids = sim_model.item_ids[: base.env.dynamics.n_actions]
+        catalog = CatalogTerm.from_encoder(encoder, item_ids, agent.init_temperature)
+        venv = FrozenEncoderStates(venv, copy.deepcopy(encoder), agent.encoder_batch_size, catalog)
     venv.seed(seed)
     return venv
 

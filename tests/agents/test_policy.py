@@ -117,14 +117,16 @@ def test_frozen_wrapper_encodes_terminal_observations(sim_model, tiny_dataset):
     cfg = agent(encoder="frozen")
     venv = make_training_env(cfg, sim_model, tiny_dataset, _env(), encoder, seed=0)
     assert isinstance(venv, FrozenEncoderStates)
+    assert venv.catalog is not None  # the frozen item term's summaries come along
+    width = encoder.state_dim + N_EXTRA + 2 * venv.catalog.n_slots
     obs = venv.reset()
-    assert obs.shape == (4, encoder.state_dim + N_EXTRA) and obs.dtype == np.float32
+    assert obs.shape == (4, width) and obs.dtype == np.float32
     ended = 0
     for _ in range(30):
         venv.step_async(np.zeros(4, dtype=np.int64))
         obs, _, dones, infos = venv.step_wait()
         for i in np.flatnonzero(dones):
-            assert infos[i]["terminal_observation"].shape == (encoder.state_dim + N_EXTRA,)
+            assert infos[i]["terminal_observation"].shape == (width,)
             ended += 1
     assert ended > 0
 
