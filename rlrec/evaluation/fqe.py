@@ -31,13 +31,18 @@ import numpy as np
 
 from rlrec.errors import UserError
 
+MAX_RIDGE_RAISES = 6
+"""How many times FQE may raise its ridge tenfold to make its iteration contract."""
+
 
 @dataclass(frozen=True)
 class FQEConfig:
     r"""Settings of fitted Q evaluation.
 
     Attributes:
-        ridge: L2 penalty relative to the mean diagonal of :math:`\Phi^\top\Phi`.
+        ridge: L2 penalty relative to the mean diagonal of :math:`\Phi^\top\Phi`; raised
+            tenfold (up to ``MAX_RIDGE_RAISES`` times) while the FQE iteration map does not
+            contract (spectral radius >= 1), which would make the iterates blow up.
         n_folds: Cross-fitting folds over sessions (1: fit and predict on all sessions).
         max_iterations: Upper bound on FQE iterations (also capped at the longest session).
         tol: Stop when the largest change of :math:`\theta` is below ``tol`` times its norm.
@@ -68,12 +73,15 @@ class FQEResult:
         v_target: (n_steps,) :math:`\hat V(s_t) = \sum_a \pi_e(a|s_t) \hat Q(s_t, a)`.
         iterations: FQE iterations run in each fold.
         theta: (n_folds, d) coefficients of each fold's model.
+        ridges: The relative ridge each fold used (``FQEConfig.ridge``, raised tenfold until
+            the FQE iteration contracts).
     """
 
     q_factual: np.ndarray
     v_target: np.ndarray
     iterations: tuple[int, ...]
     theta: np.ndarray
+    ridges: tuple[float, ...]
 
 
 def _fit_theta(
@@ -83,15 +91,23 @@ def _fit_theta(
     gamma: float,
     config: FQEConfig,
     max_length: int,
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, float]:
     gram = phi.T @ phi  # (d, d)
     d = gram.shape[0]
-    lam = config.ridge * max(float(np.trace(gram)) / d, 1e-12)
-    a = gram + lam * np.eye(d)
     b = gamma * (phi.T @ phi_next)  # (d, d)
     c = phi.T @ reward  # (d,)
-    a_inv = np.linalg.inv(a)
-    step = a_inv @ b  # theta_{k+1} = a_inv c + step theta_k
+    scale = max(float(np.trace(gram)) / d, 1e-12)
+    # The iteration map theta -> a_inv (c + b theta) must contract: where the target policy's
+    # next-state features point where the logged ones are thin, its spectral radius exceeds 1
+    # and the iterates grow geometrically (a sharp PPO policy reached Q ~ 1e5 for returns ~6).
+    # Raise the ridge tenfold until it contracts: a biased but finite Q-model.
+    ridge = config.ridge
+    for attempt in range(MAX_RIDGE_RAISES + 1):
+        ridge = config.ridge * 10.0**attempt
+        a_inv = np.linalg.inv(gram + ridge * scale * np.eye(d))
+        step = a_inv @ b  # theta_{k+1} = a_inv c + step theta_k
+        if float(np.max(np.abs(np.linalg.eigvals(step)))) < 1.0:
+            break
     base = a_inv @ c
     theta = base.copy()
     iterations = 1
@@ -102,7 +118,7 @@ def _fit_theta(
         iterations += 1
         if moved <= config.tol * max(float(np.max(np.abs(theta))), 1e-12):
             break
-    return theta, iterations
+    return theta, iterations, ridge
 
 
 def fitted_q_evaluation(
@@ -156,18 +172,26 @@ def fitted_q_evaluation(
     v = np.empty(n, dtype=np.float64)
     thetas = []
     iterations = []
+    ridges = []
     max_length = int(lengths.max())
     for k in range(n_folds):
         test = fold == k
         train = ~test if n_folds > 1 else test
-        theta, it = _fit_theta(
+        theta, it, ridge = _fit_theta(
             phi[train], phi_next[train], reward[train].astype(np.float64), gamma, config, max_length
         )
         q[test] = phi[test] @ theta
         v[test] = phi_bar[test] @ theta
         thetas.append(theta)
         iterations.append(it)
-    return FQEResult(q_factual=q, v_target=v, iterations=tuple(iterations), theta=np.stack(thetas))
+        ridges.append(ridge)
+    return FQEResult(
+        q_factual=q,
+        v_target=v,
+        iterations=tuple(iterations),
+        theta=np.stack(thetas),
+        ridges=tuple(ridges),
+    )
 
 
 def returns_to_go(

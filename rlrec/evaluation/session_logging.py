@@ -754,8 +754,9 @@ def evaluate_logged_targets(
     Returns:
         Per target: ``estimates`` ({name: {value, ci95}}), ``kl_per_step`` (mean over logged
         steps, nats), ``ess`` (effective sessions of the trajectory weights), ``fqe_iterations``
-        and, with ``truths``, ``true_value``, ``true_ci95``, ``relative_error`` and
-        ``truth_in_ci95`` (whether each estimator's interval covers the truth).
+        and ``fqe_ridge`` (per fold) and, with ``truths``, ``true_value``, ``true_ci95``,
+        ``relative_error`` and ``truth_in_ci95`` (whether each estimator's interval covers
+        the truth).
     """
     out: dict[str, Any] = {}
     for name, tl in log.targets.items():
@@ -784,6 +785,7 @@ def evaluate_logged_targets(
             "kl_per_step": float(np.mean(tl.kl)),
             "ess": effective_sample_size(sessions),
             "fqe_iterations": list(fqe.iterations),
+            "fqe_ridge": list(fqe.ridges),
             "estimates": {k: e.to_dict() for k, e in estimates.items()},
             # MAGIC's blend: weight of each j-step return (j = -1 is DM, the last is WDR).
             "magic_blend": {"steps": steps.tolist(), "weights": weights.tolist()},

@@ -272,6 +272,27 @@ def test_tabular_fqe_recovers_the_true_q_function_and_dr_is_accurate():
     assert est["dr"].value == pytest.approx(truth, rel=0.1)
 
 
+def test_fqe_raises_its_ridge_until_the_iteration_contracts():
+    # Two alternating states; the logged features of B are thin (0.1 e2) while the target's
+    # expected features point along e2 and e1 with weight 3: the unregularised iteration map
+    # has spectral radius ~ sqrt(3 * 3 / 0.1) >> 1 and the Q values would grow ~1e30 over
+    # 60 iterations. A contraction caps them at a finite, modest scale.
+    n_sessions, length = 50, 60
+    kind = np.tile(np.arange(length) % 2, n_sessions)  # 0 = A, 1 = B
+    features = np.where(kind[:, None] == 0, [1.0, 0.0], [0.0, 0.1])
+    expected = np.where(kind[:, None] == 0, [0.0, 3.0], [3.0, 0.0])
+    offsets = np.arange(n_sessions + 1) * length
+    reward = np.ones(n_sessions * length)
+    config = FQEConfig(n_folds=1)
+    fqe = fitted_q_evaluation(offsets, reward, features, expected, config=config)
+    assert fqe.ridges[0] > config.ridge
+    assert np.all(np.isfinite(fqe.v_target)) and np.max(np.abs(fqe.v_target)) < 1e3
+    # A well-posed problem keeps the configured ridge (the tabular chain above).
+    offsets, s, a, r, _, _ = simulate(0, 500)
+    tabular = fitted_q_evaluation(offsets, r, tabular_features(s, a), expected_tabular(s))
+    assert tabular.ridges == (FQEConfig().ridge,) * FQEConfig().n_folds
+
+
 def test_fqe_rejects_bad_features():
     with pytest.raises(UserError, match="features"):
         fitted_q_evaluation(OFFSETS, REWARD, np.zeros((3, 2)), np.zeros((3, 3)))
