@@ -347,7 +347,18 @@ def train_agent(
     n_actions = int(getattr(venv.action_space, "n", 0))
     model: Model
     if checkpoint is not None:
-        model = _algorithm(agent).load(checkpoint, env=venv, device=agent.device)
+        try:
+            model = _algorithm(agent).load(checkpoint, env=venv, device=agent.device)
+        except ValueError as err:
+            if "spaces do not match" not in str(err):
+                raise
+            # E.g. a frozen run started before the item term's summaries joined the
+            # observation: its checkpoint expects the narrower features.
+            raise UserError(
+                f"{checkpoint}: its observation or action space differs from what this rlrec "
+                f"builds for the run ({venv.observation_space.shape}); it was written by an "
+                "older version or for another env: start the run again under a new --run-name"
+            ) from None
     else:
         model = build_model(
             agent,

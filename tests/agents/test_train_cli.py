@@ -141,6 +141,25 @@ def test_train_user_errors(tiny_presets, cache, tmp_path, capsys):
     assert "a run already exists" in capsys.readouterr().err
 
 
+def test_resume_from_a_checkpoint_of_another_layout_is_a_user_error(
+    tiny_presets, cache, tmp_path, capsys
+):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    agent = load_agent_config(tiny_presets["frozen"])
+    train_agent(tiny_presets["env"], agent, tmp_path / "old", timesteps=64, cache_dir=cache)
+    (tmp_path / "old" / "policy.zip").unlink()
+    # Stand-in for a checkpoint written by an older rlrec: different observation space.
+    checkpoint = checkpoint_files(tmp_path / "old" / "checkpoints")[-1][1]
+    PPO("MlpPolicy", make_vec_env("CartPole-v1"), n_steps=16, batch_size=16).save(checkpoint)
+    args = ["train", "--env", str(tiny_presets["env"]), "--agent", str(tiny_presets["frozen"])]
+    args += ["--log-dir", str(tmp_path), "--cache-dir", str(cache), "--run-name", "old"]
+    assert main([*args, "--resume", "--timesteps", "128"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "start the run again under a new --run-name" in err and "\n" not in err
+
+
 @pytest.mark.parametrize("agent", ["finetune", "masked"])
 def test_evaluate_json_schema(agent, tiny_presets, cache, tmp_path, capsys):
     run = tmp_path / "run"
