@@ -37,14 +37,14 @@ The SB3 model is held, not subclassed: only keyword arguments and weights are se
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3 import PPO
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
@@ -56,6 +56,18 @@ from rlrec.errors import UserError
 from rlrec.models.encoder import SequenceEncoder
 
 Model = PPO | MaskablePPO
+
+if TYPE_CHECKING:
+
+    class _PolicyBase(BasePolicy):
+        """What the build mixin uses of both SB3 actor-critic bases (for the type checker)."""
+
+        mlp_extractor: Any
+
+        def _build(self, lr_schedule: Any) -> None: ...
+
+else:
+    _PolicyBase = object
 
 
 def token_to_action_table(item_ids: np.ndarray, n_item_tokens: int) -> np.ndarray:
@@ -376,8 +388,8 @@ def _extra_kwargs(
     }
 
 
-class RecommenderPolicy(ActorCriticPolicy):
-    """SB3's actor-critic with the factored actor head and a token-blind critic.
+class _RecommenderBuild(_PolicyBase):
+    """What both policy classes change in SB3's build: extra arguments, critic, actor head.
 
     Extra keyword arguments (kept in the saved model, so ``load`` rebuilds the same head):
     ``item_category`` (A,) category index per action, ``n_categories``, ``head_hidden`` and
@@ -406,6 +418,13 @@ class RecommenderPolicy(ActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self._extra}
+
+
+class RecommenderPolicy(_RecommenderBuild, ActorCriticPolicy):
+    """SB3's actor-critic with the factored actor head and a token-blind critic.
+
+    Takes the extra keyword arguments of :class:`_RecommenderBuild`.
+    """
 
     # SB3's forward, evaluate_actions and _predict with torch.distributions.Categorical
     # replaced by the factored distribution of rlrec.agents.categorical (the same
@@ -456,30 +475,8 @@ class RecommenderPolicy(ActorCriticPolicy):
         return probs.argmax(dim=1) if deterministic else categorical.sample(probs)
 
 
-class MaskableRecommenderPolicy(MaskableActorCriticPolicy):
+class MaskableRecommenderPolicy(_RecommenderBuild, MaskableActorCriticPolicy):
     """:class:`RecommenderPolicy` for sb3-contrib's MaskablePPO (same extra arguments)."""
-
-    def __init__(
-        self,
-        *args: Any,
-        item_category: list[int],
-        n_categories: int,
-        head_hidden: int = 64,
-        frozen_item_term: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        self._extra = _extra_kwargs(item_category, n_categories, head_hidden, frozen_item_term)
-        super().__init__(*args, **kwargs)
-
-    def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = _critic_extractor(self, self._extra)
-
-    def _build(self, lr_schedule: Any) -> None:
-        super()._build(lr_schedule)
-        _install_head(self, lr_schedule, self._extra)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), **self._extra}
 
 
 def build_model(
