@@ -260,7 +260,7 @@ def _synth(args: argparse.Namespace) -> int:
     for flag, value in (("--users", args.users), ("--events", args.events)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: expected a positive number")
-    sizes: dict[str, int] = {}
+    sizes: dict[str, Any] = {}
     if args.users is not None:
         sizes["n_users"] = args.users
     if args.events is not None:

@@ -231,7 +231,8 @@ def _generator(seed: int | list[int] | None) -> np.random.Generator:
 
 
 def _copy_state(state: UserState) -> UserState:
-    return UserState(**{k: v.copy() for k, v in vars(state).items()})
+    copies: dict[str, Any] = {k: None if v is None else v.copy() for k, v in vars(state).items()}
+    return UserState(**copies)
 
 
 def make_batched_env(spec: EnvSpec | Mapping[str, Any]) -> BatchedInterestDrift:

@@ -52,6 +52,9 @@ class EnvConfig:
             shorter than ``min`` is never used, a shorter-than-``max`` one is cut at its end.
         seed: Seed used by the first ``reset()`` when it is given none (so a worker process
             built from a dict is reproducible); None draws fresh entropy.
+        randomize_response: Domain randomisation: every new user draws the SimModel's
+            unidentified response parameters (provenance ``default``) from their prior
+            (:data:`rlrec.models.prior.RESPONSE_PRIOR`) instead of sharing the point values.
     """
 
     history_length: int = 20
@@ -62,6 +65,7 @@ class EnvConfig:
     warm_split: Literal["train", "valid", "test"] = "train"
     warm_prefix: tuple[int, int] = (1, 10)
     seed: int | None = None
+    randomize_response: bool = False
 
     def __post_init__(self) -> None:
         if self.history_length < 1:

@@ -40,6 +40,7 @@ import numpy as np
 from rlrec.data.dataset import PreparedDataset
 from rlrec.envs.config import EnvConfig
 from rlrec.errors import UserError
+from rlrec.models.prior import RESPONSE_PARAMETERS, prior_draws, unidentified
 from rlrec.models.sim_model import SimModel
 
 OUTCOMES: tuple[str, ...] = ("miss", "engage", "cart", "buy")
@@ -66,6 +67,12 @@ class UserState:
         history: (2, B, L) int32 tokens of the last L steps, oldest first: row 0 items
             (dataset item + 1), row 1 categories (dataset category + 1); 0 pads. One buffer
             so that a step shifts both with one copy.
+        focus: (B,) float64 each session's own stay probability, in a world whose sessions
+            differ in focus (the synthetic truth, see :func:`rlrec.envs.truth.truth_world`);
+            None where the stay probability is the model's curve by streak.
+        response: (B, P) float64 each user's response parameters (columns
+            :data:`rlrec.models.prior.RESPONSE_PARAMETERS`) under domain randomisation;
+            None where every user has the SimModel's.
     """
 
     category: np.ndarray
@@ -74,6 +81,8 @@ class UserState:
     misses: np.ndarray
     episode_steps: np.ndarray
     history: np.ndarray
+    focus: np.ndarray | None = None
+    response: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -209,12 +218,15 @@ class WarmStarts:
             each step.
         sim_category: (E,) int64 sim category of each step.
         streak: (E,) int64 length of the run of equal sim categories ending at each step.
+        stays: (E,) int64 steps of the session up to and including this one that stayed in
+            the previous step's sim category (the evidence on a session's focus).
     """
 
     offsets: np.ndarray
     tokens: np.ndarray
     sim_category: np.ndarray
     streak: np.ndarray
+    stays: np.ndarray
 
     @property
     def n_sessions(self) -> int:
@@ -259,6 +271,9 @@ class WarmStarts:
             run_start[1:] |= sim_cat[1:] != sim_cat[:-1]
         idx = np.arange(len(sim_cat))
         streak = idx - np.maximum.accumulate(np.where(run_start, idx, 0)) + 1
+        # Stays so far, restarting at each session start.
+        stayed = np.cumsum(~run_start)
+        stays = stayed - np.repeat(stayed[session_starts], lengths)
         # Keep only usable sessions, re-packed.
         sel = np.repeat(usable, lengths)
         new_lengths = lengths[usable]
@@ -267,6 +282,7 @@ class WarmStarts:
             tokens=np.stack([step_items[sel], step_cats[sel]]).astype(np.int32) + 1,
             sim_category=sim_cat[sel],
             streak=streak[sel].astype(np.int64),
+            stays=stays[sel].astype(np.int64),
         )
 
 
@@ -384,6 +400,19 @@ class UserDynamics:
             float(model.leave_engaged_factor) * float(model.leave_streak_factor) ** excess
         ).astype(np.float64)
 
+        # Sessions that differ in focus (the synthetic truth): Beta(alpha, beta) stay
+        # probabilities, drawn per session; a warm start draws from the posterior given its
+        # logged prefix (conjugate: the prefix's stays and switches are Bernoulli draws).
+        focus = model.info.get("session_focus")
+        self.focus_prior: tuple[float, float] | None = (
+            (float(focus[0]), float(focus[1])) if focus is not None else None
+        )
+        # Domain randomisation: each new user draws the unidentified response parameters.
+        self.rel_pop = rel_pop.astype(np.float64)  # (N,) n_k * popularity, for per-user draws
+        self.randomized: tuple[str, ...] = ()
+        if config.randomize_response:
+            self.randomized = unidentified(model)
+
     @staticmethod
     def _first_dataset_category(model: SimModel) -> np.ndarray:
         """(K,) a dataset category of each sim category (the first that maps to it).
@@ -401,8 +430,16 @@ class UserDynamics:
     def start(self, n: int, rng: np.random.Generator) -> UserState:
         """Starting states of ``n`` new users (warm or stationary, per the config)."""
         if self.warm is not None:
-            return self._start_warm(n, rng)
-        return self._start_stationary(n, rng)
+            state, stays, switches = self._start_warm(n, rng)
+        else:
+            state = self._start_stationary(n, rng)
+            stays = switches = np.zeros(n)
+        if self.focus_prior is not None:
+            a, b = self.focus_prior
+            state.focus = rng.beta(a + stays, b + switches)
+        if self.randomized:
+            state.response = prior_draws(self.model, n, rng, self.randomized)
+        return state
 
     def _start_stationary(self, n: int, rng: np.random.Generator) -> UserState:
         u = rng.random((2, n))
@@ -422,7 +459,10 @@ class UserDynamics:
             history=history,
         )
 
-    def _start_warm(self, n: int, rng: np.random.Generator) -> UserState:
+    def _start_warm(
+        self, n: int, rng: np.random.Generator
+    ) -> tuple[UserState, np.ndarray, np.ndarray]:
+        """Warm starting states, and each prefix's stays and switches (focus evidence)."""
         warm = self.warm
         assert warm is not None
         lo, hi = self.config.warm_prefix
@@ -444,7 +484,8 @@ class UserDynamics:
             history = np.zeros((2, n, self.history_length), dtype=np.int32)
             history[:, :, -width:] = window
         last = end - 1
-        return UserState(
+        stays = warm.stays[last]
+        state = UserState(
             category=warm.sim_category[last],
             streak=warm.streak[last],
             step=prefix,
@@ -452,6 +493,7 @@ class UserDynamics:
             episode_steps=np.zeros(n, dtype=np.int64),
             history=history,
         )
+        return state, stays, prefix - 1 - stays
 
     def restart(self, state: UserState, users: np.ndarray, rng: np.random.Generator) -> None:
         """Replace, IN PLACE, the rows ``users`` of ``state`` by new users' starting states.
@@ -472,6 +514,10 @@ class UserDynamics:
         state.misses[users] = fresh.misses
         state.episode_steps[users] = fresh.episode_steps
         state.history[:, users] = fresh.history
+        if state.focus is not None and fresh.focus is not None:
+            state.focus[users] = fresh.focus
+        if state.response is not None and fresh.response is not None:
+            state.response[users] = fresh.response
 
     # -- the step --------------------------------------------------------------------------
 
@@ -511,13 +557,19 @@ class UserDynamics:
         computed from the one interest entry that matters.
         """
         k = self.item_category[actions]
-        return self._engage_probability(state, actions, k, self.stay_table[state.streak])
+        return self._engage_probability(state, actions, k, self._stay(state))
+
+    def _stay(self, state: UserState) -> np.ndarray:
+        """(B,) P(stay) of each user: the session's focus, else the model's curve by streak."""
+        return state.focus if state.focus is not None else self.stay_table[state.streak]
 
     def _engage_probability(
         self, state: UserState, actions: np.ndarray, k: np.ndarray, stay: np.ndarray
     ) -> np.ndarray:
         switch = self.switch_flat[state.category * self.n_categories + k]
         interest_k = switch + stay * ((k == state.category) - switch)  # (1-stay)*sw + stay*eq
+        if state.response is not None:
+            return self._engage_randomized(state.response, actions, interest_k)
         if self.interest_exponent == 1.0:
             z = self.item_factor[actions] * interest_k
         else:
@@ -527,6 +579,31 @@ class UserDynamics:
         # The saturating response of rlrec.models.sim_model.saturate, below engage_ceiling <= 1.
         m = self.engage_ceiling
         return m * z / (m + z)
+
+    def _engage_randomized(
+        self, response: np.ndarray, actions: np.ndarray, interest_k: np.ndarray
+    ) -> np.ndarray:
+        """(B,) P(engage) with each user's own response parameters (domain randomisation)."""
+        r = {name: response[:, j] for j, name in enumerate(RESPONSE_PARAMETERS)}
+        z = (
+            r["engage_base_rate"]
+            * np.power(self.rel_pop[actions], r["engage_popularity_exponent"])
+            * np.power(self.n_categories * interest_k, r["engage_interest_exponent"])
+        )
+        m = r["engage_ceiling"]
+        return m * z / (m + z)
+
+    def _leave_factor(
+        self, state: UserState, engaged: np.ndarray, new_streak: np.ndarray, misses: np.ndarray
+    ) -> np.ndarray:
+        """(B,) the leave hazard's multiplier after this step (engaged: boredom, else misses)."""
+        if state.response is None:
+            return np.where(engaged, self.engaged_factor_table[new_streak], self.miss_power[misses])
+        r = {name: state.response[:, j] for j, name in enumerate(RESPONSE_PARAMETERS)}
+        boredom = r["leave_engaged_factor"] * np.power(
+            r["leave_streak_factor"], np.maximum(new_streak - r["leave_streak_start"], 0)
+        )
+        return np.where(engaged, boredom, np.power(r["leave_miss_factor"], misses))
 
     def step(
         self, state: UserState, actions: np.ndarray, rng: np.random.Generator
@@ -544,7 +621,7 @@ class UserDynamics:
         cat, streak = state.category, state.streak
         u = rng.random((_N_UNIFORMS, state.size))
         k = self.item_category[actions]
-        stay = self.stay_table[streak]
+        stay = self._stay(state)
         # p < engage_ceiling <= 1 (saturating response), so the funnel below, which scales p by
         # the cart/buy thresholds, never inflates the cart and buy rates.
         p = self._engage_probability(state, actions, k, stay)
@@ -570,7 +647,7 @@ class UserDynamics:
 
         step = state.step + 1
         misses = np.where(engaged, 0, state.misses + 1)
-        factor = np.where(engaged, self.engaged_factor_table[new_streak], self.miss_power[misses])
+        factor = self._leave_factor(state, engaged, new_streak, misses)
         terminated = u[4] < self.hazard_table[step] * factor
         episode_steps = state.episode_steps + 1
         # For booleans a > b is a & ~b: truncated only if the user did not leave.
@@ -592,6 +669,8 @@ class UserDynamics:
             misses=misses,
             episode_steps=episode_steps,
             history=history,
+            focus=state.focus,
+            response=state.response,
         )
         return new_state, StepResult(
             reward=reward,
@@ -607,7 +686,7 @@ class UserDynamics:
 
         :meth:`SimModel.interest` with the precomputed stay table (no clipping per call).
         """
-        stay = self.stay_table[state.streak]  # (B,)
+        stay = self._stay(state)  # (B,)
         out = (1.0 - stay)[:, None] * self.switch_matrix[state.category]  # (B, K)
         out[np.arange(state.size), state.category] += stay
         return out

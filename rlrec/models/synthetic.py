@@ -43,7 +43,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +128,10 @@ class SyntheticConfig:
         session_gap_min_h: Between-session gaps are at least this (well over 30 minutes).
         max_streak: Length S of the stored ``stay_by_streak`` curve (last bin for s >= S).
         max_steps: Length T of the stored ``leave_hazard`` curve (last bin for t >= T).
+        response: The world's true response to recommendations (response parameter name ->
+            value, see :data:`rlrec.models.prior.RESPONSE_PRIOR`); unnamed ones keep the
+            SimModel defaults. An organic log never shows them: they matter only in the truth
+            world (:mod:`rlrec.envs.truth`), where the sim-to-real benchmark draws them.
         seed: Seed of every random draw.
     """
 
@@ -162,8 +166,16 @@ class SyntheticConfig:
     max_streak: int = 64
     max_steps: int = 256
     seed: int = 0
+    response: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from rlrec.models.prior import RESPONSE_PARAMETERS
+
+        unknown = sorted(set(self.response) - set(RESPONSE_PARAMETERS))
+        if unknown:
+            raise ValueError(
+                f"response: {unknown[0]!r} is not one of {', '.join(RESPONSE_PARAMETERS)}"
+            )
         checks = [
             (self.n_users >= 1, "n_users must be >= 1"),
             (self.n_events is None or self.n_events >= 1, "n_events must be >= 1"),
@@ -383,6 +395,7 @@ def true_model(config: SyntheticConfig) -> SimModel:
         p_cart=p_cart,
         p_buy=p_buy,
         category_of_dataset_category=np.arange(k),
+        **{name: float(v) for name, v in config.response.items()},
         provenance={name: truth for name in ARRAY_FIELDS},
         info={"ground_truth": True, "seed": config.seed},
     )

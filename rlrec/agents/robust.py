@@ -1,0 +1,272 @@
+"""Choosing a policy that never loses to the baselines anywhere in the prior.
+
+The response parameters that organic logs cannot identify decide what a long-term policy
+should do: with boredom, leave a category before the user tires of it; without, stay. A plan
+made for the prior's mean wins by 30% where users tire and loses by 25% where they do not
+(``docs/agent.md`` has the measurements). A recommender that must never lose to the simple
+baselines therefore cannot plan for one guess.
+
+:func:`select_robust` makes the choice on *validation worlds*: the fitted SimModel with its
+unidentified response parameters set to the prior's centre, to each parameter's low and high
+end with the others at the centre (a one-at-a-time design that always contains the extremes,
+such as no boredom at all), and to ``n_random`` draws from the prior. Every candidate policy
+and every non-oracle baseline is rolled out on the same seeded users in each world; a
+candidate's score in a world is its return divided by the best baseline's there. The rule:
+
+* ``safe`` (the default): the highest mean ratio among the candidates whose worst ratio is at
+  least ``1 - tolerance``; if none is, the one with the best worst ratio;
+* ``mean``: the highest mean ratio (the Bayes choice: more on average, may lose somewhere).
+
+The candidates are planners (:mod:`rlrec.agents.planner`) that plan for one validation world
+each and one that plans for the whole prior, so the family spans cautious to bold plans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from rlrec.data.dataset import PreparedDataset
+from rlrec.envs.batched import BatchedInterestDrift
+from rlrec.envs.config import EnvConfig
+from rlrec.evaluation.rollout import rollout
+from rlrec.models.prior import RESPONSE_PARAMETERS, RESPONSE_PRIOR, prior_draws, unidentified
+from rlrec.models.sim_model import SimModel
+
+__all__ = [
+    "RobustChoice",
+    "Selection",
+    "robust_planner",
+    "select_robust",
+    "validation_worlds",
+    "world_model",
+]
+
+Selection = Literal["safe", "mean"]
+
+
+def validation_worlds(model: SimModel, n_random: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """(W, P) response parameters of the validation worlds, and a label for each.
+
+    The centre (the model's own values), each unidentified parameter at its low and high end
+    (others at the centre), then ``n_random`` prior draws. With nothing unidentified there is
+    one world: the model itself.
+    """
+    centre = np.array([float(getattr(model, p)) for p in RESPONSE_PARAMETERS])
+    rows, labels = [centre], ["centre"]
+    names = unidentified(model)
+    for name in names:
+        j = RESPONSE_PARAMETERS.index(name)
+        for value in (RESPONSE_PRIOR[name].low, RESPONSE_PRIOR[name].high):
+            if value == centre[j]:
+                continue
+            row = centre.copy()
+            row[j] = value
+            rows.append(row)
+            labels.append(f"{name}={value:g}")
+    if names and n_random > 0:
+        draws = prior_draws(model, n_random, np.random.default_rng(seed), names)
+        rows.extend(draws)
+        labels.extend(f"draw{i}" for i in range(n_random))
+    return np.array(rows), labels
+
+
+def world_model(model: SimModel, theta: np.ndarray) -> SimModel:
+    """``model`` with its response parameters set to ``theta`` (columns RESPONSE_PARAMETERS).
+
+    Provenance is left as it is: a validation world is the same fitted model under another
+    value of what the fit could not tell.
+    """
+    import dataclasses
+
+    values = dict(zip(RESPONSE_PARAMETERS, (float(v) for v in theta), strict=True))
+    return dataclasses.replace(model, **values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RobustChoice:
+    """The outcome of :func:`select_robust`.
+
+    Attributes:
+        chosen: Name of the chosen candidate.
+        rule: The selection rule applied (``safe`` or ``mean``), and whether the safe rule
+            found a candidate within tolerance (``safe-fallback`` when none was).
+        worlds: Validation world labels.
+        returns: Policy name -> (W,) mean return per world (candidates and baselines).
+        ratios: Candidate name -> (W,) ratio to the best baseline per world.
+        best_baseline: (W,) name of the best baseline in each world.
+    """
+
+    chosen: str
+    rule: str
+    worlds: list[str]
+    returns: dict[str, np.ndarray] = field(default_factory=dict)
+    ratios: dict[str, np.ndarray] = field(default_factory=dict)
+    best_baseline: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: the choice, and each candidate's mean and worst ratio."""
+        return {
+            "chosen": self.chosen,
+            "rule": self.rule,
+            "n_worlds": len(self.worlds),
+            "candidates": {
+                name: {
+                    "mean_ratio": float(np.mean(r)),
+                    "worst_ratio": float(np.min(r)),
+                    "worst_world": self.worlds[int(np.argmin(r))],
+                }
+                for name, r in self.ratios.items()
+            },
+        }
+
+
+def select_robust(
+    model: SimModel,
+    dataset: PreparedDataset | None,
+    env: EnvConfig,
+    candidates: Mapping[str, Any],
+    baselines: Mapping[str, Any],
+    thetas: np.ndarray,
+    labels: list[str],
+    episodes: int = 1000,
+    seed: int = 0,
+    rule: Selection = "safe",
+    tolerance: float = 0.01,
+    progress: Callable[[str], None] | None = None,
+) -> RobustChoice:
+    """Roll every candidate and baseline out in every validation world and choose.
+
+    Args:
+        model: The fitted SimModel.
+        dataset: Its PreparedDataset (warm starts).
+        env: The env settings.
+        candidates: Name -> policy to choose from.
+        baselines: Name -> non-oracle baseline policy.
+        thetas: (W, P) validation worlds (:func:`validation_worlds`).
+        labels: (W,) their labels.
+        episodes: Seeded users per policy and world (the same users for all).
+        seed: Seed of the users.
+        rule: ``safe`` or ``mean`` (see the module docstring).
+        tolerance: The safe rule's allowance below a ratio of 1.
+        progress: Called with each world's label.
+
+    Returns:
+        The choice and everything it was based on.
+    """
+    names = list(candidates) + list(baselines)
+    returns = {name: np.zeros(len(thetas)) for name in names}
+    for w, theta in enumerate(thetas):
+        if progress is not None:
+            progress(labels[w])
+        venv = BatchedInterestDrift(episodes, world_model(model, theta), dataset, env)
+        for name in names:
+            policy = candidates[name] if name in candidates else baselines[name]
+            returns[name][w] = float(rollout(policy, venv, seed).returns.mean())
+    base = np.stack([returns[b] for b in baselines])  # (B, W)
+    best = base.max(axis=0)
+    ratios = {c: returns[c] / np.maximum(best, 1e-12) for c in candidates}
+    mean = {c: float(np.mean(r)) for c, r in ratios.items()}
+    worst = {c: float(np.min(r)) for c, r in ratios.items()}
+    applied: str = rule
+    if rule == "mean":
+        chosen = max(mean, key=lambda c: mean[c])
+    else:
+        safe = [c for c in candidates if worst[c] >= 1.0 - tolerance]
+        if safe:
+            chosen = max(safe, key=lambda c: mean[c])
+        else:
+            chosen, applied = max(worst, key=lambda c: worst[c]), "safe-fallback"
+    baseline_names = list(baselines)
+    return RobustChoice(
+        chosen=chosen,
+        rule=applied,
+        worlds=labels,
+        returns=returns,
+        ratios=ratios,
+        best_baseline=[baseline_names[i] for i in base.argmax(axis=0)],
+    )
+
+
+def robust_planner(
+    model: SimModel,
+    dataset: PreparedDataset | None,
+    env: EnvConfig,
+    n_actions: int,
+    baselines: Mapping[str, Any],
+    n_random: int = 8,
+    episodes: int = 1000,
+    seed: int = 0,
+    rule: Selection = "safe",
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Any, RobustChoice]:
+    """Plan for each validation world and for the prior, and keep the robust choice.
+
+    Returns:
+        The chosen :class:`~rlrec.agents.planner.Planner` and the :class:`RobustChoice`.
+    """
+    from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
+
+    thetas, labels = validation_worlds(model, n_random, seed)
+    n_oat = len(labels) - (n_random if len(labels) > 1 else 0)
+    planners: dict[str, Planner] = {}
+    for theta, label in zip(thetas[:n_oat], labels[:n_oat], strict=True):
+        if progress is not None:
+            progress(f"plan for {label}")
+        planners[f"plan[{label}]"] = Planner(
+            model, n_actions, env.reward_weights, PlannerConfig(iterations=0), theta[None, :]
+        )
+    if len(labels) > 1:
+        if progress is not None:
+            progress("plan for the prior")
+        planners["plan[prior]"] = Planner(
+            model, n_actions, env.reward_weights, PlannerConfig(seed=seed)
+        )
+    candidates = {name: PlannerPolicy(p, n_actions) for name, p in planners.items()}
+    if len(labels) > 1:
+        # Hedged plans: between the prior's plan and the world where it loses most. The
+        # bold plan's worst world is found on the validation worlds first, then planned for
+        # in part (a share of the prior's draws) or as a nearer point.
+        first = select_robust(
+            model,
+            dataset,
+            env,
+            {"plan[prior]": candidates["plan[prior]"]},
+            baselines,
+            thetas,
+            labels,
+            episodes,
+            seed,
+            rule,
+        )
+        worst = int(np.argmin(first.ratios["plan[prior]"]))
+        prior = planners["plan[prior]"].draws
+        draws = np.vstack([thetas[worst][None, :], prior])
+        for share in (0.5, 0.75, 0.9):
+            weights = np.r_[share, np.full(len(prior), (1.0 - share) / len(prior))]
+            planners[f"plan[prior+{share:g} {labels[worst]}]"] = Planner(
+                model, n_actions, env.reward_weights, PlannerConfig(seed=seed), draws, weights
+            )
+        for step in (0.1, 0.25, 0.5):
+            theta = thetas[worst] + step * (thetas[0] - thetas[worst])
+            planners[f"plan[{labels[worst]} +{step:g} to centre]"] = Planner(
+                model, n_actions, env.reward_weights, PlannerConfig(iterations=0), theta[None]
+            )
+        candidates = {name: PlannerPolicy(p, n_actions) for name, p in planners.items()}
+    choice = select_robust(
+        model,
+        dataset,
+        env,
+        candidates,
+        baselines,
+        thetas,
+        labels,
+        episodes,
+        seed,
+        rule,
+        progress=progress,
+    )
+    return planners[choice.chosen], choice
