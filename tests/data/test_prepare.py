@@ -313,7 +313,7 @@ def test_a_crash_mid_write_leaves_no_dataset(
 
     monkeypatch.setattr(prepare_module, "_write_tables", crash)
     with pytest.raises(RuntimeError, match="disk full"):
-        prepare([taobao_csv], "taobao", out, PrepareConfig(min_item_count=3))
+        prepare([taobao_csv], "taobao", out, PrepareConfig(min_item_count=3), force=True)
     assert (out / "meta.json").read_text() == before  # the old dataset is intact
     with pytest.raises(RuntimeError):
         prepare([taobao_csv], "taobao", tmp_path / "fresh")
