@@ -44,6 +44,7 @@ __all__ = [
     "atomic_directory",
     "check_output",
     "fsync_tree",
+    "make_parent",
     "output_lock",
     "remove_stale",
     "write_json_atomic",
@@ -155,12 +156,7 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[None]:
         UserError: If another process is writing ``out``, or its folder cannot be written.
     """
     final = Path(out)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"{final}: cannot create its folder ({exc.strerror}); choose another --out"
-        ) from None
+    make_parent(final)
     lock = final.parent / f".{final.name}.lock"
     key = os.path.realpath(lock)
     if key in _HELD:
@@ -182,6 +178,24 @@ def output_lock(out: str | os.PathLike[str]) -> Iterator[None]:
         # that opened the old file meanwhile sees it unlinked and retries (see _acquire).
         lock.unlink(missing_ok=True)
         os.close(fd)
+
+
+def make_parent(out: str | os.PathLike[str]) -> None:
+    """Create the folder that will hold ``out``.
+
+    Raises:
+        UserError: Naming the file in the way, or why the folder cannot be created.
+    """
+    parent = Path(out).parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"{blocker}: is a file, so {out} cannot be created; choose another path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{parent}: cannot create it ({exc.strerror}); choose another path"
+        ) from None
 
 
 def _acquire(lock: Path, final: Path) -> int:

@@ -56,7 +56,7 @@ from rlrec.data.sessionize import (
 )
 from rlrec.data.split import check_fractions, split_code_sql, time_cutoffs
 from rlrec.errors import UserError
-from rlrec.fsutil import check_output, output_lock
+from rlrec.fsutil import check_output, make_parent, output_lock
 
 DROP_REASONS: tuple[str, ...] = (
     "missing_user_id",
@@ -156,12 +156,7 @@ def prepare(
     started = time.perf_counter()
     paths = [Path(p) for p in inputs]
     final = Path(out)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"{final}: cannot create its folder ({exc.strerror}); choose another --out"
-        ) from None
+    make_parent(final)
     if not os.access(final.parent, os.W_OK):
         raise UserError(f"{final}: its folder is not writable; choose another --out")
     for name in extra_files or {}:

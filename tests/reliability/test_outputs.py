@@ -295,6 +295,30 @@ def test_library_calls_refuse_like_the_cli(world: World, tmp_path: Path) -> None
     assert artifact_kind(sim) == "sim"
 
 
+# A file where a folder of the output's path should be: the path, named, is the whole error.
+BLOCKED: list[list[str]] = [
+    ["env", "build", "synthetic", "--cache", "{file}"],
+    ["env", "build", "synthetic", "--cache", "{file}/cache"],
+    ["data", "synth", "--users", "5", "--out", "{file}/ds"],
+    ["data", "prepare", "--preset", "taobao", "--input", "{csv}", "--out", "{file}/x/ds"],
+    ["fit", "{ds}", "--out", "{file}/sim"],
+    ["pretrain", "{ds}", "--out", "{file}/enc", *TINY_PRETRAIN],
+]
+
+
+@pytest.mark.parametrize(
+    "template", BLOCKED, ids=[" ".join(t[:2]) + f"-{i}" for i, t in enumerate(BLOCKED)]
+)
+def test_a_file_in_the_way_of_an_output_is_one_clear_line(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], template: list[str]
+) -> None:
+    blocker = _existing(world, "file", tmp_path)
+    values = {"file": str(blocker), "csv": str(world.csv), "ds": str(world.outputs["dataset"])}
+    argv = [part.format(**values) for part in template]
+    assert_clear_error(run_hostile(argv, capsys), f"{blocker}: is a file")
+    assert tree_state(blocker) == {".": hashlib.sha256(b"a file\n").hexdigest()}
+
+
 # ---------------------------------------------------------------- locks
 
 HOLD = textwrap.dedent(
