@@ -272,6 +272,14 @@ def test_report_is_not_replaced_without_force(
     assert tree_state(out) == before
     assert run_hostile([*argv, "--force"], capsys).code == 0
     assert "annotated" not in (out / "report.html").read_text()
+    # A folder of the user's plots where the report would write its own is refused too.
+    mine = tmp_path / "figures"
+    (mine / "plots").mkdir(parents=True)
+    (mine / "plots" / "migration.png").write_bytes(b"my own figure")
+    before = tree_state(mine)
+    outcome = run_hostile(["report", str(run), "--out", str(mine)], capsys)
+    assert_clear_error(outcome, str(mine / "plots"), "--force")
+    assert tree_state(mine) == before
 
 
 def test_library_calls_refuse_like_the_cli(world: World, tmp_path: Path) -> None:
