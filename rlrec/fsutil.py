@@ -233,10 +233,17 @@ def _acquire(lock: Path, final: Path) -> int:
 def remove_stale(out: str | os.PathLike[str]) -> list[Path]:
     """Remove ``.NAME.{tmp,spill,synth,old}-*`` beside ``out``; call only holding its lock.
 
+    A writer killed between moving the old output aside (``.NAME.old-PID``) and renaming the
+    new one into place leaves no ``out``: the old output is renamed back first.
+
     Returns:
         The paths removed.
     """
     final = Path(out)
+    if not final.exists() and not final.is_symlink():
+        aside = sorted(final.parent.glob(f".{glob.escape(final.name)}.old-*"))
+        if aside:
+            os.replace(aside[-1], final)
     removed = []
     for prefix in STALE_PREFIXES:
         pattern = f".{glob.escape(final.name)}.{prefix}-*"

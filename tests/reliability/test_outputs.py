@@ -394,13 +394,26 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path: Path) -> None:
 
 def test_taking_the_lock_removes_only_this_outputs_stale_temporaries(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    out.mkdir()  # in place, so ".out.old-*" is a leftover and not the only copy
     stale = [".out.tmp-a1", ".out.spill-b2", ".out.synth-c3", ".out.old-123"]
     kept = [".other.tmp-d4", ".out2.tmp-e5", "out.tmp-f6", ".out.tmpx"]
     for name in stale + kept:
         (tmp_path / name).mkdir()
         (tmp_path / name / "part.parquet").write_bytes(b"half")
     with output_lock(out):
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".out.lock", *kept])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".out.lock", "out", *kept])
+
+
+def test_an_output_moved_aside_by_a_killed_writer_is_restored(world: World, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    # Killed between "old output aside" and "new output in place": only the old one exists.
+    shutil.copytree(world.outputs["dataset"], tmp_path / ".ds.old-4242")
+    (tmp_path / ".ds.tmp-abc").mkdir()
+    before = tree_state(tmp_path / ".ds.old-4242")
+    with output_lock(out):
+        assert tree_state(out) == before
+    assert leftovers(out) == []
+    assert load_dataset(out).meta["vocab"]["users"] == 30
 
 
 # ---------------------------------------------------------------- kinds and fsync
