@@ -170,7 +170,10 @@ def _write_json(path: Path, payload: Any) -> None:
 
 def _write_yaml_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
+    with tmp.open("w") as fh:
+        fh.write(yaml.safe_dump(payload, sort_keys=False))
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk before the rename publishes it
     os.replace(tmp, path)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from rlrec.cli import main
-from rlrec.data.dataset import load_dataset
+from rlrec.data.dataset import load_dataset, write_dataset
 from rlrec.errors import UserError
 from rlrec.fsutil import (
     ARTIFACT_KINDS,
@@ -298,7 +298,13 @@ def test_library_calls_refuse_like_the_cli(world: World, tmp_path: Path) -> None
         load_sim_model(sim).save(sim)
     with pytest.raises(UserError, match="holds a SimModel, not a PreparedDataset"):
         prepare([world.csv], "taobao", sim, force=True)
+    loaded = load_dataset(ds)
+    tables = (loaded.events, loaded.users, loaded.items, loaded.categories, {"source": "test"})
+    with pytest.raises(UserError, match="already holds a PreparedDataset; pass --force"):
+        write_dataset(ds, *tables)
     assert (tree_state(ds), tree_state(sim)) == before
+    write_dataset(ds, *tables, force=True)
+    assert load_dataset(ds).meta["source"] == "test"
     load_sim_model(sim).save(sim, force=True)
     assert artifact_kind(sim) == "sim"
 
