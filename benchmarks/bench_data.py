@@ -104,7 +104,7 @@ def generate_taobao_csv(path: Path, rows: int, seed: int = 0, chunk_users: int =
 def run_prepare(csv: Path, out: Path) -> None:
     from rlrec.data.prepare import prepare
 
-    prepare([csv], "taobao", out)
+    prepare([csv], "taobao", out, force=True)  # repeats replace the previous repeat's output
 
 
 def run_pandas(csv: Path, out: Path) -> None:

@@ -39,7 +39,8 @@ def run(tiny: bool, seed: int, keep: Path | None) -> dict[str, Any]:
         out = keep if keep is not None else Path(tmp) / "qs"
         # The console script beside this interpreter: what a user runs.
         rlrec = str(Path(sys.executable).parent / "rlrec")
-        cmd = [rlrec, "quickstart", "--out", str(out), "--json"]
+        # --force: a --keep folder from an earlier benchmark is replaced (never anything else).
+        cmd = [rlrec, "quickstart", "--out", str(out), "--json", "--force"]
         cmd += ["--seed", str(seed)] + (["--tiny"] if tiny else [])
         load = os.getloadavg()[0]
         started = time.perf_counter()

@@ -49,6 +49,21 @@ RUN_DIR = "run"
 EVALUATE_FILE = "evaluate.json"
 OPE_FILE = "ope_sessions.json"
 SUMMARY_FILE = "summary.json"
+REPORT_ENTRIES = ("report.html", "plots")
+OUTPUT_ENTRIES = (
+    ENV_FILE,
+    DATA_DIR,
+    SIM_DIR,
+    FIDELITY_FILE,
+    ENCODER_DIR,
+    ENCODER_EVAL_FILE,
+    RUN_DIR,
+    EVALUATE_FILE,
+    OPE_FILE,
+    SUMMARY_FILE,
+    *REPORT_ENTRIES,
+)
+"""What a quickstart writes under its ``--out``: what ``--force`` removes before a new run."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +170,10 @@ def _write_json(path: Path, payload: Any) -> None:
 
 def _write_yaml_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
+    with tmp.open("w") as fh:
+        fh.write(yaml.safe_dump(payload, sort_keys=False))
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk before the rename publishes it
     os.replace(tmp, path)
 
 
@@ -199,21 +217,61 @@ def run_quickstart(
     out: str | os.PathLike[str],
     config: QuickstartConfig | None = None,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> QuickstartResult:
     """Run every stage of the main job into ``out`` (see the module docstring for the layout).
 
+    The whole run holds ``out``'s lock (:func:`rlrec.fsutil.output_lock`), so a second
+    quickstart into the same folder fails at once.
+
     Args:
-        out: The output directory (created; artifacts of an earlier run are replaced).
+        out: The output directory (created).
         config: Sizes and seeds; :class:`QuickstartConfig` defaults when None.
         progress: Called with one line per stage start and end, and with the stages' own
             messages.
+        force: Replace an earlier quickstart output at ``out``: its entries
+            (:data:`OUTPUT_ENTRIES`, the trained run included) are removed before the first
+            stage, so the folder never mixes two runs. Without it an earlier output is
+            refused, and a folder that is not a quickstart output is refused either way.
 
     Returns:
         The output directory and the summary (also in ``out/summary.json``).
 
     Raises:
-        UserError: If ``out`` is a file, or a stage fails on its input.
+        UserError: If ``out`` is a file, is not a quickstart output, exists without
+            ``force``, is being written by another process, or a stage fails on its input.
     """
+    from rlrec.fsutil import output_lock
+
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--out {root}: exists and is not a directory; choose another path")
+    with output_lock(root):
+        _claim_output(root, force)
+        return _run_quickstart(root, config or QuickstartConfig(), progress)
+
+
+def _claim_output(root: Path, force: bool) -> None:
+    """Check ``root`` (see :func:`run_quickstart`), empty it of an earlier run and mark it."""
+    import shutil
+
+    from rlrec.fsutil import MARKER_FILE, check_output, write_marker
+
+    check_output(root, "quickstart", force)
+    for name in (*OUTPUT_ENTRIES, MARKER_FILE):
+        entry = root / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    # Marked first: a stopped quickstart is still recognized (and refused without --force).
+    write_marker(root, "quickstart")
+
+
+def _run_quickstart(
+    root: Path, cfg: QuickstartConfig, progress: Progress | None
+) -> QuickstartResult:
     from rlrec.agents.config import load_agent_config
     from rlrec.agents.evaluate import evaluate_run
     from rlrec.agents.policy_specs import run_simulated_check
@@ -229,10 +287,6 @@ def run_quickstart(
     from rlrec.models.synthetic import generate_dataset
     from rlrec.models.transition import fit_sim_model
 
-    cfg = config or QuickstartConfig()
-    root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--out {root}: exists and is not a directory; choose another path")
     say = progress or (lambda _message: None)
     stages = _Stages(say)
     root.mkdir(parents=True, exist_ok=True)
@@ -284,7 +338,7 @@ def run_quickstart(
                 env=preset.env,
             )
             # Trained beside its destination and renamed into place, like every artifact.
-            with atomic_directory(root / RUN_DIR) as tmp:
+            with atomic_directory(root / RUN_DIR, "run") as tmp:
                 trained = train_agent(
                     (root / ENV_FILE).resolve(),
                     agent,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rlrec.cli.parsing import HelpFormatter, check_out_dir
+from rlrec.cli.parsing import HelpFormatter, add_force, check_out_dir
 from rlrec.errors import UserError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -93,6 +93,7 @@ def _register_prepare(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--no-header", action="store_true", help="CSV files have no header line")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads")
     p.add_argument("--memory-limit-mb", type=int, default=2048, help="DuckDB memory limit")
+    add_force(p, "PreparedDataset")
     p.add_argument("--json", action="store_true", help="print the dataset's meta.json")
     p.set_defaults(handler=_prepare)
 
@@ -124,12 +125,12 @@ def _register_synth(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     size.add_argument("--users", type=int, metavar="N", help="number of users")
     size.add_argument("--events", type=int, metavar="N", help="approximate number of events")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    add_force(p, "PreparedDataset")
     p.add_argument("--json", action="store_true", help="print the dataset's stats as JSON")
     p.set_defaults(handler=_synth)
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from rlrec.data.dataset import META_FILE
     from rlrec.data.prepare import PrepareConfig, prepare
     from rlrec.data.readers import ReadOptions, load_column_map, parse_columns
 
@@ -149,7 +150,7 @@ def _prepare(args: argparse.Namespace) -> int:
         delimiter=delimiter or file_options.delimiter,
         header=False if args.no_header else file_options.header,
     )
-    check_out_dir(args.out, META_FILE, "a PreparedDataset")
+    check_out_dir(args.out, "dataset", args.force)
     config = PrepareConfig(
         session_gap_seconds=parse_duration(args.session_gap),
         min_item_count=args.min_item_count,
@@ -187,6 +188,7 @@ def _prepare(args: argparse.Namespace) -> int:
             columns=columns,
             read_options=options,
             progress=progress,
+            force=args.force,
         )
     meta = json.loads((out / "meta.json").read_text())
     if args.json:
@@ -254,7 +256,6 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from rlrec.data.dataset import META_FILE
     from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 
     for flag, value in (("--users", args.users), ("--events", args.events)):
@@ -265,9 +266,9 @@ def _synth(args: argparse.Namespace) -> int:
         sizes["n_users"] = args.users
     if args.events is not None:
         sizes["n_events"] = args.events
-    check_out_dir(args.out, META_FILE, "a PreparedDataset")
+    check_out_dir(args.out, "dataset", args.force)
     config = SyntheticConfig(seed=args.seed, **sizes)
-    out = generate_dataset(args.out, config)
+    out = generate_dataset(args.out, config, force=args.force)
     if args.json:
         from rlrec.data.dataset import load_dataset
         from rlrec.data.stats import dataset_stats

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from rlrec.cli.parsing import HelpFormatter, check_out_dir
+from rlrec.cli.parsing import HelpFormatter, add_force, check_out_dir
 from rlrec.config import from_mapping, load_yaml
 
 
@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train.add_argument(
         "--threads", type=int, dest="num_threads", help="CPU threads, 0 for torch's (default: 0)"
     )
+    add_force(pre, "encoder checkpoint")
     pre.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     pre.add_argument("--json", action="store_true", help="print the result as JSON")
     pre.set_defaults(handler=_pretrain)
@@ -139,17 +140,18 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 
 def _pretrain(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
-    from rlrec.models.checkpoint import CONFIG_FILE
     from rlrec.models.encoder import EncoderConfig
     from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint
 
-    check_out_dir(args.out, CONFIG_FILE, "an encoder checkpoint")
+    check_out_dir(args.out, "encoder", args.force)
     encoder_map, training_map = _settings(args)
     where = args.config or "flags"
     enc_cfg = from_mapping(EncoderConfig, encoder_map, f"{where}:encoder")
     cfg = from_mapping(PretrainConfig, training_map, f"{where}:training")
     dataset = load_dataset(args.data)
-    summary = pretrain_checkpoint(dataset, args.out, enc_cfg, cfg, progress=not args.no_progress)
+    summary = pretrain_checkpoint(
+        dataset, args.out, enc_cfg, cfg, progress=not args.no_progress, force=args.force
+    )
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()

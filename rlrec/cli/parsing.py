@@ -9,17 +9,16 @@ Two departures from plain :mod:`argparse`, both for the user in front of a termi
   :class:`rlrec.errors.UserError`, instead of the usage block followed by the error: the line
   names the verb and points to its ``--help``.
 
-:func:`check_out_dir` guards the verbs that write a whole output directory.
+:func:`check_out_dir` and :func:`add_force` guard the verbs that write a whole output directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import NoReturn
 
-from rlrec.errors import EXIT_USER_ERROR, UserError
+from rlrec.errors import EXIT_USER_ERROR
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -42,30 +41,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line} (see '{self.prog} --help')\n")
 
 
-def check_out_dir(out: str | os.PathLike[str], marker: str, what: str) -> None:
-    """Refuse an ``--out`` whose replacement would destroy something that is not ours.
+def add_force(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--force``: replace an earlier output of the same kind at ``--out``."""
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"replace an existing {what} at --out (never anything else)",
+    )
 
-    Outputs are written to a temporary directory renamed over ``out``, replacing the whole
-    directory; so an existing ``out`` must be empty or hold an earlier output of the same
-    kind (one with ``marker`` in it). ``--out .`` or ``--out logs`` would otherwise replace the
-    working directory or every run in it.
+
+def check_out_dir(out: str | os.PathLike[str], kind: str, force: bool) -> None:
+    """Refuse an ``--out`` before any work if writing it would replace something.
+
+    The library checks again under the output's lock (:func:`rlrec.fsutil.atomic_directory`);
+    this early check only spares the user a long run that ends in the same refusal.
 
     Args:
         out: The ``--out`` path.
-        marker: The file every output of this kind has (``meta.json``, ``sim_model.json``).
-        what: The kind with its article, for the message (``a PreparedDataset``).
+        kind: A key of :data:`rlrec.fsutil.ARTIFACT_KINDS`.
+        force: The verb's ``--force``.
 
     Raises:
-        UserError: If ``out`` is a file, or a non-empty directory without ``marker``.
+        UserError: See :func:`rlrec.fsutil.check_output`.
     """
-    path = Path(out)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise UserError(f"--out {path}: is a file; {what} is written as a directory")
-    if (path / marker).is_file() or not any(path.iterdir()):
-        return
-    raise UserError(
-        f"--out {path}: exists and is not {what} (no {marker}); writing would replace the "
-        "whole directory, so choose another --out or remove it first"
-    )
+    from rlrec.fsutil import check_output
+
+    check_output(out, kind, force)

@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("logs/quickstart"), help="output directory")
     p.add_argument("--tiny", action="store_true", help="a small world and short budgets")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier quickstart output at --out, its trained run included "
+        "(never a folder that is not one)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed of every stage")
     # "%(default).0s" prints nothing; it keeps argparse from appending "(default: None)".
     p.add_argument(
@@ -61,7 +67,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(message, file=stream, flush=True)
 
-    result = run_quickstart(args.out, config, progress=say)
+    result = run_quickstart(args.out, config, progress=say, force=args.force)
     summary: dict[str, Any] = result.summary
     if args.json:
         json.dump(summary, sys.stdout, indent=2)

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="where to write (default: RUN_DIR)%(default).0s"
     )
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing report.html and plots/ in OUT"
+    )
     p.add_argument("--json", action="store_true", help="print the paths and headline as JSON")
     p.set_defaults(handler=_report)
 
@@ -39,6 +42,12 @@ def _report(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: is a file; pass a folder for report.html and plots/")
+    target = args.out if args.out is not None else args.run_dir
+    for existing in (target / "report.html", target / "plots"):
+        if existing.exists() and not args.force:
+            raise UserError(
+                f"{existing}: already exists; pass --force to replace report.html and plots/"
+            )
     result = write_report(args.run_dir, args.out)
     if args.json:
         payload = {

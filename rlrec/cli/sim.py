@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from rlrec.cli.parsing import HelpFormatter, check_out_dir
+from rlrec.cli.parsing import HelpFormatter, add_force, check_out_dir
 from rlrec.errors import UserError
 
 
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="engagement base rate for logs with only positive events (default 0.1)",
     )
+    add_force(fit, "SimModel")
     fit.add_argument("--json", action="store_true", help="print a JSON summary")
     fit.set_defaults(handler=_fit)
 
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _fit(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
-    from rlrec.models.sim_model import PARAMS_FILE
+    from rlrec.fsutil import output_lock
     from rlrec.models.transition import FitConfig, fit_sim_model
 
     for flag, value in (
@@ -83,7 +84,7 @@ def _fit(args: argparse.Namespace) -> int:
     rate = args.engage_base_rate
     if rate is not None and not 0 < rate < 1:
         raise UserError(f"--engage-base-rate: expected a number in (0, 1), got {rate}")
-    check_out_dir(args.out, PARAMS_FILE, "a SimModel")
+    check_out_dir(args.out, "sim", args.force)
     config = FitConfig(
         top_k_categories=args.top_k,
         catalog_size=args.catalog_size,
@@ -91,8 +92,10 @@ def _fit(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         engage_base_rate=rate,
     )
-    model = fit_sim_model(load_dataset(args.data_dir), config)
-    out = model.save(args.out)
+    # The lock before the fit: a second writer of the same --out fails at once.
+    with output_lock(args.out):
+        model = fit_sim_model(load_dataset(args.data_dir), config)
+        out = model.save(args.out, force=args.force)
     summary = {
         "sim_dir": str(out),
         "categories": model.n_categories,

@@ -11,17 +11,15 @@ Layout (see ``docs/architecture.md``)::
 
 A dataset directory is written next to its final place and renamed into it in one step, so a
 crash mid-write never leaves a directory that loads as a dataset (``meta.json`` is written
-last, and :func:`load_dataset` refuses a directory without it).
+last, and :func:`load_dataset` refuses a directory without it). :func:`atomic_directory` and
+:func:`write_json_atomic` live in :mod:`rlrec.fsutil` (locks, ``force``, fsync) and are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,19 @@ import pandas as pd
 
 from rlrec.data.schema import EVENT_COLUMNS, EVENT_TYPES, SCHEMA_VERSION, SPLITS
 from rlrec.errors import UserError
+from rlrec.fsutil import atomic_directory, write_json_atomic
+
+__all__ = [
+    "META_FILE",
+    "TABLE_FILES",
+    "PreparedDataset",
+    "SessionArrays",
+    "atomic_directory",
+    "load_dataset",
+    "session_arrays",
+    "write_dataset",
+    "write_json_atomic",
+]
 
 META_FILE = "meta.json"
 TABLE_FILES = ("events.parquet", "users.parquet", "items.parquet", "categories.parquet")
@@ -196,52 +207,6 @@ def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
     )
 
 
-@contextmanager
-def atomic_directory(out: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out`` and move it into place on success.
-
-    On an exception the temporary directory is removed and ``out`` is left as it was. An
-    existing ``out`` is replaced only after the new content is complete.
-
-    Raises:
-        UserError: If ``out`` exists, ``overwrite`` is false.
-    """
-    final = Path(out)
-    if final.exists() and not overwrite:
-        raise UserError(f"{final}: already exists; choose another --out or remove it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            # Rename the old one aside first so that there is never a moment without a
-            # complete directory at ``final`` being half deleted.
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_dataset(
     out: str | os.PathLike[str],
     events: pd.DataFrame,
@@ -250,15 +215,17 @@ def write_dataset(
     categories: pd.DataFrame,
     meta: dict[str, Any],
     extra_files: dict[str, bytes] | None = None,
+    force: bool = False,
 ) -> Path:
     """Write a PreparedDataset atomically from in-memory tables.
 
     Large logs are written by the out-of-core preparation path instead; this is for the
     synthetic generator and for tests. ``meta`` gets ``schema_version`` and vocabulary sizes
     filled in. ``extra_files`` (name -> bytes) are written beside the tables, e.g. the
-    synthetic generator's ground truth.
+    synthetic generator's ground truth. An existing dataset at ``out`` is replaced only with
+    ``force`` (see :func:`rlrec.fsutil.atomic_directory`).
     """
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "dataset", force) as tmp:
         events = events.astype({c: t for c, t in EVENT_COLUMNS.items()})
         events.to_parquet(tmp / "events.parquet", index=False)
         users.to_parquet(tmp / "users.parquet", index=False)

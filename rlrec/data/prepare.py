@@ -56,6 +56,7 @@ from rlrec.data.sessionize import (
 )
 from rlrec.data.split import check_fractions, split_code_sql, time_cutoffs
 from rlrec.errors import UserError
+from rlrec.fsutil import check_output, make_parent, output_lock
 
 DROP_REASONS: tuple[str, ...] = (
     "missing_user_id",
@@ -128,13 +129,15 @@ def prepare(
     extra_files: Mapping[str, bytes] | None = None,
     read_options: ReadOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> Path:
     """Prepare event logs into a PreparedDataset directory at ``out``.
 
     Args:
         inputs: Log files (CSV or Parquet) in the preset's format.
         preset: One of :data:`rlrec.data.readers.PRESETS`.
-        out: Output directory; replaced atomically if it exists.
+        out: Output directory; an existing dataset there is replaced (atomically) only with
+            ``force``, anything else never (:func:`rlrec.fsutil.check_output`).
         config: Preparation settings.
         columns: For the ``generic`` preset: canonical field -> column.
         extra_files: Files (name -> content) written into the dataset directory, e.g. the
@@ -142,6 +145,7 @@ def prepare(
         read_options: Time unit, delimiter and header for ``generic`` (overrides for others).
         progress: Called with the name of each stage as it starts (see :data:`STAGES`); the
             CLI draws a progress bar with it.
+        force: Replace an existing dataset at ``out``.
 
     Returns:
         The dataset directory.
@@ -152,23 +156,48 @@ def prepare(
     started = time.perf_counter()
     paths = [Path(p) for p in inputs]
     final = Path(out)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"{final}: cannot create its folder ({exc.strerror}); choose another --out"
-        ) from None
+    make_parent(final)
     if not os.access(final.parent, os.W_OK):
         raise UserError(f"{final}: its folder is not writable; choose another --out")
     for name in extra_files or {}:
         if name in (META_FILE, "events.parquet", "users.parquet", "items.parquet") or "/" in name:
             raise ValueError(f"extra file name {name!r} would clash with the dataset's files")
+    # One writer per output, checked before any reading: a second one fails at once, and the
+    # spill folder of a killed earlier run is removed under the lock.
+    with output_lock(final):
+        check_output(final, "dataset", force)
+        return _prepare_locked(
+            paths,
+            preset,
+            final,
+            config,
+            columns,
+            extra_files,
+            read_options,
+            progress,
+            force,
+            started,
+        )
+
+
+def _prepare_locked(
+    paths: list[Path],
+    preset: str,
+    final: Path,
+    config: PrepareConfig,
+    columns: Mapping[str, str] | None,
+    extra_files: Mapping[str, bytes] | None,
+    read_options: ReadOptions | None,
+    progress: Callable[[str], None] | None,
+    force: bool,
+    started: float,
+) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.spill-", dir=final.parent) as spill:
         con = duckdb.connect()
         try:
             _configure(con, config, Path(spill))
             source = open_source(con, paths, preset, columns, read_options)
-            with atomic_directory(final) as tmp:
+            with atomic_directory(final, "dataset", force) as tmp:
                 meta = _run(con, source, config, tmp, progress or _silent)
                 for name, blob in (extra_files or {}).items():
                     (tmp / name).write_bytes(blob)

@@ -215,7 +215,7 @@ def build_artifacts(
         reused.append("sim_model")
     else:
         model = fit_sim_model(load_dataset(dataset_dir), preset.fit)
-        model.save(sim_dir)
+        model.save(sim_dir, force=True)  # the cache's own entry: a broken one is rebuilt
         write_json_atomic(
             cache / f"{sim_dir.name}.json",
             {"preset": preset.name, "dataset": dataset_dir.name, "fit": to_mapping(preset.fit)},
@@ -228,7 +228,7 @@ def _build_dataset(preset: EnvPreset, out: Path) -> None:
     if data.source == "synthetic":
         from rlrec.models.synthetic import generate_dataset
 
-        generate_dataset(out, data.synthetic, data.prepare)
+        generate_dataset(out, data.synthetic, data.prepare, force=True)
         return
     from rlrec.data.prepare import prepare
 
@@ -237,7 +237,9 @@ def _build_dataset(preset: EnvPreset, out: Path) -> None:
     for path in paths:
         if not path.is_file():
             raise UserError(f"{preset.name}: data.inputs {path} does not exist; fix the path")
-    prepare(paths, preset=data.preset, out=out, config=data.prepare, columns=data.columns)
+    prepare(
+        paths, preset=data.preset, out=out, config=data.prepare, columns=data.columns, force=True
+    )
 
 
 def _digest(payload: Any) -> str:

@@ -101,9 +101,10 @@ def save_encoder(
     model: SequenceEncoder,
     fingerprint: str,
     info: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> Path:
-    """Save an encoder checkpoint directory atomically; returns its path."""
-    with atomic_directory(out) as tmp:
+    """Save an encoder checkpoint directory atomically (an existing one only with ``force``)."""
+    with atomic_directory(out, "encoder", force) as tmp:
         write_encoder_files(tmp, model, fingerprint, info)
     return Path(out)
 

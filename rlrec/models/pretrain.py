@@ -220,12 +220,15 @@ def pretrain_checkpoint(
     encoder_config: EncoderConfig | None = None,
     config: PretrainConfig | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train an encoder on ``dataset`` and write its checkpoint directory ``out`` atomically.
 
     What ``rlrec pretrain`` and ``rlrec quickstart`` run: :func:`train_encoder` with
     TensorBoard logs under ``out/tensorboard``, then ``model.safetensors`` and
-    ``encoder.json`` (training config, per-epoch history and the returned summary).
+    ``encoder.json`` (training config, per-epoch history and the returned summary). The
+    lock on ``out`` is taken before training, so a second writer fails at once; an existing
+    checkpoint at ``out`` is replaced only with ``force``.
 
     Returns:
         The ``rlrec pretrain --json`` summary: ``out``, ``dataset``, ``device``, ``seconds``,
@@ -234,7 +237,7 @@ def pretrain_checkpoint(
     from rlrec.models.checkpoint import vocabulary_fingerprint, write_encoder_files
 
     cfg = config or PretrainConfig()
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "encoder", force) as tmp:
         result = train_encoder(
             dataset, encoder_config, cfg, tensorboard_dir=tmp / "tensorboard", progress=progress
         )

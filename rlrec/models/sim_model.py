@@ -260,11 +260,11 @@ class SimModel:
         stay = float(np.dot(w, self.stay_by_streak) / np.sum(w))
         return stay * np.eye(self.n_categories) + (1 - stay) * self.switch_matrix
 
-    def save(self, out: str | os.PathLike[str]) -> Path:
-        """Write the model to directory ``out`` atomically."""
+    def save(self, out: str | os.PathLike[str], force: bool = False) -> Path:
+        """Write the model to directory ``out`` atomically; replace a model only with ``force``."""
         from rlrec.data.dataset import atomic_directory, write_json_atomic
 
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, "sim", force) as tmp:
             arrays = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
             np.savez(tmp / ARRAYS_FILE, **arrays)  # type: ignore[arg-type]
             payload = {

@@ -673,6 +673,7 @@ def generate_dataset(
     out: str | os.PathLike[str],
     config: SyntheticConfig,
     prepare_config: PrepareConfig | None = None,
+    force: bool = False,
 ) -> Path:
     """Generate a synthetic log and prepare it into a PreparedDataset at ``out``.
 
@@ -680,18 +681,34 @@ def generate_dataset(
     is a dataset like any other; the ground truth is written beside it.
 
     Args:
-        out: The dataset directory (replaced atomically if it exists).
+        out: The dataset directory.
         config: The synthetic world.
         prepare_config: Preparation settings; the defaults when None.
+        force: Replace an existing dataset at ``out`` (atomically); refused otherwise.
 
     Returns:
         The dataset directory.
+
+    Raises:
+        UserError: If ``out`` exists (see :func:`rlrec.fsutil.check_output`) or another
+            process is writing it.
     """
-    from rlrec.data.prepare import PrepareConfig, prepare
+    from rlrec.data.prepare import PrepareConfig
+    from rlrec.fsutil import check_output, output_lock
+
+    out = Path(out)
+    # The lock and the check before the (long) generation: a second writer fails at once.
+    with output_lock(out):
+        check_output(out, "dataset", force)
+        return _generate_into(out, config, prepare_config or PrepareConfig(), force)
+
+
+def _generate_into(
+    out: Path, config: SyntheticConfig, prepare_config: PrepareConfig, force: bool
+) -> Path:
+    from rlrec.data.prepare import prepare
 
     frame, truth = generate_events(config)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.synth-", dir=out.parent) as tmp:
         raw = Path(tmp) / "events.parquet"
         frame.to_parquet(raw, index=False)
@@ -700,8 +717,9 @@ def generate_dataset(
             [raw],
             preset="canonical",
             out=out,
-            config=prepare_config or PrepareConfig(),
+            config=prepare_config,
             extra_files=truth.to_files(),
+            force=force,
         )
 
 

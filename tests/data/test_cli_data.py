@@ -61,7 +61,7 @@ def test_generic_prepare_with_flags_and_yaml_map(
         "columns: {user: '0', item: '1', time: '2', event: '3'}\n"
         'delimiter: "\\t"\nheader: false\ntime_unit: ms\n'
     )
-    assert main([*args, "--columns", str(mapping), "--split", "1,0,0"]) == 0
+    assert main([*args, "--columns", str(mapping), "--split", "1,0,0", "--force"]) == 0
     assert load_dataset(out).meta["vocab"]["sessions"] == 2  # default gap, 30 minutes
 
 

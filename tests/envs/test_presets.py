@@ -106,8 +106,8 @@ def test_a_crash_leaves_no_half_built_cache_entry(tmp_path, monkeypatch):
 
     preset = load_env_preset(write_preset(tmp_path, TINY))
 
-    def crash_mid_write(self, out):
-        with atomic_directory(out) as tmp:
+    def crash_mid_write(self, out, force=False):
+        with atomic_directory(out, "sim", force) as tmp:
             (tmp / PARAMS_FILE).write_text("{")  # half written
             raise RuntimeError("disk full")
 
