@@ -195,6 +195,9 @@ def _kwargs_to_json(value: Any) -> Any:
 
 def _kwargs_from_json(value: Any) -> Any:
     if isinstance(value, dict):
+        if any(str(k).startswith(":") for k in value):
+            # SB3's ":serialized:"/":type:" fields are pickles: refused, never decoded.
+            raise ValueError("a pickled field (':serialized:') is refused")
         if "$class" in value:
             name = value["$class"]
             if len(value) != 1 or not isinstance(name, str) or name not in KWARG_CLASSES:
@@ -303,8 +306,12 @@ def legacy_refusal(zip_path: Path, run_dir: Path) -> UserError:
 
 
 def policy_exists(directory: str | os.PathLike[str], name: str = POLICY_NAME) -> bool:
-    """Whether ``directory`` holds a saved policy pair's descriptor ``NAME.json``."""
-    return (Path(directory) / f"{name}.json").is_file()
+    """Whether ``directory`` holds a saved policy pair's descriptor ``NAME.json``.
+
+    Anything at that path counts (a folder too): a broken final policy is an error to report,
+    never a reason to fall back silently to an older checkpoint.
+    """
+    return (Path(directory) / f"{name}.json").exists()
 
 
 def read_policy_meta(meta_path: str | os.PathLike[str]) -> dict[str, Any]:
