@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +61,7 @@ __all__ = [
     "check_device",
     "check_run_name",
     "checkpoint_files",
+    "clean_stale_temporaries",
     "convert_legacy_run",
     "legacy_refusal",
     "load_policy",
@@ -574,6 +576,32 @@ def check_run_name(name: str) -> None:
             f"--run-name {name!r:.80}: must be a plain folder name inside --log-dir "
             "(no '/', '..' or absolute path)"
         )
+
+
+TEMPORARY = re.compile(r"^\..+\.tmp")
+"""Names of the temporary files and folders rlrec writes before a rename (``.NAME.tmp...``)."""
+
+
+def clean_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries a killed writer left in ``run_dir`` and its ``checkpoints/``.
+
+    Call it only under :func:`run_lock`: then no live process is writing them.
+
+    Returns:
+        What was removed.
+    """
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if TEMPORARY.match(path.name):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 @contextmanager

@@ -45,6 +45,7 @@ from rlrec.agents.artifacts import (
     POLICY_NAME,
     check_device,
     checkpoint_files,
+    clean_stale_temporaries,
     legacy_checkpoints,
     legacy_refusal,
     load_policy,
@@ -324,6 +325,7 @@ def train_agent(
     created = not root.exists()
     # One writer per run directory: a second 'rlrec train' fails here at once.
     with run_lock(root):
+        clean_stale_temporaries(root)  # of a writer killed earlier (the lock says it is gone)
         try:
             return _train_agent(
                 env_preset,

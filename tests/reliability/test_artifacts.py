@@ -541,6 +541,59 @@ def test_truncated_tensorboard_files_make_report_warn(world, tmp_path, capsys):
     assert events[-1].name in lines[0] and "truncated" in lines[0]
 
 
+def rlrec_process(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from rlrec.cli import main; sys.exit(main())", *args]
+
+
+@pytest.mark.slow  # four interpreters that import torch: about a minute on two cores
+def test_kill_9_during_train_then_a_second_writer_and_resume(world, tmp_path):
+    log_dir = tmp_path / "logs"
+    run = log_dir / "k"
+    first = subprocess.Popen(
+        rlrec_process(*train_argv(world, log_dir, "k", "--timesteps", "1000000")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run / "checkpoints").glob("*.json")) and time.monotonic() < deadline:
+            assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+            time.sleep(0.1)
+        for extra in (["--resume"], []):  # the same run name, while the first one trains
+            second = subprocess.run(
+                rlrec_process(*train_argv(world, log_dir, "k", *extra)),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.count("\n") == 1, second.stderr
+            assert "another 'rlrec train' is writing this run" in second.stderr
+    finally:
+        first.kill()  # SIGKILL: no cleanup, the lock dies with the process
+        first.wait()
+    assert not (run / "policy.json").exists()
+    # Leftovers of a writer killed mid-save, which the next run removes.
+    (run / ".policy.json.tmp-abc").write_text("{")
+    (run / "checkpoints" / ".step_9.safetensors.tmp-x").write_bytes(b"\0")
+    (run / ".encoder.tmp1").mkdir()
+    last = checkpoint_files(run / "checkpoints")[-1][0]
+    resumed = subprocess.run(
+        rlrec_process(
+            *train_argv(world, log_dir, "k", "--resume", "--timesteps", str(last + 64), "--json")
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_from"] == last and summary["timesteps"] == last + 64
+    assert json.loads((run / "policy.json").read_text())["step"] == last + 64
+    leftovers = [p.name for p in [*run.iterdir(), *(run / "checkpoints").iterdir()]]
+    assert [n for n in leftovers if n.startswith(".")] == [".lock"]
+
+
 # --------------------------------------------------------------------------- conversion
 
 
