@@ -209,7 +209,7 @@ class BernoulliTSPolicy:
 
 @dataclass(frozen=True)
 class RunDirectoryPolicy:
-    """A trained rlrec policy in a run directory (``policy.zip`` / ``config.yaml``).
+    """A trained rlrec policy in a run directory (``policy.json`` / ``config.yaml``).
 
     A run's policy exposes ``action_probabilities(obs) -> (n, n_actions)`` over *session
     observations* (recent history), while a bandit round carries hashed user features.
