@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from rlrec.cli.parsing import HelpFormatter
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="confirm that the run is yours: its zips are unpickled (code in them runs)",
     )
     p.add_argument("--force", action="store_true", help="replace converted files that exist")
+    p.add_argument("--json", action="store_true", help="print the files written as JSON")
     p.set_defaults(handler=_convert)
 
 
@@ -44,6 +47,10 @@ def _convert(args: argparse.Namespace) -> int:
             "pass --trust only for a run you made yourself"
         )
     written = convert_legacy_run(args.run_dir, masked=run.agent.mask_recent > 0, force=args.force)
-    for path in written:
-        print(f"wrote {path} (+ {path.with_suffix('.safetensors').name})")
+    if args.json:
+        json.dump({"written": [str(p) for p in written]}, sys.stdout, indent=2)
+        print()
+    else:
+        for path in written:
+            print(f"wrote {path} (+ {path.with_suffix('.safetensors').name})")
     return 0

@@ -154,6 +154,18 @@ def test_a_planted_policy_zip_never_runs(command, world, tmp_path, capsys):
     assert_clear_error(outcome, f"rlrec convert-run {run} --trust")
 
 
+@pytest.mark.parametrize("logs", ["missing.csv", "empty.csv"])
+def test_ope_bandit_checks_its_own_inputs_before_opening_the_run(logs, world, tmp_path, capsys):
+    run = copy_run(world, tmp_path / "run")
+    (run / "policy.json").unlink()
+    planted_zip(world["legacy"], run / "policy.zip", tmp_path / "marker")
+    (tmp_path / "empty.csv").write_text("")
+    argv = ["ope", "bandit", "--logs", str(tmp_path / logs), "--policy", str(run)]
+    outcome = run_hostile(argv, capsys)
+    assert_clear_error(outcome, logs)
+    assert "policy.zip" not in outcome.err and not (tmp_path / "marker").exists()
+
+
 def test_report_and_convert_without_trust_never_unpickle(world, tmp_path, capsys):
     run = copy_run(world, tmp_path / "run")
     marker = tmp_path / "marker"
@@ -442,6 +454,21 @@ def test_a_saved_policy_restores_weights_optimizer_and_counters(world, tmp_path)
     venv.close()
 
 
+def test_resume_from_a_checkpoint_is_deterministic(world, tmp_path, capsys):
+    results = []
+    for name in ("a", "b"):
+        log_dir = tmp_path / name
+        run = copy_run(world, log_dir / "run")
+        (run / "policy.json").unlink()
+        argv = train_argv(world, log_dir, "run", "--resume", "--timesteps", "192", "--json")
+        outcome = run_hostile(argv, capsys)
+        assert outcome.kind == "ok", outcome.err
+        assert json.loads(outcome.out)["resumed_from"] == 128
+        results.append((run / "policy.safetensors").read_bytes())
+    assert results[0] == results[1]
+    assert results[0] != (world["base"] / "policy.safetensors").read_bytes()
+
+
 # --------------------------------------------------------------------------- run guards
 
 
@@ -603,8 +630,9 @@ def test_convert_run_makes_an_older_trusted_run_usable(world, tmp_path, capsys):
     (run / "policy.safetensors").unlink()
     shutil.copy(world["legacy"], run / "policy.zip")
     assert_clear_error(run_hostile(["evaluate", str(run), "--episodes", "5"], capsys), "--trust")
-    converted = run_hostile(["convert-run", str(run), "--trust"], capsys)
+    converted = run_hostile(["convert-run", str(run), "--trust", "--json"], capsys)
     assert converted.kind == "ok", converted.err
+    assert json.loads(converted.out) == {"written": [str(run / "policy.json")]}
     again = run_hostile(["convert-run", str(run), "--trust"], capsys)
     assert_clear_error(again, "already exists", "--force")
     model = load_policy(run / "policy.json")
