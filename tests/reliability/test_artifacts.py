@@ -129,29 +129,41 @@ def opening_commands(world: dict[str, Path], run: Path) -> dict[str, list[str]]:
             *("ope", "sessions", "--simulate", str(run), "--target", f"run:{run}"),
             *("--sessions", "10", "--truth-sessions", "10", "--n-bootstrap", "0"),
         ],
+        "ope sessions --data": [
+            *("ope", "sessions", "--data", dataset, "--target", f"run:{run}"),
+            *("--n-bootstrap", "0"),
+        ],
         "ope bandit": ["ope", "bandit", "--logs", str(log), "--policy", str(run)],
         "train --resume": train_argv(world, run.parent, run.name, "--resume"),
-        "convert-run": ["convert-run", str(run)],
     }
 
 
-COMMANDS = ["evaluate", "ope replay", "ope sessions", "ope bandit", "train --resume"]
+COMMANDS = [
+    "evaluate",
+    "ope replay",
+    "ope sessions",
+    "ope sessions --data",
+    "ope bandit",
+    "train --resume",
+]
 
 
+@pytest.mark.parametrize("where", ["policy.zip", "checkpoint only"])
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_planted_policy_zip_never_runs(command, world, tmp_path, capsys):
+def test_a_planted_policy_zip_never_runs(command, where, world, tmp_path, capsys):
     run = copy_run(world, tmp_path / "run")
     marker = tmp_path / "marker"
     for name in ("policy.json", "policy.safetensors"):
         (run / name).unlink()
-    planted_zip(world["legacy"], run / "policy.zip", marker)
+    if where == "policy.zip":
+        planted_zip(world["legacy"], run / "policy.zip", marker)
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").mkdir()
     planted_zip(world["legacy"], run / "checkpoints" / "step_64.zip", marker)
     outcome = run_hostile(opening_commands(world, run)[command], capsys)
     assert not marker.exists()
-    assert_clear_error(outcome, "policy.zip" if command != "train --resume" else "step_64.zip")
-    assert_clear_error(outcome, f"rlrec convert-run {run} --trust")
+    named = "step_64.zip" if command == "train --resume" or where != "policy.zip" else "policy.zip"
+    assert_clear_error(outcome, named, f"rlrec convert-run {run} --trust")
 
 
 @pytest.mark.parametrize("logs", ["missing.csv", "empty.csv"])
@@ -242,6 +254,19 @@ def test_a_malicious_policy_json_is_refused(change, needle, world, tmp_path, cap
     (run / "policy.json").write_text((run / "policy.json").read_text().replace("PLANT", payload))
     outcome = run_hostile(["evaluate", str(run), "--episodes", "5"], capsys)
     assert_clear_error(outcome, "policy.json", needle)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_pickle_in_policy_json_never_runs_under_any_command(command, world, tmp_path, capsys):
+    run = copy_run(world, tmp_path / "run")
+    marker = tmp_path / "marker"
+    payload = base64.b64encode(pickle.dumps(Plant(marker))).decode()
+    plant = {":type:": "<class 'abc.ABCMeta'>", ":serialized:": payload}
+    for path in (run / "policy.json", *(run / "checkpoints").glob("*.json")):
+        rewrite_json(path, lambda m: m["policy_kwargs"].update(activation_fn=plant))
+    outcome = run_hostile(opening_commands(world, run)[command], capsys)
+    assert_clear_error(outcome, ".json", "pickled field")
     assert not marker.exists()
 
 
