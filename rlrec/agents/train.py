@@ -35,8 +35,6 @@ from typing import Any
 
 import torch
 import yaml
-from sb3_contrib import MaskablePPO
-from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -258,10 +256,6 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> RunConfig:
     if not path.is_file():
         raise UserError(f"{run_dir}: no {RUN_CONFIG_FILE}; not a run directory of 'rlrec train'")
     return from_mapping(RunConfig, load_yaml(path), where=str(path))
-
-
-def _algorithm(agent: AgentConfig) -> type[PPO] | type[MaskablePPO]:
-    return MaskablePPO if agent.mask_recent > 0 else PPO
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:
