@@ -10,15 +10,16 @@ TensorBoard tags (under the run directory's ``tensorboard/``):
   ``approx_kl``, ``clip_fraction``, ``explained_variance``, ``loss``), ``time/fps``;
 * the ``hparams`` table (the agent configuration, with the mean return as its metric).
 
-Checkpoints: ``checkpoints/step_<N>.zip`` every ``checkpoint_every`` env steps, each written
-to a temporary file and renamed into place (a crash never leaves a half-written checkpoint
-with the final name); the oldest beyond ``keep_checkpoints`` are removed.
+Checkpoints: ``checkpoints/step_<N>.safetensors`` + ``step_<N>.json`` every
+``checkpoint_every`` env steps, in the safe policy format of :mod:`rlrec.agents.artifacts`
+(each file synced and renamed into place, the JSON last, so a crash never leaves a checkpoint
+that loads half-written); the oldest beyond ``keep_checkpoints``, by the step stored inside,
+are removed.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam
 
+from rlrec.agents.artifacts import checkpoint_files, save_policy
 from rlrec.envs.batched import BatchedVecEnv
 from rlrec.envs.dynamics import OUTCOMES
 from rlrec.errors import UserError
 
 _BUY = OUTCOMES.index("buy")
-CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.zip$")
+__all__ = ["AtomicCheckpoint", "RecommendationMetrics", "TqdmProgress", "checkpoint_files"]
 
 
 class RecommendationMetrics(BaseCallback):
@@ -120,35 +122,8 @@ class RecommendationMetrics(BaseCallback):
         self._reset_rollout()
 
 
-def checkpoint_files(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
-    """``(steps, path)`` of the complete checkpoints in ``directory``, oldest first."""
-    root = Path(directory)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = CHECKPOINT_PATTERN.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def save_model_atomic(model: Any, path: str | os.PathLike[str]) -> Path:
-    """``model.save`` to a temporary file beside ``path``, then rename it into place."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}.zip")
-    try:
-        model.save(tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
-
-
 class AtomicCheckpoint(BaseCallback):
-    """Save the model every ``every`` env steps as ``checkpoints/step_<N>.zip``, atomically.
+    """Save the model every ``every`` env steps as ``checkpoints/step_<N>.*``, atomically.
 
     Args:
         directory: The checkpoint folder.
@@ -176,9 +151,11 @@ class AtomicCheckpoint(BaseCallback):
 
     def save(self) -> Path:
         """Write a checkpoint now and prune old ones."""
-        path = save_model_atomic(self.model, self.directory / f"step_{self.num_timesteps}.zip")
+        path = save_policy(self.model, self.directory, f"step_{self.num_timesteps}")
         for _, old in checkpoint_files(self.directory)[: -self.keep]:
+            # The descriptor first: a crash in between leaves weights no one lists.
             old.unlink(missing_ok=True)
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
         return path
 
 

@@ -10,7 +10,7 @@ Every stage calls the same library function as its own verb, on the env preset's
     fidelity.json       rlrec sim validate --json, plus ``distributions`` for the plots
     encoder/            encoder checkpoint with tensorboard/               (rlrec pretrain)
     encoder_eval.json   rlrec encoder eval --json
-    run/                PPO run directory: config.yaml, tensorboard/, policy.zip (rlrec train)
+    run/                PPO run directory: config.yaml, tensorboard/, policy.json (rlrec train)
     evaluate.json       rlrec evaluate --json (also run/eval.json)
     ope_sessions.json   rlrec ope sessions --simulate run/ --json (estimates and true values)
     report.html, plots/ rlrec report

@@ -10,11 +10,15 @@ Run directory ``logs/<run-name>/``::
     config.yaml        the resolved run configuration (:class:`RunConfig`), written first
     encoder/           a copy of the encoder checkpoint (the run is self-contained)
     tensorboard/       event files (see rlrec.agents.callbacks)
-    checkpoints/       step_<N>.zip every checkpoint_every env steps (atomic)
-    policy.zip         the final model (atomic)
+    checkpoints/       step_<N>.safetensors + step_<N>.json every checkpoint_every env steps
+    policy.safetensors the final model's weights and optimizer state
+    policy.json        its spaces, settings and step (rlrec.agents.artifacts: nothing in a run
+                       directory is unpickled)
+    .lock              the advisory lock of the process writing the run
 
-``--resume`` reloads ``config.yaml`` and the newest checkpoint and trains on to the run's
-``timesteps``.
+``--resume`` reloads ``config.yaml`` and the checkpoint with the largest stored step and trains
+on to the run's ``timesteps``. Paths in ``config.yaml`` are absolute, so a run opens from any
+working directory.
 """
 
 from __future__ import annotations
@@ -31,18 +35,23 @@ from typing import Any
 
 import torch
 import yaml
-from sb3_contrib import MaskablePPO
-from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv
 
-from rlrec.agents.callbacks import (
-    AtomicCheckpoint,
-    RecommendationMetrics,
-    TqdmProgress,
+from rlrec.agents.artifacts import (
+    LEGACY_POLICY_FILE,
+    POLICY_NAME,
+    check_device,
     checkpoint_files,
-    save_model_atomic,
+    clean_stale_temporaries,
+    legacy_checkpoints,
+    legacy_refusal,
+    load_policy,
+    policy_exists,
+    run_lock,
+    save_policy,
 )
+from rlrec.agents.callbacks import AtomicCheckpoint, RecommendationMetrics, TqdmProgress
 from rlrec.agents.categorical import CatalogTerm
 from rlrec.agents.config import AgentConfig
 from rlrec.agents.features import FrozenEncoderStates
@@ -79,7 +88,7 @@ from rlrec.models.pretrain import PretrainConfig, train_encoder
 from rlrec.models.sim_model import SimModel, load_sim_model
 
 RUN_CONFIG_FILE = "config.yaml"
-POLICY_FILE = "policy.zip"
+POLICY_FILE = f"{POLICY_NAME}.json"
 ENCODER_DIR = "encoder"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
@@ -118,7 +127,7 @@ class TrainResult:
 
     Attributes:
         run_dir: The run directory.
-        policy_path: The final ``policy.zip``.
+        policy_path: The final policy's descriptor ``policy.json`` (weights beside it).
         timesteps: Env steps trained in total (over resumptions).
         seconds: Wall time of this call's ``learn``.
         fps: Env steps per second of this call's ``learn``.
@@ -249,8 +258,26 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> RunConfig:
     return from_mapping(RunConfig, load_yaml(path), where=str(path))
 
 
-def _algorithm(agent: AgentConfig) -> type[PPO] | type[MaskablePPO]:
-    return MaskablePPO if agent.mask_recent > 0 else PPO
+def _absolute(path: str | os.PathLike[str]) -> str:
+    return str(Path(path).resolve())
+
+
+def _preset_reference(env_preset: str | os.PathLike[str]) -> str:
+    # A preset given as a file is stored absolute (the run opens from any directory); a
+    # bundled name stays a name.
+    path = Path(env_preset)
+    return _absolute(path) if path.is_file() else str(env_preset)
+
+
+def _newest_checkpoint(root: Path) -> tuple[int, Path] | None:
+    """The checkpoint with the largest stored step; an SB3 zip of an older rlrec is refused."""
+    found = checkpoint_files(root / CHECKPOINT_DIR)
+    if found:
+        return found[-1]
+    legacy = legacy_checkpoints(root / CHECKPOINT_DIR)
+    if legacy:
+        raise legacy_refusal(legacy[-1], root)
+    return None
 
 
 def train_agent(
@@ -284,8 +311,49 @@ def train_agent(
             reuses the preset's in the cache.
 
     Raises:
-        UserError: If the run directory exists without ``resume``, or ``resume`` finds no run.
+        UserError: If the run directory exists without ``resume``, ``resume`` finds no run,
+            the device is not available or another process is writing the run.
     """
+    root = Path(run_dir)
+    check_device((read_run_config(root).agent if resume else agent).device)
+    created = not root.exists()
+    # One writer per run directory: a second 'rlrec train' fails here at once.
+    with run_lock(root):
+        clean_stale_temporaries(root)  # of a writer killed earlier (the lock says it is gone)
+        try:
+            return _train_agent(
+                env_preset,
+                agent,
+                root,
+                timesteps=timesteps,
+                seed=seed,
+                resume=resume,
+                cache_dir=cache_dir,
+                progress=progress,
+                artifacts=artifacts,
+                encoder_dir=encoder_dir,
+            )
+        except BaseException:
+            # A fresh run that failed before writing anything leaves no empty folder.
+            if created and {p.name for p in root.iterdir()} <= {".lock"}:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+
+
+def _train_agent(
+    env_preset: str | os.PathLike[str],
+    agent: AgentConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    timesteps: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+    progress: bool = False,
+    artifacts: Artifacts | None = None,
+    encoder_dir: str | os.PathLike[str] | None = None,
+) -> TrainResult:
+    """:func:`train_agent` under the run's lock."""
     root = Path(run_dir)
     resumed_from: int | None = None
     checkpoint: Path | None = None
@@ -293,9 +361,9 @@ def train_agent(
         run = read_run_config(root)
         if timesteps is not None:
             run = RunConfig(**{**run.__dict__, "timesteps": timesteps})
-        found = checkpoint_files(root / CHECKPOINT_DIR)
-        if found:
-            resumed_from, checkpoint = found[-1]
+        newest = _newest_checkpoint(root)
+        if newest is not None:
+            resumed_from, checkpoint = newest
         agent, seed = run.agent, run.seed
         preset = load_env_preset(run.env_preset)
     else:
@@ -306,11 +374,11 @@ def train_agent(
             )
         preset = load_env_preset(env_preset)
         run = RunConfig(
-            env_preset=str(env_preset),
+            env_preset=_preset_reference(env_preset),
             agent=agent,
             timesteps=timesteps if timesteps is not None else agent.total_timesteps,
             seed=seed,
-            cache_dir=str(cache_dir),
+            cache_dir=_absolute(cache_dir),
             env=preset.env,
         )
     if agent.num_threads:
@@ -325,10 +393,10 @@ def train_agent(
     run = RunConfig(
         **{
             **run.__dict__,
-            "cache_dir": str(cache_dir),
-            "dataset_dir": str(artifacts.dataset_dir),
-            "sim_dir": str(artifacts.sim_dir),
-            "encoder_dir": str(encoder_dir),
+            "cache_dir": _absolute(cache_dir),
+            "dataset_dir": _absolute(artifacts.dataset_dir),
+            "sim_dir": _absolute(artifacts.sim_dir),
+            "encoder_dir": _absolute(encoder_dir),
         }
     )
     root.mkdir(parents=True, exist_ok=True)
@@ -347,18 +415,11 @@ def train_agent(
     n_actions = int(getattr(venv.action_space, "n", 0))
     model: Model
     if checkpoint is not None:
-        try:
-            model = _algorithm(agent).load(checkpoint, env=venv, device=agent.device)
-        except ValueError as err:
-            if "spaces do not match" not in str(err):
-                raise
-            # E.g. a frozen run started before the item term's summaries joined the
-            # observation: its checkpoint expects the narrower features.
-            raise UserError(
-                f"{checkpoint}: its observation or action space differs from what this rlrec "
-                f"builds for the run ({venv.observation_space.shape}); it was written by an "
-                "older version or for another env: start the run again under a new --run-name"
-            ) from None
+        # The safe format (rlrec.agents.artifacts): weights, optimizer state and counters;
+        # a checkpoint whose spaces differ from this env's is a one-line error.
+        model = load_policy(
+            checkpoint, agent.device, env=venv, tensorboard_log=str(root / TENSORBOARD_DIR)
+        )
     else:
         model = build_model(
             agent,
@@ -395,7 +456,7 @@ def train_agent(
     seconds = time.perf_counter() - started
     if saver is not None and remaining > 0:
         saver.save()
-    policy_path = save_model_atomic(model, root / POLICY_FILE)
+    policy_path = save_policy(model, root, POLICY_NAME)
     venv.close()
     return TrainResult(
         run_dir=root,
@@ -437,15 +498,19 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
     """
     root = Path(run_dir)
     run = read_run_config(root)
+    # The policy files are checked before anything heavy loads; an SB3 zip is never opened.
     policy_path = root / POLICY_FILE
-    if not policy_path.is_file():
-        found = checkpoint_files(root / CHECKPOINT_DIR)
-        if not found:
+    if not policy_exists(root, POLICY_NAME):
+        if (root / LEGACY_POLICY_FILE).exists():
+            raise legacy_refusal(root / LEGACY_POLICY_FILE, root)
+        newest = _newest_checkpoint(root)
+        if newest is None:
             raise UserError(
                 f"{root}: no {POLICY_FILE} and no checkpoint; train it with 'rlrec train' "
                 "(or --resume an interrupted run)"
             )
-        policy_path = found[-1][1]
+        policy_path = newest[1]
+    model = load_policy(policy_path, device=device)
     dataset_dir, sim_dir = Path(run.dataset_dir), Path(run.sim_dir)
     if not (dataset_dir.is_dir() and sim_dir.is_dir()):
         artifacts = build_artifacts(load_env_preset(run.env_preset), run.cache_dir)
@@ -454,7 +519,16 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
     sim_model = load_sim_model(sim_dir)
     encoder, _ = load_encoder(root / ENCODER_DIR, dataset, device=device)
     agent = run.agent
-    model = _algorithm(agent).load(policy_path, device=device)
+    # A policy file from another run (or env) loads on its own: its spaces must be this run's.
+    probe = make_training_env(agent, sim_model, dataset, run.env, encoder, run.seed)
+    expected = (probe.observation_space, probe.action_space)
+    probe.close()
+    if (model.observation_space, model.action_space) != expected:
+        raise UserError(
+            f"{policy_path}: its observation or action space ({model.action_space}) differs "
+            f"from the run's env ({expected[1]}); the policy files belong to another run: "
+            "train this run again"
+        )
     n_actions = int(getattr(model.action_space, "n", 0))
     table = None
     if agent.mask_recent > 0:

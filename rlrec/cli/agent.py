@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Builds or reuses the env preset's dataset, user model and encoder (cached by "
             "configuration under --cache-dir), then trains stable-baselines3 PPO on the "
             "batched simulator. Writes logs/<run-name>/ with config.yaml, TensorBoard logs, "
-            "checkpoints/ and policy.zip."
+            "checkpoints/ and policy.safetensors + policy.json (a format that runs no code "
+            "when opened)."
         ),
         formatter_class=fmt,
     )
@@ -70,6 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from rlrec.agents.artifacts import check_run_name
     from rlrec.agents.config import load_agent_config
     from rlrec.agents.train import default_run_name, train_agent
     from rlrec.errors import UserError
@@ -80,6 +82,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError("--resume needs --run-name NAME (the run directory to continue)")
     if Path(args.log_dir).exists() and not Path(args.log_dir).is_dir():
         raise UserError(f"--log-dir {args.log_dir}: is a file; pass the folder for run directories")
+    if args.run_name is not None:
+        check_run_name(args.run_name)  # the run stays inside --log-dir
     agent = load_agent_config(args.agent)
     name = args.run_name or default_run_name(args.env, args.agent, args.seed)
     run_dir = Path(args.log_dir) / name

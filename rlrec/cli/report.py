@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from rlrec.cli.parsing import HelpFormatter
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from rlrec.errors import UserError
-    from rlrec.evaluation.report import write_report
+    from rlrec.evaluation.report import TruncatedLogWarning, write_report
 
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: is a file; pass a folder for report.html and plots/")
@@ -48,7 +49,17 @@ def _report(args: argparse.Namespace) -> int:
             raise UserError(
                 f"{existing}: already exists; pass --force to replace report.html and plots/"
             )
-    result = write_report(args.run_dir, args.out)
+    # The library warns (e.g. a truncated TensorBoard file); the CLI prints one line each.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncatedLogWarning)
+        result = write_report(args.run_dir, args.out)
+    for warning in caught:
+        if issubclass(warning.category, TruncatedLogWarning):
+            print(f"rlrec: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     if args.json:
         payload = {
             "report": str(result.html),

@@ -11,7 +11,8 @@ SPEC forms (see :func:`parse_policy_spec`):
 - ``bts:PRIOR.json`` or ``bts:PRIOR.json#CAMPAIGN``: Bernoulli Thompson Sampling with the
   Beta prior in the file (OBP's ``BernoulliTS`` with ``is_zozotown_prior=True`` before any
   update), its distribution computed by seeded Monte Carlo;
-- a run directory of a trained rlrec policy (``policy.zip`` or ``config.yaml`` inside).
+- a run directory of a trained rlrec policy (``policy.json``, ``config.yaml`` or an older
+  ``policy.zip`` inside).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from rlrec.data.bandit import BanditFeedback
 from rlrec.errors import UserError
 
-RUN_DIRECTORY_MARKERS = ("policy.zip", "config.yaml")
+RUN_DIRECTORY_MARKERS = ("policy.json", "policy.zip", "config.yaml")
 """Files that make a directory an rlrec run directory (see DESIGN.md, "Run directory")."""
 
 
@@ -208,7 +209,7 @@ class BernoulliTSPolicy:
 
 @dataclass(frozen=True)
 class RunDirectoryPolicy:
-    """A trained rlrec policy in a run directory (``policy.zip`` / ``config.yaml``).
+    """A trained rlrec policy in a run directory (``policy.json`` / ``config.yaml``).
 
     A run's policy exposes ``action_probabilities(obs) -> (n, n_actions)`` over *session
     observations* (recent history), while a bandit round carries hashed user features.

@@ -28,6 +28,7 @@ import html
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,10 +175,39 @@ def find_inputs(directory: str | os.PathLike[str]) -> ReportInputs:
     return found
 
 
+class TruncatedLogWarning(UserWarning):
+    """An event file ends inside a record: its curves stop at its last complete record."""
+
+
+def truncated_event_files(tensorboard_dir: str | os.PathLike[str]) -> list[Path]:
+    """The event files under ``tensorboard_dir`` that do not end on a record boundary.
+
+    TensorBoard's reader stops quietly at a partial record (a process killed while writing,
+    a copy cut short), so the curves lose their tail without a word; this walks the TFRecord
+    framing (8-byte length, 4-byte CRC, data, 4-byte CRC) to find such files.
+    """
+    bad = []
+    for path in sorted(Path(tensorboard_dir).rglob("events.out.tfevents.*")):
+        size, offset = path.stat().st_size, 0
+        with path.open("rb") as fh:
+            while offset < size:
+                head = fh.read(8)
+                if len(head) < 8:
+                    break
+                offset += 8 + 4 + int.from_bytes(head, "little") + 4
+                fh.seek(offset)
+        if offset != size:
+            bad.append(path)
+    return bad
+
+
 def read_scalars(
     tensorboard_dir: str | os.PathLike[str],
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every scalar series in the event files under ``tensorboard_dir``.
+
+    A truncated event file (see :func:`truncated_event_files`) gives a
+    :class:`TruncatedLogWarning` naming it; its complete records are still read.
 
     Returns:
         Tag -> (steps (N,), values (N,)) sorted by step; a tag written by several event
@@ -186,6 +216,13 @@ def read_scalars(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     root = Path(tensorboard_dir)
+    for path in truncated_event_files(root):
+        warnings.warn(
+            f"{path}: truncated TensorBoard event file; its curves stop at its last complete "
+            "record",
+            TruncatedLogWarning,
+            stacklevel=2,
+        )
     series: dict[str, dict[int, float]] = {}
     folders = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
     for folder in folders:

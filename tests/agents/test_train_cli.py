@@ -64,7 +64,7 @@ def test_tiny_training_run_through_the_cli(tiny_presets, cache, tmp_path):
     assert summary["timesteps"] == 128
     assert set(summary["reused"]) == {"dataset", "sim_model", "encoder"}
     run = tmp_path / "r"
-    assert (run / "policy.zip").is_file()
+    assert (run / "policy.json").is_file() and (run / "policy.safetensors").is_file()
     assert (run / "encoder" / "model.safetensors").is_file()
     assert [s for s, _ in checkpoint_files(run / "checkpoints")] == [64, 128]
     config = read_run_config(run)
@@ -108,7 +108,7 @@ def test_resume_continues_a_killed_run(tiny_presets, cache, tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     last = checkpoint_files(ckpt_dir)[-1][0]
-    assert not (tmp_path / "k" / "policy.zip").exists()
+    assert not (tmp_path / "k" / "policy.json").exists()
     target = last + 128
     resumed = subprocess.run(
         [
@@ -123,7 +123,7 @@ def test_resume_continues_a_killed_run(tiny_presets, cache, tmp_path):
     summary = json.loads(resumed.stdout)
     assert summary["resumed_from"] == last
     assert summary["timesteps"] == target
-    assert (tmp_path / "k" / "policy.zip").is_file()
+    assert (tmp_path / "k" / "policy.json").is_file()
     assert checkpoint_files(ckpt_dir)[-1][0] == target
 
 
@@ -141,18 +141,25 @@ def test_train_user_errors(tiny_presets, cache, tmp_path, capsys):
     assert "a run already exists" in capsys.readouterr().err
 
 
-def test_resume_from_a_checkpoint_of_another_layout_is_a_user_error(
+def test_resume_from_a_checkpoint_of_another_env_is_a_user_error(
     tiny_presets, cache, tmp_path, capsys
 ):
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
+    import shutil
+
+    from tests.agents.conftest import TINY_ENV, write_yaml
 
     agent = load_agent_config(tiny_presets["frozen"])
     train_agent(tiny_presets["env"], agent, tmp_path / "old", timesteps=64, cache_dir=cache)
-    (tmp_path / "old" / "policy.zip").unlink()
-    # Stand-in for a checkpoint written by an older rlrec: different observation space.
+    (tmp_path / "old" / "policy.json").unlink()
+    # A checkpoint of a run whose env has a smaller catalog (another action space).
+    other = write_yaml(
+        tmp_path / "other.yaml", {**TINY_ENV, "env": {**TINY_ENV["env"], "catalog_size": 30}}
+    )
+    train_agent(other, agent, tmp_path / "other", timesteps=64, cache_dir=cache)
     checkpoint = checkpoint_files(tmp_path / "old" / "checkpoints")[-1][1]
-    PPO("MlpPolicy", make_vec_env("CartPole-v1"), n_steps=16, batch_size=16).save(checkpoint)
+    source = checkpoint_files(tmp_path / "other" / "checkpoints")[-1][1]
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(source.with_suffix(suffix), checkpoint.with_suffix(suffix))
     args = ["train", "--env", str(tiny_presets["env"]), "--agent", str(tiny_presets["frozen"])]
     args += ["--log-dir", str(tmp_path), "--cache-dir", str(cache), "--run-name", "old"]
     assert main([*args, "--resume", "--timesteps", "128"]) == 2

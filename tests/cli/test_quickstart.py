@@ -33,7 +33,7 @@ def test_quickstart_tiny_writes_every_artifact(tiny_run: tuple[Path, dict, str])
     assert (out / "data" / "ground_truth.json").is_file()
     read_checkpoint_info(out / "encoder")
     assert list((out / "encoder" / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("config.yaml", "policy.zip", "eval.json"):
+    for name in ("config.yaml", "policy.json", "policy.safetensors", "eval.json"):
         assert (out / "run" / name).is_file(), name
     assert list((out / "run" / "tensorboard").rglob("events.out.tfevents.*"))
     assert (out / "env.yaml").is_file()

@@ -122,7 +122,7 @@ def test_spec_errors(tmp_path) -> None:
 
 
 def test_run_directory_is_recognised_and_its_loader_is_a_hook(tmp_path, monkeypatch) -> None:
-    (tmp_path / "policy.zip").write_bytes(b"")
+    (tmp_path / "policy.json").write_bytes(b"")
     policy = parse_policy_spec(str(tmp_path))
     assert isinstance(policy, RunDirectoryPolicy)
     with pytest.raises(UserError, match="no loader for run-directory policies"):
