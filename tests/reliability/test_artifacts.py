@@ -586,7 +586,7 @@ def test_truncated_tensorboard_files_make_report_warn(world, tmp_path, capsys):
     assert clean.kind == "ok" and "warning" not in clean.err
     events = sorted((run / "tensorboard").rglob("events.out.tfevents.*"))
     _truncate(events[-1])
-    outcome = run_hostile(["report", str(run)], capsys)
+    outcome = run_hostile(["report", str(run), "--force"], capsys)
     assert outcome.kind == "ok"
     lines = outcome.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rlrec: warning: ")
