@@ -1,4 +1,4 @@
-"""One-way imports: data -> models -> envs -> agents; evaluation never imports agents."""
+"""One-way imports: data -> models -> envs -> evaluation -> agents -> workflows -> cli."""
 
 import ast
 from pathlib import Path
@@ -14,6 +14,7 @@ ALLOWED = {
     "envs": {"data", "models"},
     "agents": {"data", "models", "envs", "evaluation"},
     "evaluation": {"data", "models", "envs"},
+    "workflows": {"data", "models", "envs", "evaluation", "agents"},
 }
 
 

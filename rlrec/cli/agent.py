@@ -141,7 +141,7 @@ def format_table(payload: dict[str, Any]) -> str:
 def _evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rlrec.agents.evaluate import evaluate_run
+    from rlrec.workflows.evaluate import evaluate_run
 
     # A bar over the policies (a minute or more at the default 1000 users), on a terminal
     # only, so that piped and --json output stays clean.

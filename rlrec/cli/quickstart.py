@@ -1,6 +1,6 @@
 """``rlrec quickstart``: the main job on the embedded synthetic default, end to end.
 
-Wiring only: :func:`rlrec.agents.pipeline.run_quickstart` runs the stages (each the library
+Wiring only: :func:`rlrec.workflows.quickstart.run_quickstart` runs the stages (each the library
 call of its own verb) and writes every artifact under ``--out``; this prints progress per
 stage, where the report and the TensorBoard logs are, or ``--json``.
 """
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _quickstart(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from rlrec.agents.pipeline import QuickstartConfig, run_quickstart
+    from rlrec.workflows.quickstart import QuickstartConfig, run_quickstart
 
     config = QuickstartConfig.tiny(args.seed) if args.tiny else QuickstartConfig(seed=args.seed)
     if args.timesteps is not None:

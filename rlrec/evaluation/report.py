@@ -1,6 +1,6 @@
 """``rlrec report``: one self-contained HTML page (and PNG plots) from a run's artifacts.
 
-Reads the quickstart layout (:mod:`rlrec.agents.pipeline`; the file names are repeated here
+Reads the quickstart layout (:mod:`rlrec.workflows.quickstart`; the file names are repeated here
 because evaluation never imports agents) or a plain ``rlrec train`` run directory:
 
 ==================  ===========================================  ==========================

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from rlrec.agents.pipeline import QuickstartConfig
 from rlrec.cli import main
 from rlrec.data.dataset import load_dataset
 from rlrec.models.checkpoint import read_checkpoint_info
 from rlrec.models.sim_model import load_sim_model
+from rlrec.workflows.quickstart import QuickstartConfig
 
 PLOTS = ("learning_curves", "migration", "fidelity", "policies", "ope", "encoder")
 
@@ -75,7 +75,7 @@ def test_quickstart_tiny_report_references_every_plot(tiny_run: tuple[Path, dict
 def test_quickstart_prints_the_report_and_the_tensorboard_command(
     tiny_run: tuple[Path, dict, str], monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import rlrec.agents.pipeline as pipeline
+    import rlrec.workflows.quickstart as pipeline
 
     out, summary, _ = tiny_run
     # The printing is tested on the saved summary: the stages are not run again.

@@ -235,7 +235,7 @@ def test_force_with_bad_input_keeps_the_old_output(
 def test_quickstart_force_removes_the_earlier_run_but_not_the_users_files(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rlrec.agents import pipeline
+    from rlrec.workflows import quickstart as pipeline
 
     out = _existing(world, "quickstart", tmp_path)
     (out / "my-notes.txt").write_text("mine\n")
@@ -426,10 +426,10 @@ def test_an_output_moved_aside_by_a_killed_writer_is_restored(world: World, tmp_
 
 
 def test_artifact_kinds_match_the_file_names_their_writers_use() -> None:
-    from rlrec.agents.pipeline import ENV_FILE, SUMMARY_FILE
     from rlrec.data.dataset import META_FILE
     from rlrec.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
     from rlrec.models.sim_model import ARRAYS_FILE, PARAMS_FILE
+    from rlrec.workflows.quickstart import ENV_FILE, SUMMARY_FILE
 
     signatures = {
         k: {n for names in v.signatures for n in names} for k, v in ARTIFACT_KINDS.items()

@@ -2,10 +2,10 @@
 
 import pytest
 
-from rlrec.agents.pipeline import QuickstartConfig, quickstart_preset
 from rlrec.agents.train import encoder_settings
 from rlrec.envs.presets import load_env_preset
 from rlrec.errors import UserError
+from rlrec.workflows.quickstart import QuickstartConfig, quickstart_preset
 
 
 def test_tiny_overrides_users_seeds_threads_and_epochs() -> None:

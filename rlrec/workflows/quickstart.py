@@ -273,7 +273,6 @@ def _run_quickstart(
     root: Path, cfg: QuickstartConfig, progress: Progress | None
 ) -> QuickstartResult:
     from rlrec.agents.config import load_agent_config
-    from rlrec.agents.evaluate import evaluate_run
     from rlrec.agents.policy_specs import run_simulated_check
     from rlrec.agents.train import encoder_settings, train_agent
     from rlrec.data.dataset import atomic_directory, load_dataset
@@ -286,6 +285,7 @@ def _run_quickstart(
     from rlrec.models.pretrain import pretrain_checkpoint
     from rlrec.models.synthetic import generate_dataset
     from rlrec.models.transition import fit_sim_model
+    from rlrec.workflows.evaluate import evaluate_run
 
     say = progress or (lambda _message: None)
     stages = _Stages(say)
