@@ -158,6 +158,34 @@ class CatalogTerm:
         _, action_slot = catalog_slots(encoder.item_category[ids].cpu())
         return cls(weight, bias, action_slot, int(action_slot.max()) + 1)
 
+    @classmethod
+    def from_popularity(
+        cls,
+        encoder: SequenceEncoder,
+        item_ids: np.ndarray,
+        popularity: np.ndarray,
+        temperature: float = 1.0,
+    ) -> CatalogTerm:
+        """A state-blind item term: ``log(popularity) / temperature`` within each category.
+
+        Used when the category comes from a plan (:mod:`rlrec.agents.planner`): inside a
+        category, the user model engages more with more popular items and their funnel is the
+        same, so the plan's item is the most popular one; at a low temperature this term's mode
+        is that item and the policy still samples its neighbours.
+
+        Args:
+            encoder: The pretrained encoder (its state width and item categories).
+            item_ids: (A,) dataset item of each catalog action.
+            popularity: (A,) within-category popularity of each catalog action.
+            temperature: The log-popularities are divided by it.
+        """
+        ids = torch.as_tensor(np.asarray(item_ids, dtype=np.int64))
+        weight = torch.zeros(len(ids), encoder.state_dim)
+        pop = np.maximum(np.asarray(popularity, dtype=np.float64), 1e-12)
+        bias = torch.as_tensor(np.log(pop) / temperature, dtype=torch.float32)
+        _, action_slot = catalog_slots(encoder.item_category[ids].cpu())
+        return cls(weight, bias, action_slot, int(action_slot.max()) + 1)
+
     @torch.no_grad()
     def summaries(self, states: torch.Tensor) -> torch.Tensor:
         """``[L, H]`` (B, 2K) of :func:`category_summaries` for (B, d) states."""

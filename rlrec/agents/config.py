@@ -60,6 +60,20 @@ class AgentConfig:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         num_threads: Torch CPU threads; 0 keeps torch's default.
         encoder_batch_size: Histories per encoder forward pass in frozen mode and evaluation.
+        planner: Start the actor from a plan of the fitted user model (frozen encoder only):
+            :func:`rlrec.agents.robust.robust_planner` chooses the plan on validation worlds
+            spanning the prior of what the log cannot identify, the actor's category logits
+            start at its values, and after training the policy is kept only if it does not
+            do worse than its start by the same rule (see ``docs/agent.md``).
+        prior_temperature: Plan values per logit unit of the actor's category prior.
+        selection: How the plan (and the trained policy against its start) is chosen:
+            ``safe``, the best mean ratio to the best baseline among those never below it on
+            any validation world; ``mean``, the best mean ratio.
+        selection_draws: Random prior draws among the validation worlds (besides the centre
+            and each parameter's ends).
+        selection_episodes: Seeded users per policy and validation world.
+        randomize_response: Train with each simulated user's unidentified response
+            parameters drawn from the prior (domain randomisation).
     """
 
     encoder: EncoderMode = "finetune"
@@ -86,6 +100,12 @@ class AgentConfig:
     device: str = "cpu"
     num_threads: int = 0
     encoder_batch_size: int = 4096
+    planner: bool = False
+    prior_temperature: float = 0.1
+    selection: Literal["safe", "mean"] = "safe"
+    selection_draws: int = 8
+    selection_episodes: int = 1000
+    randomize_response: bool = False
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str]] = [
@@ -120,6 +140,17 @@ class AgentConfig:
             ),
             (self.num_threads >= 0, "num_threads must be >= 0"),
             (self.encoder_batch_size >= 1, "encoder_batch_size must be >= 1"),
+            (
+                not self.planner or self.encoder == "frozen",
+                "planner: true needs encoder: frozen",
+            ),
+            (
+                not self.planner or self.mask_recent == 0,
+                "planner: true needs mask_recent: 0",
+            ),
+            (self.prior_temperature > 0, "prior_temperature must be > 0"),
+            (self.selection_draws >= 0, "selection_draws must be >= 0"),
+            (self.selection_episodes >= 1, "selection_episodes must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -13,6 +13,10 @@ the state), every one a function of the observation alone:
   actor's category head (:class:`rlrec.agents.policy.FactoredActorHead`); the critic never
   reads it (a token id is not a magnitude).
 
+Planned agents (``planner: true``) get K more columns after the summaries: the plan's prior,
+``(Q_k - max_k Q) / temperature`` of each catalog category slot (:class:`CategoryPrior`, from
+the :class:`~rlrec.agents.planner.PlanTable` of the fitted user model).
+
 Two ways to get them:
 
 * :class:`EncoderFeatures` (``encoder: finetune``): an SB3 ``BaseFeaturesExtractor`` that runs a
@@ -39,7 +43,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from rlrec.agents.categorical import CatalogTerm
+from rlrec.agents.categorical import CatalogTerm, catalog_slots
+from rlrec.agents.planner import PlanTable
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder, category_streak
 
 STEP_SCALE = 5.0
@@ -85,6 +90,55 @@ def rl_encoder(config: EncoderConfig, n_items: int, n_categories: int) -> Sequen
     """
     quiet = dataclasses.replace(config, dropout=0.0)
     return SequenceEncoder(quiet, n_items, n_categories, np.zeros(n_items, dtype=np.int64))
+
+
+class CategoryPrior:
+    """The plan's values as category logits of the actor, per catalog category slot.
+
+    Args:
+        plan: The solved plan (sim categories).
+        slot_category: (K,) dataset category of each slot (:func:`catalog_slots`).
+        category_of_dataset_category: (C,) sim category of each dataset category.
+        temperature: Value units per logit unit: ``(Q - max Q) / temperature``.
+    """
+
+    def __init__(
+        self,
+        plan: PlanTable,
+        slot_category: np.ndarray,
+        category_of_dataset_category: np.ndarray,
+        temperature: float,
+    ) -> None:
+        self.plan = plan
+        self.slot_sim = np.asarray(category_of_dataset_category, dtype=np.int64)[
+            np.asarray(slot_category, dtype=np.int64)
+        ]
+        self.temperature = float(temperature)
+
+    @classmethod
+    def for_catalog(
+        cls,
+        plan: PlanTable,
+        encoder: SequenceEncoder,
+        item_ids: np.ndarray,
+        category_of_dataset_category: np.ndarray,
+        temperature: float,
+    ) -> CategoryPrior:
+        """The prior over the slots of a catalog (its actions' dataset categories)."""
+        ids = torch.as_tensor(np.asarray(item_ids, dtype=np.int64))
+        slot_category, _ = catalog_slots(encoder.item_category[ids].cpu())
+        return cls(plan, slot_category.numpy(), category_of_dataset_category, temperature)
+
+    @property
+    def n_slots(self) -> int:
+        """K, the columns this prior adds."""
+        return len(self.slot_sim)
+
+    def __call__(self, obs: dict[str, Any]) -> torch.Tensor:
+        """(B, K) float32 prior logits of batched token observations."""
+        values = self.plan.category_values(obs)[:, self.slot_sim]  # (B, K)
+        best = values.max(axis=1, keepdims=True)
+        return torch.as_tensor((values - best) / self.temperature, dtype=torch.float32)
 
 
 class EncoderFeatures(BaseFeaturesExtractor):
@@ -133,6 +187,7 @@ def encode_features(
     obs: dict[str, np.ndarray],
     batch_size: int = 4096,
     catalog: CatalogTerm | None = None,
+    prior: CategoryPrior | None = None,
 ) -> np.ndarray:
     """Frozen features ``[state, context, category]`` of a batch of token observations.
 
@@ -142,9 +197,10 @@ def encode_features(
         batch_size: Histories per forward pass.
         catalog: When given, the summaries ``[L, H]`` (2K columns) of this frozen item term
             at each state are appended (see :mod:`rlrec.agents.categorical`).
+        prior: When given (with ``catalog``), its K prior columns are appended last.
 
     Returns:
-        (B, d + N_EXTRA [+ 2K]) float32 features.
+        (B, d + N_EXTRA [+ 2K [+ K]]) float32 features.
     """
     device = next(encoder.parameters()).device
     was_training = encoder.training
@@ -153,6 +209,7 @@ def encode_features(
     items = torch.as_tensor(np.asarray(obs["item_history"]), dtype=torch.long)
     cats = torch.as_tensor(np.asarray(obs["category_history"]), dtype=torch.long)
     steps = torch.as_tensor(np.asarray(obs["step"]).reshape(len(items), 1))
+    priors = prior(obs) if prior is not None else None
     out = []
     for lo in range(0, len(items), batch_size):
         state = encoder.encode(
@@ -161,13 +218,26 @@ def encode_features(
         parts = [state, extra_features(cats[lo : lo + batch_size], steps[lo : lo + batch_size])]
         if catalog is not None:
             parts.append(catalog.summaries(state))
+        if priors is not None:
+            parts.append(priors[lo : lo + batch_size])
         out.append(torch.cat(parts, dim=1))
     if was_training:
         encoder.train()
     if not out:
-        width = encoder.state_dim + N_EXTRA + (2 * catalog.n_slots if catalog else 0)
-        return np.zeros((0, width), dtype=np.float32)
+        return np.zeros((0, feature_width(encoder, catalog, prior)), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+def feature_width(
+    encoder: SequenceEncoder, catalog: CatalogTerm | None, prior: CategoryPrior | None
+) -> int:
+    """Width of :func:`encode_features`' output."""
+    return (
+        encoder.state_dim
+        + N_EXTRA
+        + (2 * catalog.n_slots if catalog else 0)
+        + (prior.n_slots if prior else 0)
+    )
 
 
 class FrozenEncoderStates(VecEnvWrapper):
@@ -182,6 +252,7 @@ class FrozenEncoderStates(VecEnvWrapper):
         batch_size: Histories per forward pass.
         catalog: The actor's frozen item term; its category summaries are appended (see
             :func:`encode_features`).
+        prior: The plan's prior columns, appended last (planned agents).
     """
 
     def __init__(
@@ -190,19 +261,21 @@ class FrozenEncoderStates(VecEnvWrapper):
         encoder: SequenceEncoder,
         batch_size: int = 4096,
         catalog: CatalogTerm | None = None,
+        prior: CategoryPrior | None = None,
     ) -> None:
         self.encoder = encoder.eval()
         for param in self.encoder.parameters():
             param.requires_grad_(False)
         self.batch_size = batch_size
         self.catalog = catalog
-        dim = encoder.state_dim + N_EXTRA + (2 * catalog.n_slots if catalog else 0)
+        self.prior = prior
+        dim = feature_width(encoder, catalog, prior)
         space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         super().__init__(venv, observation_space=space)
 
     def _encode(self, obs: VecEnvObs) -> np.ndarray:
         assert isinstance(obs, dict)
-        return encode_features(self.encoder, obs, self.batch_size, self.catalog)
+        return encode_features(self.encoder, obs, self.batch_size, self.catalog, self.prior)
 
     def reset(self) -> np.ndarray:
         """Reset the users and return their features."""

@@ -22,14 +22,16 @@ observation), so the policy is evaluated as executed: blind to ``m``, acting on 
 streak is read from the visible history (up to ``history_length`` steps).
 
 Two uses: :class:`PlannerPolicy` (the policy protocol of ``DESIGN.md``) is evaluated beside the
-agent, and :meth:`Planner.category_values` gives the agent's actor its prior (category
+agent, and :meth:`PlanTable.category_values` gives the agent's actor its prior (category
 logits ``Q / temperature``; see :class:`rlrec.agents.policy.FactoredActorHead`), so that PPO
 starts from the plan and learns only what the plan misses.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,14 @@ from rlrec.errors import UserError
 from rlrec.models.prior import RESPONSE_PARAMETERS, prior_draws
 from rlrec.models.sim_model import SimModel
 
-__all__ = ["Planner", "PlannerConfig", "PlannerPolicy", "category_top_items", "streaks"]
+__all__ = [
+    "PlanTable",
+    "Planner",
+    "PlannerConfig",
+    "PlannerPolicy",
+    "category_top_items",
+    "streaks",
+]
 
 
 @dataclass(frozen=True)
@@ -264,14 +273,48 @@ class Planner:
             policy = improved
         return mean.astype(np.float32), policy
 
-    # -- reading the state off observations -------------------------------------------------
+    @property
+    def table(self) -> PlanTable:
+        """What acting needs: the mean values, the policy and how to read states."""
+        return PlanTable(
+            values=self.values,
+            policy=self.policy.astype(np.int64),
+            top_item=self.top_item,
+            category_of_dataset_category=self.category_of_dataset_category,
+            max_streak=self.config.max_streak,
+        )
+
+
+@dataclass(frozen=True)
+class PlanTable:
+    """A solved plan: values and policy by (step, category, streak), read off observations.
+
+    Attributes:
+        values: (T, K, S, K) float32 mean value over the draws of recommending each category,
+            at ``m = 0``; ``-inf`` for a category without a catalog item.
+        policy: (T, K, S) the planned category.
+        top_item: (K,) the catalog action that stands for each category (-1: none).
+        category_of_dataset_category: (C,) sim category of each dataset category.
+        max_streak: S.
+    """
+
+    values: np.ndarray
+    policy: np.ndarray
+    top_item: np.ndarray
+    category_of_dataset_category: np.ndarray
+    max_streak: int
+
+    @property
+    def n_steps(self) -> int:
+        """T, the steps with their own hazard (later steps use the last)."""
+        return int(self.values.shape[0])
 
     def state(self, obs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(t, c, s)`` indices (each (B,)) of batched observations."""
         cats = np.asarray(obs["category_history"], dtype=np.int64)
         cats = cats.reshape(-1, cats.shape[-1])
         sim = np.where(cats > 0, self.category_of_dataset_category[np.maximum(cats - 1, 0)], -1)
-        s = streaks(sim, self.config.max_streak)
+        s = streaks(sim, self.max_streak)
         c = np.maximum(sim[:, -1], 0)
         step = np.asarray(obs["step"], dtype=np.int64).reshape(-1)
         t = np.clip(step, 1, self.n_steps) - 1
@@ -287,20 +330,72 @@ class Planner:
         t, c, s = self.state(obs)
         return self.top_item[self.policy[t, c, s]]
 
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the table as an ``.npz`` of numeric arrays (loading never unpickles)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                values=self.values.astype(np.float32),
+                policy=self.policy.astype(np.int16),
+                top_item=self.top_item.astype(np.int64),
+                category_of_dataset_category=self.category_of_dataset_category.astype(np.int64),
+                max_streak=np.int64(self.max_streak),
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PlanTable:
+        """Read a table written by :meth:`save`.
+
+        Raises:
+            UserError: If the file is missing, unreadable or inconsistent.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                table = cls(
+                    values=np.asarray(npz["values"], dtype=np.float32),
+                    policy=np.asarray(npz["policy"], dtype=np.int64),
+                    top_item=np.asarray(npz["top_item"], dtype=np.int64),
+                    category_of_dataset_category=np.asarray(
+                        npz["category_of_dataset_category"], dtype=np.int64
+                    ),
+                    max_streak=int(npz["max_streak"]),
+                )
+        except (OSError, KeyError, ValueError, EOFError) as exc:
+            raise UserError(f"{path}: unreadable plan ({exc}); train the run again") from None
+        t, k, s, k2 = table.values.shape if table.values.ndim == 4 else (0, 0, 0, -1)
+        consistent = (
+            k == k2 == len(table.top_item)
+            and table.policy.shape == (t, k, s)
+            and s == table.max_streak
+            and table.category_of_dataset_category.size > 0
+            and table.category_of_dataset_category.min() >= 0
+            and table.category_of_dataset_category.max() < k
+            and table.policy.min() >= 0
+            and table.policy.max() < k
+        )
+        if not consistent:
+            raise UserError(f"{path}: an inconsistent plan; train the run again")
+        return table
+
 
 class PlannerPolicy:
     """The planner's own policy under the policy protocol (deterministic, one-hot).
 
     Args:
-        planner: The solved planner.
+        plan: The solved plan.
         n_actions: A.
     """
 
     name = "planner"
     uses_hidden_state = False
 
-    def __init__(self, planner: Planner, n_actions: int) -> None:
-        self.planner = planner
+    def __init__(self, plan: PlanTable, n_actions: int) -> None:
+        self.plan = plan
         self.n_actions = n_actions
 
     def predict(
@@ -311,11 +406,11 @@ class PlannerPolicy:
         deterministic: bool = False,
     ) -> tuple[np.ndarray, Any]:
         """(B,) the planned action for each observation."""
-        return self.planner.actions(obs), state
+        return self.plan.actions(obs), state
 
     def action_probabilities(self, obs: dict[str, Any]) -> np.ndarray:
         """(B, A) one-hot rows at the planned actions."""
-        actions = self.planner.actions(obs)
+        actions = self.plan.actions(obs)
         out = np.zeros((len(actions), self.n_actions))
         out[np.arange(len(actions)), actions] = 1.0
         return out

@@ -51,7 +51,13 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 from rlrec.agents import categorical
 from rlrec.agents.categorical import CatalogTerm
 from rlrec.agents.config import AgentConfig
-from rlrec.agents.features import N_CONTEXT, N_EXTRA, EncoderFeatures, encode_features
+from rlrec.agents.features import (
+    N_CONTEXT,
+    N_EXTRA,
+    CategoryPrior,
+    EncoderFeatures,
+    encode_features,
+)
 from rlrec.errors import UserError
 from rlrec.models.encoder import SequenceEncoder
 
@@ -184,6 +190,10 @@ class FactoredActorHead(torch.nn.Module):
         hidden: Width of the hidden layer shared by the category terms.
         frozen_item_term: The item term is not trained and its summaries come with the
             features (frozen-encoder agents); otherwise it is trained and summarised here.
+        category_prior: The features end with K prior logits of a plan
+            (:class:`rlrec.agents.features.CategoryPrior`); the category term is then
+            ``prior - L + adjust + gate``, so that at initialisation the category
+            distribution is the plan's softmax (needs ``frozen_item_term``).
     """
 
     def __init__(
@@ -193,11 +203,15 @@ class FactoredActorHead(torch.nn.Module):
         n_categories: int,
         hidden: int,
         frozen_item_term: bool = False,
+        category_prior: bool = False,
     ) -> None:
         super().__init__()
+        if category_prior and not frozen_item_term:
+            raise UserError("agent.planner needs encoder: frozen (a frozen item term)")
         self.state_dim = state_dim
         self.n_categories = n_categories
         self.frozen_item_term = frozen_item_term
+        self.category_prior = category_prior
         index = torch.as_tensor(item_category, dtype=torch.long)
         self.register_buffer("item_category", index)
         slot_category, action_slot = categorical.catalog_slots(index)
@@ -223,7 +237,12 @@ class FactoredActorHead(torch.nn.Module):
     @property
     def features_dim(self) -> int:
         """Width of the features this head reads."""
-        return self.state_dim + N_EXTRA + (2 * self.n_slots if self.frozen_item_term else 0)
+        return (
+            self.state_dim
+            + N_EXTRA
+            + (2 * self.n_slots if self.frozen_item_term else 0)
+            + (self.n_slots if self.category_prior else 0)
+        )
 
     def category_terms(self, features: torch.Tensor) -> torch.Tensor:
         """(B, K) category term ``c``: adjustment plus the gate on the current category."""
@@ -233,7 +252,14 @@ class FactoredActorHead(torch.nn.Module):
         slot_category: torch.Tensor = self.slot_category  # type: ignore[assignment]
         adjust = terms[:, :-1].index_select(1, slot_category)  # (B, K)
         is_current = slot_category.unsqueeze(0) == current.unsqueeze(1)  # (B, K)
-        return adjust + terms[:, -1:] * is_current
+        out = adjust + terms[:, -1:] * is_current
+        if self.category_prior:
+            # P(k) is softmax(c + L): with c = prior - L + learned terms, P starts at the plan.
+            start = self.state_dim + N_EXTRA
+            log_norm = features[:, start : start + self.n_slots]
+            prior = features[:, start + 2 * self.n_slots : start + 3 * self.n_slots]
+            out = out + prior - log_norm
+        return out
 
     def forward(
         self, features: torch.Tensor, category_terms: torch.Tensor | None = None
@@ -343,8 +369,10 @@ class _CriticOnly(torch.nn.Module):
 
 def _state_dim(policy: Any, extra: dict[str, Any]) -> int:
     """d, the state's width, from an SB3 policy's feature width and the head's arguments."""
-    n_slots = len(set(extra["item_category"])) if extra["frozen_item_term"] else 0
-    return int(policy.features_dim) - N_EXTRA - 2 * n_slots
+    n_slots = len(set(extra["item_category"]))
+    summaries = 2 * n_slots if extra["frozen_item_term"] else 0
+    prior = n_slots if extra.get("category_prior", False) else 0
+    return int(policy.features_dim) - N_EXTRA - summaries - prior
 
 
 def _critic_extractor(policy: Any, extra: dict[str, Any]) -> Any:
@@ -369,6 +397,7 @@ def _install_head(policy: Any, lr_schedule: Any, extra: dict[str, Any]) -> None:
         n_categories=extra["n_categories"],
         hidden=extra["head_hidden"],
         frozen_item_term=extra["frozen_item_term"],
+        category_prior=extra.get("category_prior", False),
     )
     trainable = [p for p in policy.parameters() if p.requires_grad]
     policy.optimizer = policy.optimizer_class(
@@ -377,7 +406,11 @@ def _install_head(policy: Any, lr_schedule: Any, extra: dict[str, Any]) -> None:
 
 
 def _extra_kwargs(
-    item_category: list[int], n_categories: int, head_hidden: int, frozen_item_term: bool
+    item_category: list[int],
+    n_categories: int,
+    head_hidden: int,
+    frozen_item_term: bool,
+    category_prior: bool,
 ) -> dict[str, Any]:
     """The extra constructor arguments as plain values (saved with the model)."""
     return {
@@ -385,6 +418,7 @@ def _extra_kwargs(
         "n_categories": int(n_categories),
         "head_hidden": int(head_hidden),
         "frozen_item_term": bool(frozen_item_term),
+        "category_prior": bool(category_prior),
     }
 
 
@@ -392,9 +426,9 @@ class _RecommenderBuild(_PolicyBase):
     """What both policy classes change in SB3's build: extra arguments, critic, actor head.
 
     Extra keyword arguments (kept in the saved model, so ``load`` rebuilds the same head):
-    ``item_category`` (A,) category index per action, ``n_categories``, ``head_hidden`` and
-    ``frozen_item_term`` (see :class:`FactoredActorHead`; models saved before it existed
-    load with a trained item term, as they were trained).
+    ``item_category`` (A,) category index per action, ``n_categories``, ``head_hidden``,
+    ``frozen_item_term`` and ``category_prior`` (see :class:`FactoredActorHead`; models saved
+    before they existed load without them, as they were trained).
     """
 
     def __init__(
@@ -404,9 +438,12 @@ class _RecommenderBuild(_PolicyBase):
         n_categories: int,
         head_hidden: int = 64,
         frozen_item_term: bool = False,
+        category_prior: bool = False,
         **kwargs: Any,
     ) -> None:
-        self._extra = _extra_kwargs(item_category, n_categories, head_hidden, frozen_item_term)
+        self._extra = _extra_kwargs(
+            item_category, n_categories, head_hidden, frozen_item_term, category_prior
+        )
         super().__init__(*args, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
@@ -486,6 +523,7 @@ def build_model(
     item_ids: np.ndarray,
     seed: int,
     tensorboard_log: str | None = None,
+    catalog: CatalogTerm | None = None,
 ) -> Model:
     """A fresh PPO (or MaskablePPO) whose actor starts as the encoder's next-item head.
 
@@ -498,6 +536,8 @@ def build_model(
         item_ids: (A,) dataset item of each catalog action.
         seed: Seed of the policy's initialisation and sampling.
         tensorboard_log: Folder for TensorBoard event files, or None.
+        catalog: The item term to start from (the one the frozen wrapper summarises); the
+            encoder's next-item head at ``init_temperature`` when None.
 
     Returns:
         The model, ready for ``learn``.
@@ -512,6 +552,7 @@ def build_model(
         # With frozen encoder states the item term is frozen too and its category summaries
         # come with the features (FrozenEncoderStates), so updates cost O(K), not O(A).
         "frozen_item_term": config.encoder == "frozen",
+        "category_prior": config.planner,
         # SB3's Adam eps; fused: one kernel for all parameters (6x faster steps on CPU).
         "optimizer_kwargs": {"eps": 1e-5, "fused": True},
     }
@@ -549,13 +590,17 @@ def build_model(
     }
     algo: type[PPO] | type[MaskablePPO] = MaskablePPO if masked else PPO
     model = algo(policy_class, venv, **kwargs)
-    init_from_encoder(model, encoder, item_ids, config.init_temperature)
+    init_from_encoder(model, encoder, item_ids, config.init_temperature, catalog)
     return model
 
 
 @torch.no_grad()
 def init_from_encoder(
-    model: Model, encoder: SequenceEncoder, item_ids: np.ndarray, temperature: float = 1.0
+    model: Model,
+    encoder: SequenceEncoder,
+    item_ids: np.ndarray,
+    temperature: float = 1.0,
+    catalog: CatalogTerm | None = None,
 ) -> None:
     """Copy the pretrained encoder into the policy's extractors and its head into the actor.
 
@@ -565,6 +610,7 @@ def init_from_encoder(
         item_ids: (A,) dataset item of each catalog action.
         temperature: The initial policy is the encoder's softmax at this temperature (the
             item term's weights and biases are divided by it; the mode is unchanged).
+        catalog: The item term to copy instead of the encoder's head (planned agents).
     """
     policy = model.policy
     state = encoder.state_dict()
@@ -573,7 +619,7 @@ def init_from_encoder(
     }.values():
         extractor.encoder.load_state_dict(state)
     ids = np.asarray(item_ids, dtype=np.int64)
-    term = CatalogTerm.from_encoder(encoder, ids, temperature)
+    term = catalog if catalog is not None else CatalogTerm.from_encoder(encoder, ids, temperature)
     head = policy.action_net
     assert isinstance(head, FactoredActorHead)
     if head.out_features != len(ids) or head.state_dim != encoder.state_dim:
@@ -601,6 +647,8 @@ class AgentPolicy:
         token_to_action: Table from :func:`token_to_action_table` (needed with masking).
         mask_recent: Steps of history masked (0: none).
         batch_size: Histories per frozen-encoder forward pass.
+        prior: The plan's prior columns (planned agents; see
+            :class:`rlrec.agents.features.CategoryPrior`).
     """
 
     def __init__(
@@ -610,6 +658,7 @@ class AgentPolicy:
         token_to_action: np.ndarray | None = None,
         mask_recent: int = 0,
         batch_size: int = 4096,
+        prior: CategoryPrior | None = None,
     ) -> None:
         if mask_recent > 0 and token_to_action is None:
             raise ValueError("masking needs token_to_action")
@@ -618,6 +667,7 @@ class AgentPolicy:
         self.token_to_action = token_to_action
         self.mask_recent = mask_recent
         self.batch_size = batch_size
+        self.prior = prior
         self.n_actions = int(getattr(model.action_space, "n", 0))
 
     def _prepare(self, obs: dict[str, np.ndarray]) -> tuple[Any, np.ndarray | None]:
@@ -631,7 +681,8 @@ class AgentPolicy:
             head = self.model.policy.action_net
             assert isinstance(head, FactoredActorHead)
             catalog = head.catalog_term() if head.frozen_item_term else None
-            return encode_features(self.encoder, obs, self.batch_size, catalog), masks
+            features = encode_features(self.encoder, obs, self.batch_size, catalog, self.prior)
+            return features, masks
         return {k: np.asarray(obs[k]) for k in ("item_history", "category_history", "step")}, masks
 
     def predict(

@@ -17,8 +17,10 @@ candidate's score in a world is its return divided by the best baseline's there.
   least ``1 - tolerance``; if none is, the one with the best worst ratio;
 * ``mean``: the highest mean ratio (the Bayes choice: more on average, may lose somewhere).
 
-The candidates are planners (:mod:`rlrec.agents.planner`) that plan for one validation world
-each and one that plans for the whole prior, so the family spans cautious to bold plans.
+The candidates are planners (:mod:`rlrec.agents.planner`): one for the centre, one for the whole
+prior (bold), and hedges between the bold plan and the validation world where it loses most
+(that world's own plan, points nearer the centre, and the prior with that world given a
+share of the weight), so the family spans cautious to bold plans.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ def select_robust(
     rule: Selection = "safe",
     tolerance: float = 0.01,
     progress: Callable[[str], None] | None = None,
+    baseline_returns: Mapping[str, np.ndarray] | None = None,
 ) -> RobustChoice:
     """Roll every candidate and baseline out in every validation world and choose.
 
@@ -153,11 +156,14 @@ def select_robust(
         rule: ``safe`` or ``mean`` (see the module docstring).
         tolerance: The safe rule's allowance below a ratio of 1.
         progress: Called with each world's label.
+        baseline_returns: The baselines' (W,) returns from an earlier call on the same worlds,
+            users and episodes (they are not rolled out again).
 
     Returns:
         The choice and everything it was based on.
     """
-    names = list(candidates) + list(baselines)
+    known = dict(baseline_returns or {})
+    names = list(candidates) + [b for b in baselines if b not in known]
     returns = {name: np.zeros(len(thetas)) for name in names}
     for w, theta in enumerate(thetas):
         if progress is not None:
@@ -166,6 +172,7 @@ def select_robust(
         for name in names:
             policy = candidates[name] if name in candidates else baselines[name]
             returns[name][w] = float(rollout(policy, venv, seed).returns.mean())
+    returns.update({b: np.asarray(known[b], dtype=np.float64) for b in baselines if b in known})
     base = np.stack([returns[b] for b in baselines])  # (B, W)
     best = base.max(axis=0)
     ratios = {c: returns[c] / np.maximum(best, 1e-12) for c in candidates}
@@ -211,30 +218,28 @@ def robust_planner(
     from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
 
     thetas, labels = validation_worlds(model, n_random, seed)
-    n_oat = len(labels) - (n_random if len(labels) > 1 else 0)
+
+    def plan(name: str, draws: np.ndarray | None, weights: np.ndarray | None = None) -> None:
+        if progress is not None:
+            progress(name)
+        config = PlannerConfig(
+            seed=seed, iterations=0 if draws is not None and len(draws) == 1 else 2
+        )
+        planners[name] = Planner(model, n_actions, env.reward_weights, config, draws, weights)
+
     planners: dict[str, Planner] = {}
-    for theta, label in zip(thetas[:n_oat], labels[:n_oat], strict=True):
-        if progress is not None:
-            progress(f"plan for {label}")
-        planners[f"plan[{label}]"] = Planner(
-            model, n_actions, env.reward_weights, PlannerConfig(iterations=0), theta[None, :]
-        )
+    plan("plan[centre]", thetas[:1])
+    baseline_returns = None
     if len(labels) > 1:
-        if progress is not None:
-            progress("plan for the prior")
-        planners["plan[prior]"] = Planner(
-            model, n_actions, env.reward_weights, PlannerConfig(seed=seed)
-        )
-    candidates = {name: PlannerPolicy(p, n_actions) for name, p in planners.items()}
-    if len(labels) > 1:
-        # Hedged plans: between the prior's plan and the world where it loses most. The
-        # bold plan's worst world is found on the validation worlds first, then planned for
-        # in part (a share of the prior's draws) or as a nearer point.
+        # The bold plan (for the prior's draws), then hedges between it and the world where
+        # it loses most: that world's own plan, nearer points towards the centre, and the
+        # prior's draws with that world given a share of the weight.
+        plan("plan[prior]", None)
         first = select_robust(
             model,
             dataset,
             env,
-            {"plan[prior]": candidates["plan[prior]"]},
+            {"plan[prior]": PlannerPolicy(planners["plan[prior]"].table, n_actions)},
             baselines,
             thetas,
             labels,
@@ -242,20 +247,19 @@ def robust_planner(
             seed,
             rule,
         )
+        baseline_returns = {b: first.returns[b] for b in baselines}
         worst = int(np.argmin(first.ratios["plan[prior]"]))
+        if worst != 0:
+            plan(f"plan[{labels[worst]}]", thetas[worst][None, :])
+            for step in (0.1, 0.25, 0.5):
+                theta = thetas[worst] + step * (thetas[0] - thetas[worst])
+                plan(f"plan[{labels[worst]} +{step:g} to centre]", theta[None, :])
         prior = planners["plan[prior]"].draws
         draws = np.vstack([thetas[worst][None, :], prior])
         for share in (0.5, 0.75, 0.9):
             weights = np.r_[share, np.full(len(prior), (1.0 - share) / len(prior))]
-            planners[f"plan[prior+{share:g} {labels[worst]}]"] = Planner(
-                model, n_actions, env.reward_weights, PlannerConfig(seed=seed), draws, weights
-            )
-        for step in (0.1, 0.25, 0.5):
-            theta = thetas[worst] + step * (thetas[0] - thetas[worst])
-            planners[f"plan[{labels[worst]} +{step:g} to centre]"] = Planner(
-                model, n_actions, env.reward_weights, PlannerConfig(iterations=0), theta[None]
-            )
-        candidates = {name: PlannerPolicy(p, n_actions) for name, p in planners.items()}
+            plan(f"plan[prior+{share:g} {labels[worst]}]", draws, weights)
+    candidates = {name: PlannerPolicy(p.table, n_actions) for name, p in planners.items()}
     choice = select_robust(
         model,
         dataset,
@@ -268,5 +272,6 @@ def robust_planner(
         seed,
         rule,
         progress=progress,
+        baseline_returns=baseline_returns,
     )
     return planners[choice.chosen], choice

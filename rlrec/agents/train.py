@@ -24,6 +24,7 @@ working directory.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -51,10 +52,12 @@ from rlrec.agents.artifacts import (
     run_lock,
     save_policy,
 )
+from rlrec.agents.baselines import make_baselines
 from rlrec.agents.callbacks import AtomicCheckpoint, RecommendationMetrics, TqdmProgress
 from rlrec.agents.categorical import CatalogTerm
 from rlrec.agents.config import AgentConfig
-from rlrec.agents.features import FrozenEncoderStates
+from rlrec.agents.features import CategoryPrior, FrozenEncoderStates
+from rlrec.agents.planner import PlanTable
 from rlrec.agents.policy import (
     AgentPolicy,
     Model,
@@ -62,8 +65,9 @@ from rlrec.agents.policy import (
     build_model,
     token_to_action_table,
 )
+from rlrec.agents.robust import RobustChoice, robust_planner, select_robust, validation_worlds
 from rlrec.config import from_mapping, load_yaml, to_mapping
-from rlrec.data.dataset import PreparedDataset, load_dataset
+from rlrec.data.dataset import PreparedDataset, load_dataset, write_json_atomic
 from rlrec.envs.batched import BatchedVecEnv
 from rlrec.envs.config import EnvConfig
 from rlrec.envs.presets import (
@@ -92,6 +96,8 @@ POLICY_FILE = f"{POLICY_NAME}.json"
 ENCODER_DIR = "encoder"
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+PLAN_FILE = "plan.npz"
+ROBUST_FILE = "robust.json"
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,37 @@ def build_encoder(
     return out, False
 
 
+def policy_inputs(
+    agent: AgentConfig,
+    sim_model: SimModel,
+    encoder: SequenceEncoder,
+    n_actions: int,
+    plan: PlanTable | None = None,
+) -> tuple[CatalogTerm | None, CategoryPrior | None]:
+    """The frozen item term and the plan's prior that a frozen agent's features carry.
+
+    Planned agents choose the item inside a category by popularity (the plan's item) and
+    their category from the plan's prior; other frozen agents use the encoder's head.
+
+    Raises:
+        UserError: If the agent is planned and no plan is given.
+    """
+    if agent.encoder != "frozen":
+        return None, None
+    item_ids = sim_model.item_ids[:n_actions]
+    if not agent.planner:
+        return CatalogTerm.from_encoder(encoder, item_ids, agent.init_temperature), None
+    if plan is None:
+        raise UserError("agent.planner: no plan was made for this run; train it again")
+    catalog = CatalogTerm.from_popularity(
+        encoder, item_ids, sim_model.item_popularity[:n_actions], agent.init_temperature
+    )
+    prior = CategoryPrior.for_catalog(
+        plan, encoder, item_ids, sim_model.category_of_dataset_category, agent.prior_temperature
+    )
+    return catalog, prior
+
+
 def make_training_env(
     agent: AgentConfig,
     sim_model: SimModel,
@@ -224,20 +261,57 @@ def make_training_env(
     env_config: EnvConfig,
     encoder: SequenceEncoder,
     seed: int,
+    plan: PlanTable | None = None,
 ) -> VecEnv:
-    """The batched SB3 VecEnv for ``agent``: masking and frozen features as configured."""
+    """The batched SB3 VecEnv for ``agent``: masking, frozen features and plan as configured."""
+    if agent.randomize_response:
+        env_config = dataclasses.replace(env_config, randomize_response=True)
     base = BatchedVecEnv(agent.n_envs, sim_model, dataset, env_config)
     venv: VecEnv = base
+    n_actions = base.env.dynamics.n_actions
     if agent.mask_recent > 0:
         dyn = base.env.dynamics
-        table = token_to_action_table(sim_model.item_ids[: dyn.n_actions], dyn.n_item_tokens)
+        table = token_to_action_table(sim_model.item_ids[:n_actions], dyn.n_item_tokens)
         venv = RecentItemMask(venv, table, agent.mask_recent)
     if agent.encoder == "frozen":
-        item_ids = sim_model.item_ids[: base.env.dynamics.n_actions]
-        catalog = CatalogTerm.from_encoder(encoder, item_ids, agent.init_temperature)
-        venv = FrozenEncoderStates(venv, copy.deepcopy(encoder), agent.encoder_batch_size, catalog)
+        catalog, prior = policy_inputs(agent, sim_model, encoder, n_actions, plan)
+        venv = FrozenEncoderStates(
+            venv, copy.deepcopy(encoder), agent.encoder_batch_size, catalog, prior
+        )
     venv.seed(seed)
     return venv
+
+
+def _baselines(
+    sim_model: SimModel, env_config: EnvConfig, encoder: SequenceEncoder, n_actions: int
+) -> dict[str, Any]:
+    """The non-oracle baselines a planned agent must not lose to (random never wins)."""
+    policies = make_baselines(sim_model, n_actions, env_config.reward_weights, encoder)
+    return {k: v for k, v in policies.items() if k not in ("random", "oracle_myopic")}
+
+
+def _choose_plan(
+    agent: AgentConfig,
+    sim_model: SimModel,
+    dataset: PreparedDataset,
+    env_config: EnvConfig,
+    baselines: dict[str, Any],
+    n_actions: int,
+    seed: int,
+) -> tuple[PlanTable, RobustChoice]:
+    """The robust plan of :func:`rlrec.agents.robust.robust_planner` with the agent's rule."""
+    planner, choice = robust_planner(
+        sim_model,
+        dataset,
+        env_config,
+        n_actions,
+        baselines,
+        n_random=agent.selection_draws,
+        episodes=agent.selection_episodes,
+        seed=seed,
+        rule=agent.selection,
+    )
+    return planner.table, choice
 
 
 def _write_yaml_atomic(path: Path, payload: Any) -> None:
@@ -411,8 +485,27 @@ def _train_agent(
     dataset = load_dataset(artifacts.dataset_dir)
     sim_model = load_sim_model(artifacts.sim_dir)
     encoder, _ = load_encoder(run_encoder, dataset, device="cpu")
-    venv = make_training_env(agent, sim_model, dataset, run.env, encoder, seed)
-    n_actions = int(getattr(venv.action_space, "n", 0))
+    n_actions = min(run.env.catalog_size, sim_model.n_items)
+    plan: PlanTable | None = None
+    baselines: dict[str, Any] = {}
+    robust: dict[str, Any] = {}
+    known: dict[str, Any] | None = None  # baseline returns on the validation worlds
+    if agent.planner:
+        baselines = _baselines(sim_model, run.env, encoder, n_actions)
+        if checkpoint is not None and (root / PLAN_FILE).is_file():
+            plan = PlanTable.load(root / PLAN_FILE)  # resuming: the plan training started from
+            if (root / ROBUST_FILE).is_file():
+                robust = json.loads((root / ROBUST_FILE).read_text())
+        else:
+            plan, choice = _choose_plan(
+                agent, sim_model, dataset, run.env, baselines, n_actions, seed
+            )
+            plan.save(root / PLAN_FILE)
+            known = {b: choice.returns[b] for b in baselines}
+            robust = {"plan": choice.summary()}
+            write_json_atomic(root / ROBUST_FILE, robust)
+    venv = make_training_env(agent, sim_model, dataset, run.env, encoder, seed, plan)
+    catalog, prior = policy_inputs(agent, sim_model, encoder, n_actions, plan)
     model: Model
     if checkpoint is not None:
         # The safe format (rlrec.agents.artifacts): weights, optimizer state and counters;
@@ -428,6 +521,7 @@ def _train_agent(
             sim_model.item_ids[:n_actions],
             seed,
             tensorboard_log=str(root / TENSORBOARD_DIR),
+            catalog=catalog,
         )
     hparams: dict[str, Any] = {
         k: (v if isinstance(v, int | float | str | bool) else str(v))
@@ -456,6 +550,36 @@ def _train_agent(
     seconds = time.perf_counter() - started
     if saver is not None and remaining > 0:
         saver.save()
+    if agent.planner:
+        # Never lose to the start: the trained policy is kept only if the plan's rule, on the
+        # same validation worlds, prefers it to the policy training started from (rebuilt:
+        # build_model is deterministic in the seed).
+        start = build_model(
+            agent, venv, encoder, sim_model.item_ids[:n_actions], seed, None, catalog
+        )
+        thetas, labels = validation_worlds(sim_model, agent.selection_draws, seed)
+        frozen = copy.deepcopy(encoder)
+        candidates = {
+            name: AgentPolicy(m, frozen, batch_size=agent.encoder_batch_size, prior=prior)
+            for name, m in (("trained", model), ("start", start))
+        }
+        final = select_robust(
+            sim_model,
+            dataset,
+            run.env,
+            candidates,
+            baselines,
+            thetas,
+            labels,
+            agent.selection_episodes,
+            seed,
+            agent.selection,
+            baseline_returns=known,
+        )
+        if final.chosen == "start":
+            model.policy.load_state_dict(start.policy.state_dict())
+        robust = {**robust, "final": {**final.summary(), "kept": final.chosen}}
+        write_json_atomic(root / ROBUST_FILE, robust)
     policy_path = save_policy(model, root, POLICY_NAME)
     venv.close()
     return TrainResult(
@@ -519,8 +643,9 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
     sim_model = load_sim_model(sim_dir)
     encoder, _ = load_encoder(root / ENCODER_DIR, dataset, device=device)
     agent = run.agent
+    plan = PlanTable.load(root / PLAN_FILE) if agent.planner else None
     # A policy file from another run (or env) loads on its own: its spaces must be this run's.
-    probe = make_training_env(agent, sim_model, dataset, run.env, encoder, run.seed)
+    probe = make_training_env(agent, sim_model, dataset, run.env, encoder, run.seed, plan)
     expected = (probe.observation_space, probe.action_space)
     probe.close()
     if (model.observation_space, model.action_space) != expected:
@@ -534,12 +659,14 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
     if agent.mask_recent > 0:
         n_tokens = dataset.n_items + 1
         table = token_to_action_table(sim_model.item_ids[:n_actions], n_tokens)
+    _, prior = policy_inputs(agent, sim_model, encoder, n_actions, plan)
     policy = AgentPolicy(
         model,
         encoder=copy.deepcopy(encoder) if agent.encoder == "frozen" else None,
         token_to_action=table,
         mask_recent=agent.mask_recent,
         batch_size=agent.encoder_batch_size,
+        prior=prior,
     )
     return LoadedRun(
         config=run, policy=policy, encoder=encoder, sim_model=sim_model, dataset=dataset
