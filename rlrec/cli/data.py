@@ -199,6 +199,14 @@ def _prepare(args: argparse.Namespace) -> int:
         f"{vocab['users']:,} users, {vocab['sessions']:,} sessions, {vocab['items']:,} items, "
         f"{vocab['categories']:,} categories ({meta['prepare_seconds']:.1f} s)"
     )
+    values = meta.get("category_values") or {}
+    if any(values.values()):
+        # Said here too: a category column that is mostly unreadable is likely the wrong one.
+        print(
+            f"category values: {values.get('missing', 0):,} missing, "
+            f"{values.get('unparseable', 0):,} unparseable (those events get the unknown "
+            "category; see meta.json)"
+        )
     return 0
 
 

@@ -38,7 +38,7 @@ from rlrec.config import to_mapping
 from rlrec.data import validate
 from rlrec.data.categories import cooccurrence_categories
 from rlrec.data.dataset import META_FILE, atomic_directory, write_json_atomic
-from rlrec.data.readers import ReadOptions, Source, open_source, quote_str
+from rlrec.data.readers import ReadOptions, Source, open_source, quote_ident, quote_str
 from rlrec.data.schema import (
     EVENT_TYPES,
     OPTIONAL_EVENT_COLUMNS,
@@ -55,18 +55,23 @@ from rlrec.data.sessionize import (
     sort_order,
 )
 from rlrec.data.split import check_fractions, split_code_sql, time_cutoffs
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 DROP_REASONS: tuple[str, ...] = (
     "missing_user_id",
     "missing_item_id",
     "missing_timestamp",
+    "future_timestamp",
     "missing_session_id",
     "exact_duplicate",
     "min_item_count",
     "min_session_length",
 )
 """Reasons a row can be dropped, in the order they are applied; all appear in ``meta.json``."""
+
+FUTURE_MARGIN_MS = 86_400_000
+"""Events later than the time of preparation plus this (a day, for clock skew) are dropped
+as ``future_timestamp``: otherwise the time split would make them the test split."""
 
 STAGES: tuple[str, ...] = ("read", "validate", "sessionize", "vocabulary", "write")
 """Stages reported to :func:`prepare`'s ``progress`` callback, in order."""
@@ -128,6 +133,7 @@ def prepare(
     extra_files: Mapping[str, bytes] | None = None,
     read_options: ReadOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    inputs_label: Sequence[str] | None = None,
 ) -> Path:
     """Prepare event logs into a PreparedDataset directory at ``out``.
 
@@ -142,6 +148,8 @@ def prepare(
         read_options: Time unit, delimiter and header for ``generic`` (overrides for others).
         progress: Called with the name of each stage as it starts (see :data:`STAGES`); the
             CLI draws a progress bar with it.
+        inputs_label: What ``meta.json`` records as the inputs instead of ``inputs`` (the
+            synthetic generator's temporary file is gone once the dataset exists).
 
     Returns:
         The dataset directory.
@@ -170,6 +178,8 @@ def prepare(
             source = open_source(con, paths, preset, columns, read_options)
             with atomic_directory(final) as tmp:
                 meta = _run(con, source, config, tmp, progress or _silent)
+                if inputs_label is not None:
+                    meta["source"]["inputs"] = list(inputs_label)
                 for name, blob in (extra_files or {}).items():
                     (tmp / name).write_bytes(blob)
                 meta["prepare_seconds"] = round(time.perf_counter() - started, 3)
@@ -211,18 +221,26 @@ def _run(
     progress("read")
     _materialize(con, source, sort_order(carried, by_session_id))
     progress("validate")
-    counts = _source_counts(con)
+    future_cutoff = int(time.time() * 1000) + FUTURE_MARGIN_MS
+    counts = _source_counts(con, future_cutoff)
     rows_read = counts["rows"]
     validate.check_data_rows(label, rows_read)
     _check_source(con, source, counts, label)
+    _check_rows(con, source)
 
     dropped = dict.fromkeys(DROP_REASONS, 0)
     dropped["missing_user_id"] = counts["no_user"]
     dropped["missing_item_id"] = counts["no_item"]
     dropped["missing_timestamp"] = counts["no_ts"]
+    dropped["future_timestamp"] = counts["future"]
     if by_session_id:
         dropped["missing_session_id"] = counts["no_session"]
     present = counts["rows"] - sum(dropped.values())
+    if present == 0 and counts["future"]:
+        raise UserError(
+            f"{label}: every timestamp with an id lies in the future (after "
+            f"{_iso(future_cutoff)}); check --time-unit (s or ms) and the time column"
+        )
     if present == 0:
         raise UserError(
             f"{label}: every row lacks a user, item, time or session id; "
@@ -230,7 +248,10 @@ def _run(
         )
 
     session_filter = " AND session IS NOT NULL" if by_session_id else ""
-    present_filter = f"user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL{session_filter}"
+    present_filter = (
+        f"user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL AND ts <= {future_cutoff}"
+        f"{session_filter}"
+    )
     gap_ms = None if by_session_id else round(config.session_gap_seconds * 1000)
     if config.min_item_count > 0:
         # Item counts are over distinct events, so deduplicate before counting.
@@ -322,6 +343,14 @@ def _run(
         },
         "category_source": category_source,
         "events_with_unknown_category": no_category,
+        # Rows read whose category value was absent or not an id: such events get the
+        # unknown category; counted so that a wrong column shows up.
+        "category_values": (
+            {"missing": counts["no_category"], "unparseable": counts["bad_category"]}
+            if source.has("category")
+            else None
+        ),
+        "future_cutoff_ms": future_cutoff,
         "time_range_ms": [int(span[0]), int(span[1])],
         "event_types": list(EVENT_TYPES),
         "optional_columns": list(source.optional_columns),
@@ -337,23 +366,32 @@ def _run(
 def _materialize(con: duckdb.DuckDBPyConnection, source: Source, order: str) -> None:
     try:
         sort_events(con, f"SELECT * FROM ({source.select_sql()})", "src", order)
-    except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+    except duckdb.Error as exc:
+        # Any reading failure (a bad value, a damaged file, a value out of range) is about
+        # the user's file; DuckDB's own message is many lines, this is one.
         raise validate.duckdb_read_error(exc, source.preset, source.expected) from None
 
 
-def _source_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
+
+
+def _source_counts(con: duckdb.DuckDBPyConnection, future_cutoff: int) -> dict[str, int]:
+    ids = "user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL"
     row = con.execute(
-        """
+        f"""
         SELECT count(*),
                count(*) FILTER (WHERE user IS NULL),
                count(*) FILTER (WHERE user IS NOT NULL AND item IS NULL),
                count(*) FILTER (WHERE user IS NOT NULL AND item IS NOT NULL AND ts IS NULL),
-               count(*) FILTER (WHERE user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL
-                                AND session IS NULL),
+               count(*) FILTER (WHERE {ids} AND ts > {future_cutoff}),
+               count(*) FILTER (WHERE {ids} AND ts <= {future_cutoff} AND session IS NULL),
                count(session),
                count(*) FILTER (WHERE event IS NULL),
                count(*) FILTER (WHERE time_bad),
                count(*) FILTER (WHERE ts < 0),
+               count(*) FILTER (WHERE category IS NULL AND NOT category_bad),
+               count(*) FILTER (WHERE category_bad),
                count(user), count(item), count(ts)
         FROM src
         """
@@ -364,16 +402,41 @@ def _source_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         "no_user",
         "no_item",
         "no_ts",
+        "future",
         "no_session",
         "has_session",
         "bad_event",
         "bad_time",
         "negative_time",
+        "no_category",
+        "bad_category",
         "users",
         "items",
         "times",
     )
     return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}
+
+
+def _check_rows(con: duckdb.DuckDBPyConnection, source: Source) -> None:
+    """The source's per-row rules on raw columns (e.g. OBD propensities in (0, 1])."""
+    for check in source.row_checks:
+        n = _scalar(con, f"SELECT count(*) FROM {source.relation} WHERE {check.bad_sql}")
+        if not n:
+            continue
+        con.execute("SET threads = 1")
+        con.execute("SET preserve_insertion_order = true")
+        try:
+            rows = con.execute(
+                f"SELECT _file, _line, {quote_ident(check.column)} FROM "
+                f"{source.located_relation} WHERE {check.bad_sql} ORDER BY _file, _line LIMIT 1"
+            ).fetchall()
+        finally:
+            con.execute("SET preserve_insertion_order = false")
+        file, line, value = rows[0] if rows else (source.files[0], "?", None)
+        raise UserError(
+            f"{file} line {line}, column {check.column}: {check.expected}, got "
+            f"{quote_value(value)}; {n} row(s) violate this; fix the rows"
+        )
 
 
 def _check_source(

@@ -14,6 +14,8 @@ Canonical source columns (the table ``src`` that preparation materializes):
                 NULL marks an unknown event type (an error)
 ``ts``          BIGINT milliseconds since the Unix epoch; NULL when missing or unparseable
 ``time_bad``    BOOLEAN: a time value was present but could not be parsed
+``category_bad`` BOOLEAN: a category value was present but is not a valid id (then
+                ``category`` is NULL: the event gets the unknown category, counted)
 ``session``     raw session id or NULL (then sessions come from the inactivity gap)
 ``position``    INTEGER slot of a logged recommendation, or NULL
 ``propensity``  DOUBLE logging propensity, or NULL
@@ -36,6 +38,7 @@ import duckdb
 
 from rlrec.config import from_mapping, load_yaml
 from rlrec.data import validate
+from rlrec.data.bandit import OBD_VALUE_RULES
 from rlrec.data.schema import (
     CANONICAL_FIELDS,
     EVENT_ALIASES,
@@ -43,7 +46,7 @@ from rlrec.data.schema import (
     EVENT_TYPES,
     REQUIRED_FIELDS,
 )
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 PRESETS: tuple[str, ...] = ("taobao", "retailrocket", "diginetica", "obd", "generic", "canonical")
 """Names accepted by ``--preset``."""
@@ -57,6 +60,7 @@ SOURCE_COLUMNS: tuple[str, ...] = (
     "event",
     "ts",
     "time_bad",
+    "category_bad",
     "session",
     "position",
     "propensity",
@@ -75,6 +79,26 @@ _INTEGER_TYPES |= {f"U{t}" for t in _INTEGER_TYPES}
 _FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
 _TIMESTAMP_TYPES = {"DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS"}
 _TIMESTAMP_TYPES |= {"TIMESTAMP_MS", "TIMESTAMP_S", "TIMESTAMPTZ"}
+
+TIME_CLAMP_MS = 10**17
+"""Numeric times beyond +-this many ms (year 3 million) are clamped to it before the unit's
+scaling, which would overflow int64 otherwise; preparation then drops them as far-future
+times (or refuses them as negative ones)."""
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """A per-row rule on the raw columns that preparation enforces (refusing the file).
+
+    Attributes:
+        column: The file's column, for the message.
+        bad_sql: SQL over the relation's raw columns, true on an offending row.
+        expected: What a valid value is, for the message (e.g. ``must lie in (0, 1]``).
+    """
+
+    column: str
+    bad_sql: str
+    expected: str
 
 
 @dataclass(frozen=True)
@@ -133,6 +157,7 @@ class Source:
         expected: What the preset expects, for messages (e.g. ``"integer ids"``).
         optional_columns: Which of ``position, propensity, reward`` the log has.
         notes: Facts recorded in ``meta.json`` (e.g. the guessed time unit).
+        row_checks: Rules every raw row must satisfy (e.g. OBD's propensity in (0, 1]).
     """
 
     preset: str
@@ -145,6 +170,7 @@ class Source:
     expected: str
     optional_columns: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
+    row_checks: tuple[RowCheck, ...] = ()
 
     def has(self, column: str) -> bool:
         """Whether the log has this canonical source column (else it is all NULL)."""
@@ -182,6 +208,11 @@ def parse_columns(spec: str) -> dict[str, str]:
             raise UserError(
                 f"--columns: {part.strip()!r} is not FIELD=COLUMN; "
                 "write e.g. user=visitor_id,item=sku,time=ts"
+            )
+        if name in mapping:
+            raise UserError(
+                f"--columns: {name} is given twice ({quote_value(mapping[name])} and "
+                f"{quote_value(column)}); give each field once"
             )
         mapping[name] = column
     return mapping
@@ -341,10 +372,13 @@ def _base_exprs() -> dict[str, str]:
         "propensity": _null("DOUBLE"),
         "reward": _null("DOUBLE"),
         "time_bad": "false",
+        "category_bad": "false",
     }
 
 
 def _sniff_all(paths: Sequence[Path], delimiter: str) -> list[validate.CsvShape]:
+    for p in paths:
+        validate.check_line_lengths(p)
     return [validate.sniff_csv(p, delimiter) for p in paths]
 
 
@@ -365,7 +399,8 @@ _TAOBAO_LAYOUT = "user,item,category,behavior,unix_seconds"
 def _taobao(paths: tuple[Path, ...], options: ReadOptions) -> Source:
     _reject_parquet(paths, "taobao")
     delim = options.delimiter or ","
-    for shape in _sniff_all(paths, delim):
+    shapes = _sniff_all(paths, delim)
+    for shape in shapes:
         validate.check_field_count(shape, 5, "taobao", _TAOBAO_LAYOUT)
         validate.check_no_header(shape, (0, 1, 2, 4), "taobao")
     types = {
@@ -375,7 +410,7 @@ def _taobao(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         "behavior": "VARCHAR",
         "unix_seconds": "BIGINT",
     }
-    unit = options.time_unit or "s"
+    unit, unit_source = _numeric_unit(options, [row[4:5] for sh in shapes for row in sh.first_rows])
     exprs = {
         **_base_exprs(),
         "user": "user_id",
@@ -395,7 +430,7 @@ def _taobao(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         event_raw="behavior",
         event_column="behavior",
         expected=f"no header and integer ids: {_TAOBAO_LAYOUT}",
-        notes={"time_unit": unit},
+        notes={"time_unit": unit, "time_unit_source": unit_source},
     )
 
 
@@ -408,6 +443,7 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
     delim = options.delimiter or ","
     events: list[Path] = []
     properties: list[Path] = []
+    samples: list[Sequence[str]] = []
     for shape in _sniff_all(paths, delim):
         header = {name.strip() for name in (shape.first_rows[0] if shape.first_rows else ())}
         if set(_RR_PROPERTIES) <= header and "visitorid" not in header:
@@ -420,6 +456,8 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
                 fix="pass events.csv (and optionally item_properties_part*.csv for categories)",
             )
             events.append(shape.path)
+            index = [name.strip() for name in shape.first_rows[0]].index("timestamp")
+            samples += [row[index : index + 1] for row in shape.first_rows[1:]]
     if not events:
         raise UserError(
             f"{paths[0]}: only item_properties files given; the retailrocket preset also "
@@ -427,7 +465,7 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         )
     ev_types = {name: "VARCHAR" for name in _header_of(events[0], delim)}
     ev_types.update(timestamp="BIGINT", visitorid="BIGINT", itemid="BIGINT", event="VARCHAR")
-    unit = options.time_unit or "ms"
+    unit, unit_source = _numeric_unit(options, samples)
 
     def relation(located: bool) -> str:
         base = _csv_relation(events, delim, True, ev_types, located=located)
@@ -441,9 +479,11 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         }
         props = _csv_relation(properties, delim, True, prop_types, located=False)
         # An item's category is the latest 'categoryid' value in the property snapshots.
+        # A value that is not an integer id is no category (counted as unparseable).
         cats = (
-            f"(SELECT itemid AS cat_itemid, arg_max(value, timestamp) AS categoryid FROM {props} "
-            "WHERE property = 'categoryid' GROUP BY itemid)"
+            f"(SELECT itemid AS cat_itemid, arg_max(value, timestamp) AS categoryid_raw, "
+            "CAST(TRY_CAST(trim(arg_max(value, timestamp)) AS BIGINT) AS VARCHAR) AS categoryid "
+            f"FROM {props} WHERE property = 'categoryid' GROUP BY itemid)"
         )
         return f"{base} AS e LEFT JOIN {cats} AS p ON e.itemid = p.cat_itemid"
 
@@ -452,6 +492,9 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         "user": "visitorid",
         "item": "itemid",
         "category": "categoryid" if properties else _null("VARCHAR"),
+        "category_bad": "(categoryid_raw IS NOT NULL AND categoryid IS NULL)"
+        if properties
+        else "false",
         "event": event_code_sql("event"),
         "ts": _time_sql("timestamp", unit, numeric=True),
     }
@@ -466,6 +509,7 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         expected="a header timestamp,visitorid,event,itemid,... with integer ids and ms times",
         notes={
             "time_unit": unit,
+            "time_unit_source": unit_source,
             "category_files": [str(p) for p in properties],
         },
     )
@@ -502,8 +546,9 @@ def _diginetica(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         "user": user,
         "item": "item_id",
         "event": "CAST(0 AS TINYINT)",
-        # timeframe: milliseconds since the session's start, on the day eventdate.
-        "ts": "epoch_ms(CAST(eventdate AS TIMESTAMP)) + timeframe",
+        # timeframe: milliseconds since the session's start, on the day eventdate (clamped:
+        # an absurd offset becomes a far-future time, dropped and counted, not an overflow).
+        "ts": f"epoch_ms(CAST(eventdate AS TIMESTAMP)) + least(timeframe, {TIME_CLAMP_MS})",
         "session": "CAST(session_id AS VARCHAR)",
     }
     return Source(
@@ -515,6 +560,11 @@ def _diginetica(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         event_raw=None,
         event_column=None,
         expected="';'-separated session_id;user_id;item_id;timeframe;eventdate",
+        row_checks=(
+            RowCheck(
+                "timeframe", "timeframe < 0", "must be >= 0 (milliseconds since the session start)"
+            ),
+        ),
         notes={
             "time_unit": "date + ms offset",
             "user_source": "the session's user_id, else the session",
@@ -576,12 +626,23 @@ def _obd(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         event_column=None,
         expected="Open Bandit Dataset CSV: ,timestamp,item_id,position,click,propensity_score,...",
         optional_columns=("position", "propensity", "reward"),
+        # The same rules as 'rlrec ope bandit' (rlrec.data.bandit), so both accept one file.
+        row_checks=tuple(
+            RowCheck(rule.column, _bad_sql(rule.ok_sql, rule.column), rule.expected)
+            for rule in OBD_VALUE_RULES
+        ),
         notes={
             "time_unit": "iso",
             "user_source": "md5 of the user features",
             "session_source": "one session per logged round (file and row index)",
         },
     )
+
+
+def _bad_sql(ok_sql: str, column: str) -> str:
+    """A missing value or one failing ``ok_sql`` (``{c}``: the column)."""
+    col = quote_ident(column)
+    return f"{col} IS NULL OR NOT ({ok_sql.replace('{c}', col)})"
 
 
 def _mapped(
@@ -661,6 +722,12 @@ def _resolve_columns(
                 f"{path}: missing required column {column!r} (mapped to {name}); "
                 f"the file has [{shown}]{hint}; fix --columns"
             )
+        twin = next((f for f, c in resolved.items() if c == column), None)
+        if twin is not None:
+            raise UserError(
+                f"--columns: column {quote_value(column)} is mapped to both {twin} and {name}; "
+                "map each field to its own column"
+            )
         resolved[name] = column
     return resolved
 
@@ -697,13 +764,35 @@ def _guess_time_unit(samples: Sequence[str]) -> TimeUnit:
     return "ms" if numbers and max(abs(x) for x in numbers) > 1e11 else "s"
 
 
+def _numeric_unit(options: ReadOptions, samples: Sequence[Sequence[str]]) -> tuple[TimeUnit, str]:
+    """The unit of a preset's numeric time column: ``--time-unit``, else guessed.
+
+    RetailRocket documents milliseconds and Taobao seconds, but copies of both circulate in
+    the other unit; read in the wrong one, every event lands in 1970 or in year 49,000.
+    """
+    if options.time_unit is not None:
+        return options.time_unit, "--time-unit"
+    guessed = _guess_time_unit([row[0] for row in samples if row])
+    if guessed == "iso":  # not numbers: the typed read reports the line
+        guessed = "s"
+    return guessed, "guessed from the magnitude of the first rows (override with --time-unit)"
+
+
 def _time_sql(expr: str, unit: TimeUnit, numeric: bool) -> str:
     if unit == "iso":
         return f"epoch_ms(TRY_CAST({expr} AS TIMESTAMPTZ))"
-    scale = "1000" if unit == "s" else "1"
+    scale = 1000 if unit == "s" else 1
+    limit = TIME_CLAMP_MS // scale
     if numeric:
-        return f"CAST({expr} AS BIGINT) * {scale}"
-    return f"CAST(round(CAST({expr} AS DOUBLE) * {scale}) AS BIGINT)"
+        value = f"CAST({expr} AS BIGINT) * {scale}"
+    else:
+        value = f"CAST(round(CAST({expr} AS DOUBLE) * {scale}) AS BIGINT)"
+    # Clamped before scaling: int64-max seconds would overflow the multiplication.
+    nan = "" if numeric else f"WHEN isnan(CAST({expr} AS DOUBLE)) THEN NULL "
+    return (
+        f"(CASE {nan}WHEN {expr} > {limit} THEN {TIME_CLAMP_MS} "
+        f"WHEN {expr} < -{limit} THEN -{TIME_CLAMP_MS} ELSE {value} END)"
+    )
 
 
 def _mapped_csv(

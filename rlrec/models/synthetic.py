@@ -689,6 +689,8 @@ def generate_dataset(
             out=out,
             config=prepare_config or PrepareConfig(),
             extra_files=truth.to_files(),
+            # The raw file is a temporary one, deleted on return: record no input path.
+            inputs_label=[],
         )
 
 
