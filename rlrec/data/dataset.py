@@ -35,6 +35,13 @@ from rlrec.errors import UserError
 META_FILE = "meta.json"
 TABLE_FILES = ("events.parquet", "users.parquet", "items.parquet", "categories.parquet")
 
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users.parquet": ("user", "raw_id"),
+    "items.parquet": ("item", "raw_id", "category"),
+    "categories.parquet": ("category", "raw_id"),
+}
+"""Columns each vocabulary table must have (``events.parquet``: ``schema.EVENT_COLUMNS``)."""
+
 
 @dataclass(frozen=True)
 class SessionArrays:
@@ -168,8 +175,13 @@ def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
         )
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = (
+            f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        )
+        raise UserError(f"{meta_path}: invalid JSON{where}; prepare the data again") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: expected a JSON object; prepare the data again")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(
@@ -181,11 +193,12 @@ def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
         file = root / name
         if not file.is_file():
             raise UserError(f"{root}: missing {name}; prepare the data again")
-        tables[name] = pd.read_parquet(file)
+        tables[name] = _read_table(file)
     events = tables["events.parquet"]
     missing = [c for c in EVENT_COLUMNS if c not in events.columns]
     if missing:
         raise UserError(f"{root / 'events.parquet'}: missing columns {missing}; prepare again")
+    _check_tables(root, tables, meta)
     return PreparedDataset(
         path=root,
         events=events,
@@ -194,6 +207,74 @@ def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
         categories=tables["categories.parquet"],
         meta=meta,
     )
+
+
+def _read_table(file: Path) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(file)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(
+            f"{file}: not a readable Parquet table ({first}); prepare the data again"
+        ) from None
+
+
+def _check_tables(root: Path, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:
+    """The tables agree with each other and with ``meta.json``.
+
+    A file copied in from another dataset, or from another table of this one, loads as
+    Parquet but would give wrong counts (or out-of-range indices) later; it is refused here,
+    in the loader, so that every command sees the same message.
+    """
+    redo = "the dataset's files do not belong together; prepare the data again"
+    for name, columns in TABLE_COLUMNS.items():
+        absent = [c for c in columns if c not in tables[name].columns]
+        if absent:
+            raise UserError(f"{root / name}: missing columns {absent}; {redo}")
+    events = tables["events.parquet"]
+    events_file = root / "events.parquet"
+    for column in EVENT_COLUMNS:
+        if not pd.api.types.is_integer_dtype(events[column].dtype):
+            raise UserError(
+                f"{events_file}: column {column!r} is {events[column].dtype}, expected integers; "
+                f"{redo}"
+            )
+    sizes = {
+        "user": len(tables["users.parquet"]),
+        "item": len(tables["items.parquet"]),
+        "category": len(tables["categories.parquet"]),
+        "event": len(EVENT_TYPES),
+        "split": len(SPLITS),
+    }
+    for column, size in sizes.items():
+        values = events[column].to_numpy()
+        if len(values) and (values.min() < 0 or values.max() >= size):
+            raise UserError(
+                f"{events_file}: column {column!r} holds {int(values.min())}..{int(values.max())}, "
+                f"outside 0..{size - 1} (the vocabulary); {redo}"
+            )
+    item_category = tables["items.parquet"]["category"].to_numpy()
+    if len(item_category) and (item_category.min() < 0 or item_category.max() >= sizes["category"]):
+        raise UserError(
+            f"{root / 'items.parquet'}: category outside 0..{sizes['category'] - 1}; {redo}"
+        )
+    vocab = meta.get("vocab")
+    if isinstance(vocab, dict):
+        for key, table in (("users", "users"), ("items", "items"), ("categories", "categories")):
+            n = len(tables[f"{table}.parquet"])
+            if key in vocab and vocab[key] != n:
+                raise UserError(
+                    f"{root / (table + '.parquet')}: {n} rows, {META_FILE} says {vocab[key]!r}; "
+                    f"{redo}"
+                )
+    rows = meta.get("rows")
+    kept = rows.get("kept") if isinstance(rows, dict) else None
+    if kept is not None and kept != len(events):
+        raise UserError(
+            f"{events_file}: {len(events)} events, {META_FILE} says {kept!r} kept; {redo}"
+        )
 
 
 @contextmanager
