@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
+import numpy as np
 
 from rlrec.config import from_mapping, load_yaml
 from rlrec.data import validate
@@ -761,7 +762,10 @@ def _guess_time_unit(samples: Sequence[str]) -> TimeUnit:
     except ValueError:
         return "iso"
     # Unix seconds stay below 1e11 until the year 5138; milliseconds exceed it after 1973.
-    return "ms" if numbers and max(abs(x) for x in numbers) > 1e11 else "s"
+    # The median, not the maximum: a few absurd rows must not flip the unit of the rest.
+    if not numbers:
+        return "s"
+    return "ms" if float(np.median(np.abs(numbers))) > 1e11 else "s"
 
 
 def _numeric_unit(options: ReadOptions, samples: Sequence[Sequence[str]]) -> tuple[TimeUnit, str]:

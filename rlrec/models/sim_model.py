@@ -201,9 +201,12 @@ class SimModel:
         if not np.isclose(self.initial_category.sum(), 1.0, atol=1e-6):
             raise UserError(f"{where}: initial_category must sum to 1")
         ic = np.asarray(self.item_category)
+        cdc = np.asarray(self.category_of_dataset_category)
+        for name, arr in (("item_category", ic), ("category_of_dataset_category", cdc)):
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise UserError(f"{where}: {name} must hold integer category indices")
         if ic.min() < 0 or ic.max() >= k:
             raise UserError(f"{where}: item_category holds a category outside 0..{k - 1}")
-        cdc = np.asarray(self.category_of_dataset_category)
         if cdc.min() < 0 or cdc.max() >= k:
             raise UserError(f"{where}: category_of_dataset_category outside 0..{k - 1}")
         sums = np.bincount(ic, weights=self.item_popularity, minlength=k)
@@ -356,14 +359,19 @@ def load_sim_model(path: str | os.PathLike[str]) -> SimModel:
                 "fit the model again"
             )
         provenance[k] = Provenance(source=v["source"], detail=str(v.get("detail", "")))
-    return SimModel(
-        category_ids=tuple(str(c) for c in params["category_ids"]),
-        **arrays,
-        **scalars,  # type: ignore[arg-type]
-        provenance=provenance,
-        info=info,
-        # Consistency (shapes, sums) is checked by SimModel.__post_init__, naming the field.
-    )
+    try:
+        return SimModel(
+            category_ids=tuple(str(c) for c in params["category_ids"]),
+            **arrays,
+            **scalars,  # type: ignore[arg-type]
+            provenance=provenance,
+            info=info,
+            # Consistency (shapes, sums) is checked by SimModel.__post_init__, naming the field.
+        )
+    except UserError as exc:
+        # The check names the field; the message names the directory too.
+        detail = str(exc).removeprefix("SimModel: ")
+        raise UserError(f"{root}: {detail}; fit the model again") from None
 
 
 def engage_probability(model: SimModel, interest: np.ndarray, items: np.ndarray) -> np.ndarray:
