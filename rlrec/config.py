@@ -24,6 +24,28 @@ from rlrec.errors import UserError
 T = TypeVar("T")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    Plain ``safe_load`` keeps the last of two equal keys without a word, so ``{user: a,
+    user: b}`` in a column map, or a setting written twice in a preset, would silently use
+    one of them.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping.
 
@@ -34,11 +56,17 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not file.is_file():
         raise UserError(f"{file}: no such file")
     try:
-        data = yaml.safe_load(file.read_text())
+        data = yaml.load(file.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{file}: {exc.problem}{where}; fix the file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{file}: invalid YAML{where}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file}: not UTF-8 text; save it as UTF-8 YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

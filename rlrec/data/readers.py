@@ -687,7 +687,7 @@ def _mapped(
             )
     columns = _resolve_columns(columns, available, header, paths[0], options)
     if all(parquet):
-        return _mapped_parquet(paths, columns, types, options, preset)
+        return _mapped_parquet(paths, columns, types, options, preset, _parquet_sample(con, paths))
     return _mapped_csv(paths, columns, available, header, options, preset)
 
 
@@ -850,6 +850,7 @@ def _mapped_parquet(
     types: dict[str, str],
     options: ReadOptions,
     preset: str,
+    sample: Mapping[str, Sequence[str]] | None = None,
 ) -> Source:
     def kind(field_name: str) -> str:
         type_name = types[columns[field_name]]
@@ -878,6 +879,7 @@ def _mapped_parquet(
             raise wrong(name, "integer or string ids", "cast the column before writing the file")
     time_kind = kind("time")
     unit: TimeUnit
+    unit_source = ""
     if time_kind == "timestamp":
         unit = "ms"
         time_expr = f"epoch_ms(CAST({quote_ident(columns['time'])} AS TIMESTAMP))"
@@ -885,6 +887,12 @@ def _mapped_parquet(
         if options.time_unit == "iso":
             raise wrong("time", "strings for --time-unit iso", "drop --time-unit iso or fix it")
         unit = options.time_unit or "ms"
+        unit_source = "--time-unit" if options.time_unit else "the canonical preset's ms"
+        if options.time_unit is None and preset == "generic" and sample is not None:
+            # Like a generic CSV: seconds or ms from the magnitude of the first rows.
+            unit = _guess_time_unit(sample.get(columns["time"], ()))
+            unit = "ms" if unit == "iso" else unit
+            unit_source = "guessed from the magnitude of the first rows (override with --time-unit)"
         time_expr = _time_sql(quote_ident(columns["time"]), unit, numeric=time_kind == "int")
     elif time_kind == "str" and (options.time_unit == "iso" or preset == "generic"):
         if options.time_unit not in (None, "iso"):
@@ -921,8 +929,26 @@ def _mapped_parquet(
         event_column=columns.get("event"),
         expected="the mapped columns with integer or string ids",
         optional_columns=tuple(c for c in OPTIONAL_SOURCE_COLUMNS if c in columns),
-        notes={"time_unit": unit, "columns": dict(columns)},
+        notes={
+            "time_unit": unit,
+            "columns": dict(columns),
+            **({"time_unit_source": unit_source} if time_kind in ("int", "float") else {}),
+        },
     )
+
+
+def _parquet_sample(
+    con: duckdb.DuckDBPyConnection, paths: Sequence[Path], rows: int = 20
+) -> dict[str, list[str]]:
+    """The first ``rows`` values of each column of the first file, as text (for guessing)."""
+    try:
+        rel = con.execute(f"SELECT * FROM read_parquet({quote_str(str(paths[0]))}) LIMIT {rows}")
+        names = [d[0] for d in rel.description]
+        values = rel.fetchall()
+    except duckdb.Error as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0][:160]
+        raise UserError(f"{paths[0]}: not a readable Parquet file ({first})") from None
+    return {n: [str(r[i]) for r in values if r[i] is not None] for i, n in enumerate(names)}
 
 
 def _time_bad_sql(expr: str) -> str:

@@ -39,18 +39,28 @@ class Bases:
     dataset: Path
     other_dataset: Path
     sim: Path
+    encoder: Path
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory: pytest.TempPathFactory) -> Bases:
+    import torch
+
+    from rlrec.models.checkpoint import save_encoder, vocabulary_fingerprint
+    from rlrec.models.encoder import EncoderConfig, SequenceEncoder
     from rlrec.models.synthetic import SyntheticConfig, generate_dataset
     from rlrec.models.transition import fit_sim_model
 
     root = tmp_path_factory.mktemp("bases")
     dataset = generate_dataset(root / "ds", SyntheticConfig(n_users=20, seed=0))
     other = generate_dataset(root / "other", SyntheticConfig(n_users=12, seed=1))
-    sim = fit_sim_model(load_dataset(dataset)).save(root / "sim")
-    return Bases(dataset=dataset, other_dataset=other, sim=sim)
+    ds = load_dataset(dataset)
+    sim = fit_sim_model(ds).save(root / "sim")
+    torch.manual_seed(0)
+    cfg = EncoderConfig(d_model=16, n_layers=1, n_heads=2, max_len=8)
+    model = SequenceEncoder(cfg, ds.n_items, ds.n_categories, ds.item_category)
+    encoder = save_encoder(root / "enc", model, vocabulary_fingerprint(ds))
+    return Bases(dataset=dataset, other_dataset=other, sim=sim, encoder=encoder)
 
 
 def write(path: Path, text: str) -> Path:
@@ -256,6 +266,14 @@ def _yaml_twice(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
     )
 
 
+@case("column map YAML: one role given twice")
+def _yaml_role_twice(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
+    f = write(tmp / "log.csv", generic_csv(good_rows()))
+    spec = write(tmp / "map.yaml", "columns:\n  user: user\n  user: item\n  time: time\n")
+    argv = prepare_argv("generic", [f], tmp / "out", "--columns", str(spec))
+    return argv, ("map.yaml", "'user' given twice", "line 3")
+
+
 @case("parquet: one column in two roles")
 def _parquet_twice(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
     frame = pd.DataFrame({"user": [1, 2], "item": [3, 4], "time": [BASE_MS, BASE_MS + 1]})
@@ -424,6 +442,23 @@ def test_retailrocket_seconds_are_detected(
     _, meta_s = prepare_ok(explicit, capsys)
     assert meta_s["time_range_ms"] == meta["time_range_ms"]
     assert meta_s["source"]["time_unit_source"] == "--time-unit"
+
+
+def test_parquet_seconds_are_detected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A generic Parquet log in seconds is guessed like a CSV one; canonical stays ms."""
+    frame = pd.DataFrame(
+        {"user": [0, 1] * 5, "item": range(10), "time": [BASE_S + 3600 * i for i in range(10)]}
+    )
+    frame.to_parquet(tmp_path / "log.parquet")
+    argv = prepare_argv("generic", [tmp_path / "log.parquet"], tmp_path / "out", *GENERIC)
+    _, meta = prepare_ok(argv, capsys)
+    assert meta["source"]["time_unit"] == "s"
+    assert meta["time_range_ms"] == [BASE_MS, (BASE_S + 9 * 3600) * 1000]
+    forced = prepare_argv(
+        "generic", [tmp_path / "log.parquet"], tmp_path / "ms", *GENERIC, "--time-unit", "ms"
+    )
+    _, meta_ms = prepare_ok(forced, capsys)
+    assert meta_ms["time_range_ms"] == [BASE_S, BASE_S + 9 * 3600]
 
 
 def test_taobao_milliseconds_are_detected(
@@ -839,6 +874,98 @@ def test_report_shows_the_sim_loader_message(
     assert outcome.kind == "ok", outcome.err
     page = (tmp_path / "report.html").read_text().lower()
     assert all(n.lower() in page for n in needles), needles
+
+
+# --------------------------------------------------------------------------- encoders
+
+EncoderDamage = Callable[[Path], tuple[str, ...]]
+ENCODER_DAMAGE: dict[str, EncoderDamage] = {}
+
+
+def _edit_encoder_json(enc: Path, key: str, value: object, inner: bool = False) -> None:
+    payload = json.loads((enc / "encoder.json").read_text())
+    (payload["encoder_config"] if inner else payload)[key] = value
+    (enc / "encoder.json").write_text(json.dumps(payload))
+
+
+for _key, _value, _inner, _needle in (
+    ("n_items", "5", False, "n_items"),
+    ("n_items", True, False, "n_items"),
+    ("n_categories", 0, False, "n_categories"),
+    ("encoder_config", [1], False, "encoder_config"),
+    ("vocab_fingerprint", [1], False, "vocab_fingerprint"),
+    ("info", "x", False, "info"),
+    ("d_model", "big", True, "d_model"),
+    ("d_model", 17, True, "d_model"),
+    ("dropout", math.nan, True, "dropout"),
+    ("max_len", -1, True, "max_len"),
+):
+
+    def _e_json(
+        enc: Path,
+        key: str = _key,
+        value: object = _value,
+        inner: bool = _inner,
+        needle: str = _needle,
+    ) -> tuple[str, ...]:
+        _edit_encoder_json(enc, key, value, inner)
+        return ("encoder.json", needle)
+
+    ENCODER_DAMAGE[f"encoder.json: {_key}={_value!r}"] = _e_json
+
+
+def _weights(enc: Path, content: bytes) -> tuple[str, ...]:
+    (enc / "model.safetensors").write_bytes(content)
+    return ("model.safetensors", "unreadable")
+
+
+def _pickled_weights(enc: Path) -> tuple[str, ...]:
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, enc / "model.safetensors")
+    return ("model.safetensors", "unreadable")
+
+
+ENCODER_DAMAGE.update(
+    {
+        "encoder.json a list": lambda enc: (
+            (enc / "encoder.json").write_text("[]"),
+            ("encoder.json", "json object"),
+        )[1],
+        "encoder.json binary": lambda enc: (
+            (enc / "encoder.json").write_bytes(b"\xff\xfe\x00"),
+            ("encoder.json", "utf-8"),
+        )[1],
+        "weights truncated": lambda enc: _weights(
+            enc, (enc / "model.safetensors").read_bytes()[:100]
+        ),
+        "weights empty": lambda enc: _weights(enc, b""),
+        "weights garbage header": lambda enc: _weights(enc, b"\xff" * 8 + b"{}"),
+        "weights a torch pickle": _pickled_weights,
+    }
+)
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_DAMAGE))
+def test_damaged_encoder_is_one_clear_line(
+    name: str, bases: Bases, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    enc = tmp_path / "enc"
+    shutil.copytree(bases.encoder, enc)
+    needles = ENCODER_DAMAGE[name](enc)
+    argv = ["encoder", "eval", str(enc), "--data", str(bases.dataset)]
+    assert_clear_error(run_hostile(argv, capsys), *needles)
+
+
+def test_undamaged_encoder_base_evaluates(bases: Bases, capsys: pytest.CaptureFixture[str]) -> None:
+    """The base the damage cases copy is sound: their errors come from the damage."""
+    outcome = run_hostile(
+        ["encoder", "eval", str(bases.encoder), "--data", str(bases.dataset)], capsys
+    )
+    assert outcome.kind == "ok", outcome.err
+    sim = ["sim", "validate", str(bases.sim), "--data", str(bases.dataset), "--sessions", "20"]
+    assert run_hostile(sim, capsys).kind == "ok"
+    assert run_hostile(["data", "stats", str(bases.dataset)], capsys).kind == "ok"
 
 
 # --------------------------------------------------------------------------- quickstart JSON
