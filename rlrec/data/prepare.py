@@ -419,8 +419,15 @@ def _source_counts(con: duckdb.DuckDBPyConnection, future_cutoff: int) -> dict[s
 
 def _check_rows(con: duckdb.DuckDBPyConnection, source: Source) -> None:
     """The source's per-row rules on raw columns (e.g. OBD propensities in (0, 1])."""
-    for check in source.row_checks:
-        n = _scalar(con, f"SELECT count(*) FROM {source.relation} WHERE {check.bad_sql}")
+    if not source.row_checks:
+        return
+    # One scan counts every rule's offenders; an offender is located only after.
+    counts = con.execute(
+        "SELECT "
+        + ", ".join(f"count(*) FILTER (WHERE {c.bad_sql})" for c in source.row_checks)
+        + f" FROM {source.relation}"
+    ).fetchall()[0]
+    for check, n in zip(source.row_checks, counts, strict=True):
         if not n:
             continue
         con.execute("SET threads = 1")
