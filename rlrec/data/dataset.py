@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from rlrec.data.schema import EVENT_COLUMNS, EVENT_TYPES, SCHEMA_VERSION, SPLITS
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 META_FILE = "meta.json"
 TABLE_FILES = ("events.parquet", "users.parquet", "items.parquet", "categories.parquet")
@@ -182,6 +182,7 @@ def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
         raise UserError(f"{meta_path}: invalid JSON{where}; prepare the data again") from None
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected a JSON object; prepare the data again")
+    _check_meta(meta_path, meta)
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(
@@ -219,6 +220,32 @@ def _read_table(file: Path) -> pd.DataFrame:
         raise UserError(
             f"{file}: not a readable Parquet table ({first}); prepare the data again"
         ) from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_meta(meta_path: Path, meta: dict[str, Any]) -> None:
+    """The parts of ``meta.json`` that later stages read have the right types."""
+    redo = "prepare the data again (or fix the file)"
+    for key in ("source", "rows", "vocab", "split"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise UserError(f"{meta_path}: {key} must be a JSON object; {redo}")
+    rows = meta.get("rows", {})
+    for key in ("read", "kept"):
+        if key in rows and not _is_count(rows[key]):
+            raise UserError(
+                f"{meta_path}: rows.{key} must be a count, got {quote_value(rows[key])}; {redo}"
+            )
+    dropped = rows.get("dropped", {})
+    if not isinstance(dropped, dict) or not all(_is_count(v) for v in dropped.values()):
+        raise UserError(f"{meta_path}: rows.dropped must map reasons to counts; {redo}")
+    for key, value in meta.get("vocab", {}).items():
+        if not _is_count(value):
+            raise UserError(
+                f"{meta_path}: vocab.{key} must be a count, got {quote_value(value)}; {redo}"
+            )
 
 
 def _check_tables(root: Path, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:

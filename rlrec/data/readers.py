@@ -28,6 +28,7 @@ and ``canonical`` (columns already named ``user, item, time, ...``; time in ms).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -757,15 +758,23 @@ def _parquet_schema(
 
 def _guess_time_unit(samples: Sequence[str]) -> TimeUnit:
     values = [s for s in samples if s not in NULL_STRINGS]
-    try:
-        numbers = [float(v) for v in values]
-    except ValueError:
+    numbers = [x for x in map(_as_float, values) if x is not None and math.isfinite(x)]
+    # Mostly numbers: a numeric column with a few bad values, which the typed read then
+    # reports on their own lines (guessing ISO would blame the good rows instead).
+    if values and len(numbers) * 2 < len(values):
         return "iso"
-    # Unix seconds stay below 1e11 until the year 5138; milliseconds exceed it after 1973.
-    # The median, not the maximum: a few absurd rows must not flip the unit of the rest.
     if not numbers:
         return "s"
+    # Unix seconds stay below 1e11 until the year 5138; milliseconds exceed it after 1973.
+    # The median, not the maximum: a few absurd rows must not flip the unit of the rest.
     return "ms" if float(np.median(np.abs(numbers))) > 1e11 else "s"
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _numeric_unit(options: ReadOptions, samples: Sequence[Sequence[str]]) -> tuple[TimeUnit, str]:

@@ -13,6 +13,7 @@ import csv
 import gzip
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,17 @@ def check_input_files(paths: Sequence[Path]) -> None:
 def sniff_csv(path: Path, delimiter: str) -> CsvShape:
     """Read the first lines of ``path`` (gzip-compressed if it ends in ``.gz``), split them."""
     opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except (EOFError, OSError, zlib.error) as exc:
+        # gzip raises EOFError on a truncated archive and BadGzipFile (an OSError) on others.
+        raise UserError(
+            f"{path}: not a readable {'gzip ' if opener is gzip.open else ''}file ({exc}); "
+            "check that the file is complete"
+        ) from None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}: UTF-16 text; save the file as UTF-8 (or ASCII) CSV")
     # A UTF-8 byte order mark (Excel writes one) is not part of the first column's name.
     text = head.decode("utf-8", errors="replace").removeprefix(UTF8_BOM)
     lines = text.splitlines()

@@ -362,6 +362,66 @@ for _damage in ("truncated", "garbage", "csv named .parquet"):
     case(f"generic input: {_damage} parquet")(_bad_parquet)
 
 
+# Damaged or mis-encoded CSV files.
+def _gz_log(tmp: Path, rows: int) -> Path:
+    import gzip
+
+    blob = gzip.compress(generic_csv(good_rows(rows)).encode())
+    f = tmp / "log.csv.gz"
+    f.write_bytes(blob[: len(blob) // 2])
+    return f
+
+
+@case("generic: truncated small .csv.gz")
+def _gz_small(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
+    f = _gz_log(tmp, 200)
+    return prepare_argv("generic", [f], tmp / "out", *GENERIC), ("log.csv.gz", "gzip")
+
+
+@case("generic: truncated large .csv.gz")
+def _gz_large(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
+    f = _gz_log(tmp, 60_000)  # the first 64 KB read fine; DuckDB meets the cut
+    return prepare_argv("generic", [f], tmp / "out", *GENERIC), ("log.csv.gz",)
+
+
+@case("taobao: not gzip but named .csv.gz")
+def _gz_fake(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
+    f = write(tmp / "log.csv.gz", "".join(r + "\n" for r in taobao_rows()))
+    return prepare_argv("taobao", [f], tmp / "out"), ("log.csv.gz", "gzip")
+
+
+for _preset in ("generic", "taobao", "diginetica"):
+
+    def _utf16(tmp: Path, preset: str = _preset) -> tuple[list[str], tuple[str, ...]]:
+        text = {
+            "generic": generic_csv(good_rows()),
+            "taobao": "".join(r + "\n" for r in taobao_rows()),
+            "diginetica": generic_csv(dg_rows(), DG_HEADER),
+        }[preset]
+        f = tmp / "log.csv"
+        f.write_text(text, encoding="utf-16")
+        extra = GENERIC if preset == "generic" else ()
+        return prepare_argv(preset, [f], tmp / "out", *extra), ("log.csv", "utf-16")
+
+    case(f"{_preset}: UTF-16 file")(_utf16)
+
+
+for _name, _text, _needles in (
+    ("unterminated quote", 'user,item,time\n1,"2,1500000000000\n1,3,1500000000000\n', ("line 2",)),
+    ("too few fields", "user,item,time\n1,2\n1,3,1500000000000\n", ("line 2", "fields")),
+    ("too many fields", "user,item,time\n1,2,1500000000000,9,9\n", ("line 2", "fields")),
+    ("time not a number", "user,item,time\n1,2,1500000000000\n1,3,soon\n", ("line 3", "'soon'")),
+):
+
+    def _malformed_csv(
+        tmp: Path, text: str = _text, needles: tuple[str, ...] = _needles
+    ) -> tuple[list[str], tuple[str, ...]]:
+        f = write(tmp / "log.csv", text)
+        return prepare_argv("generic", [f], tmp / "out", *GENERIC), ("log.csv", *needles)
+
+    case(f"generic: {_name}")(_malformed_csv)
+
+
 @case("canonical input: a prepared items.parquet instead of a log")
 def _items_as_log(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
     pd.DataFrame({"item": [0, 1], "raw_id": ["a", "b"], "category": [0, 0]}).to_parquet(
@@ -391,7 +451,7 @@ def prepare_ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[Out
     return outcome, json.loads((out / "meta.json").read_text())
 
 
-@pytest.mark.parametrize("preset", ["generic", "taobao", "retailrocket", "parquet"])
+@pytest.mark.parametrize("preset", ["generic", "taobao", "retailrocket", "parquet", "iso"])
 def test_far_future_rows_are_dropped_and_counted(
     preset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -406,6 +466,12 @@ def test_far_future_rows_are_dropped_and_counted(
         rows = [*taobao_rows(), *future, f"1,92,1,pv,{INT64_MAX}"]
         f = write(tmp_path / "log.csv", "".join(r + "\n" for r in rows))
         argv = prepare_argv(preset, [f], tmp_path / "out")
+    elif preset == "iso":
+        iso = [f"{i % 3},{i},2017-07-14 02:40:{i:02d}+00:00" for i in range(12)]
+        late = ["1,90,9999-12-31 23:59:59+00:00", "2,91,5000-01-01 00:00:00+00:00"]
+        rows = [*iso, *late, "1,92,99999-01-01 00:00:00+00:00"]
+        f = write(tmp_path / "log.csv", generic_csv(rows))
+        argv = prepare_argv("generic", [f], tmp_path / "out", *GENERIC, "--time-unit", "iso")
     elif preset == "retailrocket":
         future = [f"{future_ms},1,view,90,", f"{future_ms},2,view,91,"]
         rows = [*rr_rows(), *future, f"{INT64_MAX},1,view,92,"]
@@ -680,6 +746,45 @@ def _d_meta_binary(ds: Path, bases: Bases) -> tuple[str, ...]:
     return ("meta.json", "invalid json")
 
 
+for _key, _value, _needle in (
+    ("rows", [1], "rows must be a json object"),
+    ("source", "taobao", "source must be a json object"),
+    ("rows.read", "abc", "rows.read"),
+    ("rows.kept", -5, "rows.kept"),
+    ("rows.dropped", [3], "rows.dropped"),
+    ("vocab.items", "1127", "vocab.items"),
+):
+
+    def _d_meta_field(
+        ds: Path, bases: Bases, key: str = _key, value: object = _value, needle: str = _needle
+    ) -> tuple[str, ...]:
+        meta = json.loads((ds / "meta.json").read_text())
+        head, _, tail = key.partition(".")
+        if tail:
+            meta[head][tail] = value
+        else:
+            meta[head] = value
+        (ds / "meta.json").write_text(json.dumps(meta))
+        return ("meta.json", needle)
+
+    damage(f"meta.json {_key}={_value!r}")(_d_meta_field)
+
+
+@damage("meta.json schema_version a string")
+def _d_meta_version(ds: Path, bases: Bases) -> tuple[str, ...]:
+    meta = json.loads((ds / "meta.json").read_text())
+    meta["schema_version"] = "1"
+    (ds / "meta.json").write_text(json.dumps(meta))
+    return ("meta.json", "schema_version")
+
+
+@damage("events.parquet a folder")
+def _d_events_folder(ds: Path, bases: Bases) -> tuple[str, ...]:
+    (ds / "events.parquet").unlink()
+    (ds / "events.parquet").mkdir()
+    return ("missing events.parquet",)
+
+
 @damage("meta.json vocab disagrees")
 def _d_meta_vocab(ds: Path, bases: Bases) -> tuple[str, ...]:
     meta = json.loads((ds / "meta.json").read_text())
@@ -688,11 +793,13 @@ def _d_meta_vocab(ds: Path, bases: Bases) -> tuple[str, ...]:
     return ("items.parquet", "meta.json says")
 
 
-DATASET_COMMANDS = {
-    "data stats": lambda ds, out: ["data", "stats", str(ds)],
-    "fit": lambda ds, out: ["fit", str(ds), "--out", str(out)],
-    "pretrain": lambda ds, out: ["pretrain", str(ds), "--out", str(out), "--epochs", "1"],
-    "encoder eval": lambda ds, out: ["encoder", "eval", str(out), "--data", str(ds)],
+DATASET_COMMANDS: dict[str, Callable[[Path, Path, Bases], list[str]]] = {
+    "data stats": lambda ds, out, b: ["data", "stats", str(ds)],
+    "fit": lambda ds, out, b: ["fit", str(ds), "--out", str(out)],
+    "pretrain": lambda ds, out, b: ["pretrain", str(ds), "--out", str(out), "--epochs", "1"],
+    "encoder eval": lambda ds, out, b: ["encoder", "eval", str(b.encoder), "--data", str(ds)],
+    "sim validate": lambda ds, out, b: ["sim", "validate", str(b.sim), "--data", str(ds)],
+    "ope replay": lambda ds, out, b: ["ope", "replay", "--data", str(ds), "--policy", "random"],
 }
 
 
@@ -705,7 +812,7 @@ def test_damaged_dataset_is_one_clear_line(
     shutil.copytree(bases.dataset, ds)
     needles = DATASET_DAMAGE[name](ds, bases)
     out = tmp_path / "out"
-    outcome = run_hostile(DATASET_COMMANDS[command](ds, out), capsys)
+    outcome = run_hostile(DATASET_COMMANDS[command](ds, out, bases), capsys)
     assert_clear_error(outcome, *needles)
     assert_nothing_written(out)
 
