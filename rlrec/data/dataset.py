@@ -229,7 +229,8 @@ def _is_count(value: Any) -> bool:
 def _check_meta(meta_path: Path, meta: dict[str, Any]) -> None:
     """The parts of ``meta.json`` that later stages read have the right types."""
     redo = "prepare the data again (or fix the file)"
-    for key in ("source", "rows", "vocab", "split"):
+    # ``source`` is free-form (a dict from preparation, a plain label from write_dataset).
+    for key in ("rows", "vocab", "split"):
         if key in meta and not isinstance(meta[key], dict):
             raise UserError(f"{meta_path}: {key} must be a JSON object; {redo}")
     rows = meta.get("rows", {})

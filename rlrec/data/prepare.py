@@ -363,13 +363,29 @@ def _run(
     }
 
 
+_READ_ERRORS = (
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.OutOfRangeException,
+    duckdb.NotImplementedException,
+    duckdb.IOException,
+)
+"""DuckDB errors that reading a user's file raises (and nothing in rlrec's own SQL does)."""
+
+
 def _materialize(con: duckdb.DuckDBPyConnection, source: Source, order: str) -> None:
     try:
         sort_events(con, f"SELECT * FROM ({source.select_sql()})", "src", order)
-    except duckdb.Error as exc:
-        # Any reading failure (a bad value, a damaged file, a value out of range) is about
-        # the user's file; DuckDB's own message is many lines, this is one.
+    except _READ_ERRORS as exc:
+        # A reading failure (a bad value, a damaged or truncated file, a value out of range)
+        # is about the user's file; DuckDB's own message is many lines, this is one. Errors
+        # in rlrec's own SQL (binder, parser) stay tracebacks.
         raise validate.duckdb_read_error(exc, source.preset, source.expected) from None
+    except duckdb.OutOfMemoryException:
+        raise UserError(
+            f"{', '.join(str(p) for p in source.files)}: DuckDB ran out of memory reading the "
+            f"log; raise --memory-limit-mb or free disk space beside --out for spilling"
+        ) from None
 
 
 def _iso(ms: int) -> str:

@@ -508,7 +508,7 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         exprs=exprs,
         event_raw="event",
         event_column="event",
-        expected="a header timestamp,visitorid,event,itemid,... with integer ids and ms times",
+        expected=f"a header timestamp,visitorid,event,itemid,... with integer ids, times in {unit}",
         notes={
             "time_unit": unit,
             "time_unit_source": unit_source,

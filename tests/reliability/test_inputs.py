@@ -748,7 +748,7 @@ def _d_meta_binary(ds: Path, bases: Bases) -> tuple[str, ...]:
 
 for _key, _value, _needle in (
     ("rows", [1], "rows must be a json object"),
-    ("source", "taobao", "source must be a json object"),
+    ("split", "by time", "split must be a json object"),
     ("rows.read", "abc", "rows.read"),
     ("rows.kept", -5, "rows.kept"),
     ("rows.dropped", [3], "rows.dropped"),
