@@ -182,13 +182,13 @@ def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
         raise UserError(f"{meta_path}: invalid JSON{where}; prepare the data again") from None
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected a JSON object; prepare the data again")
-    _check_meta(meta_path, meta)
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(
-            f"{meta_path}: schema_version {version!r}, this rlrec reads {SCHEMA_VERSION}; "
-            "prepare the data again with this version"
+            f"{meta_path}: schema_version {quote_value(version)}, this rlrec reads "
+            f"{SCHEMA_VERSION}; prepare the data again with this version"
         )
+    _check_meta(meta_path, meta)
     tables = {}
     for name in TABLE_FILES:
         file = root / name
@@ -294,14 +294,15 @@ def _check_tables(root: Path, tables: dict[str, pd.DataFrame], meta: dict[str, A
             n = len(tables[f"{table}.parquet"])
             if key in vocab and vocab[key] != n:
                 raise UserError(
-                    f"{root / (table + '.parquet')}: {n} rows, {META_FILE} says {vocab[key]!r}; "
-                    f"{redo}"
+                    f"{root / (table + '.parquet')}: {n} rows, {META_FILE} says "
+                    f"{quote_value(vocab[key])}; {redo}"
                 )
     rows = meta.get("rows")
     kept = rows.get("kept") if isinstance(rows, dict) else None
     if kept is not None and kept != len(events):
         raise UserError(
-            f"{events_file}: {len(events)} events, {META_FILE} says {kept!r} kept; {redo}"
+            f"{events_file}: {len(events)} events, {META_FILE} says {quote_value(kept)} kept; "
+            f"{redo}"
         )
 
 

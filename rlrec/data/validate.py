@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import BinaryIO, NoReturn
 
 from rlrec.data.schema import EVENT_ALIASES, EVENT_TYPES
 from rlrec.errors import UserError, quote_value
@@ -26,8 +26,9 @@ SNIFF_BYTES = 64 * 1024
 """How much of a CSV file the structural checks read."""
 
 MAX_LINE_BYTES = 1024 * 1024
-"""A CSV line longer than this is refused: no event needs it, and DuckDB's parallel reader
-drops an over-long last line silently (and fails on others with a multi-line message)."""
+"""A CSV line longer than this is refused (and some over half of it): no event needs one, and
+DuckDB's parallel reader drops an over-long last line silently (and fails on others with a
+multi-line message)."""
 
 UTF8_BOM = "\ufeff"
 
@@ -129,7 +130,7 @@ def check_line_lengths(path: Path, limit: int = MAX_LINE_BYTES) -> None:
             _long_line_error(path, fh, start, limit)
 
 
-def _long_line_error(path: Path, fh: Any, inside: int, limit: int) -> NoReturn:
+def _long_line_error(path: Path, fh: BinaryIO, inside: int, limit: int) -> NoReturn:
     """Fail on the line that covers byte ``inside``: find its number and length (error path)."""
     fh.seek(0)
     line_start, newlines, pos = 0, 0, 0

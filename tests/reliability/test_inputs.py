@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from rlrec.data.dataset import load_dataset
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 from tests.reliability.harness import Outcome, assert_clear_error, run_hostile
 
 BASE_MS = 1_500_000_000_000  # 2017-07-14: a plausible log time
@@ -619,8 +619,6 @@ def test_api_refuses_like_the_cli(tmp_path: Path) -> None:
 
 
 def test_quote_value_cuts_long_values() -> None:
-    from rlrec.errors import UserError, quote_value
-
     assert quote_value("abc") == "'abc'"
     cut = quote_value("x" * 30_000_000)
     assert len(cut) < 120 and cut.endswith("(30,000,000 characters)")
