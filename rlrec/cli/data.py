@@ -137,7 +137,7 @@ def _prepare(args: argparse.Namespace) -> int:
     file_options = ReadOptions()
     if args.columns:
         spec = args.columns
-        if spec.endswith((".yaml", ".yml")) or (Path(spec).is_file() and "=" not in spec):
+        if spec.endswith((".yaml", ".yml")) or ("=" not in spec and _is_file(spec)):
             columns, file_options = load_column_map(spec)
         else:
             columns = parse_columns(spec)
@@ -208,6 +208,13 @@ def _prepare(args: argparse.Namespace) -> int:
             "category; see meta.json)"
         )
     return 0
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for the OS, or one with a NUL byte
+        return False
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:

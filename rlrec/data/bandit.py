@@ -275,7 +275,8 @@ def _integer_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise UserError(
-            f"{path}: line {row + 2}, column {column}: expected an integer, got {values[row]!r}"
+            f"{path}: line {row + 2}, column {column}: expected an integer, "
+            f"got {quote_value(values[row])}"
         )
     return values.astype(np.int64)
 

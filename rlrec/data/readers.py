@@ -122,7 +122,8 @@ class ReadOptions:
     def __post_init__(self) -> None:
         if self.delimiter is not None and len(self.delimiter) != 1:
             raise UserError(
-                f"--delimiter {self.delimiter!r}: expected a single character such as ',' or ';'"
+                f"--delimiter {quote_value(self.delimiter)}: expected a single character such as "
+                "',' or ';'"
             )
 
 
@@ -208,7 +209,7 @@ def parse_columns(spec: str) -> dict[str, str]:
         name, column = name.strip(), column.strip()
         if not sep or not name or not column:
             raise UserError(
-                f"--columns: {part.strip()!r} is not FIELD=COLUMN; "
+                f"--columns: {quote_value(part.strip())} is not FIELD=COLUMN; "
                 "write e.g. user=visitor_id,item=sku,time=ts"
             )
         if name in mapping:
@@ -260,7 +261,9 @@ def open_source(
     options = options or ReadOptions()
     paths = tuple(Path(p) for p in inputs)
     if preset not in PRESETS:
-        raise UserError(f"--preset {preset!r}: unknown preset; choose one of {', '.join(PRESETS)}")
+        raise UserError(
+            f"--preset {quote_value(preset)}: unknown preset; choose one of {', '.join(PRESETS)}"
+        )
     if columns and preset not in ("generic", "canonical"):
         raise UserError(
             f"--columns is only used with --preset generic; the {preset} preset fixes its columns"
@@ -721,7 +724,7 @@ def _resolve_columns(
             if len(available) == 1 and options.delimiter is None:
                 hint = " (only one column found: is the delimiter right? pass --delimiter)"
             raise UserError(
-                f"{path}: missing required column {column!r} (mapped to {name}); "
+                f"{path}: missing required column {quote_value(column)} (mapped to {name}); "
                 f"the file has [{shown}]{hint}; fix --columns"
             )
         twin = next((f for f, c in resolved.items() if c == column), None)
@@ -749,7 +752,7 @@ def _parquet_schema(
         for name, type_name, *_ in rows:
             if name in types and types[name] != type_name:
                 raise UserError(
-                    f"{p}: column {name!r} is {type_name} here but {types[name]} in "
+                    f"{p}: column {quote_value(name)} is {type_name} here but {types[name]} in "
                     f"{paths[0]}; write all inputs with the same schema"
                 )
             types.setdefault(name, type_name)
@@ -879,7 +882,7 @@ def _mapped_parquet(
     def wrong(field_name: str, expected: str, fix: str) -> UserError:
         col = columns[field_name]
         return UserError(
-            f"{paths[0]}: column {col!r} ({field_name}) has type {types[col]}, expected "
+            f"{paths[0]}: column {quote_value(col)} ({field_name}) has type {types[col]}, expected "
             f"{expected}; {fix}"
         )
 

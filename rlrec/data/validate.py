@@ -249,7 +249,7 @@ def unknown_events_error(where: str, column: str, values: Sequence[str]) -> NoRe
     known = ", ".join(EVENT_TYPES)
     aliases = ", ".join(sorted(EVENT_ALIASES))
     raise UserError(
-        f"{where}: unknown event type(s) {shown} in column {column!r}; expected "
+        f"{where}: unknown event type(s) {shown} in column {quote_value(column)}; expected "
         f"one of {known} (or an alias: {aliases}); fix the values or map another column "
         "with --columns event=COL"
     )

@@ -131,8 +131,8 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> EncoderCheckpoint:
         raise UserError(f"{config_file}: expected a JSON object; pretrain the encoder again")
     if payload.get("schema_version") != ENCODER_SCHEMA_VERSION:
         raise UserError(
-            f"{config_file}: schema_version {payload.get('schema_version')!r}, this rlrec reads "
-            f"{ENCODER_SCHEMA_VERSION}; pretrain the encoder again"
+            f"{config_file}: schema_version {quote_value(payload.get('schema_version'))}, this "
+            f"rlrec reads {ENCODER_SCHEMA_VERSION}; pretrain the encoder again"
         )
     missing = [
         k

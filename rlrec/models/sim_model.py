@@ -308,7 +308,7 @@ def load_sim_model(path: str | os.PathLike[str]) -> SimModel:
         raise UserError(f"{params_file}: expected a JSON object; fit the model again")
     if params.get("schema_version") != SIM_SCHEMA_VERSION:
         raise UserError(
-            f"{params_file}: schema_version {params.get('schema_version')!r}, expected "
+            f"{params_file}: schema_version {quote_value(params.get('schema_version'))}, expected "
             f"{SIM_SCHEMA_VERSION}; fit the model again"
         )
     try:

@@ -257,6 +257,21 @@ for _spec, _needles in (
     case(f"--columns {_spec}")(_columns)
 
 
+@case("--columns: a 30 MB column name is quoted short")
+def _huge_column(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
+    f = write(tmp / "log.csv", generic_csv(good_rows()))
+    spec = f"user={'u' * 30_000_000},item=item,time=time"
+    return prepare_argv("generic", [f], tmp / "out", "--columns", spec), ("30,000,000 characters",)
+
+
+@case("pretrain --config: a 300 KB string for a number is quoted short")
+def _huge_setting(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
+    # 300 KB, not 30 MB: PyYAML parses well under 1 MB/s.
+    config = write(tmp / "p.yaml", f"training:\n  learning_rate: {'x' * 300_000}\n")
+    argv = ["pretrain", str(tmp / "missing"), "--out", str(tmp / "out"), "--config", str(config)]
+    return argv, ("p.yaml", "learning_rate", "300,000 characters")
+
+
 @case("column map YAML: one column in two roles")
 def _yaml_twice(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
     f = write(tmp / "log.csv", generic_csv(good_rows()))
