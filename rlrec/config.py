@@ -19,9 +19,31 @@ from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 T = TypeVar("T")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    Plain ``safe_load`` keeps the last of two equal keys without a word, so ``{user: a,
+    user: b}`` in a column map, or a setting written twice in a preset, would silently use
+    one of them.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {quote_value(key)} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -34,11 +56,17 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not file.is_file():
         raise UserError(f"{file}: no such file")
     try:
-        data = yaml.safe_load(file.read_text())
+        data = yaml.load(file.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{file}: {exc.problem}{where}; fix the file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{file}: invalid YAML{where}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file}: not UTF-8 text; save it as UTF-8 YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -127,15 +155,15 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except UserError as exc:
                 errors.append(str(exc))
-        raise UserError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise UserError(errors[0] if errors else f"{where}: invalid value {quote_value(value)}")
     if origin is typing.Literal:
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)
-            raise UserError(f"{where}: {value!r} is not one of {allowed}")
+            raise UserError(f"{where}: {quote_value(value)} is not one of {allowed}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise UserError(f"{where}: expected a list, got {quote_value(value)}")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if origin is tuple and args:
@@ -149,29 +177,29 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
+            raise UserError(f"{where}: expected a mapping, got {quote_value(value)}")
         vt = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return from_mapping(hint, value, where)
     if hint is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{where}: expected true or false, got {value!r}")
+            raise UserError(f"{where}: expected true or false, got {quote_value(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
+            raise UserError(f"{where}: expected an integer, got {quote_value(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{where}: expected a number, got {value!r}")
+            raise UserError(f"{where}: expected a number, got {quote_value(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise UserError(f"{where}: expected a string, got {value!r}")
+            raise UserError(f"{where}: expected a string, got {quote_value(value)}")
         return value
     if hint is Path:
         if not isinstance(value, str | Path):
-            raise UserError(f"{where}: expected a path, got {value!r}")
+            raise UserError(f"{where}: expected a path, got {quote_value(value)}")
         return Path(value)
     return value

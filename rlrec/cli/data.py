@@ -138,7 +138,7 @@ def _prepare(args: argparse.Namespace) -> int:
     file_options = ReadOptions()
     if args.columns:
         spec = args.columns
-        if spec.endswith((".yaml", ".yml")) or (Path(spec).is_file() and "=" not in spec):
+        if spec.endswith((".yaml", ".yml")) or ("=" not in spec and _is_file(spec)):
             columns, file_options = load_column_map(spec)
         else:
             columns = parse_columns(spec)
@@ -201,7 +201,22 @@ def _prepare(args: argparse.Namespace) -> int:
         f"{vocab['users']:,} users, {vocab['sessions']:,} sessions, {vocab['items']:,} items, "
         f"{vocab['categories']:,} categories ({meta['prepare_seconds']:.1f} s)"
     )
+    values = meta.get("category_values") or {}
+    if any(values.values()):
+        # Said here too: a category column that is mostly unreadable is likely the wrong one.
+        print(
+            f"category values: {values.get('missing', 0):,} missing, "
+            f"{values.get('unparseable', 0):,} unparseable (those events get the unknown "
+            "category; see meta.json)"
+        )
     return 0
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for the OS, or one with a NUL byte
+        return False
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:

@@ -15,16 +15,49 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 OBD_REQUIRED_COLUMNS = ("item_id", "position", "click", "propensity_score")
 """Columns every Open Bandit Dataset log must have."""
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """A rule on one column of a logged-feedback file, in numpy and in SQL.
+
+    Attributes:
+        column: The file's column.
+        expected: What a valid value is, for messages.
+        ok: (n,) values -> (n,) bool, true where valid.
+        ok_sql: The same test in SQL, with ``{c}`` standing for the quoted column.
+    """
+
+    column: str
+    expected: str
+    ok: Callable[[np.ndarray], np.ndarray]
+    ok_sql: str
+
+
+OBD_VALUE_RULES: tuple[ValueRule, ...] = (
+    ValueRule("item_id", "must be >= 0", lambda v: v >= 0, "{c} >= 0"),
+    ValueRule("position", "must be a 1-based slot (>= 1)", lambda v: v >= 1, "{c} >= 1"),
+    ValueRule("click", "must be 0 or 1", lambda v: (v == 0) | (v == 1), "{c} IN (0, 1)"),
+    ValueRule(
+        "propensity_score",
+        "must lie in (0, 1]",
+        lambda v: (v > 0) & (v <= 1),
+        "{c} > 0 AND {c} <= 1",
+    ),
+)
+"""The value rules of an Open Bandit Dataset log: ``rlrec ope bandit`` (:func:`load_obd`) and
+``rlrec data prepare --preset obd`` both enforce exactly these."""
 
 _USER_FEATURE = re.compile(r"^user_feature_\d+$")
 _AFFINITY = re.compile(r"^user-item_affinity_(\d+)$")
@@ -153,10 +186,10 @@ def load_obd(
     position_raw = _integer_column(frame, "position", path)
     reward = _numeric_column(frame, "click", path)
     pscore = _numeric_column(frame, "propensity_score", path)
-    _check_where(path, "item_id", action < 0, "must be >= 0")
-    _check_where(path, "position", position_raw < 1, "must be a 1-based slot (>= 1)")
-    _check_where(path, "click", (reward != 0) & (reward != 1), "must be 0 or 1")
-    _check_where(path, "propensity_score", (pscore <= 0) | (pscore > 1), "must lie in (0, 1]")
+    values = {"item_id": action, "position": position_raw, "click": reward}
+    values["propensity_score"] = pscore
+    for rule in OBD_VALUE_RULES:
+        _check_where(path, rule.column, ~rule.ok(values[rule.column]), rule.expected)
     position = position_raw - 1
 
     action_context = None
@@ -231,7 +264,7 @@ def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
         row = int(np.flatnonzero(bad)[0])
         raise UserError(
             f"{path}: line {row + 2}, column {column}: expected a finite number, "
-            f"got {frame[column].iloc[row]!r}"
+            f"got {quote_value(frame[column].iloc[row])}"
         )
     return values
 
@@ -242,7 +275,8 @@ def _integer_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise UserError(
-            f"{path}: line {row + 2}, column {column}: expected an integer, got {values[row]!r}"
+            f"{path}: line {row + 2}, column {column}: expected an integer, "
+            f"got {quote_value(values[row])}"
         )
     return values.astype(np.int64)
 

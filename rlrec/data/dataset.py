@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from rlrec.data.schema import EVENT_COLUMNS, EVENT_TYPES, SCHEMA_VERSION, SPLITS
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 from rlrec.fsutil import atomic_directory, write_json_atomic
 
 __all__ = [
@@ -45,6 +45,13 @@ __all__ = [
 
 META_FILE = "meta.json"
 TABLE_FILES = ("events.parquet", "users.parquet", "items.parquet", "categories.parquet")
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users.parquet": ("user", "raw_id"),
+    "items.parquet": ("item", "raw_id", "category"),
+    "categories.parquet": ("category", "raw_id"),
+}
+"""Columns each vocabulary table must have (``events.parquet``: ``schema.EVENT_COLUMNS``)."""
 
 
 @dataclass(frozen=True)
@@ -179,24 +186,31 @@ def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
         )
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = (
+            f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        )
+        raise UserError(f"{meta_path}: invalid JSON{where}; prepare the data again") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: expected a JSON object; prepare the data again")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise UserError(
-            f"{meta_path}: schema_version {version!r}, this rlrec reads {SCHEMA_VERSION}; "
-            "prepare the data again with this version"
+            f"{meta_path}: schema_version {quote_value(version)}, this rlrec reads "
+            f"{SCHEMA_VERSION}; prepare the data again with this version"
         )
+    _check_meta(meta_path, meta)
     tables = {}
     for name in TABLE_FILES:
         file = root / name
         if not file.is_file():
             raise UserError(f"{root}: missing {name}; prepare the data again")
-        tables[name] = pd.read_parquet(file)
+        tables[name] = _read_table(file)
     events = tables["events.parquet"]
     missing = [c for c in EVENT_COLUMNS if c not in events.columns]
     if missing:
         raise UserError(f"{root / 'events.parquet'}: missing columns {missing}; prepare again")
+    _check_tables(root, tables, meta)
     return PreparedDataset(
         path=root,
         events=events,
@@ -205,6 +219,102 @@ def load_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
         categories=tables["categories.parquet"],
         meta=meta,
     )
+
+
+def _read_table(file: Path) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(file)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(
+            f"{file}: not a readable Parquet table ({first}); prepare the data again"
+        ) from None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_meta(meta_path: Path, meta: dict[str, Any]) -> None:
+    """The parts of ``meta.json`` that later stages read have the right types."""
+    redo = "prepare the data again (or fix the file)"
+    # ``source`` is free-form (a dict from preparation, a plain label from write_dataset).
+    for key in ("rows", "vocab", "split"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise UserError(f"{meta_path}: {key} must be a JSON object; {redo}")
+    rows = meta.get("rows", {})
+    for key in ("read", "kept"):
+        if key in rows and not _is_count(rows[key]):
+            raise UserError(
+                f"{meta_path}: rows.{key} must be a count, got {quote_value(rows[key])}; {redo}"
+            )
+    dropped = rows.get("dropped", {})
+    if not isinstance(dropped, dict) or not all(_is_count(v) for v in dropped.values()):
+        raise UserError(f"{meta_path}: rows.dropped must map reasons to counts; {redo}")
+    for key, value in meta.get("vocab", {}).items():
+        if not _is_count(value):
+            raise UserError(
+                f"{meta_path}: vocab.{key} must be a count, got {quote_value(value)}; {redo}"
+            )
+
+
+def _check_tables(root: Path, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:
+    """The tables agree with each other and with ``meta.json``.
+
+    A file copied in from another dataset, or from another table of this one, loads as
+    Parquet but would give wrong counts (or out-of-range indices) later; it is refused here,
+    in the loader, so that every command sees the same message.
+    """
+    redo = "the dataset's files do not belong together; prepare the data again"
+    for name, columns in TABLE_COLUMNS.items():
+        absent = [c for c in columns if c not in tables[name].columns]
+        if absent:
+            raise UserError(f"{root / name}: missing columns {absent}; {redo}")
+    events = tables["events.parquet"]
+    events_file = root / "events.parquet"
+    for column in EVENT_COLUMNS:
+        if not pd.api.types.is_integer_dtype(events[column].dtype):
+            raise UserError(
+                f"{events_file}: column {column!r} is {events[column].dtype}, expected integers; "
+                f"{redo}"
+            )
+    sizes = {
+        "user": len(tables["users.parquet"]),
+        "item": len(tables["items.parquet"]),
+        "category": len(tables["categories.parquet"]),
+        "event": len(EVENT_TYPES),
+        "split": len(SPLITS),
+    }
+    for column, size in sizes.items():
+        values = events[column].to_numpy()
+        if len(values) and (values.min() < 0 or values.max() >= size):
+            raise UserError(
+                f"{events_file}: column {column!r} holds {int(values.min())}..{int(values.max())}, "
+                f"outside 0..{size - 1} (the vocabulary); {redo}"
+            )
+    item_category = tables["items.parquet"]["category"].to_numpy()
+    if len(item_category) and (item_category.min() < 0 or item_category.max() >= sizes["category"]):
+        raise UserError(
+            f"{root / 'items.parquet'}: category outside 0..{sizes['category'] - 1}; {redo}"
+        )
+    vocab = meta.get("vocab")
+    if isinstance(vocab, dict):
+        for key, table in (("users", "users"), ("items", "items"), ("categories", "categories")):
+            n = len(tables[f"{table}.parquet"])
+            if key in vocab and vocab[key] != n:
+                raise UserError(
+                    f"{root / (table + '.parquet')}: {n} rows, {META_FILE} says "
+                    f"{quote_value(vocab[key])}; {redo}"
+                )
+    rows = meta.get("rows")
+    kept = rows.get("kept") if isinstance(rows, dict) else None
+    if kept is not None and kept != len(events):
+        raise UserError(
+            f"{events_file}: {len(events)} events, {META_FILE} says {quote_value(kept)} kept; "
+            f"{redo}"
+        )
 
 
 def write_dataset(

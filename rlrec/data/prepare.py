@@ -38,7 +38,7 @@ from rlrec.config import to_mapping
 from rlrec.data import validate
 from rlrec.data.categories import cooccurrence_categories
 from rlrec.data.dataset import META_FILE, atomic_directory, write_json_atomic
-from rlrec.data.readers import ReadOptions, Source, open_source, quote_str
+from rlrec.data.readers import ReadOptions, Source, open_source, quote_ident, quote_str
 from rlrec.data.schema import (
     EVENT_TYPES,
     OPTIONAL_EVENT_COLUMNS,
@@ -55,19 +55,24 @@ from rlrec.data.sessionize import (
     sort_order,
 )
 from rlrec.data.split import check_fractions, split_code_sql, time_cutoffs
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 from rlrec.fsutil import check_output, make_parent, output_lock
 
 DROP_REASONS: tuple[str, ...] = (
     "missing_user_id",
     "missing_item_id",
     "missing_timestamp",
+    "future_timestamp",
     "missing_session_id",
     "exact_duplicate",
     "min_item_count",
     "min_session_length",
 )
 """Reasons a row can be dropped, in the order they are applied; all appear in ``meta.json``."""
+
+FUTURE_MARGIN_MS = 86_400_000
+"""Events later than the time of preparation plus this (a day, for clock skew) are dropped
+as ``future_timestamp``: otherwise the time split would make them the test split."""
 
 STAGES: tuple[str, ...] = ("read", "validate", "sessionize", "vocabulary", "write")
 """Stages reported to :func:`prepare`'s ``progress`` callback, in order."""
@@ -130,6 +135,7 @@ def prepare(
     read_options: ReadOptions | None = None,
     progress: Callable[[str], None] | None = None,
     force: bool = False,
+    inputs_label: Sequence[str] | None = None,
 ) -> Path:
     """Prepare event logs into a PreparedDataset directory at ``out``.
 
@@ -146,6 +152,8 @@ def prepare(
         progress: Called with the name of each stage as it starts (see :data:`STAGES`); the
             CLI draws a progress bar with it.
         force: Replace an existing dataset at ``out``.
+        inputs_label: What ``meta.json`` records as the inputs instead of ``inputs`` (the
+            synthetic generator's temporary file is gone once the dataset exists).
 
     Returns:
         The dataset directory.
@@ -177,6 +185,7 @@ def prepare(
             progress,
             force,
             started,
+            inputs_label,
         )
 
 
@@ -191,6 +200,7 @@ def _prepare_locked(
     progress: Callable[[str], None] | None,
     force: bool,
     started: float,
+    inputs_label: Sequence[str] | None,
 ) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".{final.name}.spill-", dir=final.parent) as spill:
         con = duckdb.connect()
@@ -199,6 +209,8 @@ def _prepare_locked(
             source = open_source(con, paths, preset, columns, read_options)
             with atomic_directory(final, "dataset", force) as tmp:
                 meta = _run(con, source, config, tmp, progress or _silent)
+                if inputs_label is not None:
+                    meta["source"]["inputs"] = list(inputs_label)
                 for name, blob in (extra_files or {}).items():
                     (tmp / name).write_bytes(blob)
                 meta["prepare_seconds"] = round(time.perf_counter() - started, 3)
@@ -240,18 +252,26 @@ def _run(
     progress("read")
     _materialize(con, source, sort_order(carried, by_session_id))
     progress("validate")
-    counts = _source_counts(con)
+    future_cutoff = int(time.time() * 1000) + FUTURE_MARGIN_MS
+    counts = _source_counts(con, future_cutoff)
     rows_read = counts["rows"]
     validate.check_data_rows(label, rows_read)
     _check_source(con, source, counts, label)
+    _check_rows(con, source)
 
     dropped = dict.fromkeys(DROP_REASONS, 0)
     dropped["missing_user_id"] = counts["no_user"]
     dropped["missing_item_id"] = counts["no_item"]
     dropped["missing_timestamp"] = counts["no_ts"]
+    dropped["future_timestamp"] = counts["future"]
     if by_session_id:
         dropped["missing_session_id"] = counts["no_session"]
     present = counts["rows"] - sum(dropped.values())
+    if present == 0 and counts["future"]:
+        raise UserError(
+            f"{label}: every timestamp with an id lies in the future (after "
+            f"{_iso(future_cutoff)}); check --time-unit (s or ms) and the time column"
+        )
     if present == 0:
         raise UserError(
             f"{label}: every row lacks a user, item, time or session id; "
@@ -259,7 +279,10 @@ def _run(
         )
 
     session_filter = " AND session IS NOT NULL" if by_session_id else ""
-    present_filter = f"user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL{session_filter}"
+    present_filter = (
+        f"user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL AND ts <= {future_cutoff}"
+        f"{session_filter}"
+    )
     gap_ms = None if by_session_id else round(config.session_gap_seconds * 1000)
     if config.min_item_count > 0:
         # Item counts are over distinct events, so deduplicate before counting.
@@ -351,6 +374,14 @@ def _run(
         },
         "category_source": category_source,
         "events_with_unknown_category": no_category,
+        # Rows read whose category value was absent or not an id: such events get the
+        # unknown category; counted so that a wrong column shows up.
+        "category_values": (
+            {"missing": counts["no_category"], "unparseable": counts["bad_category"]}
+            if source.has("category")
+            else None
+        ),
+        "future_cutoff_ms": future_cutoff,
         "time_range_ms": [int(span[0]), int(span[1])],
         "event_types": list(EVENT_TYPES),
         "optional_columns": list(source.optional_columns),
@@ -363,26 +394,51 @@ def _run(
     }
 
 
+_READ_ERRORS = (
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.OutOfRangeException,
+    duckdb.NotImplementedException,
+    duckdb.IOException,
+)
+"""DuckDB errors that reading a user's file raises (and nothing in rlrec's own SQL does)."""
+
+
 def _materialize(con: duckdb.DuckDBPyConnection, source: Source, order: str) -> None:
     try:
         sort_events(con, f"SELECT * FROM ({source.select_sql()})", "src", order)
-    except (duckdb.ConversionException, duckdb.InvalidInputException) as exc:
+    except _READ_ERRORS as exc:
+        # A reading failure (a bad value, a damaged or truncated file, a value out of range)
+        # is about the user's file; DuckDB's own message is many lines, this is one. Errors
+        # in rlrec's own SQL (binder, parser) stay tracebacks.
         raise validate.duckdb_read_error(exc, source.preset, source.expected) from None
+    except duckdb.OutOfMemoryException:
+        raise UserError(
+            f"{', '.join(str(p) for p in source.files)}: DuckDB ran out of memory reading the "
+            f"log; raise --memory-limit-mb or free disk space beside --out for spilling"
+        ) from None
 
 
-def _source_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
+
+
+def _source_counts(con: duckdb.DuckDBPyConnection, future_cutoff: int) -> dict[str, int]:
+    ids = "user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL"
     row = con.execute(
-        """
+        f"""
         SELECT count(*),
                count(*) FILTER (WHERE user IS NULL),
                count(*) FILTER (WHERE user IS NOT NULL AND item IS NULL),
                count(*) FILTER (WHERE user IS NOT NULL AND item IS NOT NULL AND ts IS NULL),
-               count(*) FILTER (WHERE user IS NOT NULL AND item IS NOT NULL AND ts IS NOT NULL
-                                AND session IS NULL),
+               count(*) FILTER (WHERE {ids} AND ts > {future_cutoff}),
+               count(*) FILTER (WHERE {ids} AND ts <= {future_cutoff} AND session IS NULL),
                count(session),
                count(*) FILTER (WHERE event IS NULL),
                count(*) FILTER (WHERE time_bad),
                count(*) FILTER (WHERE ts < 0),
+               count(*) FILTER (WHERE category IS NULL AND NOT category_bad),
+               count(*) FILTER (WHERE category_bad),
                count(user), count(item), count(ts)
         FROM src
         """
@@ -393,16 +449,48 @@ def _source_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         "no_user",
         "no_item",
         "no_ts",
+        "future",
         "no_session",
         "has_session",
         "bad_event",
         "bad_time",
         "negative_time",
+        "no_category",
+        "bad_category",
         "users",
         "items",
         "times",
     )
     return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}
+
+
+def _check_rows(con: duckdb.DuckDBPyConnection, source: Source) -> None:
+    """The source's per-row rules on raw columns (e.g. OBD propensities in (0, 1])."""
+    if not source.row_checks:
+        return
+    # One scan counts every rule's offenders; an offender is located only after.
+    counts = con.execute(
+        "SELECT "
+        + ", ".join(f"count(*) FILTER (WHERE {c.bad_sql})" for c in source.row_checks)
+        + f" FROM {source.relation}"
+    ).fetchall()[0]
+    for check, n in zip(source.row_checks, counts, strict=True):
+        if not n:
+            continue
+        con.execute("SET threads = 1")
+        con.execute("SET preserve_insertion_order = true")
+        try:
+            rows = con.execute(
+                f"SELECT _file, _line, {quote_ident(check.column)} FROM "
+                f"{source.located_relation} WHERE {check.bad_sql} ORDER BY _file, _line LIMIT 1"
+            ).fetchall()
+        finally:
+            con.execute("SET preserve_insertion_order = false")
+        file, line, value = rows[0] if rows else (source.files[0], "?", None)
+        raise UserError(
+            f"{file} line {line}, column {check.column}: {check.expected}, got "
+            f"{quote_value(value)}; {n} row(s) violate this; fix the rows"
+        )
 
 
 def _check_source(

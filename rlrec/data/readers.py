@@ -14,6 +14,8 @@ Canonical source columns (the table ``src`` that preparation materializes):
                 NULL marks an unknown event type (an error)
 ``ts``          BIGINT milliseconds since the Unix epoch; NULL when missing or unparseable
 ``time_bad``    BOOLEAN: a time value was present but could not be parsed
+``category_bad`` BOOLEAN: a category value was present but is not a valid id (then
+                ``category`` is NULL: the event gets the unknown category, counted)
 ``session``     raw session id or NULL (then sessions come from the inactivity gap)
 ``position``    INTEGER slot of a logged recommendation, or NULL
 ``propensity``  DOUBLE logging propensity, or NULL
@@ -26,6 +28,7 @@ and ``canonical`` (columns already named ``user, item, time, ...``; time in ms).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,9 +36,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
+import numpy as np
 
 from rlrec.config import from_mapping, load_yaml
 from rlrec.data import validate
+from rlrec.data.bandit import OBD_VALUE_RULES
 from rlrec.data.schema import (
     CANONICAL_FIELDS,
     EVENT_ALIASES,
@@ -43,7 +48,7 @@ from rlrec.data.schema import (
     EVENT_TYPES,
     REQUIRED_FIELDS,
 )
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 PRESETS: tuple[str, ...] = ("taobao", "retailrocket", "diginetica", "obd", "generic", "canonical")
 """Names accepted by ``--preset``."""
@@ -57,6 +62,7 @@ SOURCE_COLUMNS: tuple[str, ...] = (
     "event",
     "ts",
     "time_bad",
+    "category_bad",
     "session",
     "position",
     "propensity",
@@ -75,6 +81,26 @@ _INTEGER_TYPES |= {f"U{t}" for t in _INTEGER_TYPES}
 _FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
 _TIMESTAMP_TYPES = {"DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS"}
 _TIMESTAMP_TYPES |= {"TIMESTAMP_MS", "TIMESTAMP_S", "TIMESTAMPTZ"}
+
+TIME_CLAMP_MS = 10**17
+"""Numeric times beyond +-this many ms (year 3 million) are clamped to it before the unit's
+scaling, which would overflow int64 otherwise; preparation then drops them as far-future
+times (or refuses them as negative ones)."""
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """A per-row rule on the raw columns that preparation enforces (refusing the file).
+
+    Attributes:
+        column: The file's column, for the message.
+        bad_sql: SQL over the relation's raw columns, true on an offending row.
+        expected: What a valid value is, for the message (e.g. ``must lie in (0, 1]``).
+    """
+
+    column: str
+    bad_sql: str
+    expected: str
 
 
 @dataclass(frozen=True)
@@ -96,7 +122,8 @@ class ReadOptions:
     def __post_init__(self) -> None:
         if self.delimiter is not None and len(self.delimiter) != 1:
             raise UserError(
-                f"--delimiter {self.delimiter!r}: expected a single character such as ',' or ';'"
+                f"--delimiter {quote_value(self.delimiter)}: expected a single character such as "
+                "',' or ';'"
             )
 
 
@@ -133,6 +160,7 @@ class Source:
         expected: What the preset expects, for messages (e.g. ``"integer ids"``).
         optional_columns: Which of ``position, propensity, reward`` the log has.
         notes: Facts recorded in ``meta.json`` (e.g. the guessed time unit).
+        row_checks: Rules every raw row must satisfy (e.g. OBD's propensity in (0, 1]).
     """
 
     preset: str
@@ -145,6 +173,7 @@ class Source:
     expected: str
     optional_columns: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
+    row_checks: tuple[RowCheck, ...] = ()
 
     def has(self, column: str) -> bool:
         """Whether the log has this canonical source column (else it is all NULL)."""
@@ -180,8 +209,13 @@ def parse_columns(spec: str) -> dict[str, str]:
         name, column = name.strip(), column.strip()
         if not sep or not name or not column:
             raise UserError(
-                f"--columns: {part.strip()!r} is not FIELD=COLUMN; "
+                f"--columns: {quote_value(part.strip())} is not FIELD=COLUMN; "
                 "write e.g. user=visitor_id,item=sku,time=ts"
+            )
+        if name in mapping:
+            raise UserError(
+                f"--columns: {name} is given twice ({quote_value(mapping[name])} and "
+                f"{quote_value(column)}); give each field once"
             )
         mapping[name] = column
     return mapping
@@ -227,7 +261,9 @@ def open_source(
     options = options or ReadOptions()
     paths = tuple(Path(p) for p in inputs)
     if preset not in PRESETS:
-        raise UserError(f"--preset {preset!r}: unknown preset; choose one of {', '.join(PRESETS)}")
+        raise UserError(
+            f"--preset {quote_value(preset)}: unknown preset; choose one of {', '.join(PRESETS)}"
+        )
     if columns and preset not in ("generic", "canonical"):
         raise UserError(
             f"--columns is only used with --preset generic; the {preset} preset fixes its columns"
@@ -341,10 +377,13 @@ def _base_exprs() -> dict[str, str]:
         "propensity": _null("DOUBLE"),
         "reward": _null("DOUBLE"),
         "time_bad": "false",
+        "category_bad": "false",
     }
 
 
 def _sniff_all(paths: Sequence[Path], delimiter: str) -> list[validate.CsvShape]:
+    for p in paths:
+        validate.check_line_lengths(p)
     return [validate.sniff_csv(p, delimiter) for p in paths]
 
 
@@ -365,7 +404,8 @@ _TAOBAO_LAYOUT = "user,item,category,behavior,unix_seconds"
 def _taobao(paths: tuple[Path, ...], options: ReadOptions) -> Source:
     _reject_parquet(paths, "taobao")
     delim = options.delimiter or ","
-    for shape in _sniff_all(paths, delim):
+    shapes = _sniff_all(paths, delim)
+    for shape in shapes:
         validate.check_field_count(shape, 5, "taobao", _TAOBAO_LAYOUT)
         validate.check_no_header(shape, (0, 1, 2, 4), "taobao")
     types = {
@@ -375,7 +415,7 @@ def _taobao(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         "behavior": "VARCHAR",
         "unix_seconds": "BIGINT",
     }
-    unit = options.time_unit or "s"
+    unit, unit_source = _numeric_unit(options, [row[4:5] for sh in shapes for row in sh.first_rows])
     exprs = {
         **_base_exprs(),
         "user": "user_id",
@@ -395,7 +435,7 @@ def _taobao(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         event_raw="behavior",
         event_column="behavior",
         expected=f"no header and integer ids: {_TAOBAO_LAYOUT}",
-        notes={"time_unit": unit},
+        notes={"time_unit": unit, "time_unit_source": unit_source},
     )
 
 
@@ -408,6 +448,7 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
     delim = options.delimiter or ","
     events: list[Path] = []
     properties: list[Path] = []
+    samples: list[Sequence[str]] = []
     for shape in _sniff_all(paths, delim):
         header = {name.strip() for name in (shape.first_rows[0] if shape.first_rows else ())}
         if set(_RR_PROPERTIES) <= header and "visitorid" not in header:
@@ -420,6 +461,8 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
                 fix="pass events.csv (and optionally item_properties_part*.csv for categories)",
             )
             events.append(shape.path)
+            index = [name.strip() for name in shape.first_rows[0]].index("timestamp")
+            samples += [row[index : index + 1] for row in shape.first_rows[1:]]
     if not events:
         raise UserError(
             f"{paths[0]}: only item_properties files given; the retailrocket preset also "
@@ -427,7 +470,7 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         )
     ev_types = {name: "VARCHAR" for name in _header_of(events[0], delim)}
     ev_types.update(timestamp="BIGINT", visitorid="BIGINT", itemid="BIGINT", event="VARCHAR")
-    unit = options.time_unit or "ms"
+    unit, unit_source = _numeric_unit(options, samples)
 
     def relation(located: bool) -> str:
         base = _csv_relation(events, delim, True, ev_types, located=located)
@@ -441,9 +484,11 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         }
         props = _csv_relation(properties, delim, True, prop_types, located=False)
         # An item's category is the latest 'categoryid' value in the property snapshots.
+        # A value that is not an integer id is no category (counted as unparseable).
         cats = (
-            f"(SELECT itemid AS cat_itemid, arg_max(value, timestamp) AS categoryid FROM {props} "
-            "WHERE property = 'categoryid' GROUP BY itemid)"
+            f"(SELECT itemid AS cat_itemid, arg_max(value, timestamp) AS categoryid_raw, "
+            "CAST(TRY_CAST(trim(arg_max(value, timestamp)) AS BIGINT) AS VARCHAR) AS categoryid "
+            f"FROM {props} WHERE property = 'categoryid' GROUP BY itemid)"
         )
         return f"{base} AS e LEFT JOIN {cats} AS p ON e.itemid = p.cat_itemid"
 
@@ -452,6 +497,9 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         "user": "visitorid",
         "item": "itemid",
         "category": "categoryid" if properties else _null("VARCHAR"),
+        "category_bad": "(categoryid_raw IS NOT NULL AND categoryid IS NULL)"
+        if properties
+        else "false",
         "event": event_code_sql("event"),
         "ts": _time_sql("timestamp", unit, numeric=True),
     }
@@ -463,9 +511,10 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         exprs=exprs,
         event_raw="event",
         event_column="event",
-        expected="a header timestamp,visitorid,event,itemid,... with integer ids and ms times",
+        expected=f"a header timestamp,visitorid,event,itemid,... with integer ids, times in {unit}",
         notes={
             "time_unit": unit,
+            "time_unit_source": unit_source,
             "category_files": [str(p) for p in properties],
         },
     )
@@ -502,8 +551,9 @@ def _diginetica(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         "user": user,
         "item": "item_id",
         "event": "CAST(0 AS TINYINT)",
-        # timeframe: milliseconds since the session's start, on the day eventdate.
-        "ts": "epoch_ms(CAST(eventdate AS TIMESTAMP)) + timeframe",
+        # timeframe: milliseconds since the session's start, on the day eventdate (clamped:
+        # an absurd offset becomes a far-future time, dropped and counted, not an overflow).
+        "ts": f"epoch_ms(CAST(eventdate AS TIMESTAMP)) + least(timeframe, {TIME_CLAMP_MS})",
         "session": "CAST(session_id AS VARCHAR)",
     }
     return Source(
@@ -515,6 +565,11 @@ def _diginetica(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         event_raw=None,
         event_column=None,
         expected="';'-separated session_id;user_id;item_id;timeframe;eventdate",
+        row_checks=(
+            RowCheck(
+                "timeframe", "timeframe < 0", "must be >= 0 (milliseconds since the session start)"
+            ),
+        ),
         notes={
             "time_unit": "date + ms offset",
             "user_source": "the session's user_id, else the session",
@@ -576,12 +631,23 @@ def _obd(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         event_column=None,
         expected="Open Bandit Dataset CSV: ,timestamp,item_id,position,click,propensity_score,...",
         optional_columns=("position", "propensity", "reward"),
+        # The same rules as 'rlrec ope bandit' (rlrec.data.bandit), so both accept one file.
+        row_checks=tuple(
+            RowCheck(rule.column, _bad_sql(rule.ok_sql, rule.column), rule.expected)
+            for rule in OBD_VALUE_RULES
+        ),
         notes={
             "time_unit": "iso",
             "user_source": "md5 of the user features",
             "session_source": "one session per logged round (file and row index)",
         },
     )
+
+
+def _bad_sql(ok_sql: str, column: str) -> str:
+    """A missing value or one failing ``ok_sql`` (``{c}``: the column)."""
+    col = quote_ident(column)
+    return f"{col} IS NULL OR NOT ({ok_sql.replace('{c}', col)})"
 
 
 def _mapped(
@@ -625,7 +691,7 @@ def _mapped(
             )
     columns = _resolve_columns(columns, available, header, paths[0], options)
     if all(parquet):
-        return _mapped_parquet(paths, columns, types, options, preset)
+        return _mapped_parquet(paths, columns, types, options, preset, _parquet_sample(con, paths))
     return _mapped_csv(paths, columns, available, header, options, preset)
 
 
@@ -658,8 +724,14 @@ def _resolve_columns(
             if len(available) == 1 and options.delimiter is None:
                 hint = " (only one column found: is the delimiter right? pass --delimiter)"
             raise UserError(
-                f"{path}: missing required column {column!r} (mapped to {name}); "
+                f"{path}: missing required column {quote_value(column)} (mapped to {name}); "
                 f"the file has [{shown}]{hint}; fix --columns"
+            )
+        twin = next((f for f, c in resolved.items() if c == column), None)
+        if twin is not None:
+            raise UserError(
+                f"--columns: column {quote_value(column)} is mapped to both {twin} and {name}; "
+                "map each field to its own column"
             )
         resolved[name] = column
     return resolved
@@ -680,7 +752,7 @@ def _parquet_schema(
         for name, type_name, *_ in rows:
             if name in types and types[name] != type_name:
                 raise UserError(
-                    f"{p}: column {name!r} is {type_name} here but {types[name]} in "
+                    f"{p}: column {quote_value(name)} is {type_name} here but {types[name]} in "
                     f"{paths[0]}; write all inputs with the same schema"
                 )
             types.setdefault(name, type_name)
@@ -689,21 +761,54 @@ def _parquet_schema(
 
 def _guess_time_unit(samples: Sequence[str]) -> TimeUnit:
     values = [s for s in samples if s not in NULL_STRINGS]
-    try:
-        numbers = [float(v) for v in values]
-    except ValueError:
+    numbers = [x for x in map(_as_float, values) if x is not None and math.isfinite(x)]
+    # Mostly numbers: a numeric column with a few bad values, which the typed read then
+    # reports on their own lines (guessing ISO would blame the good rows instead).
+    if values and len(numbers) * 2 < len(values):
         return "iso"
+    if not numbers:
+        return "s"
     # Unix seconds stay below 1e11 until the year 5138; milliseconds exceed it after 1973.
-    return "ms" if numbers and max(abs(x) for x in numbers) > 1e11 else "s"
+    # The median, not the maximum: a few absurd rows must not flip the unit of the rest.
+    return "ms" if float(np.median(np.abs(numbers))) > 1e11 else "s"
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _numeric_unit(options: ReadOptions, samples: Sequence[Sequence[str]]) -> tuple[TimeUnit, str]:
+    """The unit of a preset's numeric time column: ``--time-unit``, else guessed.
+
+    RetailRocket documents milliseconds and Taobao seconds, but copies of both circulate in
+    the other unit; read in the wrong one, every event lands in 1970 or in year 49,000.
+    """
+    if options.time_unit is not None:
+        return options.time_unit, "--time-unit"
+    guessed = _guess_time_unit([row[0] for row in samples if row])
+    if guessed == "iso":  # not numbers: the typed read reports the line
+        guessed = "s"
+    return guessed, "guessed from the magnitude of the first rows (override with --time-unit)"
 
 
 def _time_sql(expr: str, unit: TimeUnit, numeric: bool) -> str:
     if unit == "iso":
         return f"epoch_ms(TRY_CAST({expr} AS TIMESTAMPTZ))"
-    scale = "1000" if unit == "s" else "1"
+    scale = 1000 if unit == "s" else 1
+    limit = TIME_CLAMP_MS // scale
     if numeric:
-        return f"CAST({expr} AS BIGINT) * {scale}"
-    return f"CAST(round(CAST({expr} AS DOUBLE) * {scale}) AS BIGINT)"
+        value = f"CAST({expr} AS BIGINT) * {scale}"
+    else:
+        value = f"CAST(round(CAST({expr} AS DOUBLE) * {scale}) AS BIGINT)"
+    # Clamped before scaling: int64-max seconds would overflow the multiplication.
+    nan = "" if numeric else f"WHEN isnan(CAST({expr} AS DOUBLE)) THEN NULL "
+    return (
+        f"(CASE {nan}WHEN {expr} > {limit} THEN {TIME_CLAMP_MS} "
+        f"WHEN {expr} < -{limit} THEN -{TIME_CLAMP_MS} ELSE {value} END)"
+    )
 
 
 def _mapped_csv(
@@ -757,6 +862,7 @@ def _mapped_parquet(
     types: dict[str, str],
     options: ReadOptions,
     preset: str,
+    sample: Mapping[str, Sequence[str]] | None = None,
 ) -> Source:
     def kind(field_name: str) -> str:
         type_name = types[columns[field_name]]
@@ -776,7 +882,7 @@ def _mapped_parquet(
     def wrong(field_name: str, expected: str, fix: str) -> UserError:
         col = columns[field_name]
         return UserError(
-            f"{paths[0]}: column {col!r} ({field_name}) has type {types[col]}, expected "
+            f"{paths[0]}: column {quote_value(col)} ({field_name}) has type {types[col]}, expected "
             f"{expected}; {fix}"
         )
 
@@ -785,6 +891,7 @@ def _mapped_parquet(
             raise wrong(name, "integer or string ids", "cast the column before writing the file")
     time_kind = kind("time")
     unit: TimeUnit
+    unit_source = ""
     if time_kind == "timestamp":
         unit = "ms"
         time_expr = f"epoch_ms(CAST({quote_ident(columns['time'])} AS TIMESTAMP))"
@@ -792,6 +899,12 @@ def _mapped_parquet(
         if options.time_unit == "iso":
             raise wrong("time", "strings for --time-unit iso", "drop --time-unit iso or fix it")
         unit = options.time_unit or "ms"
+        unit_source = "--time-unit" if options.time_unit else "the canonical preset's ms"
+        if options.time_unit is None and preset == "generic" and sample is not None:
+            # Like a generic CSV: seconds or ms from the magnitude of the first rows.
+            unit = _guess_time_unit(sample.get(columns["time"], ()))
+            unit = "ms" if unit == "iso" else unit
+            unit_source = "guessed from the magnitude of the first rows (override with --time-unit)"
         time_expr = _time_sql(quote_ident(columns["time"]), unit, numeric=time_kind == "int")
     elif time_kind == "str" and (options.time_unit == "iso" or preset == "generic"):
         if options.time_unit not in (None, "iso"):
@@ -828,8 +941,26 @@ def _mapped_parquet(
         event_column=columns.get("event"),
         expected="the mapped columns with integer or string ids",
         optional_columns=tuple(c for c in OPTIONAL_SOURCE_COLUMNS if c in columns),
-        notes={"time_unit": unit, "columns": dict(columns)},
+        notes={
+            "time_unit": unit,
+            "columns": dict(columns),
+            **({"time_unit_source": unit_source} if time_kind in ("int", "float") else {}),
+        },
     )
+
+
+def _parquet_sample(
+    con: duckdb.DuckDBPyConnection, paths: Sequence[Path], rows: int = 20
+) -> dict[str, list[str]]:
+    """The first ``rows`` values of each column of the first file, as text (for guessing)."""
+    try:
+        rel = con.execute(f"SELECT * FROM read_parquet({quote_str(str(paths[0]))}) LIMIT {rows}")
+        names = [d[0] for d in rel.description]
+        values = rel.fetchall()
+    except duckdb.Error as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0][:160]
+        raise UserError(f"{paths[0]}: not a readable Parquet file ({first})") from None
+    return {n: [str(r[i]) for r in values if r[i] is not None] for i, n in enumerate(names)}
 
 
 def _time_bad_sql(expr: str) -> str:

@@ -68,6 +68,7 @@ def dataset_stats(ds: PreparedDataset) -> dict[str, Any]:
     ev = ds.events
     meta = ds.meta
     rows = meta.get("rows", {})
+    source = meta.get("source")
     dropped = {str(k): int(v) for k, v in rows.get("dropped", {}).items()}
     session = ev["session"].to_numpy(np.int64)
     n_events = len(ev)
@@ -116,7 +117,7 @@ def dataset_stats(ds: PreparedDataset) -> dict[str, Any]:
         splits[name] = {"events": int(mask.sum()), "sessions": len(np.unique(session[mask]))}
     return {
         "path": str(ds.path),
-        "preset": meta.get("source", {}).get("preset"),
+        "preset": source.get("preset") if isinstance(source, dict) else source,
         "rows_read": int(rows.get("read", n_events)),
         "rows_kept": int(rows.get("kept", n_events)),
         "rows_dropped": int(sum(dropped.values())),

@@ -13,16 +13,24 @@ import csv
 import gzip
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from rlrec.data.schema import EVENT_ALIASES, EVENT_TYPES
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 SNIFF_BYTES = 64 * 1024
 """How much of a CSV file the structural checks read."""
+
+MAX_LINE_BYTES = 1024 * 1024
+"""A CSV line longer than this is refused (and some over half of it): no event needs one, and
+DuckDB's parallel reader drops an over-long last line silently (and fails on others with a
+multi-line message)."""
+
+UTF8_BOM = "\ufeff"
 
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")
 """Delimiters tried when a file does not split with the one expected."""
@@ -77,15 +85,75 @@ def check_input_files(paths: Sequence[Path]) -> None:
 def sniff_csv(path: Path, delimiter: str) -> CsvShape:
     """Read the first lines of ``path`` (gzip-compressed if it ends in ``.gz``), split them."""
     opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-    text = head.decode("utf-8", errors="replace")
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except (EOFError, OSError, zlib.error) as exc:
+        # gzip raises EOFError on a truncated archive and BadGzipFile (an OSError) on others.
+        raise UserError(
+            f"{path}: not a readable {'gzip ' if opener is gzip.open else ''}file ({exc}); "
+            "check that the file is complete"
+        ) from None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}: UTF-16 text; save the file as UTF-8 (or ASCII) CSV")
+    # A UTF-8 byte order mark (Excel writes one) is not part of the first column's name.
+    text = head.decode("utf-8", errors="replace").removeprefix(UTF8_BOM)
     lines = text.splitlines()
     if len(head) == SNIFF_BYTES and lines:
         lines = lines[:-1]  # the last line may be cut in the middle
     lines = [line for line in lines if line.strip()][:20]
     rows = tuple(tuple(row) for row in csv.reader(lines, delimiter=delimiter))
     return CsvShape(path=path, delimiter=delimiter, first_rows=rows)
+
+
+def check_line_lengths(path: Path, limit: int = MAX_LINE_BYTES) -> None:
+    """No line of ``path`` is longer than ``limit`` bytes, checked without reading the file.
+
+    Every aligned window of ``limit // 2`` bytes must hold a newline (a line longer than
+    ``limit`` covers a whole window); finding one usually takes a few bytes, so a 10 GB file
+    costs some 20,000 small reads. Compressed files are left to the reader.
+
+    Raises:
+        UserError: Naming the file, the line and its length.
+    """
+    if path.suffix.lower() == ".gz":
+        return
+    window = max(limit // 2, 1)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        for start in range(0, size - window + 1, window):
+            fh.seek(start)
+            # A newline is usually within the first few bytes; read the rest only if not.
+            head = fh.read(min(4096, window))
+            if b"\n" in head or b"\n" in fh.read(window - len(head)):
+                continue
+            _long_line_error(path, fh, start, limit)
+
+
+def _long_line_error(path: Path, fh: BinaryIO, inside: int, limit: int) -> NoReturn:
+    """Fail on the line that covers byte ``inside``: find its number and length (error path)."""
+    fh.seek(0)
+    line_start, newlines, pos = 0, 0, 0
+    while pos <= inside:
+        block = fh.read(min(1 << 20, inside + 1 - pos))
+        if not block:
+            break
+        newlines += block.count(b"\n")
+        last = block.rfind(b"\n")
+        if last >= 0:
+            line_start = pos + last + 1
+        pos += len(block)
+    fh.seek(inside)
+    length = inside - line_start
+    while block := fh.read(1 << 20):
+        cut = block.find(b"\n")
+        length += len(block) if cut < 0 else cut
+        if cut >= 0:
+            break
+    raise UserError(
+        f"{path} line {newlines + 1}: a line of {length:,} bytes; an event takes a few "
+        "hundred at most, so the file is damaged or not a log: fix or remove that line"
+    )
 
 
 def guess_delimiter(shape: CsvShape) -> str | None:
@@ -177,11 +245,11 @@ def unknown_events_error(where: str, column: str, values: Sequence[str]) -> NoRe
     Raises:
         UserError: Listing (up to ten of) the unknown values.
     """
-    shown = ", ".join(repr(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+    shown = ", ".join(quote_value(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
     known = ", ".join(EVENT_TYPES)
     aliases = ", ".join(sorted(EVENT_ALIASES))
     raise UserError(
-        f"{where}: unknown event type(s) {shown} in column {column!r}; expected "
+        f"{where}: unknown event type(s) {shown} in column {quote_value(column)}; expected "
         f"one of {known} (or an alias: {aliases}); fix the values or map another column "
         "with --columns event=COL"
     )
@@ -211,7 +279,7 @@ def duckdb_read_error(exc: Exception, preset: str, expected: str) -> UserError:
         column, value, type_name = conv.groups()
         kind = "a number" if type_name in {"BIGINT", "INTEGER", "DOUBLE", "SMALLINT"} else type_name
         return UserError(
-            f"{where}: column {column!r} has {value!r} where {kind} is expected "
+            f"{where}: column {column!r} has {quote_value(value)} where {kind} is expected "
             f"(the {preset} preset expects {expected}); fix the row or use --preset generic"
         )
     columns = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", text)

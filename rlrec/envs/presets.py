@@ -184,6 +184,29 @@ def encoder_key(preset: EnvPreset) -> str:
     return _digest({"dataset": dataset_key(preset), "encoder": to_mapping(preset.encoder)})
 
 
+def check_cache_dir(cache: Path) -> None:
+    """``cache`` is (or can be made) a writable folder.
+
+    Raises:
+        UserError: Naming the path, when it or a parent is a file or it cannot be created.
+    """
+    blocker = next((p for p in (cache, *cache.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(
+            f"{cache}: cannot be the artifact cache, {blocker} is a file; pass a folder "
+            "(--cache-dir)"
+        )
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{cache}: cannot create the artifact cache ({exc.strerror}); pass a writable "
+            "folder (--cache-dir)"
+        ) from None
+    if not os.access(cache, os.W_OK):
+        raise UserError(f"{cache}: the artifact cache is not writable; pass another --cache-dir")
+
+
 def build_artifacts(
     preset: EnvPreset, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR
 ) -> Artifacts:
@@ -199,6 +222,7 @@ def build_artifacts(
     from rlrec.models.transition import fit_sim_model
 
     cache = Path(cache_dir)
+    check_cache_dir(cache)
     data_key = dataset_key(preset)
     dataset_dir = cache / f"dataset-{data_key}"
     sim_dir = cache / f"sim-{sim_key(preset)}"

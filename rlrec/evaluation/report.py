@@ -30,14 +30,14 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
@@ -126,6 +126,8 @@ class ReportInputs:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (a binary file?); rerun its stage") from None
     except json.JSONDecodeError as exc:
         raise UserError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); rerun its stage"
@@ -149,7 +151,12 @@ def find_inputs(directory: str | os.PathLike[str]) -> ReportInputs:
     if (root / "sim" / "sim_model.json").is_file():
         found.sim_dir = root / "sim"
     elif found.run_dir is not None:
-        config = yaml.safe_load((found.run_dir / "config.yaml").read_text()) or {}
+        try:
+            config = yaml.safe_load((found.run_dir / "config.yaml").read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
+            config = {}  # the learning-curve section still reads; the run's loader says more
+        if not isinstance(config, dict):
+            config = {}
         sim_dir = Path(str(config.get("sim_dir") or ""))
         if config.get("sim_dir") and (sim_dir / "sim_model.json").is_file():
             found.sim_dir = sim_dir
@@ -801,6 +808,23 @@ def render_html(
     )
 
 
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+"""What reading a JSON input of the wrong shape raises (a string where a number belongs, a
+list where an object does): the section then says so instead of the page crashing."""
+
+SECTION_INPUT = {
+    "policies": "evaluate.json (or run/eval.json)",
+    "learning_curves": "run/tensorboard",
+    "encoder": "encoder_eval.json",
+    "fidelity": "fidelity.json",
+    "migration": "sim/",
+    "ope": "ope_sessions.json",
+}
+"""Section key -> the input it reads, for the message of a malformed one."""
+
+_TEXT_HEADLINES = ("best_baseline", "best_ope_estimator", "default_ope_estimator", "ope_target")
+
+
 def _build(key: str, section: Callable[[ReportInputs], Section], inputs: ReportInputs) -> Section:
     """One section, or the loader's message where an input exists but does not load.
 
@@ -810,6 +834,36 @@ def _build(key: str, section: Callable[[ReportInputs], Section], inputs: ReportI
         return section(inputs)
     except UserError as exc:
         return Section(key, TITLES[key], missing=str(exc).rstrip("."))
+    except MALFORMED as exc:
+        detail = quote_value(str(exc), 60)
+        return Section(
+            key,
+            TITLES[key],
+            missing=f"{SECTION_INPUT[key]} is malformed ({type(exc).__name__}: {detail}); "
+            "rerun the stage that writes it",
+        )
+
+
+def _headline(inputs: ReportInputs) -> dict[str, Any]:
+    """:func:`headline_numbers`, leaving out the numbers of a malformed input."""
+    try:
+        numbers = headline_numbers(inputs)
+    except MALFORMED:
+        # Each headline number comes from one file: take those of the files that read.
+        numbers = headline_numbers(replace(inputs, files={}))
+        for key, payload in inputs.files.items():
+            try:
+                part = headline_numbers(replace(inputs, files={key: payload}))
+            except MALFORMED:
+                continue
+            numbers.update({k: v for k, v in part.items() if v is not None})
+    for key, value in numbers.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in _TEXT_HEADLINES:
+            numbers[key] = None if value is None else str(value)
+        elif value is not None and not (number and math.isfinite(value)):
+            numbers[key] = None  # a string where a number belongs: shown as missing
+    return numbers
 
 
 def write_report(
@@ -841,7 +895,7 @@ def write_report(
             tmp.write_bytes(s.image)
             os.replace(tmp, path)
             written.append(path)
-    headline = headline_numbers(inputs)
+    headline = _headline(inputs)
     what = "quickstart output" if (inputs.root / "run").is_dir() else "run directory"
     page = render_html("rlrec report", f"{what} {inputs.root.resolve()}", headline, sections)
     html_path = target / REPORT_FILE

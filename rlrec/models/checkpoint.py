@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from rlrec.config import from_mapping, to_mapping
 from rlrec.data.dataset import PreparedDataset, atomic_directory, write_json_atomic
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder
 
 ENCODER_SCHEMA_VERSION = 1
@@ -126,12 +126,14 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> EncoderCheckpoint:
         payload = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{config_file}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{config_file}: not UTF-8 JSON text; pretrain the encoder again") from None
     if not isinstance(payload, dict):
         raise UserError(f"{config_file}: expected a JSON object; pretrain the encoder again")
     if payload.get("schema_version") != ENCODER_SCHEMA_VERSION:
         raise UserError(
-            f"{config_file}: schema_version {payload.get('schema_version')!r}, this rlrec reads "
-            f"{ENCODER_SCHEMA_VERSION}; pretrain the encoder again"
+            f"{config_file}: schema_version {quote_value(payload.get('schema_version'))}, this "
+            f"rlrec reads {ENCODER_SCHEMA_VERSION}; pretrain the encoder again"
         )
     missing = [
         k
@@ -148,7 +150,13 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> EncoderCheckpoint:
     for key in ("n_items", "n_categories"):
         value = payload[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"{config_file}: {key} must be a positive integer, got {value!r}")
+            raise UserError(
+                f"{config_file}: {key} must be a positive integer, got {quote_value(value)}"
+            )
+    if not isinstance(payload["vocab_fingerprint"], str):
+        raise UserError(f"{config_file}: vocab_fingerprint must be a string; pretrain again")
+    if not isinstance(payload.get("info", {}), dict):
+        raise UserError(f"{config_file}: info must be a JSON object; pretrain the encoder again")
     return EncoderCheckpoint(
         config=config,
         n_items=payload["n_items"],

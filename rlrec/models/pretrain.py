@@ -103,8 +103,18 @@ class PretrainConfig:
             raise ValueError("pretrain_epochs and finetune_epochs cannot both be 0")
         if min(self.patience, self.batch_size, self.n_negatives, self.eval_batch_size) < 1:
             raise ValueError("patience, batch_size, n_negatives and eval_batch_size must be >= 1")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.category_loss_weight < 0:
-            raise ValueError("need learning_rate > 0, weight_decay >= 0, category_loss_weight >= 0")
+        # Written so that NaN fails too (every comparison with NaN is false).
+        rates = (self.learning_rate, self.weight_decay, self.category_loss_weight)
+        if not (
+            all(math.isfinite(r) for r in rates)
+            and self.learning_rate > 0
+            and self.weight_decay >= 0
+            and self.category_loss_weight >= 0
+        ):
+            raise ValueError(
+                "need a finite learning_rate > 0, weight_decay >= 0 and category_loss_weight "
+                f">= 0, got {self.learning_rate}, {self.weight_decay}, {self.category_loss_weight}"
+            )
 
 
 @dataclass

@@ -29,14 +29,17 @@ category ids, and each parameter's provenance: ``fitted``, ``default`` or ``user
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from rlrec.errors import UserError
+from rlrec.errors import UserError, quote_value
 
 SIM_SCHEMA_VERSION = 2  # 2: engage_ceiling, leave_streak_factor, leave_streak_start
 ARRAYS_FILE = "arrays.npz"
@@ -198,9 +201,12 @@ class SimModel:
         if not np.isclose(self.initial_category.sum(), 1.0, atol=1e-6):
             raise UserError(f"{where}: initial_category must sum to 1")
         ic = np.asarray(self.item_category)
+        cdc = np.asarray(self.category_of_dataset_category)
+        for name, arr in (("item_category", ic), ("category_of_dataset_category", cdc)):
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise UserError(f"{where}: {name} must hold integer category indices")
         if ic.min() < 0 or ic.max() >= k:
             raise UserError(f"{where}: item_category holds a category outside 0..{k - 1}")
-        cdc = np.asarray(self.category_of_dataset_category)
         if cdc.min() < 0 or cdc.max() >= k:
             raise UserError(f"{where}: category_of_dataset_category outside 0..{k - 1}")
         sums = np.bincount(ic, weights=self.item_popularity, minlength=k)
@@ -293,11 +299,16 @@ def load_sim_model(path: str | os.PathLike[str]) -> SimModel:
             raise UserError(f"{root}: missing {file.name}; fit a model with 'rlrec fit'")
     try:
         params = json.loads(params_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{params_file}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = (
+            f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        )
+        raise UserError(f"{params_file}: invalid JSON{where}; fit the model again") from None
+    if not isinstance(params, dict):
+        raise UserError(f"{params_file}: expected a JSON object; fit the model again")
     if params.get("schema_version") != SIM_SCHEMA_VERSION:
         raise UserError(
-            f"{params_file}: schema_version {params.get('schema_version')!r}, expected "
+            f"{params_file}: schema_version {quote_value(params.get('schema_version'))}, expected "
             f"{SIM_SCHEMA_VERSION}; fit the model again"
         )
     try:
@@ -307,23 +318,60 @@ def load_sim_model(path: str | os.PathLike[str]) -> SimModel:
         raise UserError(
             f"{arrays_file}: missing array {exc.args[0]}; fit the model again"
         ) from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{arrays_file}: unreadable ({exc}); fit the model again") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # A truncated or overwritten archive: zipfile and zlib raise their own errors.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"{arrays_file}: unreadable ({first}); fit the model again") from None
+    for name, arr in arrays.items():
+        if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)):
+            raise UserError(
+                f"{arrays_file}: array {name} has dtype {arr.dtype}, expected numbers; "
+                "fit the model again"
+            )
     missing = [name for name in (*SCALAR_FIELDS, "category_ids") if name not in params]
     if missing:
         raise UserError(f"{params_file}: missing {', '.join(missing)}; fit the model again")
-    provenance = {
-        k: Provenance(source=v["source"], detail=v.get("detail", ""))
-        for k, v in params.get("provenance", {}).items()
-    }
-    return SimModel(
-        category_ids=tuple(str(c) for c in params["category_ids"]),
-        **arrays,
-        **{name: float(params[name]) for name in SCALAR_FIELDS},  # type: ignore[arg-type]
-        provenance=provenance,
-        info=params.get("info", {}),
-        # Consistency (shapes, sums) is checked by SimModel.__post_init__, naming the field.
-    )
+    scalars: dict[str, float] = {}
+    for name in SCALAR_FIELDS:
+        value = params[name]
+        # bool is an int to Python, and float("0.1") would accept a string: both are refused.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise UserError(
+                f"{params_file}: {name} must be a finite number, got {quote_value(value)}; "
+                "fit the model again or fix the value"
+            )
+        scalars[name] = float(value)
+    if not isinstance(params["category_ids"], list):
+        raise UserError(f"{params_file}: category_ids must be a list; fit the model again")
+    raw_provenance = params.get("provenance", {})
+    info = params.get("info", {})
+    if not isinstance(raw_provenance, dict) or not isinstance(info, dict):
+        raise UserError(f"{params_file}: provenance and info must be objects; fit the model again")
+    provenance = {}
+    for k, v in raw_provenance.items():
+        if not isinstance(v, dict) or not isinstance(v.get("source"), str):
+            raise UserError(
+                f"{params_file}: provenance of {k} must be an object with a 'source'; "
+                "fit the model again"
+            )
+        provenance[k] = Provenance(source=v["source"], detail=str(v.get("detail", "")))
+    try:
+        return SimModel(
+            category_ids=tuple(str(c) for c in params["category_ids"]),
+            **arrays,
+            **scalars,  # type: ignore[arg-type]
+            provenance=provenance,
+            info=info,
+            # Consistency (shapes, sums) is checked by SimModel.__post_init__, naming the field.
+        )
+    except UserError as exc:
+        # The check names the field; the message names the directory too.
+        detail = str(exc).removeprefix("SimModel: ")
+        raise UserError(f"{root}: {detail}; fit the model again") from None
 
 
 def engage_probability(model: SimModel, interest: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -720,6 +720,8 @@ def _generate_into(
             config=prepare_config,
             extra_files=truth.to_files(),
             force=force,
+            # The raw file is a temporary one, deleted on return: record no input path.
+            inputs_label=[],
         )
 
 
