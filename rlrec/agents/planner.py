@@ -30,6 +30,7 @@ starts from the plan and learns only what the plan misses.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -365,7 +366,7 @@ class PlanTable:
                     ),
                     max_streak=int(npz["max_streak"]),
                 )
-        except (OSError, KeyError, ValueError, EOFError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(f"{path}: unreadable plan ({exc}); train the run again") from None
         t, k, s, k2 = table.values.shape if table.values.ndim == 4 else (0, 0, 0, -1)
         consistent = (

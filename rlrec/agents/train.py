@@ -75,6 +75,7 @@ from rlrec.envs.presets import (
     Artifacts,
     EnvPreset,
     build_artifacts,
+    check_cache_dir,
     load_env_preset,
 )
 from rlrec.errors import UserError
@@ -390,6 +391,7 @@ def train_agent(
     """
     root = Path(run_dir)
     check_device((read_run_config(root).agent if resume else agent).device)
+    check_cache_dir(Path(cache_dir))  # before the run lock creates any folder
     created = not root.exists()
     # One writer per run directory: a second 'rlrec train' fails here at once.
     with run_lock(root):

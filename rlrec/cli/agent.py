@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Rolls out the run's policy and the baselines (greedy supervised, random, "
             "popular, category-Markov, oracle-myopic) on the same seeded simulated users; "
             "mean return, session length, engage rate, buys and category coverage with 95% "
-            "confidence intervals. Writes RUN_DIR/eval.json."
+            "confidence intervals, and the agent's ratio to the best non-oracle baseline. "
+            "Writes RUN_DIR/eval.json, or RUN_DIR/eval_truth.json with --world truth."
         ),
         formatter_class=fmt,
     )
@@ -65,6 +66,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument("--seed", type=int, default=12345, help="seed of the users")
     ev.add_argument(
         "--stochastic", action="store_true", help="sample the agent's actions (default: mode)"
+    )
+    ev.add_argument(
+        "--world",
+        choices=("fitted", "truth"),
+        default="fitted",
+        help="fitted: the run's simulator; truth: the world that produced the log "
+        "(synthetic data only: the sim-to-real check)",
     )
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(handler=_evaluate)
@@ -125,7 +133,8 @@ def _train(args: argparse.Namespace) -> int:
 def format_table(payload: dict[str, Any]) -> str:
     """A plain-text table of an evaluation payload."""
     lines = [
-        f"{payload['episodes']} users per policy, seed {payload['seed']} (95% intervals)",
+        f"{payload['episodes']} users per policy, seed {payload['seed']}, "
+        f"{payload.get('world', 'fitted')} world (95% intervals)",
         f"{'policy':<18} {'return':>22} {'length':>7} {'engage':>7} {'buys':>6} {'coverage':>8}",
     ]
     for name, r in payload["policies"].items():
@@ -134,6 +143,13 @@ def format_table(payload: dict[str, Any]) -> str:
             f"{name:<18} {r['return_mean']:>8.3f} [{lo:>5.2f}, {hi:>5.2f}] "
             f"{r['session_length_mean']:>7.2f} {r['engage_rate']:>7.3f} {r['buys_mean']:>6.3f} "
             f"{r['coverage']:>8.4f}"
+        )
+    if "ratio_to_best_baseline" in payload:
+        lo, hi = payload["ratio_ci95"]
+        lines.append(
+            f"ppo / best non-oracle baseline ({payload['best_baseline']}): "
+            f"{payload['ratio_to_best_baseline']:.3f} [{lo:.3f}, {hi:.3f}]"
+            + ("; intervals apart" if payload["win"] else "")
         )
     return "\n".join(lines)
 
@@ -161,12 +177,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             bar.set_postfix_str(name)
 
         payload = evaluate_run(
-            args.run_dir, args.episodes, args.seed, not args.stochastic, progress
+            args.run_dir, args.episodes, args.seed, not args.stochastic, progress, args.world
         )
     if args.json:
         json.dump(payload, sys.stdout, indent=2)
         print()
     else:
         print(format_table(payload))
-        print(f"written to {Path(args.run_dir) / 'eval.json'}")
+        name = "eval.json" if args.world == "fitted" else "eval_truth.json"
+        print(f"written to {Path(args.run_dir) / name}")
     return 0

@@ -79,6 +79,12 @@ def _quickstart(args: argparse.Namespace) -> int:
         if value is not None:
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
             print(f"  {key:<28}{text}")
+    for world, r in summary.get("agent", {}).items():
+        lo, hi = r["ratio_ci95"]
+        print(
+            f"  PPO / best non-oracle baseline ({r['best_baseline']}), {world} world: "
+            f"{r['ratio_to_best_baseline']:.3f} [{lo:.3f}, {hi:.3f}]"
+        )
     print(f"report:      {summary['report']}")
     print(f"TensorBoard: tensorboard --logdir {summary['tensorboard_logdir']}")
     return 0

@@ -24,7 +24,7 @@ Only numpy: models never import the envs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,10 @@ class FitConfig:
         engage_base_rate: Engagement base rate for logs with only positive events; None uses
             :data:`DEFAULT_ENGAGE_BASE_RATE` (provenance ``default``), a number is recorded
             as set by the ``user``.
+        response: Response parameters set by the user (name -> value, names from
+            :data:`rlrec.models.prior.RESPONSE_PARAMETERS`): recorded with provenance
+            ``user``, so they are points rather than ranges of the prior (an env preset's
+            ``fit.response``, e.g. ``envs/synthetic_noboredom.yaml``).
     """
 
     top_k_categories: int = 50
@@ -82,6 +86,7 @@ class FitConfig:
     )
     funnel_prior_steps: float = 50.0
     engage_base_rate: float | None = None
+    response: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.top_k_categories < 1:
@@ -96,6 +101,13 @@ class FitConfig:
             raise ValueError("funnel_prior_steps must be >= 0")
         if self.engage_base_rate is not None and not 0 < self.engage_base_rate < 1:
             raise ValueError("engage_base_rate must be in (0, 1)")
+        from rlrec.models.prior import RESPONSE_PARAMETERS
+
+        unknown = sorted(set(self.response) - set(RESPONSE_PARAMETERS))
+        if unknown:
+            raise ValueError(
+                f"response: {unknown[0]!r} is not one of {', '.join(RESPONSE_PARAMETERS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -480,7 +492,7 @@ def fit_sim_model(ds: PreparedDataset, config: FitConfig | None = None) -> SimMo
             "funnel_prior_steps": config.funnel_prior_steps,
         },
     }
-    return SimModel(
+    model = SimModel(
         category_ids=tuple(category_ids),
         switch_matrix=switch,
         stay_by_streak=stay,
@@ -496,6 +508,12 @@ def fit_sim_model(ds: PreparedDataset, config: FitConfig | None = None) -> SimMo
         provenance=provenance,
         info=info,
     )
+    if config.response:
+        from rlrec.models.prior import with_response
+
+        # with_response validates through the SimModel: an out-of-domain value is one line.
+        model = with_response(model, config.response, "user", "set in the fit settings")
+    return model
 
 
 def _engage_base_rate(frame: pd.DataFrame, config: FitConfig) -> tuple[float, Provenance]:

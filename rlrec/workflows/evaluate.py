@@ -1,8 +1,18 @@
 """``rlrec evaluate``: a trained run's policy against every baseline on the same seeded users.
 
 The run's PPO policy and the baselines of :mod:`rlrec.agents.baselines` are rolled out by
-:func:`rlrec.evaluation.rollout.evaluate_policies` in the run's own simulator; the payload is
-the ``rlrec evaluate --json`` contract and is also written to ``RUN_DIR/eval.json``.
+:func:`rlrec.evaluation.rollout.rollout` on the same seeded users, in one of two worlds:
+
+* ``fitted`` (default): the run's own simulator, fitted from the log (``RUN/eval.json``);
+* ``truth``: the world that produced the log (:mod:`rlrec.envs.truth`; synthetic data only),
+  with every policy and baseline exactly as trained or fitted on the log
+  (``RUN/eval_truth.json``). The gap between the two files is the sim-to-real gap.
+
+Besides each policy's summary, the payload gives the agent's ratio to the best non-oracle
+baseline (the highest mean return among the baselines other than ``oracle*``), with a paired
+bootstrap 95% interval over users, and ``win``: the agent's interval lies above the best
+baseline's. Planned agents also show their plan (``planner``) as a reference row; it is the
+agent's own part, never a baseline.
 """
 
 from __future__ import annotations
@@ -10,13 +20,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from rlrec.errors import UserError
 
+__all__ = ["EVAL_FILE", "EVAL_TRUTH_FILE", "POLICY_ORDER", "evaluate_run", "is_baseline"]
+
 EVAL_FILE = "eval.json"
+EVAL_TRUTH_FILE = "eval_truth.json"
 POLICY_ORDER = (
     "ppo",
+    "planner",
     "greedy_supervised",
     "random",
     "popular",
@@ -25,6 +41,39 @@ POLICY_ORDER = (
 )
 """The order of policies in the payload: the agent first, then the baselines."""
 
+World = Literal["fitted", "truth"]
+AGENT = "ppo"
+_NOT_BASELINES = (AGENT, "planner")
+
+
+def is_baseline(name: str) -> bool:
+    """A non-oracle baseline: what the agent's ratio is taken against."""
+    return name not in _NOT_BASELINES and not name.startswith("oracle")
+
+
+def ratio_to_best(
+    returns: dict[str, np.ndarray], seed: int, resamples: int = 2000
+) -> dict[str, Any]:
+    """The agent's mean return over the best baseline's, with a paired bootstrap interval.
+
+    Args:
+        returns: Policy name -> (E,) per-user returns, users paired across policies.
+        seed: Seed of the bootstrap.
+        resamples: Bootstrap resamples.
+    """
+    baselines = {n: r for n, r in returns.items() if is_baseline(n)}
+    best = max(baselines, key=lambda n: float(np.mean(baselines[n])))
+    agent, base = returns[AGENT], baselines[best]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(len(agent), size=(resamples, len(agent)))
+    boot = agent[idx].mean(axis=1) / np.maximum(base[idx].mean(axis=1), 1e-12)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {
+        "best_baseline": best,
+        "ratio_to_best_baseline": float(agent.mean() / max(base.mean(), 1e-12)),
+        "ratio_ci95": [float(lo), float(hi)],
+    }
+
 
 def evaluate_run(
     run_dir: str | os.PathLike[str],
@@ -32,6 +81,7 @@ def evaluate_run(
     seed: int,
     deterministic: bool = True,
     progress: Callable[[str], None] | None = None,
+    world: World = "fitted",
 ) -> dict[str, Any]:
     """Evaluate a run's policy and every baseline; the ``rlrec evaluate --json`` payload.
 
@@ -41,40 +91,68 @@ def evaluate_run(
         seed: Seed of the users, shared by every policy.
         deterministic: Take the agent's mode rather than sampling.
         progress: Called with each policy's name before its rollout.
+        world: ``fitted`` (the run's simulator) or ``truth`` (the log's generator).
 
     Returns:
-        ``run_dir``, ``episodes``, ``seed``, ``deterministic`` and ``policies`` (name ->
-        :func:`rlrec.evaluation.rollout.summarize` output, in :data:`POLICY_ORDER`).
+        ``run_dir``, ``world``, ``episodes``, ``seed``, ``deterministic``, ``policies`` (name
+        -> :func:`rlrec.evaluation.rollout.summarize` output, in :data:`POLICY_ORDER`),
+        ``best_baseline``, ``ratio_to_best_baseline``, ``ratio_ci95`` and ``win``.
 
     Raises:
-        UserError: If ``episodes`` < 1 or the run cannot be loaded.
+        UserError: If ``episodes`` < 1, the run cannot be loaded, or ``truth`` is asked of a
+            run on a real log.
     """
     from rlrec.agents.baselines import make_baselines
+    from rlrec.agents.planner import PlannerPolicy
     from rlrec.agents.train import load_run
     from rlrec.data.dataset import write_json_atomic
     from rlrec.envs.batched import BatchedInterestDrift
-    from rlrec.evaluation.rollout import evaluate_policies
+    from rlrec.envs.truth import load_truth_world
+    from rlrec.evaluation.rollout import rollout, summarize
 
     if episodes < 1:
         raise UserError(f"--episodes: {episodes}, expected >= 1")
+    if world not in ("fitted", "truth"):
+        raise UserError(f"--world {world!r}: expected fitted or truth")
     run = load_run(run_dir)
     env_cfg = run.config.env
     n_actions = run.policy.n_actions
-    policies: dict[str, Any] = {"ppo": run.policy}
+    # Every baseline is fitted from the log (the run's SimModel), as a practitioner would.
+    policies: dict[str, Any] = {AGENT: run.policy}
+    if run.policy.prior is not None:
+        policies["planner"] = PlannerPolicy(run.policy.prior.plan, n_actions)
     policies.update(
         make_baselines(run.sim_model, n_actions, env_cfg.reward_weights, run.encoder, seed)
     )
+    model = run.sim_model
+    if world == "truth":
+        model = load_truth_world(run.dataset, run.sim_model)
+        # The oracle reads the hidden state: it must know the world it is an oracle of.
+        truth_oracle = make_baselines(model, n_actions, env_cfg.reward_weights, None, seed)
+        policies["oracle_myopic"] = truth_oracle["oracle_myopic"]
 
-    def make_env(n: int) -> BatchedInterestDrift:
-        return BatchedInterestDrift(n, run.sim_model, run.dataset, env_cfg)
-
-    results = evaluate_policies(policies, make_env, episodes, seed, deterministic, progress)
+    returns: dict[str, np.ndarray] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for name, policy in policies.items():
+        if progress is not None:
+            progress(name)
+        env = BatchedInterestDrift(episodes, model, run.dataset, env_cfg)
+        stats = rollout(policy, env, seed, deterministic)
+        returns[name] = stats.returns
+        results[name] = summarize(stats)
+    ratio = ratio_to_best(returns, seed)
+    best = results[ratio["best_baseline"]]
     payload = {
         "run_dir": str(run_dir),
+        "world": world,
         "episodes": episodes,
         "seed": seed,
         "deterministic": deterministic,
         "policies": {name: results[name] for name in POLICY_ORDER if name in results},
+        **ratio,
+        "win": bool(results[AGENT]["return_ci95"][0] > best["return_ci95"][1]),
     }
-    write_json_atomic(Path(run_dir) / EVAL_FILE, payload)
+    write_json_atomic(
+        Path(run_dir) / (EVAL_FILE if world == "fitted" else EVAL_TRUTH_FILE), payload
+    )
     return payload

@@ -12,6 +12,7 @@ Every stage calls the same library function as its own verb, on the env preset's
     encoder_eval.json   rlrec encoder eval --json
     run/                PPO run directory: config.yaml, tensorboard/, policy.json (rlrec train)
     evaluate.json       rlrec evaluate --json (also run/eval.json)
+    evaluate_truth.json rlrec evaluate --world truth --json (also run/eval_truth.json)
     ope_sessions.json   rlrec ope sessions --simulate run/ --json (estimates and true values)
     report.html, plots/ rlrec report
     summary.json        paths, seconds per stage, headline numbers
@@ -47,6 +48,7 @@ ENCODER_DIR = "encoder"
 ENCODER_EVAL_FILE = "encoder_eval.json"
 RUN_DIR = "run"
 EVALUATE_FILE = "evaluate.json"
+EVALUATE_TRUTH_FILE = "evaluate_truth.json"
 OPE_FILE = "ope_sessions.json"
 SUMMARY_FILE = "summary.json"
 REPORT_ENTRIES = ("report.html", "plots")
@@ -81,8 +83,7 @@ class QuickstartConfig:
         fidelity_sessions: Organic sessions simulated for the fidelity check.
         pretrain_epochs: Encoder self-supervised epochs; None keeps the preset's.
         finetune_epochs: Encoder fine-tuning epochs; None keeps the preset's.
-        timesteps: PPO env steps; None keeps the agent preset's (600k for ``ppo_frozen``:
-            about 6 minutes at its ~1,800 steps/s on one free core).
+        timesteps: PPO env steps; None keeps the agent preset's (100k for ``ppo_frozen``).
         eval_episodes: Simulated users per policy in the evaluation.
         ope_behaviour: Logging policy SPEC of the OPE check.
         ope_targets: Target policy SPECs of the OPE check (``ppo`` is the trained run).
@@ -91,6 +92,10 @@ class QuickstartConfig:
         n_bootstrap: Bootstrap resamples of the OPE intervals.
         threads: Torch CPU threads (one: on a shared 2-core machine two OpenMP threads made
             PPO and pretraining several times slower, see docs/architecture.md).
+        selection_episodes: Users per validation world of the agent's robust choice; None
+            keeps the agent preset's.
+        selection_draws: Random prior draws among the validation worlds; None keeps the
+            agent preset's.
     """
 
     env_preset: str = "synthetic"
@@ -108,6 +113,8 @@ class QuickstartConfig:
     truth_sessions: int = 5000
     n_bootstrap: int = 200
     threads: int = 1
+    selection_episodes: int | None = None
+    selection_draws: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("fidelity_sessions", "timesteps", "eval_episodes", "ope_sessions"):
@@ -130,6 +137,8 @@ class QuickstartConfig:
             ope_sessions=300,
             truth_sessions=300,
             n_bootstrap=50,
+            selection_episodes=200,
+            selection_draws=2,
         )
 
 
@@ -329,6 +338,9 @@ def _run_quickstart(
 
         agent = load_agent_config(cfg.agent_preset)
         agent = dataclasses.replace(agent, num_threads=cfg.threads)
+        for name in ("selection_episodes", "selection_draws"):
+            if getattr(cfg, name) is not None:
+                agent = dataclasses.replace(agent, **{name: getattr(cfg, name)})
         timesteps = cfg.timesteps if cfg.timesteps is not None else agent.total_timesteps
         with stages.stage(f"train PPO ({timesteps} steps)"):
             # Absolute paths in the run's config.yaml: the run loads from any directory.
@@ -363,6 +375,22 @@ def _run_quickstart(
                 progress=lambda name: say(f"    rollout {name}"),
             )
             _write_json(root / EVALUATE_FILE, payload)
+        with stages.stage("evaluate in the world that produced the log (sim-to-real)"):
+            truth = evaluate_run(
+                run_dir,
+                cfg.eval_episodes,
+                12345 + cfg.seed,
+                progress=lambda name: say(f"    rollout {name}"),
+                world="truth",
+            )
+            _write_json(root / EVALUATE_TRUTH_FILE, truth)
+            summary["agent"] = {
+                world: {
+                    key: result[key]
+                    for key in ("best_baseline", "ratio_to_best_baseline", "ratio_ci95", "win")
+                }
+                for world, result in (("fitted", payload), ("truth", truth))
+            }
 
         with stages.stage("off-policy evaluation on logged sessions"):
             ope = run_simulated_check(

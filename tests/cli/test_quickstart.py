@@ -33,14 +33,29 @@ def test_quickstart_tiny_writes_every_artifact(tiny_run: tuple[Path, dict, str])
     assert (out / "data" / "ground_truth.json").is_file()
     read_checkpoint_info(out / "encoder")
     assert list((out / "encoder" / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("config.yaml", "policy.json", "policy.safetensors", "eval.json"):
+    for name in (
+        "config.yaml",
+        "policy.json",
+        "policy.safetensors",
+        "eval.json",
+        "eval_truth.json",
+        "plan.npz",
+        "robust.json",
+    ):
         assert (out / "run" / name).is_file(), name
     assert list((out / "run" / "tensorboard").rglob("events.out.tfevents.*"))
     assert (out / "env.yaml").is_file()
-    for name in ("fidelity", "encoder_eval", "evaluate", "ope_sessions", "summary"):
+    for name in (
+        "fidelity",
+        "encoder_eval",
+        "evaluate",
+        "evaluate_truth",
+        "ope_sessions",
+        "summary",
+    ):
         assert json.loads((out / f"{name}.json").read_text()), name
     # Every stage announced itself on stderr (stdout holds the JSON only).
-    assert progress.count("==> ") == len(summary["seconds"]) == 9
+    assert progress.count("==> ") == len(summary["seconds"]) == 10
 
 
 def test_quickstart_tiny_payloads_follow_the_verbs_contracts(
@@ -52,7 +67,17 @@ def test_quickstart_tiny_payloads_follow_the_verbs_contracts(
     # The tiny world is small, but the fit must still be far better than chance.
     assert fidelity["ground_truth"]["transition_tv"] < 0.3
     evaluate = json.loads((out / "evaluate.json").read_text())
-    assert list(evaluate["policies"])[:2] == ["ppo", "greedy_supervised"]
+    assert list(evaluate["policies"])[:3] == ["ppo", "planner", "greedy_supervised"]
+    # The headline ratio is the agent's over the best non-oracle baseline, in both worlds.
+    truth = json.loads((out / "evaluate_truth.json").read_text())
+    for world, payload in (("fitted", evaluate), ("truth", truth)):
+        agent = summary["agent"][world]
+        policies = payload["policies"]
+        best = agent["best_baseline"]
+        assert best not in ("ppo", "planner", "oracle_myopic")
+        assert agent["ratio_to_best_baseline"] == pytest.approx(
+            policies["ppo"]["return_mean"] / policies[best]["return_mean"]
+        )
     ope = json.loads((out / "ope_sessions.json").read_text())
     assert "true_value" in ope["targets"]["ppo"]
     encoder_eval = json.loads((out / "encoder_eval.json").read_text())

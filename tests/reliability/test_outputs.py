@@ -329,7 +329,8 @@ def test_a_file_in_the_way_of_an_output_is_one_clear_line(
     blocker = _existing(world, "file", tmp_path)
     values = {"file": str(blocker), "csv": str(world.csv), "ds": str(world.outputs["dataset"])}
     argv = [part.format(**values) for part in template]
-    assert_clear_error(run_hostile(argv, capsys), f"{blocker}: is a file")
+    # Each writer names the file in the way (its own wording: "F: is a file" or "... F is a file").
+    assert_clear_error(run_hostile(argv, capsys), str(blocker), "is a file")
     assert tree_state(blocker) == {".": hashlib.sha256(b"a file\n").hexdigest()}
 
 

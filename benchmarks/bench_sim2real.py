@@ -1,0 +1,170 @@
+"""Sim-to-real benchmark: train in the simulator fitted from a log, evaluate in the log's world.
+
+Usage::
+
+    python benchmarks/bench_sim2real.py --out bench_sim2real.json           # 8 truth worlds
+    python benchmarks/bench_sim2real.py --quick --out /tmp/s2r.json         # 2 small worlds
+    python benchmarks/bench_sim2real.py --worlds 4 --agent agents/ppo_frozen.yaml --out F
+
+For each of K truth worlds: a synthetic world with its own organic parameters (generator seed
+``100 + w``) and its response to recommendations drawn from the prior
+(:data:`rlrec.models.prior.RESPONSE_PRIOR`, which the fit never sees: the organic log does not
+show it); generate the organic log, prepare it, fit the user model, pretrain the encoder and
+train the default agent on the *fitted* simulator (``rlrec train``); fit the baselines from
+the same log; evaluate every policy in the fitted simulator and in the truth world
+(``rlrec evaluate --world truth``) on the same seeded users.
+
+Targets (issue 13): ``worst_ratio`` >= 0.98 and ``mean_ratio`` >= 1.10 over 8 worlds, where a
+world's ratio is the agent's mean return in the truth world over the best non-oracle
+baseline's there.
+
+Keys (flat, unit-named): per world ``world_W_ratio`` (truth), ``world_W_ratio_ci95_lo/hi``,
+``world_W_win`` (the agent's 95% interval above the best baseline's), ``world_W_best_baseline``,
+``world_W_fitted_ratio``, ``world_W_train_s`` and the drawn response parameters; then
+``win_rate``, ``mean_ratio``, ``worst_ratio``, ``fitted_mean_ratio``, ``never_lose_rate`` (share
+of worlds with ratio >= 0.98), ``train_s_mean``, the agent preset and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rlrec.agents.config import load_agent_config  # noqa: E402
+from rlrec.agents.train import train_agent  # noqa: E402
+from rlrec.data.dataset import write_json_atomic  # noqa: E402
+from rlrec.models.prior import RESPONSE_PARAMETERS, RESPONSE_PRIOR  # noqa: E402
+from rlrec.workflows.evaluate import evaluate_run  # noqa: E402
+
+
+def draw_response(rng: np.random.Generator) -> dict[str, float]:
+    """One truth world's response parameters, uniform on the prior's ranges."""
+    out = {}
+    for name in RESPONSE_PARAMETERS:
+        r = RESPONSE_PRIOR[name]
+        if r.integer:
+            out[name] = float(rng.integers(int(r.low), int(r.high) + 1))
+        else:
+            out[name] = float(rng.uniform(r.low, r.high))
+    return out
+
+
+def world_preset(world: int, response: dict[str, float], n_users: int) -> dict[str, Any]:
+    """The env preset of truth world ``world``: the bundled synthetic one, another world."""
+    base = yaml.safe_load((ROOT / "envs" / "synthetic.yaml").read_text())
+    base["data"]["synthetic"].update(seed=100 + world, n_users=n_users, response=response)
+    return base
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", type=int, default=8, help="truth worlds K")
+    parser.add_argument("--quick", action="store_true", help="2 worlds of 600 users, 20k steps")
+    parser.add_argument("--agent", default="ppo_frozen", help="agent preset (the default)")
+    parser.add_argument("--timesteps", type=int, default=None, help="override training steps")
+    parser.add_argument("--episodes", type=int, default=2000, help="users per evaluation")
+    parser.add_argument("--users", type=int, default=2000, help="synthetic users per world")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the response draws")
+    parser.add_argument("--work", default=None, help="keep runs here (default: a temp dir)")
+    parser.add_argument("--out", required=True, help="result JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.worlds, args.users, args.episodes = 2, 600, 1000
+        args.timesteps = args.timesteps or 20_000
+    agent = load_agent_config(args.agent)
+    if args.quick:
+        agent = dataclasses.replace(agent, selection_episodes=500, selection_draws=4)
+    rng = np.random.default_rng(args.seed)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sim2real-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "agent_preset": args.agent,
+        "worlds": args.worlds,
+        "users_per_world": args.users,
+        "episodes": args.episodes,
+        "timesteps": args.timesteps or agent.total_timesteps,
+    }
+    ratios, fitted, wins, train_s = [], [], [], []
+    started = time.perf_counter()
+    for w in range(args.worlds):
+        response = draw_response(rng)
+        preset_file = work / f"world{w}.yaml"
+        preset_file.write_text(yaml.safe_dump(world_preset(w, response, args.users)))
+        run_dir = work / f"run{w}"
+        t0 = time.perf_counter()
+        train_agent(
+            preset_file,
+            agent,
+            run_dir,
+            timesteps=args.timesteps,
+            seed=w,
+            cache_dir=work / "cache",
+        )
+        train_s.append(time.perf_counter() - t0)
+        fit = evaluate_run(run_dir, args.episodes, seed=12345 + w, world="fitted")
+        truth = evaluate_run(run_dir, args.episodes, seed=12345 + w, world="truth")
+        ratios.append(truth["ratio_to_best_baseline"])
+        fitted.append(fit["ratio_to_best_baseline"])
+        wins.append(truth["win"])
+        prefix = f"world_{w}_"
+        result.update(
+            {
+                prefix + "ratio": truth["ratio_to_best_baseline"],
+                prefix + "ratio_ci95_lo": truth["ratio_ci95"][0],
+                prefix + "ratio_ci95_hi": truth["ratio_ci95"][1],
+                prefix + "win": truth["win"],
+                prefix + "best_baseline": truth["best_baseline"],
+                prefix + "ppo_return": truth["policies"]["ppo"]["return_mean"],
+                prefix + "fitted_ratio": fit["ratio_to_best_baseline"],
+                prefix + "train_s": round(train_s[-1], 1),
+                **{prefix + name: value for name, value in response.items()},
+            }
+        )
+        robust = json.loads((run_dir / "robust.json").read_text())
+        result[prefix + "kept"] = robust.get("final", {}).get("kept", "")
+        result[prefix + "plan"] = robust["plan"]["chosen"]
+        print(
+            f"world {w}: truth ratio {ratios[-1]:.3f} "
+            f"[{truth['ratio_ci95'][0]:.3f}, {truth['ratio_ci95'][1]:.3f}] vs "
+            f"{truth['best_baseline']}, fitted {fitted[-1]:.3f}, boredom "
+            f"{response['leave_streak_factor']:.2f}, train {train_s[-1]:.0f} s",
+            flush=True,
+        )
+    result.update(
+        {
+            "win_rate": float(np.mean(wins)),
+            "mean_ratio": float(np.mean(ratios)),
+            "worst_ratio": float(np.min(ratios)),
+            "never_lose_rate": float(np.mean(np.array(ratios) >= 0.98)),
+            "fitted_mean_ratio": float(np.mean(fitted)),
+            "train_s_mean": float(np.mean(train_s)),
+            "wall_s": round(time.perf_counter() - started, 1),
+            "target_worst_met": bool(np.min(ratios) >= 0.98),
+            "target_mean_met": bool(np.mean(ratios) >= 1.10),
+            "cpu_count": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "machine": platform.processor() or platform.machine(),
+        }
+    )
+    write_json_atomic(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith("world_")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
