@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from rlrec.agents.baselines import expected_reward_if_engaged
 from rlrec.envs.config import RewardWeights
 from rlrec.errors import UserError
 from rlrec.models.prior import RESPONSE_PARAMETERS, prior_draws
@@ -159,8 +160,6 @@ class Planner:
         self.hazard = model.hazard(np.arange(2, self.n_steps + 2)).astype(np.float64)  # (T,)
         self.switch = np.asarray(model.switch_matrix, dtype=np.float64)
         top = np.where(self.valid, self.top_item, 0)
-        from rlrec.agents.baselines import expected_reward_if_engaged
-
         self.reward = np.where(self.valid, expected_reward_if_engaged(model, weights)[top], 0.0)
         n_in_category = np.bincount(model.item_category, minlength=k)[model.item_category[top]]
         self.rel_pop = np.maximum(n_in_category * model.item_popularity[top], 1e-12)  # (K,)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
 from rlrec.data.dataset import PreparedDataset
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.envs.config import EnvConfig
@@ -209,14 +210,24 @@ def robust_planner(
     seed: int = 0,
     rule: Selection = "safe",
     progress: Callable[[str], None] | None = None,
-) -> tuple[Any, RobustChoice]:
-    """Plan for each validation world and for the prior, and keep the robust choice.
+) -> tuple[Planner, RobustChoice]:
+    """Make the candidate plans (see the module docstring) and keep the robust choice.
+
+    Args:
+        model: The fitted SimModel.
+        dataset: Its PreparedDataset (warm starts).
+        env: The env settings.
+        n_actions: A.
+        baselines: Name -> non-oracle baseline policy.
+        n_random: Random prior draws among the validation worlds.
+        episodes: Seeded users per policy and world.
+        seed: Seed of the draws and the users.
+        rule: ``safe`` or ``mean``.
+        progress: Called with each plan's and world's label.
 
     Returns:
         The chosen :class:`~rlrec.agents.planner.Planner` and the :class:`RobustChoice`.
     """
-    from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
-
     thetas, labels = validation_worlds(model, n_random, seed)
 
     def plan(name: str, draws: np.ndarray | None, weights: np.ndarray | None = None) -> None:
