@@ -14,13 +14,8 @@ import pytest
 
 from rlrec.cli import main
 from rlrec.errors import UserError
-from rlrec.evaluation.report import (
-    ReportResult,
-    fidelity_distributions,
-    migration_matrix,
-    read_scalars,
-    write_report,
-)
+from rlrec.evaluation.fidelity import fidelity_distributions, migration_matrix
+from rlrec.evaluation.report import ReportResult, read_scalars, write_report
 from tests.envs.conftest import make_sim_model, write_tiny_dataset
 
 ALL_PLOTS = {"learning_curves", "migration", "fidelity", "policies", "ope", "encoder"}
