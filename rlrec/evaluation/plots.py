@@ -298,12 +298,17 @@ def sensitivity(
     for i, name in enumerate(names):
         ax = _axes(fig, rows, cols, i + 1)
         x = np.asarray(parameters.get(name, np.zeros(len(r))), dtype=np.float64)
+        # Another parameter's one-at-a-time worlds sit at this one's centre: they would pile
+        # up in one column and say nothing about this parameter, so only its own are drawn.
+        shown = np.ones(len(r), dtype=bool)
+        if (kind == "centre").any():
+            shown = (kind != "one-at-a-time") | (x != x[kind == "centre"][0])
         for design, marker, color, size in (
             ("latin-hypercube", "o", MUTED, 16),
             ("one-at-a-time", "s", "#334155", 22),
             ("centre", "D", ACCENT, 30),
         ):
-            sel = kind == design
+            sel = (kind == design) & shown
             if sel.any():
                 ax.scatter(x[sel], r[sel], s=size, marker=marker, color=color, label=design)
         ax.axhline(1.0, color=TRUTH, linewidth=1, linestyle="--")
@@ -322,7 +327,7 @@ def fitted_vs_truth(rows: Sequence[tuple[str, float, float]], highlight: str | N
 
     Args:
         rows: (policy, fitted return, truth return), top to bottom.
-        highlight: The agent's name, labelled in bold.
+        highlight: The agent's name, labelled in the accent colour.
     """
     fig = _figure(7.5, 0.9 + 0.5 * max(len(rows), 1))
     ax = _axes(fig, 1, 1, 1)
@@ -334,7 +339,7 @@ def fitted_vs_truth(rows: Sequence[tuple[str, float, float]], highlight: str | N
     ax.set_yticks(y, [r[0] for r in rows])
     for tick in ax.get_yticklabels():
         if tick.get_text() == highlight:
-            tick.set_fontweight("bold")
+            tick.set_color(ACCENT)
     ax.set_xlabel("mean session return")
     ax.set_title("Fitted simulator vs truth world")
     ax.grid(axis="y", visible=False)
