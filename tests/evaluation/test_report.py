@@ -435,3 +435,20 @@ def test_inputs_are_escaped_by_the_template(train_run: Path) -> None:
     (train_run / "eval_truth.json").write_text(json.dumps(truth))
     page = write_report(train_run).html.read_text()
     assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_sweep_with_nothing_swept_still_renders(train_run: Path) -> None:
+    payload = _sensitivity_payload()
+    payload.update(message="nothing to sweep: every response parameter is set", swept=[])
+    payload["worlds"] = payload["worlds"][:1]
+    payload["summary"].update(n_worlds=1, spearman={})
+    (train_run / "sensitivity.json").write_text(json.dumps(payload))
+    result = write_report(train_run)
+    assert result.sections["sensitivity"]
+    assert "nothing to sweep" in _rows_text(result.html.read_text(), "sensitivity")
+
+
+def _rows_text(page: str, section: str) -> str:
+    body = re.search(rf'<section id="{section}">(.*?)</section>', page, re.S)
+    assert body is not None
+    return html.unescape(body.group(1))

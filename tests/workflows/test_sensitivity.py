@@ -165,3 +165,29 @@ def test_bad_counts_are_one_line_errors_and_write_nothing(
     err = capsys.readouterr().err
     assert fragment in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / SENSITIVITY_FILE).exists()
+
+
+def test_a_run_with_nothing_unidentified_says_so_and_exits_zero(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import yaml
+
+    from rlrec.models.sim_model import load_sim_model
+
+    # The same run, pointed at a copy of its user model whose response parameters are all set
+    # by the user (as an env preset or exposure logs would): nothing is left to sweep.
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    model = load_sim_model(config["sim_dir"])
+    fixed = with_response(model, {p: float(getattr(model, p)) for p in RESPONSE_PARAMETERS})
+    config["sim_dir"] = str(fixed.save(tmp_path / "sim"))
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["sensitivity", str(run), "--points", "4", "--episodes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("nothing to sweep")
+    payload = json.loads((run / SENSITIVITY_FILE).read_text())
+    assert len(payload["worlds"]) == 1 and payload["swept"] == []
+    assert payload["summary"]["spearman"] == {}
