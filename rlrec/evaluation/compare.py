@@ -12,6 +12,7 @@ definition of "the best non-oracle baseline":
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "best_baseline",
     "fitted_vs_truth",
     "is_baseline",
+    "paired_ratio_ci95",
     "ratio",
     "sensitivity_summary",
 ]
@@ -53,6 +55,50 @@ def ratio(value: float, reference: float) -> float | None:
     if not math.isfinite(reference) or reference <= 0 or not math.isfinite(value):
         return None
     return float(value) / float(reference)
+
+
+def paired_ratio_ci95(
+    values: np.ndarray, reference: np.ndarray, seed: int, n_resamples: int = 1000
+) -> list[float] | None:
+    """95% percentile-bootstrap interval of ``mean(values) / mean(reference)``.
+
+    The two arrays are per-user returns of two policies on the same seeded users, so users are
+    resampled in pairs (:func:`scipy.stats.bootstrap` with ``paired=True``): the interval
+    reflects how the ratio would move with other users, not the two policies' separate noise.
+
+    Returns:
+        ``[lo, hi]``, or None with fewer than two users or where a resample's reference mean
+        is not positive.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    y = np.asarray(reference, dtype=np.float64)
+    if len(x) < 2:
+        return None
+    if np.ptp(x) == 0 and np.ptp(y) == 0:  # no spread: every resample gives the same ratio
+        r = ratio(float(x.mean()), float(y.mean()))
+        return None if r is None else [r, r]
+
+    def statistic(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.asarray(a.mean(axis=axis) / b.mean(axis=axis))
+
+    # A resample whose reference mean is 0 (a few users, all lost at once) gives inf or nan;
+    # scipy then warns about its degenerate distribution: the interval is reported as None.
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            (x, y),
+            statistic,
+            paired=True,
+            vectorized=True,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    lo, hi = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return [lo, hi]
 
 
 def fitted_vs_truth(
@@ -99,7 +145,10 @@ def fitted_vs_truth(
 
 
 def sensitivity_summary(
-    ratios: Sequence[float], labels: Sequence[str], parameters: Mapping[str, Sequence[float]]
+    ratios: Sequence[float],
+    labels: Sequence[str],
+    parameters: Mapping[str, Sequence[float]],
+    intervals: Sequence[Sequence[float] | None] | None = None,
 ) -> dict[str, Any]:
     """Summary of a policy's ratio to the best baseline across worlds.
 
@@ -107,12 +156,15 @@ def sensitivity_summary(
         ratios: (W,) the ratio in each world.
         labels: (W,) the worlds' labels.
         parameters: Swept parameter -> (W,) its value in each world.
+        intervals: (W,) each ratio's 95% interval (or None), if known.
 
     Returns:
         ``n_worlds``, ``mean_ratio``, ``worst_ratio``, ``worst_world``, ``share_ratio_ge_1``
-        (share of worlds where the policy is at least as good as the best baseline) and
-        ``spearman``: parameter -> Spearman rank correlation of the ratio with it (None where
-        either is constant, e.g. a single world or a policy equal to the best baseline).
+        (share of worlds where the policy is at least as good as the best baseline),
+        ``share_ci_below_1`` (share of worlds whose whole interval is below 1: a baseline
+        wins beyond the users' noise; None without intervals) and ``spearman``: parameter ->
+        Spearman rank correlation of the ratio with it (None where either is constant, e.g.
+        a single world or a policy equal to the best baseline).
     """
     r = np.asarray(ratios, dtype=np.float64)
     worst = int(np.argmin(r))
@@ -129,5 +181,8 @@ def sensitivity_summary(
         "worst_ratio": float(r[worst]),
         "worst_world": labels[worst],
         "share_ratio_ge_1": float(np.mean(r >= 1.0)),
+        "share_ci_below_1": None
+        if intervals is None
+        else float(np.mean([ci is not None and ci[1] < 1.0 for ci in intervals])),
         "spearman": spearman,
     }

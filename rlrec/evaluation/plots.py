@@ -275,6 +275,7 @@ def sensitivity(
     ratios: Sequence[float],
     designs: Sequence[str],
     policy: str = "ppo",
+    intervals: Sequence[Sequence[float] | None] | None = None,
 ) -> Figure:
     """Small multiples: the policy's ratio to the best baseline against each swept parameter.
 
@@ -285,6 +286,7 @@ def sensitivity(
             ``latin-hypercube``): the centre is drawn in the accent colour, the
             one-at-a-time ends as squares, the Latin-hypercube points as dots.
         policy: The policy's name, for the axis label.
+        intervals: (W,) each ratio's 95% interval (or None), drawn as whiskers.
     """
     names = list(parameters) or ["(nothing swept)"]
     cols = min(4, len(names))
@@ -292,8 +294,12 @@ def sensitivity(
     fig = _figure(2.6 * cols + 0.6, 2.3 * rows + 0.4)
     r = np.asarray(ratios, dtype=np.float64)
     kind = np.asarray(designs)
-    low = min(float(r.min(initial=1.0)), 1.0)
-    high = max(float(r.max(initial=1.0)), 1.0)
+    ci = np.array(
+        [[np.nan, np.nan] if c is None else c for c in (intervals or [None] * len(r))],
+        dtype=np.float64,
+    ).reshape(len(r), 2)
+    low = float(np.nanmin(np.r_[r, ci[:, 0], 1.0]))
+    high = float(np.nanmax(np.r_[r, ci[:, 1], 1.0]))
     pad = 0.05 * max(high - low, 0.02)
     for i, name in enumerate(names):
         ax = _axes(fig, rows, cols, i + 1)
@@ -309,6 +315,9 @@ def sensitivity(
             ("centre", "D", ACCENT, 30),
         ):
             sel = (kind == design) & shown
+            whisker = sel & np.isfinite(ci).all(axis=1)
+            if whisker.any():
+                ax.vlines(x[whisker], ci[whisker, 0], ci[whisker, 1], color=color, linewidth=0.8)
             if sel.any():
                 ax.scatter(x[sel], r[sel], s=size, marker=marker, color=color, label=design)
         ax.axhline(1.0, color=TRUTH, linewidth=1, linestyle="--")

@@ -540,6 +540,7 @@ def _sensitivity_section(inputs: ReportInputs) -> Section | None:
             ratios,
             [str(w.get("design", "")) for w in worlds],
             policy,
+            [w.get("ratio_ci95") for w in worlds],
         )
     )
     s = payload["summary"]
@@ -549,6 +550,13 @@ def _sensitivity_section(inputs: ReportInputs) -> Section | None:
         ["worst ratio", f"{_fmt(s['worst_ratio'])} ({s['worst_world']})"],
         ["share of worlds with ratio >= 1", _fmt(s["share_ratio_ge_1"], 2)],
     ]
+    if s.get("share_ci_below_1") is not None:
+        rows.append(
+            [
+                "share of worlds a baseline wins beyond noise (95% CI < 1)",
+                _fmt(s["share_ci_below_1"], 2),
+            ]
+        )
     prior = payload.get("prior", {})
     for name in swept:
         r = prior.get(name, {})
@@ -567,7 +575,8 @@ def _sensitivity_section(inputs: ReportInputs) -> Section | None:
         "what organic logs cannot identify: how users respond to recommendations. Each panel "
         "puts the ratio against one swept parameter (diamond: the fitted model's values; "
         "squares: one parameter at an end of its prior; dots: Latin-hypercube points over all "
-        f"of them), {payload['episodes']:,} seeded users per world. Points below the dashed "
+        f"of them; whiskers: 95% paired-bootstrap intervals), {payload['episodes']:,} seeded "
+        "users per world. Points below the dashed "
         "line are worlds where a baseline does better; a steep trend names the assumption the "
         "policy's gain rests on."
     )

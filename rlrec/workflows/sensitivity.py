@@ -131,11 +131,12 @@ def sweep(
     Returns:
         ``message`` (non-empty when there is nothing to sweep), ``swept``, ``prior`` (the
         swept parameters' ranges), ``policy``, ``baselines``, ``worlds`` (label, design,
-        parameters, returns, best_baseline, ratio) and ``summary``.
+        parameters, returns, best_baseline, ratio and ratio_ci95, a paired bootstrap over the
+        users) and ``summary``.
     """
     from rlrec.agents.robust import world_model
     from rlrec.envs.batched import BatchedInterestDrift
-    from rlrec.evaluation.compare import sensitivity_summary
+    from rlrec.evaluation.compare import paired_ratio_ci95, sensitivity_summary
     from rlrec.evaluation.rollout import rollout
     from rlrec.models.prior import RESPONSE_PARAMETERS, RESPONSE_PRIOR
 
@@ -145,9 +146,10 @@ def sweep(
         if progress is not None:
             progress(label)
         venv = BatchedInterestDrift(episodes, world_model(model, theta), dataset, env)
-        returns = {AGENT: float(rollout(policy, venv, seed).returns.mean())}
+        per_user = {AGENT: rollout(policy, venv, seed).returns}
         for name, baseline in baselines.items():
-            returns[name] = float(rollout(baseline, venv, seed).returns.mean())
+            per_user[name] = rollout(baseline, venv, seed).returns
+        returns = {name: float(r.mean()) for name, r in per_user.items()}
         best = max(baselines, key=lambda b: returns[b])
         worlds.append(
             {
@@ -158,12 +160,14 @@ def sweep(
                 "best_baseline": best,
                 # Returns are non-negative; the floor only keeps a degenerate world finite.
                 "ratio": returns[AGENT] / max(returns[best], 1e-12),
+                "ratio_ci95": paired_ratio_ci95(per_user[AGENT], per_user[best], seed),
             }
         )
     summary = sensitivity_summary(
         [w["ratio"] for w in worlds],
         labels,
         {name: [w["parameters"][name] for w in worlds] for name in names},
+        [w["ratio_ci95"] for w in worlds],
     )
     message = ""
     if not names:
@@ -263,19 +267,30 @@ def format_sensitivity(payload: Mapping[str, Any]) -> str:
         f"{payload['episodes']} users per policy and world, seed {payload['seed']}; "
         f"ratio = {payload['policy']} / best non-oracle baseline"
     )
-    lines.append(f"{'world':<34} {'ratio':>6} {payload['policy']:>8} {'best baseline':>26}")
+    lines.append(
+        f"{'world':<32} {'ratio':>6} {'95% interval':>14} {payload['policy']:>7} "
+        f"{'best baseline':>25}"
+    )
     for w in payload["worlds"]:
-        label = str(w["label"])[:34]
+        label = str(w["label"])[:32]
         best = w["best_baseline"]
+        ci = w.get("ratio_ci95")
+        interval = "–" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+        agent = w["returns"][payload["policy"]]
         lines.append(
-            f"{label:<34} {w['ratio']:>6.3f} {w['returns'][payload['policy']]:>8.3f} "
-            f"{best:>17} {w['returns'][best]:>8.3f}"
+            f"{label:<32} {w['ratio']:>6.3f} {interval:>14} {agent:>7.3f} "
+            f"{best:>17} {w['returns'][best]:>7.3f}"
         )
     s = payload["summary"]
     lines.append(
         f"mean ratio {s['mean_ratio']:.3f}; worst {s['worst_ratio']:.3f} ({s['worst_world']}); "
         f"ratio >= 1 in {100 * s['share_ratio_ge_1']:.0f}% of {s['n_worlds']} worlds"
     )
+    if s.get("share_ci_below_1") is not None:
+        lines.append(
+            f"a baseline wins beyond the users' noise (95% interval of the ratio below 1) in "
+            f"{100 * s['share_ci_below_1']:.0f}% of the worlds"
+        )
     if swept:
         corr = ", ".join(
             f"{name} {'–' if rho is None else f'{rho:+.2f}'}" for name, rho in s["spearman"].items()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from rlrec.evaluation.compare import (
     best_baseline,
     fitted_vs_truth,
     is_baseline,
+    paired_ratio_ci95,
     ratio,
     sensitivity_summary,
 )
@@ -81,7 +83,24 @@ def test_sensitivity_summary() -> None:
     assert out["mean_ratio"] == pytest.approx(1.075)
     assert (out["worst_ratio"], out["worst_world"]) == (0.9, "b")
     assert out["share_ratio_ge_1"] == 0.75  # 1.0 counts: level with the best baseline
+    assert out["share_ci_below_1"] is None  # no intervals given
     # Ranks of the ratio: 3, 1, 4, 2 -> "up" has the same ranks, "down" the reverse.
     assert out["spearman"]["up"] == pytest.approx(1.0)
     assert out["spearman"]["down"] == pytest.approx(-1.0)
     assert out["spearman"]["flat"] is None
+
+
+def test_paired_ratio_interval_is_narrower_than_the_unpaired_noise() -> None:
+    rng = np.random.default_rng(0)
+    users = rng.gamma(2.0, 2.0, size=400)  # how long each user stays: shared by both policies
+    ours, theirs = 1.1 * users + rng.normal(0, 0.2, 400), users
+    lo, hi = paired_ratio_ci95(ours, theirs, seed=1)
+    assert lo < 1.1 < hi and lo > 1.0
+    # Resampling users in pairs cancels the user-to-user spread; independent resampling
+    # (what two separate intervals amount to) would be several times wider.
+    boot = rng.integers(0, 400, size=(2000, 400))
+    unpaired = ours[boot].mean(axis=1) / theirs[rng.integers(0, 400, size=(2000, 400))].mean(1)
+    assert hi - lo < 0.5 * (np.quantile(unpaired, 0.975) - np.quantile(unpaired, 0.025))
+    assert paired_ratio_ci95(ours, theirs, seed=1) == [lo, hi]  # seeded
+    assert paired_ratio_ci95(np.ones(1), np.ones(1), seed=0) is None
+    assert paired_ratio_ci95(np.full(5, 2.0), np.full(5, 4.0), seed=0) == [0.5, 0.5]

@@ -319,6 +319,7 @@ def _sensitivity_payload() -> dict:
                 "returns": {"ppo": r, "popular": 1.0, "category_markov": 0.9},
                 "best_baseline": "popular",
                 "ratio": r,
+                "ratio_ci95": [r - 0.05, r + 0.05],
             }
             for i, r in enumerate(ratios)
         ],
@@ -328,6 +329,7 @@ def _sensitivity_payload() -> dict:
             "worst_ratio": 0.97,
             "worst_world": "w1",
             "share_ratio_ge_1": 0.75,
+            "share_ci_below_1": 0.25,
             "spearman": {
                 "leave_streak_factor": 1.0,
                 "leave_miss_factor": 0.26,
@@ -407,6 +409,7 @@ def test_sensitivity_section_plots_and_summarises_the_sweep(train_run: Path) -> 
     assert rows["mean ratio"] == [f"{payload['summary']['mean_ratio']:.3f}"]
     assert rows["worst ratio"] == ["0.970 (w1)"]
     assert rows["share of worlds with ratio >= 1"] == ["0.75"]
+    assert rows["share of worlds a baseline wins beyond noise (95% CI < 1)"] == ["0.25"]
     assert rows["Spearman with leave_miss_factor [1.00, 1.40]"] == ["0.26"]
     assert rows["Spearman with leave_streak_start [1.00, 1.40]"] == ["–"]
 

@@ -82,8 +82,10 @@ def test_a_policy_equal_to_the_best_baseline_has_ratio_one_everywhere(world) -> 
     assert len(out["worlds"]) == 1 + ends + 3
     for w in out["worlds"]:
         assert w["best_baseline"] == "popular" and w["ratio"] == 1.0
+        assert w["ratio_ci95"] == [1.0, 1.0]  # the same users, the same returns: no noise
     s = out["summary"]
     assert s["mean_ratio"] == s["worst_ratio"] == s["share_ratio_ge_1"] == 1.0
+    assert s["share_ci_below_1"] == 0.0
     assert set(s["spearman"]) == set(RESPONSE_PARAMETERS)
     assert all(rho is None for rho in s["spearman"].values())  # a constant ratio
 
@@ -99,12 +101,16 @@ def test_the_ratio_follows_the_returns_and_the_summary_the_ratios(world) -> None
         best = max(w["returns"][b] for b in baselines)
         assert w["returns"][w["best_baseline"]] == best
         assert w["ratio"] == pytest.approx(w["returns"]["ppo"] / best)
+        lo, hi = w["ratio_ci95"]
+        assert lo <= w["ratio"] <= hi
         ratios.append(w["ratio"])
     s = out["summary"]
     assert s["mean_ratio"] == pytest.approx(np.mean(ratios))
     assert s["worst_ratio"] == min(ratios)
     assert s["worst_world"] == out["worlds"][int(np.argmin(ratios))]["label"]
     assert s["share_ratio_ge_1"] == pytest.approx(np.mean(np.array(ratios) >= 1.0))
+    below = [w["ratio_ci95"][1] < 1.0 for w in out["worlds"]]
+    assert s["share_ci_below_1"] == pytest.approx(np.mean(below))
     # Worlds where a miss drives users away more are worse for every policy: the returns
     # move with the parameter, so the sweep is not looking at one world over and over.
     miss = {w["label"]: w["returns"]["popular"] for w in out["worlds"]}
