@@ -144,11 +144,12 @@ def format_table(payload: dict[str, Any]) -> str:
             f"{r['session_length_mean']:>7.2f} {r['engage_rate']:>7.3f} {r['buys_mean']:>6.3f} "
             f"{r['coverage']:>8.4f}"
         )
-    if "ratio_to_best_baseline" in payload:
-        lo, hi = payload["ratio_ci95"]
+    if payload.get("ratio_to_best_baseline") is not None:
+        ci = payload.get("ratio_ci95")
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         lines.append(
             f"ppo / best non-oracle baseline ({payload['best_baseline']}): "
-            f"{payload['ratio_to_best_baseline']:.3f} [{lo:.3f}, {hi:.3f}]"
+            f"{payload['ratio_to_best_baseline']:.3f}{interval}"
             + ("; intervals apart" if payload["win"] else "")
         )
     return "\n".join(lines)

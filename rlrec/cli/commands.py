@@ -13,6 +13,7 @@ from rlrec.cli import env as env_cli
 from rlrec.cli import ope as ope_cli
 from rlrec.cli import quickstart as quickstart_cli
 from rlrec.cli import report as report_cli
+from rlrec.cli import sensitivity as sensitivity_cli
 from rlrec.cli import sim as sim_cli
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -27,5 +28,6 @@ REGISTRY: list[Registrar] = [
     ope_cli.register,
     quickstart_cli.register,
     report_cli.register,
+    sensitivity_cli.register,
     sim_cli.register,
 ]

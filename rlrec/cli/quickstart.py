@@ -80,10 +80,13 @@ def _quickstart(args: argparse.Namespace) -> int:
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
             print(f"  {key:<28}{text}")
     for world, r in summary.get("agent", {}).items():
-        lo, hi = r["ratio_ci95"]
+        if r.get("ratio_to_best_baseline") is None:
+            continue
+        ci = r.get("ratio_ci95")
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         print(
             f"  PPO / best non-oracle baseline ({r['best_baseline']}), {world} world: "
-            f"{r['ratio_to_best_baseline']:.3f} [{lo:.3f}, {hi:.3f}]"
+            f"{r['ratio_to_best_baseline']:.3f}{interval}"
         )
     print(f"report:      {summary['report']}")
     print(f"TensorBoard: tensorboard --logdir {summary['tensorboard_logdir']}")

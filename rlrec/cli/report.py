@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "directory of 'rlrec train') and writes report.html with the images embedded, "
             "plus plots/*.png: learning curves, the category migration matrix, simulator "
             "fidelity, the policy comparison, OPE against the true values and the encoder's "
-            "ranking metrics. A section whose input is missing says so on the page."
+            "ranking metrics; with RUN_DIR/eval_truth.json ('rlrec evaluate --world truth') the "
+            "fitted-vs-truth gap per policy, with RUN_DIR/sensitivity.json ('rlrec "
+            "sensitivity') the ratio to the best baseline across the response prior. A section "
+            "whose input is missing says so on the page."
         ),
         formatter_class=HelpFormatter,
     )

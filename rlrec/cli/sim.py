@@ -133,7 +133,7 @@ def _validate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data)
     report = validate_fidelity(model, dataset, args.sessions, args.seed)
     if args.json:
-        from rlrec.evaluation.report import fidelity_distributions
+        from rlrec.evaluation.fidelity import fidelity_distributions
 
         # The distributions behind the report's fidelity plot, so that this output saved as
         # fidelity.json beside a run directory is what `rlrec report` reads (as the

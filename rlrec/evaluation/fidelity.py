@@ -27,6 +27,21 @@ from rlrec.models.sim_model import SimModel
 from rlrec.models.synthetic import GroundTruth, load_ground_truth, streak_lengths
 from rlrec.models.transition import simulate_organic, step_log
 
+__all__ = [
+    "TOP_CATEGORIES",
+    "fidelity_distributions",
+    "format_fidelity",
+    "ground_truth_errors",
+    "js_divergence",
+    "ks_distance",
+    "migration_matrix",
+    "streak_occupancy",
+    "validate_fidelity",
+]
+
+TOP_CATEGORIES = 12
+"""Categories shown in the report's transition and migration matrices (the most frequent)."""
+
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon divergence in bits between two (unnormalized) distributions of one shape.
@@ -316,3 +331,97 @@ def format_fidelity(report: dict[str, Any]) -> str:
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
             lines.append(f"  {name:<26}{text:>12}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- report data
+# What the report draws is computed here, beside the fidelity metrics it illustrates; the
+# report only renders.
+
+
+def fidelity_distributions(
+    model: SimModel,
+    dataset: PreparedDataset,
+    n_sessions: int = 20_000,
+    seed: int = 0,
+    top: int = TOP_CATEGORIES,
+) -> dict[str, Any]:
+    """The distributions behind the fidelity plot: simulated organic sessions against test.
+
+    Args:
+        model: A :class:`rlrec.models.sim_model.SimModel` fitted on ``dataset``.
+        dataset: The :class:`rlrec.data.dataset.PreparedDataset`.
+        n_sessions: Organic sessions to simulate.
+        seed: Seed of the simulation.
+        top: Categories in the transition matrices (the most frequent in the test split).
+
+    Returns:
+        ``session_length``: ``lengths`` (1..L, the last pooling longer sessions),
+        ``simulated`` and ``test`` shares; ``transitions``: ``labels`` (raw category ids),
+        ``simulated`` and ``test`` (top, top) row-normalised next-category probabilities
+        among consecutive steps within the top categories.
+    """
+    fold = np.asarray(model.category_of_dataset_category)
+    test = step_log(dataset, "test", fold)
+    sim = simulate_organic(model, n_sessions, seed)
+    test_len, sim_len = np.diff(test.offsets), np.diff(sim.offsets)
+    cap = int(max(5, min(30, np.percentile(test_len, 95) if len(test_len) else 5)))
+    lengths = np.arange(1, cap + 1)
+
+    def shares(x: np.ndarray) -> list[float]:
+        counts = np.bincount(np.minimum(x, cap), minlength=cap + 1)[1:].astype(float)
+        return (counts / max(counts.sum(), 1.0)).tolist()
+
+    k = model.n_categories
+    freq = np.bincount(test.category, minlength=k)
+    keep = np.argsort(-freq, kind="stable")[: min(top, k)]
+
+    def transitions(offsets: np.ndarray, category: np.ndarray) -> list[list[float]]:
+        same = np.ones(len(category), dtype=bool)
+        same[offsets[1:-1] - 1] = False  # the last step of a session has no successor
+        if len(category):
+            same[-1] = False
+        src = category[:-1][same[:-1]] if len(category) > 1 else np.zeros(0, np.int64)
+        dst = category[1:][same[:-1]] if len(category) > 1 else np.zeros(0, np.int64)
+        counts = np.zeros((k, k))
+        np.add.at(counts, (src, dst), 1.0)
+        sub = counts[np.ix_(keep, keep)]
+        return (sub / np.maximum(sub.sum(axis=1, keepdims=True), 1.0)).tolist()
+
+    return {
+        "session_length": {
+            "lengths": lengths.tolist(),
+            "simulated": shares(sim_len),
+            "test": shares(test_len),
+        },
+        "transitions": {
+            "labels": [str(model.category_ids[c]) for c in keep],
+            "simulated": transitions(sim.offsets, sim.category),
+            "test": transitions(test.offsets, test.category),
+        },
+    }
+
+
+def migration_matrix(
+    model: SimModel, top: int = TOP_CATEGORIES
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The fitted migration matrix ``A = stay_bar I + (1 - stay_bar) S`` over the top categories.
+
+    ``stay_bar`` averages the stay curve over the streak occupancy of the model's own
+    sessions (as in the fidelity's ground-truth errors); the top categories are those with
+    the largest stationary share of ``A``; rows are renormalised within them.
+
+    Returns:
+        (top, top) matrix, the categories' raw ids, and (top,) stationary shares.
+    """
+    w = streak_occupancy(model, 64)
+    stay = model.stay_probability(np.arange(1, 65))
+    stay_bar = float(np.dot(w, stay) / max(w.sum(), 1e-12))
+    k = model.n_categories
+    full = stay_bar * np.eye(k) + (1.0 - stay_bar) * np.asarray(model.switch_matrix)
+    pi = np.asarray(model.initial_category, dtype=np.float64)
+    for _ in range(500):  # power iteration: where an average long session spends its time
+        pi = pi @ full
+    keep = np.argsort(-pi, kind="stable")[: min(top, k)]
+    sub = full[np.ix_(keep, keep)]
+    sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1e-12)
+    return sub, [str(model.category_ids[c]) for c in keep], pi[keep]

@@ -133,7 +133,7 @@ def fidelity(distributions: Mapping[str, Any]) -> Figure:
 
     Args:
         distributions: The ``distributions`` entry of ``fidelity.json``
-            (:func:`rlrec.evaluation.report.fidelity_distributions`).
+            (:func:`rlrec.evaluation.fidelity.fidelity_distributions`).
     """
     fig = _figure(10.0, 3.6)
     ax = _axes(fig, 1, 2, 1)
@@ -266,5 +266,92 @@ def grouped_bars(
     ax.set_title(title)
     ax.grid(axis="x", visible=False)
     ax.legend(ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity(
+    parameters: Mapping[str, Sequence[float]],
+    ratios: Sequence[float],
+    designs: Sequence[str],
+    policy: str = "ppo",
+    intervals: Sequence[Sequence[float] | None] | None = None,
+) -> Figure:
+    """Small multiples: the policy's ratio to the best baseline against each swept parameter.
+
+    Args:
+        parameters: Swept parameter -> (W,) its value in each world (one panel each).
+        ratios: (W,) the ratio in each world.
+        designs: (W,) each world's design (``centre``, ``one-at-a-time``,
+            ``latin-hypercube``): the centre is drawn in the accent colour, the
+            one-at-a-time ends as squares, the Latin-hypercube points as dots.
+        policy: The policy's name, for the axis label.
+        intervals: (W,) each ratio's 95% interval (or None), drawn as whiskers.
+    """
+    names = list(parameters) or ["(nothing swept)"]
+    cols = min(4, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig = _figure(2.6 * cols + 0.6, 2.3 * rows + 0.4)
+    r = np.asarray(ratios, dtype=np.float64)
+    kind = np.asarray(designs)
+    ci = np.array(
+        [[np.nan, np.nan] if c is None else c for c in (intervals or [None] * len(r))],
+        dtype=np.float64,
+    ).reshape(len(r), 2)
+    low = float(np.nanmin(np.r_[r, ci[:, 0], 1.0]))
+    high = float(np.nanmax(np.r_[r, ci[:, 1], 1.0]))
+    pad = 0.05 * max(high - low, 0.02)
+    for i, name in enumerate(names):
+        ax = _axes(fig, rows, cols, i + 1)
+        x = np.asarray(parameters.get(name, np.zeros(len(r))), dtype=np.float64)
+        # Another parameter's one-at-a-time worlds sit at this one's centre: they would pile
+        # up in one column and say nothing about this parameter, so only its own are drawn.
+        shown = np.ones(len(r), dtype=bool)
+        if (kind == "centre").any():
+            shown = (kind != "one-at-a-time") | (x != x[kind == "centre"][0])
+        for design, marker, color, size in (
+            ("latin-hypercube", "o", MUTED, 16),
+            ("one-at-a-time", "s", "#334155", 22),
+            ("centre", "D", ACCENT, 30),
+        ):
+            sel = (kind == design) & shown
+            whisker = sel & np.isfinite(ci).all(axis=1)
+            if whisker.any():
+                ax.vlines(x[whisker], ci[whisker, 0], ci[whisker, 1], color=color, linewidth=0.8)
+            if sel.any():
+                ax.scatter(x[sel], r[sel], s=size, marker=marker, color=color, label=design)
+        ax.axhline(1.0, color=TRUTH, linewidth=1, linestyle="--")
+        ax.set_ylim(low - pad, high + pad)
+        ax.set_title(name, fontsize=9)
+        if i % cols == 0:
+            ax.set_ylabel(f"{policy} / best baseline")
+        if i == 0:
+            ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def fitted_vs_truth(rows: Sequence[tuple[str, float, float]], highlight: str | None) -> Figure:
+    """Each policy's mean return in the fitted simulator beside the truth world.
+
+    Args:
+        rows: (policy, fitted return, truth return), top to bottom.
+        highlight: The agent's name, labelled in the accent colour.
+    """
+    fig = _figure(7.5, 0.9 + 0.5 * max(len(rows), 1))
+    ax = _axes(fig, 1, 1, 1)
+    y = np.arange(len(rows))[::-1]
+    fitted = np.array([r[1] for r in rows], dtype=np.float64)
+    truth = np.array([r[2] for r in rows], dtype=np.float64)
+    ax.barh(y + 0.18, fitted, height=0.36, color=MUTED, label="fitted simulator")
+    ax.barh(y - 0.18, truth, height=0.36, color=ACCENT, label="truth world")
+    ax.set_yticks(y, [r[0] for r in rows])
+    for tick in ax.get_yticklabels():
+        if tick.get_text() == highlight:
+            tick.set_color(ACCENT)
+    ax.set_xlabel("mean session return")
+    ax.set_title("Fitted simulator vs truth world")
+    ax.grid(axis="y", visible=False)
+    ax.legend(loc="lower right")
     fig.tight_layout()
     return fig

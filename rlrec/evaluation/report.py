@@ -6,6 +6,8 @@ because evaluation never imports agents) or a plain ``rlrec train`` run director
 ==================  ===========================================  ==========================
 section             input                                        plot
 ==================  ===========================================  ==========================
+fitted vs truth     ``eval_truth.json`` beside ``eval.json``      ``truth.png``
+sensitivity         ``sensitivity.json`` (or ``run/...``)        ``sensitivity.png``
 learning curves     ``run/tensorboard`` (or ``tensorboard/``)    ``learning_curves.png``
 migration matrix    ``sim/`` (or the run's ``sim_dir``)          ``migration.png``
 fidelity            ``fidelity.json`` (``distributions``)        ``fidelity.png``
@@ -14,17 +16,23 @@ OPE                 ``ope_sessions.json``                        ``ope.png``
 encoder ranking     ``encoder_eval.json``                        ``encoder.png``
 ==================  ===========================================  ==========================
 
-A section whose input is missing says so on the page. Images are embedded as base64 PNG and
-the CSS is inline, so ``report.html`` opens anywhere on its own; the same PNGs are written to
-``plots/``. A headline at the top gives the key numbers: PPO against greedy (return ratio),
-the encoder's NDCG@10 against its best baseline, the simulator's fidelity (KS, JS) and the
-most accurate OPE estimator's error.
+A section whose input is missing says so on the page, except the two optional ones (fitted vs
+truth, sensitivity), which appear only when their file exists. Images are embedded as base64
+PNG and the CSS is inline, so ``report.html`` opens anywhere on its own; the same PNGs are
+written to ``plots/``. A headline at the top gives the key numbers: PPO against greedy (return
+ratio), the agent against the best non-oracle baseline in the truth world (when there is one),
+the encoder's NDCG@10 against its best baseline, the simulator's fidelity (KS, JS) and the most
+accurate OPE estimator's error.
+
+This module only reads inputs and renders: the page is a Jinja2 template
+(``templates/report.html.j2``, autoescaped), the numbers it draws are computed in
+:mod:`rlrec.evaluation.fidelity` (distributions, migration matrix) and
+:mod:`rlrec.evaluation.compare` (ratios to the best baseline, fitted-vs-truth gaps).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import os
@@ -38,9 +46,30 @@ import numpy as np
 import yaml
 
 from rlrec.errors import UserError, quote_value
+from rlrec.evaluation.fidelity import migration_matrix
+
+__all__ = [
+    "REPORT_FILE",
+    "Card",
+    "ReportInputs",
+    "ReportResult",
+    "Section",
+    "Table",
+    "TruncatedLogWarning",
+    "find_inputs",
+    "headline_cards",
+    "headline_numbers",
+    "read_scalars",
+    "render_html",
+    "truncated_event_files",
+    "write_report",
+]
 
 REPORT_FILE = "report.html"
+SENS = "sensitivity.json"
+TRUTH_EVAL = "eval_truth.json"
 PLOTS_DIR = "plots"
+TEMPLATE = "report.html.j2"
 # Learning-curve tags in the order they are drawn (those present, at most six panels).
 CURVE_TAGS = (
     "charts/episode_return",
@@ -52,16 +81,32 @@ CURVE_TAGS = (
     "train/approx_kl",
     "train/entropy_loss",
 )
-TOP_CATEGORIES = 12
 TITLES = {
     "learning_curves": "Learning curves",
     "migration": "Category migration matrix",
     "fidelity": "Simulator fidelity",
     "policies": "Policy comparison in the simulator",
+    "truth": "Fitted simulator vs truth world",
+    "sensitivity": "Sensitivity to what the logs cannot identify",
     "ope": "Off-policy evaluation against the simulator's truth",
     "encoder": "Encoder ranking metrics",
 }
 """Section key (plot file stem) -> heading."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A compact table: plain-text cells (the template escapes them).
+
+    Attributes:
+        header: Column headings.
+        rows: Rows of cell text.
+        highlight: Index of a row to emphasise (the agent), or None.
+    """
+
+    header: list[str]
+    rows: list[list[str]]
+    highlight: int | None = None
 
 
 @dataclass
@@ -73,7 +118,7 @@ class Section:
         title: Section heading.
         caption: What the plot shows and what to look for.
         image: PNG bytes, or None when the section is missing.
-        table: An HTML table (escaped), or "".
+        table: A table, or None.
         missing: Why the section is empty (names the input it needs), or None.
     """
 
@@ -81,7 +126,7 @@ class Section:
     title: str
     caption: str = ""
     image: bytes | None = None
-    table: str = ""
+    table: Table | None = None
     missing: str | None = None
 
 
@@ -114,7 +159,8 @@ class ReportInputs:
         run_dir: The PPO run directory (``root/run`` or ``root`` itself).
         sim_dir: A SimModel directory.
         files: Input name -> JSON payload for ``evaluate``, ``encoder_eval``, ``fidelity``,
-            ``ope`` and ``summary`` (absent keys: no such file).
+            ``ope``, ``summary``, ``sensitivity``, and ``eval_truth`` with ``eval_fitted``
+            (the ``eval.json`` beside it) (absent keys: no such file).
     """
 
     root: Path
@@ -169,6 +215,19 @@ def find_inputs(directory: str | os.PathLike[str]) -> ReportInputs:
     }
     if found.run_dir is not None:
         names["evaluate"].append(str(found.run_dir.relative_to(root) / "eval.json"))
+        names["sensitivity"] = ["sensitivity.json", str(found.run_dir.relative_to(root) / SENS)]
+    else:
+        names["sensitivity"] = [SENS]
+    # The truth-world evaluation is paired with the fitted one in the same folder only: both
+    # must come from one run and one set of users.
+    for folder in dict.fromkeys([root] + ([found.run_dir] if found.run_dir else [])):
+        if (folder / TRUTH_EVAL).is_file():
+            found.files["eval_truth"] = _read_json(folder / TRUTH_EVAL)
+            for name in ("eval.json", "evaluate.json"):
+                if (folder / name).is_file():
+                    found.files["eval_fitted"] = _read_json(folder / name)
+                    break
+            break
     for key, candidates in names.items():
         for name in candidates:
             if (root / name).is_file():
@@ -244,99 +303,7 @@ def read_scalars(
     }
 
 
-# --------------------------------------------------------------------------- data
-
-
-def fidelity_distributions(
-    model: Any, dataset: Any, n_sessions: int = 20_000, seed: int = 0, top: int = TOP_CATEGORIES
-) -> dict[str, Any]:
-    """The distributions behind the fidelity plot: simulated organic sessions against test.
-
-    Args:
-        model: A :class:`rlrec.models.sim_model.SimModel` fitted on ``dataset``.
-        dataset: The :class:`rlrec.data.dataset.PreparedDataset`.
-        n_sessions: Organic sessions to simulate.
-        seed: Seed of the simulation.
-        top: Categories in the transition matrices (the most frequent in the test split).
-
-    Returns:
-        ``session_length``: ``lengths`` (1..L, the last pooling longer sessions),
-        ``simulated`` and ``test`` shares; ``transitions``: ``labels`` (raw category ids),
-        ``simulated`` and ``test`` (top, top) row-normalised next-category probabilities
-        among consecutive steps within the top categories.
-    """
-    from rlrec.models.transition import simulate_organic, step_log
-
-    fold = np.asarray(model.category_of_dataset_category)
-    test = step_log(dataset, "test", fold)
-    sim = simulate_organic(model, n_sessions, seed)
-    test_len, sim_len = np.diff(test.offsets), np.diff(sim.offsets)
-    cap = int(max(5, min(30, np.percentile(test_len, 95) if len(test_len) else 5)))
-    lengths = np.arange(1, cap + 1)
-
-    def shares(x: np.ndarray) -> list[float]:
-        counts = np.bincount(np.minimum(x, cap), minlength=cap + 1)[1:].astype(float)
-        return (counts / max(counts.sum(), 1.0)).tolist()
-
-    k = model.n_categories
-    freq = np.bincount(test.category, minlength=k)
-    keep = np.argsort(-freq, kind="stable")[: min(top, k)]
-
-    def transitions(offsets: np.ndarray, category: np.ndarray) -> list[list[float]]:
-        same = np.ones(len(category), dtype=bool)
-        same[offsets[1:-1] - 1] = False  # the last step of a session has no successor
-        if len(category):
-            same[-1] = False
-        src = category[:-1][same[:-1]] if len(category) > 1 else np.zeros(0, np.int64)
-        dst = category[1:][same[:-1]] if len(category) > 1 else np.zeros(0, np.int64)
-        counts = np.zeros((k, k))
-        np.add.at(counts, (src, dst), 1.0)
-        sub = counts[np.ix_(keep, keep)]
-        return (sub / np.maximum(sub.sum(axis=1, keepdims=True), 1.0)).tolist()
-
-    return {
-        "session_length": {
-            "lengths": lengths.tolist(),
-            "simulated": shares(sim_len),
-            "test": shares(test_len),
-        },
-        "transitions": {
-            "labels": [str(model.category_ids[c]) for c in keep],
-            "simulated": transitions(sim.offsets, sim.category),
-            "test": transitions(test.offsets, test.category),
-        },
-    }
-
-
-def migration_matrix(
-    model: Any, top: int = TOP_CATEGORIES
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The fitted migration matrix ``A = stay_bar I + (1 - stay_bar) S`` over the top categories.
-
-    ``stay_bar`` averages the stay curve over the streak occupancy of the model's own
-    sessions (as in the fidelity's ground-truth errors); the top categories are those with
-    the largest stationary share of ``A``; rows are renormalised within them.
-
-    Returns:
-        (top, top) matrix, the categories' raw ids, and (top,) stationary shares.
-    """
-    from rlrec.evaluation.fidelity import streak_occupancy
-
-    w = streak_occupancy(model, 64)
-    stay = model.stay_probability(np.arange(1, 65))
-    stay_bar = float(np.dot(w, stay) / max(w.sum(), 1e-12))
-    k = model.n_categories
-    full = stay_bar * np.eye(k) + (1.0 - stay_bar) * np.asarray(model.switch_matrix)
-    pi = np.asarray(model.initial_category, dtype=np.float64)
-    for _ in range(500):  # power iteration: where an average long session spends its time
-        pi = pi @ full
-    keep = np.argsort(-pi, kind="stable")[: min(top, k)]
-    sub = full[np.ix_(keep, keep)]
-    sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1e-12)
-    return sub, [str(model.category_ids[c]) for c in keep], pi[keep]
-
-
-# --------------------------------------------------------------------------- html pieces
+# --------------------------------------------------------------------------- cell text
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -350,7 +317,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
         if not math.isfinite(value):
             return "–"
         return f"{value:.{digits}f}"
-    return html.escape(str(value))
+    return str(value)
 
 
 def _ci(pair: Any, digits: int = 3) -> str:
@@ -359,13 +326,8 @@ def _ci(pair: Any, digits: int = 3) -> str:
     return f"[{_fmt(float(pair[0]), digits)}, {_fmt(float(pair[1]), digits)}]"
 
 
-def _table(header: list[str], rows: list[list[str]], highlight: int | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cls = ' class="hl"' if i == highlight else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:+.{digits}f}%"
 
 
 # --------------------------------------------------------------------------- sections
@@ -385,17 +347,11 @@ def _learning_section(inputs: ReportInputs) -> Section:
         section.missing = f"no TensorBoard scalars under {tb}"
         return section
     section.image = plots.png_bytes(plots.learning_curves(dict(list(curves.items())[:6])))
-    rows = []
-    for tag, (steps, values) in curves.items():
-        rows.append(
-            [
-                html.escape(tag),
-                _fmt(int(steps[-1])),
-                _fmt(float(values[0])),
-                _fmt(float(values[-1])),
-            ]
-        )
-    section.table = _table(["scalar", "last step", "first", "last"], rows)
+    rows = [
+        [tag, _fmt(int(steps[-1])), _fmt(float(values[0])), _fmt(float(values[-1]))]
+        for tag, (steps, values) in curves.items()
+    ]
+    section.table = Table(["scalar", "last step", "first", "last"], rows)
     section.caption = (
         "PPO's training curves from the run's TensorBoard logs (grey: per rollout; blue: moving "
         "average). Look for the episode return rising and levelling off; a value loss that "
@@ -424,13 +380,13 @@ def _migration_section(inputs: ReportInputs) -> Section:
         j = int(np.argmax(others))
         rows.append(
             [
-                html.escape(label),
+                label,
                 _fmt(float(share[i])),
                 _fmt(float(matrix[i, i])),
-                f"{html.escape(labels[j])} ({_fmt(float(matrix[i, j]))})",
+                f"{labels[j]} ({_fmt(float(matrix[i, j]))})",
             ]
         )
-    section.table = _table(["category", "time share", "stay", "likeliest switch"], rows)
+    section.table = Table(["category", "time share", "stay", "likeliest switch"], rows)
     section.caption = (
         f"The fitted user model's interest migration among its {len(labels)} most visited "
         "categories (rows renormalised). A strong diagonal means users stay in a category; "
@@ -468,7 +424,7 @@ def _fidelity_section(inputs: ReportInputs) -> Section:
     for key in ("transition_tv", "stay_by_streak_mae", "leave_hazard_mae"):
         if key in truth:
             rows.append([f"vs ground truth: {key}", _fmt(truth[key], 4)])
-    section.table = _table(["metric", "value"], rows)
+    section.table = Table(["metric", "value"], rows)
     section.caption = (
         "Organic sessions simulated from the fitted user model against the held-out test split. "
         "Bars should overlap and points should sit on the dashed diagonal; KS and JS near 0 "
@@ -498,7 +454,7 @@ def _policy_section(inputs: ReportInputs) -> Section:
     )
     rows = [
         [
-            html.escape(name),
+            name,
             f"{_fmt(r['return_mean'])} {_ci(r['return_ci95'], 2)}",
             _fmt(r["session_length_mean"], 2),
             _fmt(r["engage_rate"]),
@@ -508,7 +464,7 @@ def _policy_section(inputs: ReportInputs) -> Section:
         for name, r in policies.items()
     ]
     names = list(policies)
-    section.table = _table(
+    section.table = Table(
         ["policy", "return [95% CI]", "length", "engage", "buys", "coverage"],
         rows,
         names.index("ppo") if "ppo" in names else None,
@@ -518,6 +474,118 @@ def _policy_section(inputs: ReportInputs) -> Section:
         "starting prefixes). PPO should beat greedy supervised (the encoder's next-item guess) "
         "with non-overlapping intervals; oracle_myopic sees the hidden interest and is a "
         "one-step upper reference, random a floor."
+    )
+    return section
+
+
+def _truth_section(inputs: ReportInputs) -> Section | None:
+    """Fitted vs truth; None (no section) without ``eval_truth.json``: most runs have no truth."""
+    from rlrec.evaluation import plots
+    from rlrec.evaluation.compare import fitted_vs_truth
+
+    truth = inputs.files.get("eval_truth")
+    if truth is None:
+        return None
+    section = Section("truth", TITLES["truth"])
+    fitted = inputs.files.get("eval_fitted")
+    if fitted is None:
+        section.missing = "eval_truth.json has no eval.json beside it: run 'rlrec evaluate RUN_DIR'"
+        return section
+    gap = fitted_vs_truth(fitted["policies"], truth["policies"])
+    rows = gap["policies"]
+    if not rows:
+        section.missing = "eval.json and eval_truth.json share no policy"
+        return section
+    agent = gap["agent"]
+    section.image = plots.png_bytes(
+        plots.fitted_vs_truth([(n, r["fitted"], r["truth"]) for n, r in rows.items()], agent)
+    )
+    names = list(rows)
+    section.table = Table(
+        ["policy", "fitted simulator [95% CI]", "truth world [95% CI]", "gap (truth / fitted - 1)"],
+        [
+            [
+                name,
+                f"{_fmt(r['fitted'])} {_ci(r['fitted_ci95'], 2)}",
+                f"{_fmt(r['truth'])} {_ci(r['truth_ci95'], 2)}",
+                _pct(r["gap"]),
+            ]
+            for name, r in rows.items()
+        ],
+        names.index(agent) if agent in names else None,
+    )
+    best = gap["best_baseline"]
+    section.caption = (
+        "Each policy's mean return in the simulator fitted from the log and in the truth world "
+        "that generated the log (the synthetic generator's own parameters), on the same seeded "
+        "users. The gap is the sim-to-real error: a policy that exploits the fitted model's "
+        "mistakes loses more in the truth world than the baselines do. "
+        + (
+            f"In the truth world the best non-oracle baseline is {best}."
+            if best is not None
+            else "The truth world has no non-oracle baseline."
+        )
+    )
+    return section
+
+
+def _sensitivity_section(inputs: ReportInputs) -> Section | None:
+    """The sweep of ``rlrec sensitivity``; None (no section) without ``sensitivity.json``."""
+    from rlrec.evaluation import plots
+
+    payload = inputs.files.get("sensitivity")
+    if payload is None:
+        return None
+    section = Section("sensitivity", TITLES["sensitivity"])
+    worlds = payload["worlds"]
+    swept = list(payload["swept"])
+    policy = str(payload.get("policy", "ppo"))
+    ratios = [float(w["ratio"]) for w in worlds]
+    section.image = plots.png_bytes(
+        plots.sensitivity(
+            {name: [w["parameters"][name] for w in worlds] for name in swept},
+            ratios,
+            [str(w.get("design", "")) for w in worlds],
+            policy,
+            [w.get("ratio_ci95") for w in worlds],
+        )
+    )
+    s = payload["summary"]
+    rows = [
+        ["worlds", _fmt(int(s["n_worlds"]))],
+        ["mean ratio", _fmt(s["mean_ratio"])],
+        ["worst ratio", f"{_fmt(s['worst_ratio'])} ({s['worst_world']})"],
+        ["share of worlds with ratio >= 1", _fmt(s["share_ratio_ge_1"], 2)],
+    ]
+    if s.get("share_ci_below_1") is not None:
+        rows.append(
+            [
+                "share of worlds a baseline wins beyond noise (95% CI < 1)",
+                _fmt(s["share_ci_below_1"], 2),
+            ]
+        )
+    prior = payload.get("prior", {})
+    for name in swept:
+        r = prior.get(name, {})
+        rows.append(
+            [
+                f"Spearman with {name} [{_fmt(r.get('low'), 2)}, {_fmt(r.get('high'), 2)}]",
+                _fmt(s["spearman"].get(name), 2),
+            ]
+        )
+    section.table = Table(["summary", "value"], rows)
+    message = str(payload.get("message") or "")
+    section.caption = (
+        (message + ". " if message else "")
+        + f"{policy}'s mean return over the best non-oracle baseline's "
+        f"({', '.join(payload.get('baselines', []))}) in {len(worlds)} worlds that differ only in "
+        "what organic logs cannot identify: how users respond to recommendations. Each panel "
+        "puts the ratio against one swept parameter (diamond: the fitted model's values; "
+        "squares: one parameter at an end of its prior; dots: Latin-hypercube points over all "
+        f"of them; whiskers: 95% paired-bootstrap intervals), {payload['episodes']:,} seeded "
+        "users per world. Points below the dashed "
+        "line are worlds where a baseline does better; a steep trend names the assumption the "
+        "policy's gain rests on."
     )
     return section
 
@@ -543,8 +611,8 @@ def _ope_section(inputs: ReportInputs) -> Section:
             covers = (t.get("truth_in_ci95") or {}).get(est)
             rows.append(
                 [
-                    html.escape(name),
-                    html.escape(est) + (" (default)" if est == default else ""),
+                    name,
+                    est + (" (default)" if est == default else ""),
                     _fmt(e["value"]),
                     _ci(e["ci95"]),
                     _fmt(t.get("true_value")),
@@ -552,12 +620,12 @@ def _ope_section(inputs: ReportInputs) -> Section:
                     _fmt(covers),
                 ]
             )
-    section.table = _table(
+    section.table = Table(
         ["target", "estimator", "estimate", "95% CI", "true", "rel. error", "covers"], rows
     )
     section.caption = (
         f"{payload.get('sessions', 0):,} sessions logged in the simulator by "
-        f"{html.escape(str(payload.get('behaviour', '?')))}; each target's value estimated from "
+        f"{payload.get('behaviour', '?')}; each target's value estimated from "
         "them alone, beside its true on-policy value (red line and band). Good estimators sit "
         "on the red line with intervals that cover it; IS-type estimators widen as the target "
         "moves away from the behaviour (KL), DM is narrow but can be biased."
@@ -588,28 +656,28 @@ def _encoder_section(inputs: ReportInputs) -> Section:
         )
     )
     columns = [*ITEM_METRICS, *CATEGORY_METRICS]
-    rows = [
-        [html.escape(name)] + [_fmt(m.get(c), 4) for c in columns] for name, m in models.items()
-    ]
-    section.table = _table(["model", *columns], rows, 0 if "encoder" in models else None)
+    rows = [[name] + [_fmt(m.get(c), 4) for c in columns] for name, m in models.items()]
+    section.table = Table(["model", *columns], rows, 0 if "encoder" in models else None)
     section.caption = (
         "The pretrained transformer encoder against popularity, item-Markov, category-Markov "
         "and last-category baselines: "
-        + html.escape(report.get("protocol", {}).get("description", ""))
+        + str(report.get("protocol", {}).get("description", ""))
         + " The encoder should lead on NDCG@10; its states are what PPO starts from."
     )
     return section
 
 
-SECTIONS: tuple[tuple[str, Callable[[ReportInputs], Section]], ...] = (
+SECTIONS: tuple[tuple[str, Callable[[ReportInputs], Section | None]], ...] = (
     ("policies", _policy_section),
+    ("truth", _truth_section),
+    ("sensitivity", _sensitivity_section),
     ("learning_curves", _learning_section),
     ("encoder", _encoder_section),
     ("fidelity", _fidelity_section),
     ("migration", _migration_section),
     ("ope", _ope_section),
 )
-"""The page's sections in order: key and builder."""
+"""The page's sections in order: key and builder (None: an optional section without input)."""
 
 
 # --------------------------------------------------------------------------- headline
@@ -619,16 +687,25 @@ def headline_numbers(inputs: ReportInputs) -> dict[str, Any]:
     """The key numbers at the top of the page (None where the input is missing).
 
     Returns:
-        ``ppo_vs_greedy_return_ratio``, ``encoder_ndcg10``, ``best_baseline_ndcg10``,
+        ``fitted_agent_ratio`` (PPO's return over the best non-oracle baseline's in the
+        fitted simulator), ``fitted_best_baseline``, ``truth_agent``, ``truth_agent_ratio``
+        (the agent's return over the best non-oracle baseline's in the truth world),
+        ``truth_best_baseline``, ``encoder_ndcg10``, ``best_baseline_ndcg10``,
         ``best_baseline``, ``ks_session_length``, ``js_category_transition``,
         ``best_ope_estimator``, ``best_ope_relative_error`` (|relative error| of the most
         accurate estimator for the ``ppo`` target, else the first; picked with hindsight),
         ``default_ope_estimator``, ``default_ope_relative_error`` (what a user without the
         truth would report) and ``ope_target``.
     """
+    from rlrec.evaluation.compare import best_baseline, fitted_vs_truth, ratio
+
     out: dict[str, Any] = dict.fromkeys(
         (
-            "ppo_vs_greedy_return_ratio",
+            "fitted_agent_ratio",
+            "fitted_best_baseline",
+            "truth_agent",
+            "truth_agent_ratio",
+            "truth_best_baseline",
             "encoder_ndcg10",
             "best_baseline_ndcg10",
             "best_baseline",
@@ -642,10 +719,17 @@ def headline_numbers(inputs: ReportInputs) -> dict[str, Any]:
         )
     )
     policies = (inputs.files.get("evaluate") or {}).get("policies", {})
-    if "ppo" in policies and "greedy_supervised" in policies:
-        greedy = float(policies["greedy_supervised"]["return_mean"])
-        if greedy != 0:
-            out["ppo_vs_greedy_return_ratio"] = float(policies["ppo"]["return_mean"]) / greedy
+    means = {name: float(r["return_mean"]) for name, r in policies.items()}
+    found = best_baseline(means)
+    if "ppo" in means and found is not None:
+        out["fitted_best_baseline"] = found[0]
+        out["fitted_agent_ratio"] = ratio(means["ppo"], found[1])
+    truth = inputs.files.get("eval_truth")
+    if truth is not None:
+        gap = fitted_vs_truth({}, truth.get("policies", {}))
+        out["truth_agent"] = gap["agent"]
+        out["truth_agent_ratio"] = gap["agent_ratio"]
+        out["truth_best_baseline"] = gap["best_baseline"]
     enc = inputs.files.get("encoder_eval") or {}
     if "encoder" in enc:
         out["encoder_ndcg10"] = enc["encoder"].get("ndcg@10")
@@ -676,135 +760,119 @@ def headline_numbers(inputs: ReportInputs) -> dict[str, Any]:
     return out
 
 
-def _cards(h: Mapping[str, Any]) -> str:
-    def card(label: str, value: str, note: str, good: bool | None = None) -> str:
-        cls = "" if good is None else (" good" if good else " bad")
-        return (
-            f'<div class="card{cls}"><div class="label">{html.escape(label)}</div>'
-            f'<div class="value">{value}</div><div class="note">{note}</div></div>'
-        )
+@dataclass(frozen=True)
+class Card:
+    """One headline card.
 
-    ratio = h["ppo_vs_greedy_return_ratio"]
+    Attributes:
+        label: What the number is.
+        value: The number, formatted.
+        note: A line of context.
+        good: Green (True), amber (False) or neutral (None) top border.
+    """
+
+    label: str
+    value: str
+    note: str
+    good: bool | None = None
+
+
+def headline_cards(h: Mapping[str, Any]) -> list[Card]:
+    """The cards at the top of the page, from :func:`headline_numbers`."""
+    fitted = h["fitted_agent_ratio"]
     enc, base = h["encoder_ndcg10"], h["best_baseline_ndcg10"]
     ks, js = h["ks_session_length"], h["js_category_transition"]
     err = h["best_ope_relative_error"]
     cards = [
-        card(
-            "PPO vs greedy",
-            "–" if ratio is None else f"{ratio:.2f}&times;",
-            "mean session return ratio",
-            None if ratio is None else ratio > 1.0,
-        ),
-        card(
+        Card(
+            "PPO vs best baseline",
+            "–" if fitted is None else f"{fitted:.2f}×",
+            f"return ratio to {h['fitted_best_baseline'] or 'no baseline'} (non-oracle) in "
+            "the fitted simulator",
+            None if fitted is None else fitted >= 1.0,
+        )
+    ]
+    truth = h.get("truth_agent_ratio")
+    if h.get("truth_agent") is not None:
+        cards.append(
+            Card(
+                f"{h['truth_agent']} vs best baseline, truth world",
+                "–" if truth is None else f"{truth:.2f}×",
+                f"return ratio to {h['truth_best_baseline'] or 'no baseline'} in the world "
+                "that generated the log",
+                None if truth is None else truth >= 1.0,
+            )
+        )
+    ope_note = "no OPE check"
+    if err is not None:
+        ope_note = f"{h['best_ope_estimator']} error on {h['ope_target']}"
+        if h["default_ope_relative_error"] is not None:
+            ope_note += (
+                f"; default {h['default_ope_estimator']} "
+                f"{100 * h['default_ope_relative_error']:.1f}%"
+            )
+    cards += [
+        Card(
             "Encoder NDCG@10",
             _fmt(enc, 4),
             "no encoder evaluation"
             if enc is None
-            else f"best baseline {html.escape(str(h['best_baseline']))} {_fmt(base, 4)}",
+            else f"best baseline {h['best_baseline']} {_fmt(base, 4)}",
             None if enc is None or base is None else enc >= base,
         ),
-        card(
+        Card(
             "Simulator fidelity",
             f"KS {_fmt(ks, 3)}",
             f"session length; JS transitions {_fmt(js, 4)}",
             None if ks is None else ks < 0.1,
         ),
-        card(
+        Card(
             "Best OPE estimator",
             "–" if err is None else f"{100 * err:.1f}%",
-            "no OPE check"
-            if err is None
-            else f"{html.escape(str(h['best_ope_estimator']))} error on "
-            f"{html.escape(str(h['ope_target']))}"
-            + (
-                ""
-                if h["default_ope_relative_error"] is None
-                else f"; default {html.escape(str(h['default_ope_estimator']))} "
-                f"{100 * h['default_ope_relative_error']:.1f}%"
-            ),
+            ope_note,
             None if err is None else err < 0.1,
         ),
     ]
-    return '<div class="cards">' + "".join(cards) + "</div>"
+    return cards
 
 
 # --------------------------------------------------------------------------- page
-
-_CSS = """
-:root { --ink:#0f172a; --muted:#64748b; --line:#e2e8f0; --accent:#2563eb; --bg:#f8fafc; }
-* { box-sizing: border-box; }
-body { margin:0; font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-  color:var(--ink); background:var(--bg); }
-main { max-width: 1040px; margin: 0 auto; padding: 32px 24px 64px; }
-header h1 { margin:0 0 4px; font-size:28px; }
-header p { margin:0; color:var(--muted); }
-nav { margin:16px 0 8px; display:flex; flex-wrap:wrap; gap:8px; }
-nav a { font-size:13px; color:var(--accent); text-decoration:none; padding:3px 10px;
-  border:1px solid var(--line); border-radius:999px; background:#fff; }
-.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(220px,1fr)); gap:14px;
-  margin:20px 0 8px; }
-.card { background:#fff; border:1px solid var(--line); border-radius:12px; padding:14px 16px;
-  border-top:4px solid var(--line); }
-.card.good { border-top-color:#10b981; } .card.bad { border-top-color:#f59e0b; }
-.card .label { font-size:12px; text-transform:uppercase; letter-spacing:.05em; color:var(--muted); }
-.card .value { font-size:30px; font-weight:700; margin:2px 0; }
-.card .note { font-size:13px; color:var(--muted); }
-section { background:#fff; border:1px solid var(--line); border-radius:12px; padding:20px 24px;
-  margin-top:22px; }
-section h2 { margin:0 0 6px; font-size:19px; }
-.caption { color:#334155; margin:0 0 12px; font-size:14px; }
-figure { margin:0 0 12px; text-align:center; }
-figure img { max-width:100%; height:auto; }
-.missing { color:#92400e; background:#fffbeb; border:1px solid #fde68a; border-radius:8px;
-  padding:10px 14px; font-size:14px; }
-table { border-collapse:collapse; width:100%; font-size:13px; font-variant-numeric:tabular-nums; }
-th, td { text-align:left; padding:5px 10px; border-bottom:1px solid var(--line); }
-th { color:var(--muted); font-weight:600; font-size:12px; text-transform:uppercase; }
-tr.hl td { background:#eff6ff; font-weight:600; }
-footer { margin-top:28px; color:var(--muted); font-size:12px; }
-"""
-
-# Sets data-images on <body> once every image has loaded with a non-zero size: a headless
-# browser test reads it from the dumped DOM.
-_SCRIPT = """
-window.addEventListener("load", function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute("data-images", ok + "/" + imgs.length);
-});
-"""
 
 
 def render_html(
     title: str, subtitle: str, headline: Mapping[str, Any], sections: list[Section]
 ) -> str:
-    """The self-contained page: inline CSS, base64 images, no external reference."""
-    nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections)
-    parts = []
-    for s in sections:
-        body = [f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>']
-        if s.missing:
-            body.append(f'<p class="missing">Not available: {html.escape(s.missing)}.</p>')
-        if s.caption and (s.image is not None or s.table):
-            body.append(f'<p class="caption">{s.caption}</p>')
-        if s.image is not None:
-            data = base64.b64encode(s.image).decode("ascii")
-            body.append(
-                f'<figure><img alt="{html.escape(s.title)}" data-file="{PLOTS_DIR}/{s.key}.png" '
-                f'src="data:image/png;base64,{data}"></figure>'
-            )
-        body.append(s.table)
-        body.append("</section>")
-        parts.append("".join(body))
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
-        f"<script>{_SCRIPT}</script></head><body><main>"
-        f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></header>"
-        f"{_cards(headline)}<nav>{nav}</nav>{''.join(parts)}"
-        "<footer>Written by <code>rlrec report</code>. Plots are also in plots/.</footer>"
-        "</main></body></html>\n"
+    """The self-contained page: inline CSS, base64 images, no external reference.
+
+    Rendered from ``templates/report.html.j2`` with autoescape on: every string from the
+    inputs (policy names, captions, table cells) is escaped by Jinja2, none by hand.
+    """
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("rlrec.evaluation", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    views = [
+        {
+            "key": s.key,
+            "title": s.title,
+            "caption": s.caption,
+            "missing": s.missing,
+            "table": s.table,
+            "image": None if s.image is None else base64.b64encode(s.image).decode("ascii"),
+        }
+        for s in sections
+    ]
+    return env.get_template(TEMPLATE).render(
+        title=title,
+        subtitle=subtitle,
+        cards=headline_cards(headline),
+        sections=views,
+        plots_dir=PLOTS_DIR,
     )
 
 
@@ -819,13 +887,25 @@ SECTION_INPUT = {
     "fidelity": "fidelity.json",
     "migration": "sim/",
     "ope": "ope_sessions.json",
+    "truth": "eval_truth.json and the eval.json beside it",
+    "sensitivity": "sensitivity.json",
 }
 """Section key -> the input it reads, for the message of a malformed one."""
 
-_TEXT_HEADLINES = ("best_baseline", "best_ope_estimator", "default_ope_estimator", "ope_target")
+_TEXT_HEADLINES = (
+    "best_baseline",
+    "best_ope_estimator",
+    "default_ope_estimator",
+    "ope_target",
+    "truth_agent",
+    "truth_best_baseline",
+    "fitted_best_baseline",
+)
 
 
-def _build(key: str, section: Callable[[ReportInputs], Section], inputs: ReportInputs) -> Section:
+def _build(
+    key: str, section: Callable[[ReportInputs], Section | None], inputs: ReportInputs
+) -> Section | None:
     """One section, or the loader's message where an input exists but does not load.
 
     An older SimModel schema, say, then empties its section instead of failing the page.
@@ -885,7 +965,8 @@ def write_report(
     inputs = find_inputs(directory)
     target = Path(out) if out is not None else inputs.root
     target.mkdir(parents=True, exist_ok=True)
-    sections = [_build(key, section, inputs) for key, section in SECTIONS]
+    built = (_build(key, section, inputs) for key, section in SECTIONS)
+    sections = [s for s in built if s is not None]
     written = []
     for s in sections:
         if s.image is not None:
@@ -906,5 +987,5 @@ def write_report(
         html=html_path,
         plots=written,
         headline=headline,
-        sections={s.key: s.image is not None or bool(s.table) for s in sections},
+        sections={s.key: s.image is not None or s.table is not None for s in sections},
     )

@@ -25,8 +25,9 @@ from typing import Any, Literal
 import numpy as np
 
 from rlrec.errors import UserError
+from rlrec.evaluation.compare import best_baseline, paired_ratio_ci95, ratio
 
-__all__ = ["EVAL_FILE", "EVAL_TRUTH_FILE", "POLICY_ORDER", "evaluate_run", "is_baseline"]
+__all__ = ["EVAL_FILE", "EVAL_TRUTH_FILE", "POLICY_ORDER", "evaluate_run", "ratio_to_best"]
 
 EVAL_FILE = "eval.json"
 EVAL_TRUTH_FILE = "eval_truth.json"
@@ -43,35 +44,25 @@ POLICY_ORDER = (
 
 World = Literal["fitted", "truth"]
 AGENT = "ppo"
-_NOT_BASELINES = (AGENT, "planner")
 
 
-def is_baseline(name: str) -> bool:
-    """A non-oracle baseline: what the agent's ratio is taken against."""
-    return name not in _NOT_BASELINES and not name.startswith("oracle")
-
-
-def ratio_to_best(
-    returns: dict[str, np.ndarray], seed: int, resamples: int = 2000
-) -> dict[str, Any]:
-    """The agent's mean return over the best baseline's, with a paired bootstrap interval.
+def ratio_to_best(returns: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """The agent's mean return over the best non-oracle baseline's, with a paired interval.
 
     Args:
         returns: Policy name -> (E,) per-user returns, users paired across policies.
-        seed: Seed of the bootstrap.
-        resamples: Bootstrap resamples.
+        seed: Seed of the bootstrap (:func:`rlrec.evaluation.compare.paired_ratio_ci95`).
     """
-    baselines = {n: r for n, r in returns.items() if is_baseline(n)}
-    best = max(baselines, key=lambda n: float(np.mean(baselines[n])))
-    agent, base = returns[AGENT], baselines[best]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(len(agent), size=(resamples, len(agent)))
-    boot = agent[idx].mean(axis=1) / np.maximum(base[idx].mean(axis=1), 1e-12)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
+    means = {name: float(np.mean(r)) for name, r in returns.items()}
+    found = best_baseline(means)
+    if found is None:
+        raise UserError("no non-oracle baseline to compare the agent with")
+    best = found[0]
+    value = ratio(means[AGENT], means[best])
     return {
         "best_baseline": best,
-        "ratio_to_best_baseline": float(agent.mean() / max(base.mean(), 1e-12)),
-        "ratio_ci95": [float(lo), float(hi)],
+        "ratio_to_best_baseline": value,
+        "ratio_ci95": paired_ratio_ci95(returns[AGENT], returns[best], seed),
     }
 
 

@@ -287,9 +287,9 @@ def _run_quickstart(
     from rlrec.data.dataset import atomic_directory, load_dataset
     from rlrec.data.stats import dataset_stats
     from rlrec.envs.presets import Artifacts
-    from rlrec.evaluation.fidelity import validate_fidelity
+    from rlrec.evaluation.fidelity import fidelity_distributions, validate_fidelity
     from rlrec.evaluation.ranking import evaluate_next_step
-    from rlrec.evaluation.report import fidelity_distributions, write_report
+    from rlrec.evaluation.report import write_report
     from rlrec.models.checkpoint import load_encoder
     from rlrec.models.pretrain import pretrain_checkpoint
     from rlrec.models.synthetic import generate_dataset

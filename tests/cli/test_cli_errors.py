@@ -25,6 +25,11 @@ MISTAKES: list[tuple[list[str], str]] = [
     (["evaluate", "{tmp}"], "not a run directory"),
     (["evaluate", "{tmp}/missing"], "not a run directory"),
     (["evaluate", "{tmp}", "--episodes", "0"], "--episodes"),
+    (["sensitivity", "{tmp}"], "not a run directory"),
+    (["sensitivity", "{tmp}/missing"], "not a run directory"),
+    (["sensitivity", "{tmp}", "--points", "-1"], "--points"),
+    (["sensitivity", "{tmp}", "--episodes", "0"], "--episodes"),
+    (["sensitivity", "{tmp}", "--points", "many"], "invalid int value: 'many'"),
     (["data", "prepare", "--preset", "nope", "--input", "x", "--out", "y"], "--preset"),
     (
         ["data", "prepare", "--preset", "taobao", "--input", "{tmp}/no.csv", "--out", "{tmp}/d"],
@@ -168,9 +173,17 @@ LEAVES = dict(leaf_parsers())
 
 
 def test_every_verb_is_found() -> None:
-    verbs = {"train", "data prepare", "ope replay", "encoder eval", "report", "convert-run"}
+    verbs = {
+        "train",
+        "data prepare",
+        "ope replay",
+        "encoder eval",
+        "report",
+        "convert-run",
+        "sensitivity",
+    }
     assert verbs <= set(LEAVES)
-    assert len(LEAVES) == 17
+    assert len(LEAVES) == 18
 
 
 @pytest.mark.parametrize("verb", sorted(LEAVES))

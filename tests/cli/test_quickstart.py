@@ -83,7 +83,13 @@ def test_quickstart_tiny_payloads_follow_the_verbs_contracts(
     encoder_eval = json.loads((out / "encoder_eval.json").read_text())
     assert "encoder" in encoder_eval and "category_markov" in encoder_eval["baselines"]
     assert summary["train"]["timesteps"] >= QuickstartConfig.tiny().timesteps
-    assert summary["headline"]["ppo_vs_greedy_return_ratio"] > 0
+    headline = summary["headline"]
+    assert headline["fitted_agent_ratio"] == pytest.approx(
+        summary["agent"]["fitted"]["ratio_to_best_baseline"]
+    )
+    assert headline["truth_agent_ratio"] == pytest.approx(
+        summary["agent"]["truth"]["ratio_to_best_baseline"]
+    )
 
 
 def test_quickstart_tiny_report_references_every_plot(tiny_run: tuple[Path, dict, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -14,13 +15,8 @@ import pytest
 
 from rlrec.cli import main
 from rlrec.errors import UserError
-from rlrec.evaluation.report import (
-    ReportResult,
-    fidelity_distributions,
-    migration_matrix,
-    read_scalars,
-    write_report,
-)
+from rlrec.evaluation.fidelity import fidelity_distributions, migration_matrix
+from rlrec.evaluation.report import ReportResult, read_scalars, write_report
 from tests.envs.conftest import make_sim_model, write_tiny_dataset
 
 ALL_PLOTS = {"learning_curves", "migration", "fidelity", "policies", "ope", "encoder"}
@@ -149,7 +145,9 @@ def test_report_has_every_section_and_is_self_contained(
 
 def test_headline_numbers(full_report: ReportResult) -> None:
     h = full_report.headline
-    assert h["ppo_vs_greedy_return_ratio"] == pytest.approx(6.0 / 5.0)
+    # The best non-oracle baseline of evaluate.json is greedy_supervised (5.0).
+    assert h["fitted_agent_ratio"] == pytest.approx(6.0 / 5.0)
+    assert h["fitted_best_baseline"] == "greedy_supervised"
     assert h["encoder_ndcg10"] == 0.2
     assert (h["best_baseline"], h["best_baseline_ndcg10"]) == ("item_markov", 0.12)
     assert h["ks_session_length"] == 0.03 and h["js_category_transition"] == 0.02
@@ -272,3 +270,190 @@ def test_an_input_that_does_not_load_empties_its_section_only(
     assert [p.stem for p in result.plots] == ["policies"]
     page = result.html.read_text()
     assert "Category migration matrix" in page and "schema_version 1" in page
+
+
+# --------------------------------------------------------------------------- optional sections
+
+# The truth world of a hand-made run: every policy loses something, the agent most; the oracle
+# is best but is no baseline, so the agent's truth ratio is to category_markov.
+TRUTH = {
+    "episodes": 100,
+    "seed": 1,
+    "policies": {
+        "ppo": _policy(4.8),
+        "greedy_supervised": _policy(4.5),
+        "random": _policy(1.1),
+        "category_markov": _policy(4.6),
+        "oracle_myopic": _policy(7.0),
+    },
+}
+FITTED = {
+    "episodes": 100,
+    "seed": 1,
+    "policies": {
+        "ppo": _policy(6.0),
+        "greedy_supervised": _policy(5.0),
+        "random": _policy(1.0),
+        "category_markov": _policy(4.9),
+        "oracle_myopic": _policy(7.5),
+    },
+}
+
+
+def _sensitivity_payload() -> dict:
+    names = ["leave_streak_factor", "leave_miss_factor", "leave_streak_start"]
+    values = [[1.2, 1.15, 3.0], [1.0, 1.15, 3.0], [1.4, 1.15, 3.0], [1.1, 1.25, 4.0]]
+    ratios = [1.05, 0.97, 1.21, 1.02]
+    designs = ["centre", "one-at-a-time", "one-at-a-time", "latin-hypercube"]
+    return {
+        "episodes": 50,
+        "seed": 0,
+        "message": "",
+        "swept": names,
+        "prior": {n: {"low": 1.0, "high": 1.4, "integer": False, "why": ""} for n in names},
+        "policy": "ppo",
+        "baselines": ["popular", "category_markov"],
+        "worlds": [
+            {
+                "label": f"w{i}",
+                "design": designs[i],
+                "parameters": dict(zip(names, values[i], strict=True)),
+                "returns": {"ppo": r, "popular": 1.0, "category_markov": 0.9},
+                "best_baseline": "popular",
+                "ratio": r,
+                "ratio_ci95": [r - 0.05, r + 0.05],
+            }
+            for i, r in enumerate(ratios)
+        ],
+        "summary": {
+            "n_worlds": 4,
+            "mean_ratio": 1.0625,
+            "worst_ratio": 0.97,
+            "worst_world": "w1",
+            "share_ratio_ge_1": 0.75,
+            "share_ci_below_1": 0.25,
+            "spearman": {
+                "leave_streak_factor": 1.0,
+                "leave_miss_factor": 0.26,
+                "leave_streak_start": None,
+            },
+        },
+    }
+
+
+@pytest.fixture
+def train_run(full_dir: Path, tmp_path: Path) -> Path:
+    """A plain ``rlrec train`` run directory with its fitted-simulator eval.json."""
+    run = tmp_path / "run"
+    shutil.copytree(full_dir / "run", run)
+    (run / "eval.json").write_text(json.dumps(FITTED))
+    return run
+
+
+def _rows(page: str, section: str) -> dict[str, list[str]]:
+    """The cells of a section's table, by the first cell of each row (tags stripped)."""
+    body = re.search(rf'<section id="{section}">(.*?)</section>', page, re.S)
+    assert body is not None, section
+    rows = {}
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body.group(1), re.S):
+        cells = [
+            html.unescape(re.sub(r"<[^>]+>", "", c))
+            for c in re.findall(r"<td>(.*?)</td>", row, re.S)
+        ]
+        if cells:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_optional_sections_are_absent_without_their_files(full_report: ReportResult) -> None:
+    page = full_report.html.read_text()
+    assert "truth" not in full_report.sections and "sensitivity" not in full_report.sections
+    assert 'id="truth"' not in page and 'id="sensitivity"' not in page
+    assert full_report.headline["truth_agent_ratio"] is None
+    assert "truth world" not in page
+
+
+def test_fitted_vs_truth_gaps_in_the_page_match_the_json(train_run: Path) -> None:
+    (train_run / "eval_truth.json").write_text(json.dumps(TRUTH))
+    result = write_report(train_run)
+    assert result.sections["truth"] and (train_run / "plots" / "truth.png").is_file()
+    rows = _rows(result.html.read_text(), "truth")
+    assert set(rows) == set(TRUTH["policies"])
+    for name, cells in rows.items():
+        fitted = FITTED["policies"][name]["return_mean"]
+        truth = TRUTH["policies"][name]["return_mean"]
+        assert cells[0].startswith(f"{fitted:.3f} ") and cells[1].startswith(f"{truth:.3f} ")
+        assert cells[2] == f"{100 * (truth / fitted - 1):+.1f}%"
+    assert rows["ppo"][2] == "-20.0%"
+    h = result.headline
+    # Baselines exclude the agent and the oracle: category_markov (4.6) is the best.
+    assert h["truth_best_baseline"] == "category_markov"
+    assert h["truth_agent_ratio"] == pytest.approx(4.8 / 4.6)
+    page = result.html.read_text()
+    assert "ppo vs best baseline, truth world" in page and "1.04×" in page
+
+
+def test_a_truth_eval_without_the_fitted_one_says_so(train_run: Path) -> None:
+    (train_run / "eval.json").unlink()
+    (train_run / "eval_truth.json").write_text(json.dumps(TRUTH))
+    result = write_report(train_run)
+    assert result.sections["truth"] is False
+    assert "eval_truth.json has no eval.json beside it" in result.html.read_text()
+
+
+def test_sensitivity_section_plots_and_summarises_the_sweep(train_run: Path) -> None:
+    payload = _sensitivity_payload()
+    (train_run / "sensitivity.json").write_text(json.dumps(payload))
+    result = write_report(train_run)
+    assert result.sections["sensitivity"]
+    assert (train_run / "plots" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    rows = _rows(result.html.read_text(), "sensitivity")
+    assert rows["mean ratio"] == [f"{payload['summary']['mean_ratio']:.3f}"]
+    assert rows["worst ratio"] == ["0.970 (w1)"]
+    assert rows["share of worlds with ratio >= 1"] == ["0.75"]
+    assert rows["share of worlds a baseline wins beyond noise (95% CI < 1)"] == ["0.25"]
+    assert rows["Spearman with leave_miss_factor [1.00, 1.40]"] == ["0.26"]
+    assert rows["Spearman with leave_streak_start [1.00, 1.40]"] == ["–"]
+
+
+def test_sensitivity_plot_has_one_panel_per_parameter_with_a_line_at_one() -> None:
+    from rlrec.evaluation import plots
+
+    payload = _sensitivity_payload()
+    worlds = payload["worlds"]
+    fig = plots.sensitivity(
+        {n: [w["parameters"][n] for w in worlds] for n in payload["swept"]},
+        [w["ratio"] for w in worlds],
+        [w["design"] for w in worlds],
+    )
+    assert [ax.get_title() for ax in fig.axes] == payload["swept"]
+    for ax in fig.axes:
+        assert any(np.allclose(line.get_ydata(), 1.0) for line in ax.get_lines())
+
+
+def test_inputs_are_escaped_by_the_template(train_run: Path) -> None:
+    evil = "<script>alert(1)</script>"
+    truth = json.loads(json.dumps(TRUTH))
+    fitted = json.loads(json.dumps(FITTED))
+    truth["policies"][evil] = fitted["policies"][evil] = _policy(2.0)
+    (train_run / "eval.json").write_text(json.dumps(fitted))
+    (train_run / "eval_truth.json").write_text(json.dumps(truth))
+    page = write_report(train_run).html.read_text()
+    assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_sweep_with_nothing_swept_still_renders(train_run: Path) -> None:
+    payload = _sensitivity_payload()
+    payload.update(message="nothing to sweep: every response parameter is set", swept=[])
+    payload["worlds"] = payload["worlds"][:1]
+    payload["summary"].update(n_worlds=1, spearman={})
+    (train_run / "sensitivity.json").write_text(json.dumps(payload))
+    result = write_report(train_run)
+    assert result.sections["sensitivity"]
+    assert "nothing to sweep" in _rows_text(result.html.read_text(), "sensitivity")
+
+
+def _rows_text(page: str, section: str) -> str:
+    body = re.search(rf'<section id="{section}">(.*?)</section>', page, re.S)
+    assert body is not None
+    return html.unescape(body.group(1))

@@ -11,7 +11,8 @@ import pytest
 from rlrec.agents.config import AgentConfig
 from rlrec.agents.train import train_agent
 from rlrec.cli import main
-from rlrec.workflows.evaluate import is_baseline, ratio_to_best
+from rlrec.evaluation.compare import is_baseline
+from rlrec.workflows.evaluate import ratio_to_best
 from tests.agents.conftest import TINY_AGENT
 
 
