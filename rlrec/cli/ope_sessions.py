@@ -144,8 +144,8 @@ def _sessions(args: argparse.Namespace) -> int:
 def run_real_sessions(args: argparse.Namespace) -> dict[str, Any]:
     """The ``rlrec ope sessions --data`` report: one entry per target."""
     from rlrec.data.dataset import load_dataset
-    from rlrec.evaluation.fqe import FQEConfig
-    from rlrec.evaluation.logged_sessions import evaluate_real_sessions
+    from rlrec.evaluation.ope.fqe import FQEConfig
+    from rlrec.evaluation.ope.logged_sessions import evaluate_real_sessions
 
     specs = [parse_policy_spec(text) for text in args.target]  # mistakes before the data loads
     dataset = load_dataset(args.data)
@@ -213,7 +213,7 @@ def add_replay_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _replay(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
-    from rlrec.evaluation.logged_sessions import replay_metrics
+    from rlrec.evaluation.ope.logged_sessions import replay_metrics
 
     if args.k < 1:
         raise UserError(f"--k: expected >= 1, got {args.k}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlrec.cli import main
-from rlrec.evaluation.ope import ESTIMATOR_NAMES
+from rlrec.evaluation.ope.bandit import ESTIMATOR_NAMES
 
 
 def write_log(path: Path, n: int, seed: int, n_items: int = 4, len_list: int = 2) -> Path:

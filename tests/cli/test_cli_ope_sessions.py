@@ -12,7 +12,7 @@ import pytest
 from rlrec.agents.policy_specs import parse_policy_spec
 from rlrec.cli import main
 from rlrec.errors import UserError
-from rlrec.evaluation.sequential_ope import SESSION_ESTIMATOR_NAMES
+from rlrec.evaluation.ope.sequential import SESSION_ESTIMATOR_NAMES
 from tests.envs.conftest import write_tiny_dataset
 
 TINY_PRESET = """\

@@ -8,8 +8,8 @@ from scipy.special import expit
 
 from rlrec.data.bandit import BanditFeedback
 from rlrec.errors import UserError
-from rlrec.evaluation import reward_model as rm
-from rlrec.evaluation.reward_model import (
+from rlrec.evaluation.ope import reward_model as rm
+from rlrec.evaluation.ope.reward_model import (
     RewardFeatures,
     RewardModelConfig,
     cross_fit_reward_model,

@@ -1,8 +1,8 @@
 """Bandit OPE end to end: logged feedback + evaluation policy -> estimates and errors.
 
-This wires :mod:`rlrec.data.bandit` (the log), :mod:`rlrec.evaluation.policies_bandit` (the
-evaluation policy's action distribution), :mod:`rlrec.evaluation.reward_model` (cross-fitted
-reward model) and :mod:`rlrec.evaluation.ope` (estimators and bootstrap) into the report that
+This wires :mod:`rlrec.data.bandit` (the log), :mod:`rlrec.evaluation.ope.bandit_policies` (the
+evaluation policy's action distribution), :mod:`rlrec.evaluation.ope.reward_model` (cross-fitted
+reward model) and :mod:`rlrec.evaluation.ope.bandit` (estimators and bootstrap) into the report that
 ``rlrec ope bandit`` prints and ``scripts/obd_benchmark.py`` tabulates.
 """
 
@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 
 from rlrec.data.bandit import BanditFeedback
-from rlrec.evaluation.ope import (
-    Estimate,
+from rlrec.evaluation.ope.bandit import (
     default_estimators,
     estimate_policy_value,
     prepare_rounds,
-    relative_errors,
 )
-from rlrec.evaluation.reward_model import (
+from rlrec.evaluation.ope.base import Estimate, relative_errors
+from rlrec.evaluation.ope.reward_model import (
     RewardModelConfig,
     RewardModelFit,
     cross_fit_reward_model,
