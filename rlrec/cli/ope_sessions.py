@@ -72,6 +72,8 @@ def add_sessions_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
 
 def format_simulated(report: dict[str, Any]) -> str:
     """A plain-text table of a ``--simulate`` report."""
+    from rlrec.evaluation.ope.bootstrap import bootstrap_note
+
     lines = [
         f"{report['sessions']} sessions ({report['logged_steps']} steps) logged in "
         f"{report['source']} by {report['behaviour']} (mean return "
@@ -100,6 +102,7 @@ def format_simulated(report: dict[str, Any]) -> str:
             rel = t["relative_error"][est]
             mark = " (default)" if est == report["default_estimator"] else ""
             lines.append(f"  {est:<10} {value:>9} {ci_text:>22} {rel:>10.3f}{mark}")
+        lines.append(f"  {bootstrap_note(t['bootstrap'])}")
     return "\n".join(lines)
 
 
@@ -167,6 +170,8 @@ def run_real_sessions(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_real(report: dict[str, Any]) -> str:
     """A plain-text table of a ``--data`` report."""
+    from rlrec.evaluation.ope.bootstrap import bootstrap_note
+
     lines = [f"real sessions of {report['data']}"]
     for name, t in report["targets"].items():
         lines += [
@@ -185,6 +190,7 @@ def format_real(report: dict[str, Any]) -> str:
             value = "nan" if e["value"] is None else f"{e['value']:.4g}"
             mark = " (default)" if est == t["default_estimator"] else ""
             lines.append(f"  {est:<10} {value:>10} {ci_text:>24}{mark}")
+        lines.append(f"  {bootstrap_note(t['bootstrap'])}")
     return "\n".join(lines)
 
 

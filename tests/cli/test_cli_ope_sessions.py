@@ -103,6 +103,18 @@ def test_real_sessions_json_says_propensities_are_estimated(data_dir, capsys):
     assert "propensities: estimated" in capsys.readouterr().out
 
 
+def test_real_sessions_report_the_bootstraps_non_finite_resamples(data_dir, capsys):
+    args = ["ope", "sessions", "--data", str(data_dir), "--split", "train"]
+    args += ["--target", "popularity,eps=0.5", "--n-bootstrap", "12"]
+    assert main([*args, "--json"]) == 0
+    boot = json.loads(capsys.readouterr().out)["targets"]["popularity,eps=0.5"]["bootstrap"]
+    assert boot["n_resamples"] == 12
+    assert tuple(boot["nonfinite_resamples"]) == SESSION_ESTIMATOR_NAMES
+    assert all(0 <= c <= 12 for c in boot["nonfinite_resamples"].values())
+    assert main(args) == 0
+    assert "  bootstrap: 12 resamples; non-finite ones left out" in capsys.readouterr().out
+
+
 def test_replay_json(data_dir, capsys):
     code = main(["ope", "replay", "--data", str(data_dir), "--policy", "popularity", "--json"])
     assert code == 0

@@ -22,6 +22,7 @@ from rlrec.evaluation.ope.bandit import (
     prepare_rounds,
 )
 from rlrec.evaluation.ope.base import Estimate, relative_errors
+from rlrec.evaluation.ope.bootstrap import bootstrap_note, bootstrap_summary
 from rlrec.evaluation.ope.reward_model import (
     RewardModelConfig,
     RewardModelFit,
@@ -77,6 +78,7 @@ class BanditOPEReport:
             out["ground_truth"] = self.ground_truth
         out["behavior_mean_reward"] = self.behavior_mean_reward
         out["estimates"] = {name: e.to_dict() for name, e in self.estimates.items()}
+        out["bootstrap"] = bootstrap_summary(self.estimates)
         if self.ground_truth is not None:
             out["relative_error"] = {
                 k: (v if np.isfinite(v) else None)
@@ -164,6 +166,7 @@ def format_report(report: BanditOPEReport) -> str:
         if errors:
             row += f" {errors[name]:>11.4f}"
         lines.append(row)
+    lines.append(bootstrap_note(bootstrap_summary(report.estimates)))
     if report.reward_model is not None:
         fit = report.reward_model
         lines.append(

@@ -10,15 +10,22 @@ resamples and the bootstrap is paid once. Resamples on which an estimate is unde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 
 from rlrec.errors import UserError
 from rlrec.evaluation.ope.base import DataT, Estimate, Estimator, column_sums
 
-__all__ = ["bootstrap_column_sums", "bootstrap_estimates", "estimate_values"]
+__all__ = [
+    "bootstrap_column_sums",
+    "bootstrap_estimates",
+    "bootstrap_note",
+    "bootstrap_summary",
+    "estimate_values",
+]
 
 
 def bootstrap_column_sums(
@@ -145,3 +152,32 @@ def estimate_values(
         confidence=confidence,
         seed=seed,
     )
+
+
+def bootstrap_summary(estimates: Mapping[str, Estimate]) -> dict[str, Any]:
+    """The JSON record of the bootstrap behind ``estimates``.
+
+    Returns:
+        ``{"n_resamples": B, "nonfinite_resamples": {name: count}}``: per estimator, how
+        many of the B resamples gave an undefined estimate and were left out of its interval.
+    """
+    n = max((e.n_resamples for e in estimates.values()), default=0)
+    return {
+        "n_resamples": n,
+        "nonfinite_resamples": {name: e.n_nonfinite for name, e in estimates.items()},
+    }
+
+
+def bootstrap_note(summary: Mapping[str, Any]) -> str:
+    """One line for text reports from a :func:`bootstrap_summary` record.
+
+    It says how many resamples the intervals come from and which estimators had undefined
+    (non-finite) ones, which were left out of their intervals.
+    """
+    n = int(summary["n_resamples"])
+    if n == 0:
+        return "bootstrap: no resamples (no intervals)"
+    counts = summary["nonfinite_resamples"]
+    bad = [f"{name} {count}" for name, count in counts.items() if count]
+    left_out = ", ".join(bad) if bad else "none"
+    return f"bootstrap: {n} resamples; non-finite ones left out of the intervals: {left_out}"

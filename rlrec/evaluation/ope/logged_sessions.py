@@ -36,6 +36,7 @@ import numpy as np
 from rlrec.data.dataset import PreparedDataset, SessionArrays
 from rlrec.data.schema import EVENT_TYPES
 from rlrec.errors import UserError
+from rlrec.evaluation.ope.bootstrap import bootstrap_summary
 from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
 from rlrec.evaluation.ope.q_features import CatalogFeatures
 from rlrec.evaluation.ope.sequential import (
@@ -228,7 +229,7 @@ def evaluate_real_sessions(
 
     Returns:
         ``{"target", "split", "sessions", "decisions", "propensities", "meaning",
-        "logged_value", "kl_per_step", "ess", "default_estimator", "estimates"}``.
+        "logged_value", "kl_per_step", "ess", "default_estimator", "estimates", "bootstrap"}``.
     """
     decisions = session_decisions(dataset, split, history_length)
     behaviour = estimate_count_behaviour(dataset)
@@ -281,6 +282,7 @@ def evaluate_real_sessions(
         "ess": effective_sample_size(sessions),
         "default_estimator": DEFAULT_ESTIMATOR,
         "estimates": {k: e.to_dict() for k, e in estimates.items()},
+        "bootstrap": bootstrap_summary(estimates),
     }
 
 

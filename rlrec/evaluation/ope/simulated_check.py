@@ -18,6 +18,7 @@ import numpy as np
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.errors import UserError
 from rlrec.evaluation.ope.base import relative_error
+from rlrec.evaluation.ope.bootstrap import bootstrap_summary
 from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation, q_calibration
 from rlrec.evaluation.ope.sequential import (
     DEFAULT_ESTIMATOR,
@@ -78,11 +79,12 @@ def evaluate_logged_targets(
     """Every sequential estimator for every target recorded in ``log``.
 
     Returns:
-        Per target: ``estimates`` ({name: {value, ci95}}), ``kl_per_step`` (mean over logged
-        steps, nats), ``ess`` (effective sessions of the trajectory weights), ``fqe_iterations``
-        and ``fqe_ridge`` (per fold) and, with ``truths``, ``true_value``, ``true_ci95``,
-        ``relative_error`` and ``truth_in_ci95`` (whether each estimator's interval covers
-        the truth).
+        Per target: ``estimates`` ({name: {value, ci95}}), ``bootstrap``
+        (:func:`~rlrec.evaluation.ope.bootstrap.bootstrap_summary`), ``kl_per_step`` (mean
+        over logged steps, nats), ``ess`` (effective sessions of the trajectory weights),
+        ``fqe_iterations`` and ``fqe_ridge`` (per fold) and, with ``truths``, ``true_value``,
+        ``true_ci95``, ``relative_error`` and ``truth_in_ci95`` (whether each estimator's
+        interval covers the truth).
     """
     out: dict[str, Any] = {}
     for name, tl in log.targets.items():
@@ -113,6 +115,7 @@ def evaluate_logged_targets(
             "fqe_iterations": list(fqe.iterations),
             "fqe_ridge": list(fqe.ridges),
             "estimates": {k: e.to_dict() for k, e in estimates.items()},
+            "bootstrap": bootstrap_summary(estimates),
             # MAGIC's blend: weight of each j-step return (j = -1 is DM, the last is WDR).
             "magic_blend": {"steps": steps.tolist(), "weights": weights.tolist()},
         }
