@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from rlrec.data.dataset import write_json_atomic
-from rlrec.evaluation.ope import (
+from rlrec.evaluation.ope.bandit import (
     default_estimators,
     estimate_policy_value,
     prepare_rounds,

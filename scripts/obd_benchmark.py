@@ -26,19 +26,19 @@ import numpy as np
 
 from rlrec.data.bandit import load_obd
 from rlrec.data.dataset import write_json_atomic
-from rlrec.evaluation.bandit_ope import BanditOPESettings, run_bandit_ope
-from rlrec.evaluation.ope import (
+from rlrec.evaluation.ope.bandit import (
     ESTIMATOR_NAMES,
     InverseProbabilityWeighting,
     SelfNormalizedIPW,
     prepare_rounds,
-    relative_error,
 )
-from rlrec.evaluation.policies_bandit import (
+from rlrec.evaluation.ope.bandit_policies import (
     BernoulliTSPolicy,
     UniformRandomPolicy,
     load_bts_prior,
 )
+from rlrec.evaluation.ope.bandit_report import BanditOPESettings, run_bandit_ope
+from rlrec.evaluation.ope.base import relative_error
 
 SETTINGS = (
     ("all:random->bts", "random", "bts"),

@@ -5,7 +5,7 @@ This is where the baselines and trained agents of ``rlrec.agents`` meet the esti
 prints.
 
 Policy SPEC: ``BASE[,tau=T][,eps=E]``, the policy ``(1 - E) softmax(scores / T) + E uniform``
-(:class:`rlrec.evaluation.session_logging.SoftenedPolicy`), where BASE is
+(:class:`rlrec.evaluation.ope.stochastic_policies.SoftenedPolicy`), where BASE is
 
 * ``random``: uniform over the catalog;
 * ``popular``: the most popular item (with ``eps``: epsilon-greedy over popularity);
@@ -125,7 +125,7 @@ class SimulatorContext:
             PopularPolicy,
             RandomPolicy,
         )
-        from rlrec.evaluation.session_logging import CachedScores, ScorePolicy
+        from rlrec.evaluation.ope.stochastic_policies import CachedScores, ScorePolicy
 
         if self._bases is None:
             self._bases = {}
@@ -162,7 +162,7 @@ class SimulatorContext:
 
     def policy(self, spec: PolicySpec, seed: int) -> Any:
         """The stochastic policy of ``spec``."""
-        from rlrec.evaluation.session_logging import SoftenedPolicy
+        from rlrec.evaluation.ope.stochastic_policies import SoftenedPolicy
 
         return SoftenedPolicy(self.base(spec), spec.text, spec.temperature, spec.epsilon, seed)
 
@@ -218,8 +218,8 @@ def run_simulated_check(
     progress: Any = None,
 ) -> dict[str, Any]:
     """The ``rlrec ope sessions --simulate`` report (also used by the benchmark)."""
-    from rlrec.evaluation.fqe import FQEConfig
-    from rlrec.evaluation.session_logging import SimulatedCheckSettings, simulated_ope_check
+    from rlrec.evaluation.ope.fqe import FQEConfig
+    from rlrec.evaluation.ope.simulated_check import SimulatedCheckSettings, simulated_ope_check
 
     b_spec = parse_policy_spec(behaviour)
     t_specs = [parse_policy_spec(t) for t in targets]
@@ -283,7 +283,7 @@ def data_policy(spec: PolicySpec, dataset: Any, encoder_dir: str | None, seed: i
         The policy and the history length it reads (the run's for a PPO policy, else 20).
     """
     from rlrec.agents.baselines import GreedySupervisedPolicy, RandomPolicy
-    from rlrec.evaluation.session_logging import ScorePolicy, SoftenedPolicy
+    from rlrec.evaluation.ope.stochastic_policies import ScorePolicy, SoftenedPolicy
 
     n = dataset.n_items
     counts = dataset.items["count"].to_numpy(np.float64)

@@ -68,9 +68,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _bandit(args: argparse.Namespace) -> int:
     # Imported here so that `rlrec --help` does not pay for scipy and pandas.
     from rlrec.data.bandit import load_obd
-    from rlrec.evaluation.bandit_ope import BanditOPESettings, format_report, run_bandit_ope
-    from rlrec.evaluation.policies_bandit import RunDirectoryPolicy, parse_policy_spec
-    from rlrec.evaluation.reward_model import RewardModelConfig
+    from rlrec.evaluation.ope.bandit_policies import RunDirectoryPolicy, parse_policy_spec
+    from rlrec.evaluation.ope.bandit_report import BanditOPESettings, format_report, run_bandit_ope
+    from rlrec.evaluation.ope.reward_model import RewardModelConfig
 
     if args.n_bootstrap < 0:
         raise UserError(f"--n-bootstrap: expected >= 0, got {args.n_bootstrap}")

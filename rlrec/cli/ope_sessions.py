@@ -72,6 +72,8 @@ def add_sessions_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
 
 def format_simulated(report: dict[str, Any]) -> str:
     """A plain-text table of a ``--simulate`` report."""
+    from rlrec.evaluation.ope.bootstrap import bootstrap_note
+
     lines = [
         f"{report['sessions']} sessions ({report['logged_steps']} steps) logged in "
         f"{report['source']} by {report['behaviour']} (mean return "
@@ -100,6 +102,7 @@ def format_simulated(report: dict[str, Any]) -> str:
             rel = t["relative_error"][est]
             mark = " (default)" if est == report["default_estimator"] else ""
             lines.append(f"  {est:<10} {value:>9} {ci_text:>22} {rel:>10.3f}{mark}")
+        lines.append(f"  {bootstrap_note(t['bootstrap'])}")
     return "\n".join(lines)
 
 
@@ -144,8 +147,8 @@ def _sessions(args: argparse.Namespace) -> int:
 def run_real_sessions(args: argparse.Namespace) -> dict[str, Any]:
     """The ``rlrec ope sessions --data`` report: one entry per target."""
     from rlrec.data.dataset import load_dataset
-    from rlrec.evaluation.fqe import FQEConfig
-    from rlrec.evaluation.logged_sessions import evaluate_real_sessions
+    from rlrec.evaluation.ope.fqe import FQEConfig
+    from rlrec.evaluation.ope.logged_sessions import evaluate_real_sessions
 
     specs = [parse_policy_spec(text) for text in args.target]  # mistakes before the data loads
     dataset = load_dataset(args.data)
@@ -167,6 +170,8 @@ def run_real_sessions(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_real(report: dict[str, Any]) -> str:
     """A plain-text table of a ``--data`` report."""
+    from rlrec.evaluation.ope.bootstrap import bootstrap_note
+
     lines = [f"real sessions of {report['data']}"]
     for name, t in report["targets"].items():
         lines += [
@@ -185,6 +190,7 @@ def format_real(report: dict[str, Any]) -> str:
             value = "nan" if e["value"] is None else f"{e['value']:.4g}"
             mark = " (default)" if est == t["default_estimator"] else ""
             lines.append(f"  {est:<10} {value:>10} {ci_text:>24}{mark}")
+        lines.append(f"  {bootstrap_note(t['bootstrap'])}")
     return "\n".join(lines)
 
 
@@ -213,7 +219,7 @@ def add_replay_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _replay(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
-    from rlrec.evaluation.logged_sessions import replay_metrics
+    from rlrec.evaluation.ope.logged_sessions import replay_metrics
 
     if args.k < 1:
         raise UserError(f"--k: expected >= 1, got {args.k}")

@@ -6,8 +6,8 @@ clicked (``reward`` 1) or not (0). This is the layout of the Open Bandit Dataset
 al., NeurIPS 2021), where every row of ``random.csv`` / ``bts.csv`` is one (item, position)
 impression with its marginal propensity.
 
-Off-policy estimators (:mod:`rlrec.evaluation.ope`) read ``action``, ``position``, ``reward``
-and ``pscore``; reward models (:mod:`rlrec.evaluation.reward_model`) also read ``context``,
+Off-policy estimators (:mod:`rlrec.evaluation.ope.bandit`) read ``action``, ``position``, ``reward``
+and ``pscore``; reward models (:mod:`rlrec.evaluation.ope.reward_model`) also read ``context``,
 ``affinity`` and ``action_context``.
 """
 

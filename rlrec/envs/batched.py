@@ -6,10 +6,11 @@ Two faces over one simulator:
   ``metadata["autoreset_mode"] = AutoresetMode.SAME_STEP``: a user who leaves or reaches
   ``max_steps`` is replaced by a new user within the same ``step``; the returned observation
   row is the new user's, the last one of the finished episode is in ``infos["final_obs"]``
-  where the boolean mask ``infos["_final_obs"]`` is true. Unlike Gymnasium's
-  ``SyncVectorEnv`` (an object array of per-user dicts), ``final_obs`` is batched: a dict of
-  (N, ...) arrays like the observation, read as ``infos["final_obs"]["item_history"][i]``; building
-  N small dicts per step would cost more than the simulation step itself.
+  where the boolean mask ``infos["_final_obs"]`` is true. As in Gymnasium's ``SyncVectorEnv``
+  (and as its vector wrappers, e.g. ``gymnasium.wrappers.vector.FilterObservation``, read
+  it), ``final_obs`` is an (N,) object array: row ``i`` is that user's last observation (a
+  dict like one user's observation, ``infos["final_obs"][i]["item_history"]``), None where
+  no episode ended. Only finished users get a dict, so it costs little per step.
 * :class:`rlrec.envs.sb3_vec_env.BatchedVecEnv`, a Stable-Baselines3 ``VecEnv`` with SB3's
   auto-reset: ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]``
   (its own module, so that importing the envs does not import SB3 and torch).
@@ -155,11 +156,15 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
             _item=self._all,
         )
         if len(done):
-            # Batched rather than Gymnasium's object array of per-user dicts: building N
-            # small dicts per step would cost more than the whole simulation step.
+            # Gymnasium's same-step layout, which its vector wrappers iterate: one user's
+            # observation per finished row, None elsewhere. Rows are views of ``final``, a
+            # fresh copy every step, so later steps never change them.
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            for i in done.tolist():
+                final_obs[i] = {key: rows[i] for key, rows in final.items()}
             mask = np.zeros(self.num_envs, dtype=bool)
             mask[done] = True
-            infos["final_obs"] = final
+            infos["final_obs"] = final_obs
             infos["_final_obs"] = mask
         return (
             self._observation(state),

@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import ks_2samp
 
 from rlrec.data.dataset import PreparedDataset
 from rlrec.errors import UserError
@@ -49,27 +51,18 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     Returns:
         A value in [0, 1]; 0 iff the normalized distributions are equal.
     """
-    p = np.asarray(p, dtype=float).ravel()
-    q = np.asarray(q, dtype=float).ravel()
-    p, q = p / p.sum(), q / q.sum()
-    m = 0.5 * (p + q)
-
-    def kl(a: np.ndarray) -> float:
-        used = a > 0
-        return float(np.sum(a[used] * np.log2(a[used] / m[used])))
-
-    return 0.5 * kl(p) + 0.5 * kl(q)
+    # SciPy returns the Jensen-Shannon *distance*, the square root of the divergence.
+    distance = jensenshannon(np.ravel(p).astype(float), np.ravel(q).astype(float), base=2.0)
+    # Rounding can leave the divergence of (nearly) equal distributions a hair below 0,
+    # whose square root is NaN; that is a divergence of 0.
+    return float(distance**2) if np.isfinite(distance) else 0.0
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov statistic: max |F_a(x) - F_b(x)| over all x."""
-    a, b = np.sort(np.asarray(a)), np.sort(np.asarray(b))
     if len(a) == 0 or len(b) == 0:
         return float("nan")
-    grid = np.union1d(a, b)
-    fa = np.searchsorted(a, grid, side="right") / len(a)
-    fb = np.searchsorted(b, grid, side="right") / len(b)
-    return float(np.max(np.abs(fa - fb)))
+    return float(ks_2samp(np.asarray(a), np.asarray(b)).statistic)
 
 
 def _pair_counts(offsets: np.ndarray, category: np.ndarray, k: int) -> np.ndarray:

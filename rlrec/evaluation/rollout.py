@@ -162,11 +162,9 @@ def rollout(
 def entropy_nats(counts: np.ndarray) -> float:
     """Shannon entropy (nats) of the empirical distribution given by ``counts``."""
     c = np.asarray(counts, dtype=np.float64)
-    total = c.sum()
-    if total <= 0:
+    if c.sum() <= 0:
         return 0.0
-    p = c[c > 0] / total
-    return float(-(p * np.log(p)).sum())
+    return float(stats.entropy(c))
 
 
 def summarize(stats_: EpisodeStats) -> dict[str, Any]:

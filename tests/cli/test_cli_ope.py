@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlrec.cli import main
-from rlrec.evaluation.ope import ESTIMATOR_NAMES
+from rlrec.evaluation.ope.bandit import ESTIMATOR_NAMES
 
 
 def write_log(path: Path, n: int, seed: int, n_items: int = 4, len_list: int = 2) -> Path:
@@ -92,6 +92,16 @@ def test_text_output(files, capsys) -> None:
     assert "rel. error" in out and "reward model: logistic" in out
     for name in ESTIMATOR_NAMES:
         assert f"\n{name} " in out
+
+
+def test_bootstrap_non_finite_counts_in_json_and_text(files, capsys) -> None:
+    args = ["--logs", str(files["logs"]), "--policy", "random", "--n-bootstrap", "15"]
+    boot = run_json(capsys, args)["bootstrap"]
+    # A uniform policy on a uniform log has weight 1 everywhere: no resample is undefined.
+    assert boot == {"n_resamples": 15, "nonfinite_resamples": dict.fromkeys(ESTIMATOR_NAMES, 0)}
+    assert main(["ope", "bandit", *args]) == 0
+    out = capsys.readouterr().out
+    assert "\nbootstrap: 15 resamples; non-finite ones left out of the intervals: none\n" in out
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from rlrec.agents.policy_specs import parse_policy_spec
 from rlrec.cli import main
 from rlrec.errors import UserError
-from rlrec.evaluation.sequential_ope import SESSION_ESTIMATOR_NAMES
+from rlrec.evaluation.ope.sequential import SESSION_ESTIMATOR_NAMES
 from tests.envs.conftest import write_tiny_dataset
 
 TINY_PRESET = """\
@@ -101,6 +101,18 @@ def test_real_sessions_json_says_propensities_are_estimated(data_dir, capsys):
     assert t["decisions"] == 7
     assert main([*args, "--target", "random", "--n-bootstrap", "10"]) == 0
     assert "propensities: estimated" in capsys.readouterr().out
+
+
+def test_real_sessions_report_the_bootstraps_non_finite_resamples(data_dir, capsys):
+    args = ["ope", "sessions", "--data", str(data_dir), "--split", "train"]
+    args += ["--target", "popularity,eps=0.5", "--n-bootstrap", "12"]
+    assert main([*args, "--json"]) == 0
+    boot = json.loads(capsys.readouterr().out)["targets"]["popularity,eps=0.5"]["bootstrap"]
+    assert boot["n_resamples"] == 12
+    assert tuple(boot["nonfinite_resamples"]) == SESSION_ESTIMATOR_NAMES
+    assert all(0 <= c <= 12 for c in boot["nonfinite_resamples"].values())
+    assert main(args) == 0
+    assert "  bootstrap: 12 resamples; non-finite ones left out" in capsys.readouterr().out
 
 
 def test_replay_json(data_dir, capsys):

@@ -102,17 +102,72 @@ def test_batched_spaces_and_same_step_autoreset(sim_model, tiny_dataset):
         if done.any():
             final = info["final_obs"]
             np.testing.assert_array_equal(info["_final_obs"], done)
-            # The final observation continues the old history; the new row starts over.
-            np.testing.assert_array_equal(
-                final["item_history"][done, :-1], prev["item_history"][done, 1:]
-            )
-            assert (final["step"][done, 0] == prev["step"][done, 0] + 1).all()
+            # Gymnasium's layout: an (N,) object array, one user's observation where done.
+            assert final.shape == (32,) and final.dtype == object
+            assert all(final[i] is None for i in np.flatnonzero(~done))
+            for i in np.flatnonzero(done):
+                assert env.single_observation_space.contains(final[i])
+                # The final observation continues the old history; the new row starts over.
+                np.testing.assert_array_equal(
+                    final[i]["item_history"][:-1], prev["item_history"][i, 1:]
+                )
+                assert final[i]["step"][0] == prev["step"][i, 0] + 1
             assert (obs["step"][done, 0] <= 10).all()  # a fresh warm prefix of <= 10 steps
         episode_length[done] = 0
         prev = obs
     interest = env.interest()
     assert interest.shape == (32, 4)
     np.testing.assert_allclose(interest.sum(axis=1), 1.0)
+
+
+def test_final_obs_has_the_layout_of_gymnasiums_sync_vector_env(sim_model, tiny_dataset):
+    # The reference: Gymnasium's own SyncVectorEnv over the single env, same-step autoreset.
+    config = {"max_steps": 2}
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: InterestDriftEnv(sim_model, tiny_dataset, config=config)] * 3,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    batched = BatchedInterestDrift(3, sim_model, tiny_dataset, config=config)
+    finals = []
+    for env in (sync, batched):
+        env.reset(seed=0)
+        info: dict = {}
+        while "final_obs" not in info:  # users end within max_steps = 2 steps
+            *_, info = env.step(np.zeros(3, dtype=np.int64))
+        finals.append((info["final_obs"], info["_final_obs"]))
+    (ref, ref_mask), (got, got_mask) = finals
+    assert (type(got), got.dtype, got.shape) == (type(ref), ref.dtype, ref.shape)
+    assert got_mask.dtype == ref_mask.dtype and got_mask.shape == ref_mask.shape
+    example = ref[np.flatnonzero(ref_mask)[0]]
+    for g, done in zip(got, got_mask, strict=True):
+        if not done:
+            assert g is None
+            continue
+        assert set(g) == set(example)
+        for key, value in example.items():
+            assert (g[key].dtype, g[key].shape) == (value.dtype, value.shape), key
+
+
+def test_record_episode_statistics_sees_same_step_episodes(sim_model, tiny_dataset):
+    # Gymnasium's vector RecordEpisodeStatistics reads the same-step autoreset mode: every
+    # step counts towards an episode, and a finished one is reported in the step it ends.
+    env = BatchedInterestDrift(8, sim_model, tiny_dataset, config={"max_steps": 3})
+    wrapped = gym.wrappers.vector.RecordEpisodeStatistics(env)
+    wrapped.reset(seed=2)
+    returns, lengths = np.zeros(8), np.zeros(8, dtype=int)
+    reported = 0
+    for t in range(7):
+        _, reward, term, trunc, info = wrapped.step(np.full(8, t % 5, dtype=np.int64))
+        returns += reward
+        lengths += 1
+        done = term | trunc
+        if done.any():
+            np.testing.assert_array_equal(info["_episode"], done)
+            np.testing.assert_allclose(info["episode"]["r"][done], returns[done])
+            np.testing.assert_array_equal(info["episode"]["l"][done], lengths[done])
+            reported += int(done.sum())
+        returns[done], lengths[done] = 0.0, 0
+    assert reported >= 16  # every user finished at least twice in 7 steps of <= 3
 
 
 def test_partial_reset_with_mask(sim_model):

@@ -1,7 +1,9 @@
+import contextlib
 import json
 import pickle
 import shutil
 import warnings
+from collections.abc import Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -29,20 +31,31 @@ def rollout(env, seed, steps=60):
     return trace
 
 
+RENDER_MODE_NOTICE = "Not able to test alternative render modes"
+"""The one checker notice allowed: an env built without ``gym.make`` has no spec to render."""
+
+
+@contextlib.contextmanager
+def checker_warnings_fail() -> Iterator[None]:
+    """Turn every warning of the env checkers into an error, but the render-mode notice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=f".*{RENDER_MODE_NOTICE}")
+        yield
+
+
 @pytest.mark.parametrize("use_dataset", [True, False])
 def test_gymnasium_and_sb3_env_checkers(sim_model, tiny_dataset, use_dataset):
     dataset = tiny_dataset if use_dataset else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the render-mode notice about having no spec
+    with checker_warnings_fail():
         gym_check_env(InterestDriftEnv(sim_model, dataset), skip_render_check=True)
-    sb3_check_env(InterestDriftEnv(sim_model, dataset), warn=True)
+        sb3_check_env(InterestDriftEnv(sim_model, dataset), warn=True)
 
 
 def test_make_through_the_registry_without_time_limit(sim_dir, tiny_dataset):
     env = gym.make(ENV_ID, sim_model=sim_dir, dataset=tiny_dataset.path)
     assert env.spec is not None and env.spec.max_episode_steps is None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with checker_warnings_fail():
         gym_check_env(env.unwrapped)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)

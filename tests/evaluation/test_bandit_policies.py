@@ -9,7 +9,7 @@ import pytest
 
 from rlrec.data.bandit import BanditFeedback
 from rlrec.errors import UserError
-from rlrec.evaluation.policies_bandit import (
+from rlrec.evaluation.ope.bandit_policies import (
     BernoulliTSPolicy,
     RunDirectoryPolicy,
     UniformRandomPolicy,
@@ -131,5 +131,5 @@ def test_run_directory_is_recognised_and_its_loader_is_a_hook(tmp_path, monkeypa
     def loader(run_dir, feedback):
         return np.full((feedback.n_rounds, feedback.n_actions, feedback.len_list), 0.25)
 
-    monkeypatch.setattr("rlrec.evaluation.policies_bandit.RUN_POLICY_ACTION_DIST", loader)
+    monkeypatch.setattr("rlrec.evaluation.ope.bandit_policies.RUN_POLICY_ACTION_DIST", loader)
     assert policy.action_dist(small_feedback()).shape == (4, 4, 2)

@@ -46,11 +46,30 @@ def test_js_divergence_bounds() -> None:
     assert 0 < js_divergence(np.array([0.5, 0.5]), np.array([0.9, 0.1])) < 1
 
 
+def test_js_divergence_is_the_divergence_not_scipys_distance() -> None:
+    # By hand: m = (0.7, 0.3); JS = (KL(p || m) + KL(q || m)) / 2 in bits.
+    kl_p = 0.5 * np.log2(0.5 / 0.7) + 0.5 * np.log2(0.5 / 0.3)
+    kl_q = 0.9 * np.log2(0.9 / 0.7) + 0.1 * np.log2(0.1 / 0.3)
+    got = js_divergence(np.array([5.0, 5.0]), np.array([0.9, 0.1]))
+    assert got == pytest.approx((kl_p + kl_q) / 2, rel=1e-12)
+
+
 def test_ks_distance_matches_scipy() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.geometric(0.2, 300), rng.geometric(0.25, 500)
     assert ks_distance(a, b) == pytest.approx(ks_2samp(a, b).statistic)
     assert ks_distance(a, a) == 0.0
+
+
+def test_ks_distance_is_the_largest_gap_between_empirical_cdfs() -> None:
+    # F_a = 1/3, 2/3, 1, 1 and F_b = 0, 1/2, 1/2, 1 at 1, 2, 3, 4: the gap is 1/2 at 3.
+    assert ks_distance(np.array([1, 2, 3]), np.array([2, 4])) == pytest.approx(0.5)
+    rng = np.random.default_rng(1)
+    a, b = rng.geometric(0.2, 200), rng.geometric(0.3, 150)  # many ties
+    grid = np.union1d(a, b)
+    gaps = [abs(np.mean(a <= x) - np.mean(b <= x)) for x in grid]
+    assert ks_distance(a, b) == pytest.approx(max(gaps), abs=1e-12)
+    assert np.isnan(ks_distance(np.array([]), b))
 
 
 def test_streak_occupancy_counts_every_decision(fitted: SimModel) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from rlrec.data.schema import EVENT_TYPES
 from rlrec.errors import UserError
-from rlrec.evaluation.logged_sessions import (
+from rlrec.evaluation.ope.logged_sessions import (
     BEHAVIOUR_METHOD,
     estimate_count_behaviour,
     evaluate_real_sessions,

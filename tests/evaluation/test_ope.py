@@ -9,7 +9,7 @@ import pytest
 
 from rlrec.data.bandit import load_obd
 from rlrec.errors import UserError
-from rlrec.evaluation.ope import (
+from rlrec.evaluation.ope.bandit import (
     ESTIMATOR_NAMES,
     DirectMethod,
     DoublyRobust,
@@ -18,12 +18,12 @@ from rlrec.evaluation.ope import (
     SelfNormalizedDR,
     SelfNormalizedIPW,
     SwitchDoublyRobust,
-    bootstrap_column_sums,
     default_estimators,
     estimate_policy_value,
     prepare_rounds,
-    relative_error,
 )
+from rlrec.evaluation.ope.base import relative_error
+from rlrec.evaluation.ope.bootstrap import bootstrap_column_sums
 
 
 def context_free_log(

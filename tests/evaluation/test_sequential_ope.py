@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from rlrec.errors import UserError
-from rlrec.evaluation.fqe import FQEConfig, fitted_q_evaluation
-from rlrec.evaluation.sequential_ope import (
+from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
+from rlrec.evaluation.ope.sequential import (
     SESSION_ESTIMATOR_NAMES,
     effective_sample_size,
     estimate_session_value,
@@ -191,7 +191,7 @@ def test_invalid_inputs_are_one_line_user_errors(override, match):
 
 def test_estimators_without_a_q_function_are_refused_by_name():
     sessions = prepare_sessions(**_base())
-    from rlrec.evaluation.sequential_ope import StepwiseDR
+    from rlrec.evaluation.ope.sequential import StepwiseDR
 
     with pytest.raises(UserError, match="dr needs a fitted Q-function"):
         estimate_session_value(sessions, estimators=[StepwiseDR()])
@@ -336,7 +336,7 @@ def test_every_default_estimator_is_reported_in_order():
 
 def test_magic_candidates_run_from_dm_to_wdr():
     """The j-step returns at j = -1 and j = H - 1 are DM and WDR (hand example above)."""
-    from rlrec.evaluation.sequential_ope import BlendedDR, WeightedDR, _j_step_returns
+    from rlrec.evaluation.ope.sequential import BlendedDR, WeightedDR, _j_step_returns
 
     sessions = prepare_sessions(**_base(), q_factual=Q, v_target=V, gamma=0.9)
     terms = WeightedDR().terms(sessions).sum(axis=0, keepdims=True)
@@ -355,7 +355,7 @@ def test_magic_candidates_run_from_dm_to_wdr():
 
 def test_magic_follows_the_data_on_a_known_mdp():
     """An exact Q-function: MAGIC within 10% like DM and WDR; a biased one: it leaves DM."""
-    from rlrec.evaluation.sequential_ope import BlendedDR
+    from rlrec.evaluation.ope.sequential import BlendedDR
 
     offsets, s, a, r, pb, pe = simulate(0, 3000)
     fqe = fitted_q_evaluation(
@@ -378,7 +378,7 @@ def test_magic_follows_the_data_on_a_known_mdp():
 
 
 def test_returns_to_go_and_calibration_of_an_exact_model():
-    from rlrec.evaluation.fqe import q_calibration, returns_to_go
+    from rlrec.evaluation.ope.fqe import q_calibration, returns_to_go
 
     g = returns_to_go(OFFSETS, REWARD, gamma=0.5)
     np.testing.assert_allclose(g, [1 + 0.5 * 2, 2, 4])

@@ -8,20 +8,20 @@ import pytest
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.envs.config import EnvConfig
 from rlrec.errors import UserError
-from rlrec.evaluation.fqe import FQEConfig, fitted_q_evaluation
-from rlrec.evaluation.session_logging import (
-    CachedScores,
+from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
+from rlrec.evaluation.ope.q_features import (
     CatalogFeatures,
-    ScorePolicy,
-    SimulatedCheckSettings,
-    SoftenedPolicy,
     catalog_features,
     category_switch_matrix,
+)
+from rlrec.evaluation.ope.simulated_check import SimulatedCheckSettings, simulated_ope_check
+from rlrec.evaluation.ope.simulated_logging import log_sessions, true_value
+from rlrec.evaluation.ope.stochastic_policies import (
+    CachedScores,
+    ScorePolicy,
+    SoftenedPolicy,
     kl_divergence,
-    log_sessions,
     sample_actions,
-    simulated_ope_check,
-    true_value,
 )
 from tests.envs.conftest import N_ITEMS, make_sim_model, write_tiny_dataset
 

@@ -31,11 +31,12 @@ end on it earns nothing, its Q and V are 0, and its cumulative weight stays at i
 (every policy takes the same dummy action there), which is the convention that keeps the
 weighted estimators' per-step normalisers comparable across steps (Thomas 2015).
 
-Like the bandit estimators (:mod:`rlrec.evaluation.ope`), every estimator is a function of
-column sums of per-session terms, so one resample of sessions (:func:`bootstrap_column_sums`)
-gives every estimator's bootstrap interval at once. The fitted Q-function is held fixed
-across resamples (fit it cross-fitted, :mod:`rlrec.evaluation.fqe`, so that its errors are
-independent of the residuals it corrects).
+Like the bandit estimators (:mod:`rlrec.evaluation.ope.bandit`), every estimator is an
+:class:`~rlrec.evaluation.ope.base.Estimator`: a function of column sums of per-session
+terms, so one resample of sessions (:mod:`rlrec.evaluation.ope.bootstrap`) gives every
+estimator's bootstrap interval at once. The fitted Q-function is held fixed across resamples
+(fit it cross-fitted, :mod:`rlrec.evaluation.ope.fqe`, so that its errors are independent of
+the residuals it corrects).
 """
 
 from __future__ import annotations
@@ -49,7 +50,28 @@ import numpy as np
 from scipy.optimize import minimize
 
 from rlrec.errors import UserError
-from rlrec.evaluation.ope import Estimate, bootstrap_column_sums, bootstrap_estimates
+from rlrec.evaluation.ope.base import Estimate, Estimator, ratio
+from rlrec.evaluation.ope.bootstrap import bootstrap_column_sums, estimate_values
+
+__all__ = [
+    "DEFAULT_ESTIMATOR",
+    "SESSION_ESTIMATOR_NAMES",
+    "BlendedDR",
+    "DirectMethod",
+    "LoggedSessions",
+    "PerDecisionIS",
+    "SessionEstimator",
+    "StepwiseDR",
+    "TrajectoryIS",
+    "WeightedDR",
+    "WeightedIS",
+    "WeightedPDIS",
+    "default_session_estimators",
+    "effective_sample_size",
+    "estimate_session_value",
+    "prepare_sessions",
+    "validate_session_inputs",
+]
 
 SESSION_ESTIMATOR_NAMES = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "magic")
 """The sequential estimators, in report order."""
@@ -100,6 +122,11 @@ class LoggedSessions:
         return int(self.reward.shape[0])
 
     @property
+    def n_units(self) -> int:
+        """The bootstrap's units: the logged sessions."""
+        return self.n_sessions
+
+    @property
     def horizon(self) -> int:
         """Longest session's length (the grid's width)."""
         return int(self.reward.shape[1])
@@ -119,7 +146,7 @@ class LoggedSessions:
         if self.q_factual is None or self.v_target is None:
             raise UserError(
                 f"estimator {name} needs a fitted Q-function (q_factual and v_target); fit "
-                "one with rlrec.evaluation.fqe.fitted_q_evaluation and pass its output"
+                "one with rlrec.evaluation.ope.fqe.fitted_q_evaluation and pass its output"
             )
         return self.q_factual, self.v_target
 
@@ -321,43 +348,12 @@ def prepare_sessions(
     )
 
 
-def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """Divide num by den, with 0 where den == 0 (no weight at a step: it contributes nothing)."""
-    out = np.zeros(np.broadcast_shapes(num.shape, den.shape), dtype=np.float64)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
-def _nan_ratio(num: np.ndarray, den: np.ndarray | int) -> np.ndarray:
-    num = np.asarray(num, dtype=np.float64)
-    den_arr = np.broadcast_to(np.asarray(den, dtype=np.float64), num.shape)
-    out = np.full(num.shape, np.nan)
-    np.divide(num, den_arr, out=out, where=den_arr != 0)
-    return out
-
-
 @dataclass(frozen=True)
-class SessionEstimator:
-    """Base of the sequential estimators: per-session terms whose sums combine into a value.
+class SessionEstimator(Estimator[LoggedSessions]):
+    """Base of the sequential estimators: :class:`~rlrec.evaluation.ope.base.Estimator` on sessions.
 
-    ``requires_q_function`` marks the estimators that read the fitted Q-function.
+    ``requires_model`` marks the estimators that read the fitted Q-function.
     """
-
-    name: ClassVar[str] = ""
-    requires_q_function: ClassVar[bool] = False
-
-    def terms(self, sessions: LoggedSessions) -> np.ndarray:
-        """(n_sessions, n_terms) float64 per-session terms."""
-        raise NotImplementedError
-
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:
-        """(B,) estimates from (B, n_terms) column sums over ``n_sessions`` sessions."""
-        raise NotImplementedError
-
-    def estimate(self, sessions: LoggedSessions) -> float:
-        """The point estimate on all logged sessions."""
-        sums = self.terms(sessions).sum(axis=0, keepdims=True)
-        return float(self.combine(sums, sessions.n_sessions, sessions)[0])
 
 
 def _returns(sessions: LoggedSessions) -> np.ndarray:
@@ -373,8 +369,10 @@ class TrajectoryIS(SessionEstimator):
     def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
         return (sessions.weight[:, -1] * _returns(sessions))[:, None]
 
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
-        return _nan_ratio(sums[:, 0], n_sessions)
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
@@ -387,8 +385,10 @@ class WeightedIS(SessionEstimator):
         w = sessions.weight[:, -1]
         return np.column_stack([w * _returns(sessions), w])
 
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
-        return _nan_ratio(sums[:, 0], sums[:, 1])
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], sums[:, 1])
 
 
 @dataclass(frozen=True)
@@ -400,8 +400,10 @@ class PerDecisionIS(SessionEstimator):
     def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
         return ((sessions.weight * sessions.reward) @ sessions.discount)[:, None]
 
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
-        return _nan_ratio(sums[:, 0], n_sessions)
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
@@ -414,9 +416,11 @@ class WeightedPDIS(SessionEstimator):
         w = sessions.weight
         return np.hstack([w * sessions.reward, w])  # (S, 2H)
 
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
-        h = sessions.horizon
-        return _safe_ratio(sums[:, :h], sums[:, h:]) @ sessions.discount
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
+    ) -> np.ndarray:
+        h = data.horizon
+        return ratio(sums[:, :h], sums[:, h:], where_zero=0.0) @ data.discount
 
 
 @dataclass(frozen=True)
@@ -424,14 +428,16 @@ class DirectMethod(SessionEstimator):
     """DM: the fitted Q-function's value of the target policy at the sessions' first states."""
 
     name: ClassVar[str] = "dm"
-    requires_q_function: ClassVar[bool] = True
+    requires_model: ClassVar[bool] = True
 
     def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
         _, v = sessions.model_terms(self.name)
         return v[:, :1]
 
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
-        return _nan_ratio(sums[:, 0], n_sessions)
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], n_units)
 
 
 def _previous_weight(sessions: LoggedSessions) -> np.ndarray:
@@ -445,7 +451,7 @@ class StepwiseDR(SessionEstimator):
     """Step-wise doubly robust (Jiang & Li 2016): PDIS with the Q-function as control variate."""
 
     name: ClassVar[str] = "dr"
-    requires_q_function: ClassVar[bool] = True
+    requires_model: ClassVar[bool] = True
 
     def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
         q, v = sessions.model_terms(self.name)
@@ -453,8 +459,10 @@ class StepwiseDR(SessionEstimator):
         per_step = w * (sessions.reward - q) + _previous_weight(sessions) * v  # (S, H)
         return (per_step @ sessions.discount)[:, None]
 
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
-        return _nan_ratio(sums[:, 0], n_sessions)
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
@@ -462,7 +470,7 @@ class WeightedDR(SessionEstimator):
     """Weighted doubly robust (Thomas & Brunskill 2016): DR with per-step normalised weights."""
 
     name: ClassVar[str] = "wdr"
-    requires_q_function: ClassVar[bool] = True
+    requires_model: ClassVar[bool] = True
 
     def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
         q, v = sessions.model_terms(self.name)
@@ -470,12 +478,14 @@ class WeightedDR(SessionEstimator):
         # Columns: w_t (r_t - q_t), w_{t-1} v_t, w_t; each (S, H).
         return np.hstack([w * (sessions.reward - q), _previous_weight(sessions) * v, w])
 
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
-        h = sessions.horizon
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
+    ) -> np.ndarray:
+        h = data.horizon
         residual, control, weight = sums[:, :h], sums[:, h : 2 * h], sums[:, 2 * h :]
-        previous = np.hstack([np.full((sums.shape[0], 1), float(n_sessions)), weight[:, :-1]])
-        per_step = _safe_ratio(residual, weight) + _safe_ratio(control, previous)  # (B, H)
-        return per_step @ sessions.discount
+        previous = np.hstack([np.full((sums.shape[0], 1), float(n_units)), weight[:, :-1]])
+        per_step = ratio(residual, weight, 0.0) + ratio(control, previous, 0.0)  # (B, H)
+        return per_step @ data.discount
 
 
 def _j_step_returns(
@@ -492,10 +502,10 @@ def _j_step_returns(
     h = horizon
     residual, control, weight = sums[:, :h], sums[:, h : 2 * h], sums[:, 2 * h :]
     previous = np.hstack([np.full((sums.shape[0], 1), float(n_sessions)), weight[:, :-1]])
-    per_step = (_safe_ratio(residual, weight) + _safe_ratio(control, previous)) * discount
+    per_step = (ratio(residual, weight, 0.0) + ratio(control, previous, 0.0)) * discount
     head = np.hstack([np.zeros((sums.shape[0], 1)), np.cumsum(per_step, axis=1)])  # (B, H+1)
     # Tail after step j: gamma^{j+1} C_{j+1} / W_j, i.e. the control term of step j + 1.
-    control_next = np.hstack([_safe_ratio(control, previous) * discount, np.zeros((len(sums), 1))])
+    control_next = np.hstack([ratio(control, previous, 0.0) * discount, np.zeros((len(sums), 1))])
     return head[:, steps + 1] + control_next[:, steps + 1]
 
 
@@ -544,7 +554,7 @@ class BlendedDR(SessionEstimator):
     """
 
     name: ClassVar[str] = "magic"
-    requires_q_function: ClassVar[bool] = True
+    requires_model: ClassVar[bool] = True
     steps: tuple[int, ...] = (-1, 0, 1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50)
     n_bootstrap: int = 200
     bias_interval: float = 0.9
@@ -585,9 +595,11 @@ class BlendedDR(SessionEstimator):
         omega = np.cov(resampled, rowvar=False)  # (J, J)
         return steps, _simplex_quadratic_minimum(omega + np.outer(bias, bias))
 
-    def combine(self, sums: np.ndarray, n_sessions: int, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
-        steps, weights = self.blend(sessions)
-        g = _j_step_returns(sums, n_sessions, sessions.horizon, sessions.discount, steps)
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
+    ) -> np.ndarray:
+        steps, weights = self.blend(data)
+        g = _j_step_returns(sums, int(n_units), data.horizon, data.discount, steps)
         return g @ weights
 
 
@@ -639,15 +651,10 @@ def estimate_session_value(
         estimators = [
             e
             for e in default_session_estimators(seed)
-            if sessions.has_q_function or not e.requires_q_function
+            if sessions.has_q_function or not e.requires_model
         ]
-    return bootstrap_estimates(
-        [e.name for e in estimators],
-        [e.terms(sessions) for e in estimators],  # each (S, k_e)
-        [partial(e.combine, n_sessions=sessions.n_sessions, sessions=sessions) for e in estimators],
-        n_bootstrap=n_bootstrap,
-        confidence=confidence,
-        seed=seed,
+    return estimate_values(
+        sessions, estimators, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
     )
 
 

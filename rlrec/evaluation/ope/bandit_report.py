@@ -1,8 +1,8 @@
 """Bandit OPE end to end: logged feedback + evaluation policy -> estimates and errors.
 
-This wires :mod:`rlrec.data.bandit` (the log), :mod:`rlrec.evaluation.policies_bandit` (the
-evaluation policy's action distribution), :mod:`rlrec.evaluation.reward_model` (cross-fitted
-reward model) and :mod:`rlrec.evaluation.ope` (estimators and bootstrap) into the report that
+This wires :mod:`rlrec.data.bandit` (the log), :mod:`rlrec.evaluation.ope.bandit_policies` (the
+evaluation policy's action distribution), :mod:`rlrec.evaluation.ope.reward_model` (cross-fitted
+reward model) and :mod:`rlrec.evaluation.ope.bandit` (estimators and bootstrap) into the report that
 ``rlrec ope bandit`` prints and ``scripts/obd_benchmark.py`` tabulates.
 """
 
@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from rlrec.data.bandit import BanditFeedback
-from rlrec.evaluation.ope import (
-    Estimate,
+from rlrec.evaluation.ope.bandit import (
     default_estimators,
     estimate_policy_value,
     prepare_rounds,
-    relative_errors,
 )
-from rlrec.evaluation.reward_model import (
+from rlrec.evaluation.ope.base import Estimate, relative_errors
+from rlrec.evaluation.ope.bootstrap import bootstrap_note, bootstrap_summary
+from rlrec.evaluation.ope.reward_model import (
     RewardModelConfig,
     RewardModelFit,
     cross_fit_reward_model,
@@ -78,6 +78,7 @@ class BanditOPEReport:
             out["ground_truth"] = self.ground_truth
         out["behavior_mean_reward"] = self.behavior_mean_reward
         out["estimates"] = {name: e.to_dict() for name, e in self.estimates.items()}
+        out["bootstrap"] = bootstrap_summary(self.estimates)
         if self.ground_truth is not None:
             out["relative_error"] = {
                 k: (v if np.isfinite(v) else None)
@@ -165,6 +166,7 @@ def format_report(report: BanditOPEReport) -> str:
         if errors:
             row += f" {errors[name]:>11.4f}"
         lines.append(row)
+    lines.append(bootstrap_note(bootstrap_summary(report.estimates)))
     if report.reward_model is not None:
         fit = report.reward_model
         lines.append(

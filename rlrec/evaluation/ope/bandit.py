@@ -22,56 +22,53 @@ With :math:`w_i = \pi_e(a_i \mid x_i, k_i) / \pi_b(a_i \mid x_i, k_i)` and
 These are exactly OBP 0.5.7's definitions, so that given the same action distribution and
 reward model the values agree (tested for IPW and SNIPW against OBP's own output).
 
-Every estimator is a small frozen dataclass that turns the validated per-round quantities
-(:class:`LoggedRounds`) into a few per-round *terms* (columns) and *combines* their sums into
-the estimate. Because every estimate is a function of column sums, the bootstrap needs only
-resampled column sums: :func:`bootstrap_column_sums` draws the resamples once (as count
-vectors, in chunks) and multiplies them with the stacked columns of all estimators, which is
-what makes 200 resamples of a million rounds take seconds. Self-normalised estimators
-recompute their normaliser inside every resample (OBP reuses the full-sample one).
+Every estimator is a small frozen dataclass (an :class:`~rlrec.evaluation.ope.base.Estimator`)
+that turns the validated per-round quantities (:class:`LoggedRounds`) into a few per-round
+*terms* (columns) and *combines* their sums into the estimate. Because every estimate is a
+function of column sums, the bootstrap needs only resampled column sums:
+:func:`~rlrec.evaluation.ope.bootstrap.bootstrap_column_sums` draws the resamples once (as
+count vectors, in chunks) and multiplies them with the stacked columns of all estimators,
+which is what makes 200 resamples of a million rounds take seconds. Self-normalised
+estimators recompute their normaliser inside every resample (OBP reuses the full-sample one).
 
-Sequential (session) estimators live in their own module beside this one; they share
-:class:`Estimate` and :func:`relative_error`.
+Sequential (session) estimators (:mod:`rlrec.evaluation.ope.sequential`) share the same
+base, ratio helper and bootstrap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from rlrec.errors import UserError
+from rlrec.evaluation.ope.base import Estimate, Estimator, ratio
+from rlrec.evaluation.ope.bootstrap import estimate_values
+
+__all__ = [
+    "ESTIMATOR_NAMES",
+    "BanditEstimator",
+    "DirectMethod",
+    "DoublyRobust",
+    "DoublyRobustWithShrinkage",
+    "InverseProbabilityWeighting",
+    "LoggedRounds",
+    "SelfNormalizedDR",
+    "SelfNormalizedIPW",
+    "SwitchDoublyRobust",
+    "default_estimators",
+    "estimate_policy_value",
+    "prepare_rounds",
+    "validate_bandit_inputs",
+]
 
 ESTIMATOR_NAMES = ("dm", "ipw", "snipw", "dr", "sndr", "switch-dr", "dr-os")
 """The default estimators, in report order (the JSON contract's keys)."""
 
 _SUM_TOL = 1e-6
 """Tolerance on action distributions summing to 1 (float32 inputs carry ~1e-7 error)."""
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A point estimate with its bootstrap confidence interval.
-
-    Attributes:
-        name: The estimator's name (``dm``, ``ipw``, ...).
-        value: The estimate on the full log.
-        ci95: (low, high) percentile bootstrap interval at the requested confidence.
-    """
-
-    name: str
-    value: float
-    ci95: tuple[float, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"value", "ci95"}`` with NaN (undefined estimate) written as None."""
-        return {
-            "value": _finite_or_none(self.value),
-            "ci95": [_finite_or_none(v) for v in self.ci95],
-        }
 
 
 @dataclass(frozen=True)
@@ -100,6 +97,11 @@ class LoggedRounds:
         return int(self.reward.shape[0])
 
     @property
+    def n_units(self) -> int:
+        """The bootstrap's units: the logged rounds."""
+        return self.n_rounds
+
+    @property
     def has_reward_model(self) -> bool:
         """Whether reward-model quantities are present (needed by DM and the DR family)."""
         return self.q_hat_factual is not None and self.q_hat_policy is not None
@@ -109,7 +111,7 @@ class LoggedRounds:
         if self.q_hat_factual is None or self.q_hat_policy is None:
             raise UserError(
                 f"estimator {name} needs estimated_rewards_by_reg_model; fit a reward model "
-                "(rlrec.evaluation.reward_model) and pass its predictions"
+                "(rlrec.evaluation.ope.reward_model) and pass its predictions"
             )
         return self.q_hat_factual, self.q_hat_policy
 
@@ -275,55 +277,12 @@ def prepare_rounds(
 
 
 @dataclass(frozen=True)
-class BanditEstimator:
-    """Base of the estimators: per-round terms and how their sums combine into an estimate.
+class BanditEstimator(Estimator[LoggedRounds]):
+    """Base of the bandit estimators: :class:`~rlrec.evaluation.ope.base.Estimator` on rounds.
 
-    Subclasses define ``name``, :meth:`terms` and :meth:`combine`; the estimate is
-    ``combine(terms.sum(axis=0))``, so bootstrap resamples need only resampled column sums.
-    ``requires_reward_model`` marks estimators that read the reward model (DM, DR family);
+    ``requires_model`` marks estimators that read the reward model (DM, DR family);
     :func:`estimate_policy_value` skips them by default when there is none.
     """
-
-    name: ClassVar[str] = ""
-    requires_reward_model: ClassVar[bool] = False
-
-    def terms(self, rounds: LoggedRounds) -> np.ndarray:
-        """(n_rounds, n_terms) float64 per-round terms."""
-        raise NotImplementedError
-
-    def combine(self, sums: np.ndarray, n_rounds: np.ndarray | int) -> np.ndarray:
-        """Estimates from column sums.
-
-        Args:
-            sums: (B, n_terms) sums of :meth:`terms` over (resampled) rounds.
-            n_rounds: The number of rounds each sum is over (scalar or (B,)).
-
-        Returns:
-            (B,) estimates.
-        """
-        raise NotImplementedError
-
-    def estimate(self, rounds: LoggedRounds) -> float:
-        """The point estimate on all logged rounds."""
-        return float(self.combine(_column_sums(self.terms(rounds)), rounds.n_rounds)[0])
-
-
-def _column_sums(terms: np.ndarray) -> np.ndarray:
-    """(1, k) sums of (n, k) terms, column by column.
-
-    ``np.sum`` of one column uses pairwise summation, like OBP's ``np.mean``, which keeps
-    the agreement with OBP at ~1e-15 rather than ~n * 1e-16.
-    """
-    return np.array([[np.sum(terms[:, j]) for j in range(terms.shape[1])]])
-
-
-def _ratio(num: np.ndarray, den: np.ndarray | int) -> np.ndarray:
-    """Elementwise num / den with NaN where den == 0 (a resample with no weight on the policy)."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.broadcast_to(np.asarray(den, dtype=np.float64), num.shape)
-    out = np.full(num.shape, np.nan)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
 
 
 @dataclass(frozen=True)
@@ -331,14 +290,16 @@ class DirectMethod(BanditEstimator):
     """DM: the reward model's value of the evaluation policy, averaged over logged contexts."""
 
     name: ClassVar[str] = "dm"
-    requires_reward_model: ClassVar[bool] = True
+    requires_model: ClassVar[bool] = True
 
     def terms(self, rounds: LoggedRounds) -> np.ndarray:  # noqa: D102
         _, q_policy = rounds.model_terms(self.name)
         return q_policy[:, None]
 
-    def combine(self, sums: np.ndarray, n_rounds: np.ndarray | int) -> np.ndarray:  # noqa: D102
-        return _ratio(sums[:, 0], n_rounds)
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedRounds
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
@@ -350,8 +311,10 @@ class InverseProbabilityWeighting(BanditEstimator):
     def terms(self, rounds: LoggedRounds) -> np.ndarray:  # noqa: D102
         return (rounds.importance_weight * rounds.reward)[:, None]
 
-    def combine(self, sums: np.ndarray, n_rounds: np.ndarray | int) -> np.ndarray:  # noqa: D102
-        return _ratio(sums[:, 0], n_rounds)
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedRounds
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
@@ -364,8 +327,10 @@ class SelfNormalizedIPW(BanditEstimator):
         w = rounds.importance_weight
         return np.column_stack([w * rounds.reward, w])
 
-    def combine(self, sums: np.ndarray, n_rounds: np.ndarray | int) -> np.ndarray:  # noqa: D102
-        return _ratio(sums[:, 0], sums[:, 1])
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedRounds
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], sums[:, 1])
 
 
 @dataclass(frozen=True)
@@ -373,7 +338,7 @@ class DoublyRobust(BanditEstimator):
     """DR: DM plus the importance-weighted residual of the reward model."""
 
     name: ClassVar[str] = "dr"
-    requires_reward_model: ClassVar[bool] = True
+    requires_model: ClassVar[bool] = True
 
     def _weight(self, w: np.ndarray) -> np.ndarray:
         return w
@@ -383,8 +348,10 @@ class DoublyRobust(BanditEstimator):
         residual = rounds.reward - q_factual
         return (q_policy + self._weight(rounds.importance_weight) * residual)[:, None]
 
-    def combine(self, sums: np.ndarray, n_rounds: np.ndarray | int) -> np.ndarray:  # noqa: D102
-        return _ratio(sums[:, 0], n_rounds)
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedRounds
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
@@ -392,15 +359,17 @@ class SelfNormalizedDR(BanditEstimator):
     """SNDR: DR whose residual correction is normalised by the sum of the weights."""
 
     name: ClassVar[str] = "sndr"
-    requires_reward_model: ClassVar[bool] = True
+    requires_model: ClassVar[bool] = True
 
     def terms(self, rounds: LoggedRounds) -> np.ndarray:  # noqa: D102
         q_factual, q_policy = rounds.model_terms(self.name)
         w = rounds.importance_weight
         return np.column_stack([q_policy, w * (rounds.reward - q_factual), w])
 
-    def combine(self, sums: np.ndarray, n_rounds: np.ndarray | int) -> np.ndarray:  # noqa: D102
-        return _ratio(sums[:, 0], n_rounds) + _ratio(sums[:, 1], sums[:, 2])
+    def combine(  # noqa: D102
+        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedRounds
+    ) -> np.ndarray:
+        return ratio(sums[:, 0], n_units) + ratio(sums[:, 1], sums[:, 2])
 
 
 @dataclass(frozen=True)
@@ -460,43 +429,6 @@ def default_estimators(
     )
 
 
-def bootstrap_column_sums(
-    columns: np.ndarray,
-    n_bootstrap: int,
-    rng: np.random.Generator,
-    max_chunk_elements: int = 1 << 24,
-) -> np.ndarray:
-    """Column sums of ``n_bootstrap`` resamples (with replacement) of the rows of ``columns``.
-
-    Each resample draws ``n_rounds`` row indices uniformly; they are turned into per-row
-    counts (a multinomial count vector) by one ``bincount`` per chunk of resamples, and the
-    sums are ``counts @ columns``. Chunks hold at most ``max_chunk_elements`` indices, which
-    bounds memory at a few hundred MB whatever the log size.
-
-    Args:
-        columns: (n_rounds, n_columns) float64 per-round terms.
-        n_bootstrap: Number of resamples B.
-        rng: Source of the resampling.
-        max_chunk_elements: Upper bound on resamples x rounds held at once.
-
-    Returns:
-        (B, n_columns) float64 resampled sums.
-    """
-    n, k = columns.shape
-    out = np.empty((n_bootstrap, k), dtype=np.float64)
-    per_chunk = max(1, max_chunk_elements // n)
-    # 32-bit indices draw faster and halve the memory traffic whenever a chunk's offsets fit.
-    dtype = np.int32 if per_chunk * n < 2**31 else np.int64
-    for start in range(0, n_bootstrap, per_chunk):
-        b = min(per_chunk, n_bootstrap - start)
-        idx = rng.integers(0, n, size=(b, n), dtype=dtype)  # (b, n) resampled row indices
-        idx += (np.arange(b, dtype=dtype) * n)[:, None]  # one bincount for the chunk
-        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)  # (b, n)
-        del idx
-        out[start : start + b] = counts.astype(np.float64) @ columns  # (b, k)
-    return out
-
-
 def estimate_policy_value(
     rounds: LoggedRounds,
     estimators: Sequence[BanditEstimator] | None = None,
@@ -526,85 +458,8 @@ def estimate_policy_value(
     """
     if estimators is None:
         estimators = [
-            e
-            for e in default_estimators()
-            if rounds.has_reward_model or not e.requires_reward_model
+            e for e in default_estimators() if rounds.has_reward_model or not e.requires_model
         ]
-    return bootstrap_estimates(
-        [e.name for e in estimators],
-        [e.terms(rounds) for e in estimators],  # each (n, k_e)
-        [partial(e.combine, n_rounds=rounds.n_rounds) for e in estimators],
-        n_bootstrap=n_bootstrap,
-        confidence=confidence,
-        seed=seed,
+    return estimate_values(
+        rounds, estimators, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
     )
-
-
-def bootstrap_estimates(
-    names: Sequence[str],
-    blocks: Sequence[np.ndarray],
-    combines: Sequence[Callable[[np.ndarray], np.ndarray]],
-    n_bootstrap: int,
-    confidence: float,
-    seed: int,
-) -> dict[str, Estimate]:
-    """Point estimates and percentile bootstrap intervals from per-unit terms.
-
-    Every estimator here is a function of column sums of its per-unit terms (rounds for
-    bandits, sessions for sequential estimators). One resampling of the units serves every
-    estimator, so their intervals come from the same resamples and the bootstrap is paid once.
-
-    Args:
-        names: Estimator names, unique.
-        blocks: Per estimator, its (n_units, k_e) terms.
-        combines: Per estimator, a function of (B, k_e) column sums to (B,) estimates.
-        n_bootstrap: Resamples; 0 gives point estimates with NaN intervals.
-        confidence: Interval level in (0, 1).
-        seed: Seed of the resampling; the same seed gives the same intervals.
-
-    Returns:
-        Estimates keyed by name, in the given order.
-
-    Raises:
-        UserError: For a bad ``n_bootstrap`` or ``confidence``, or duplicate names.
-    """
-    if n_bootstrap < 0:
-        raise UserError(f"n_bootstrap: expected >= 0 resamples, got {n_bootstrap}")
-    if not 0 < confidence < 1:
-        raise UserError(f"confidence: expected a level in (0, 1), got {confidence}")
-    if len(set(names)) != len(names):
-        raise UserError(f"estimators: names must be unique, got {', '.join(names)}")
-    values = [float(c(_column_sums(b))[0]) for c, b in zip(combines, blocks, strict=True)]
-    if n_bootstrap > 0:
-        sums = bootstrap_column_sums(np.hstack(blocks), n_bootstrap, np.random.default_rng(seed))
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    out: dict[str, Estimate] = {}
-    start = 0
-    for name, combine, block, value in zip(names, combines, blocks, values, strict=True):
-        k = block.shape[1]
-        ci = (float("nan"), float("nan"))
-        if n_bootstrap > 0:
-            stats = combine(sums[:, start : start + k])  # (B,)
-            finite = stats[np.isfinite(stats)]
-            if finite.size:
-                low, high = np.percentile(finite, [tail, 100.0 - tail])
-                ci = (float(low), float(high))
-        start += k
-        out[name] = Estimate(name=name, value=value, ci95=ci)
-    return out
-
-
-def relative_error(value: float, truth: float) -> float:
-    """``|value - truth| / |truth|``; NaN when either is undefined or truth is 0."""
-    if not (np.isfinite(value) and np.isfinite(truth)) or truth == 0:
-        return float("nan")
-    return float(abs(value - truth) / abs(truth))
-
-
-def relative_errors(estimates: Mapping[str, Estimate], truth: float) -> dict[str, float]:
-    """:func:`relative_error` of every estimate against the ground truth."""
-    return {name: relative_error(e.value, truth) for name, e in estimates.items()}
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None

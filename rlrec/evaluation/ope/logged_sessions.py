@@ -36,15 +36,17 @@ import numpy as np
 from rlrec.data.dataset import PreparedDataset, SessionArrays
 from rlrec.data.schema import EVENT_TYPES
 from rlrec.errors import UserError
-from rlrec.evaluation.fqe import FQEConfig, fitted_q_evaluation
-from rlrec.evaluation.ranking import item_ranking_metrics, target_ranks
-from rlrec.evaluation.sequential_ope import (
+from rlrec.evaluation.ope.bootstrap import bootstrap_summary
+from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
+from rlrec.evaluation.ope.q_features import CatalogFeatures
+from rlrec.evaluation.ope.sequential import (
     DEFAULT_ESTIMATOR,
     effective_sample_size,
     estimate_session_value,
     prepare_sessions,
 )
-from rlrec.evaluation.session_logging import CatalogFeatures, kl_divergence
+from rlrec.evaluation.ope.stochastic_policies import kl_divergence
+from rlrec.evaluation.ranking import item_ranking_metrics, target_ranks
 
 EVENT_REWARD: dict[str, float] = {"view": 1.0, "click": 1.0, "cart": 3.0, "fav": 1.0, "buy": 10.0}
 """Reward of a logged step by its strongest event (the env's engage / cart / buy weights)."""
@@ -227,7 +229,7 @@ def evaluate_real_sessions(
 
     Returns:
         ``{"target", "split", "sessions", "decisions", "propensities", "meaning",
-        "logged_value", "kl_per_step", "ess", "default_estimator", "estimates"}``.
+        "logged_value", "kl_per_step", "ess", "default_estimator", "estimates", "bootstrap"}``.
     """
     decisions = session_decisions(dataset, split, history_length)
     behaviour = estimate_count_behaviour(dataset)
@@ -280,6 +282,7 @@ def evaluate_real_sessions(
         "ess": effective_sample_size(sessions),
         "default_estimator": DEFAULT_ESTIMATOR,
         "estimates": {k: e.to_dict() for k, e in estimates.items()},
+        "bootstrap": bootstrap_summary(estimates),
     }
 
 

@@ -16,8 +16,8 @@ that predicts a round's rewards never saw that round, which keeps the DR family'
 honest. Model selection (which blocks, how much L2) minimises the K-fold cross-validated
 log-loss on the logged rounds only; nothing looks at any evaluation policy or ground truth.
 
-The logistic regression is fitted here (Newton's method with conjugate-gradient steps,
-intercept unpenalised) so that the project needs no scikit-learn.
+The logistic regression is fitted with SciPy's optimizers (Newton-CG, L-BFGS for wide
+designs; intercept unpenalised) so that the project needs no scikit-learn.
 """
 
 from __future__ import annotations
@@ -222,9 +222,10 @@ def fit_logistic_regression(
 
     Minimises ``sum_i logloss(y_i, sigmoid(x_i . w + b)) + l2 / 2 * |w|^2``; the intercept
     ``b`` is not penalised. Labels may be fractional in [0, 1]. Reward-model designs are
-    narrow (a few hundred mostly one-hot columns), where Newton steps (solved by
-    preconditioned conjugate gradients) with a backtracking line search converge in a few
-    steps to machine precision; past :data:`NEWTON_MAX_DIM` columns L-BFGS is used instead.
+    narrow (a few hundred mostly one-hot columns), where SciPy's Newton-CG (Newton steps
+    solved by conjugate gradients on Hessian-vector products, with a line search) converges
+    in a few steps to machine precision; past :data:`NEWTON_MAX_DIM` columns L-BFGS is used
+    instead.
 
     Args:
         x: (n, d) features, dense or CSR.
@@ -263,62 +264,32 @@ def fit_logistic_regression(
         )
         return result.x[:-1].copy(), float(result.x[-1])
 
-    xb_sq = xb.multiply(xb).tocsr()  # for the Hessian's diagonal (Jacobi preconditioner)
-    loss, grad, p = objective(theta)
-    for _ in range(max_iter):
-        weights = p * (1.0 - p)  # (n,) IRLS weights
+    # Newton-CG needs only Hessian-vector products: sparse mat-vecs, never a dense
+    # factorisation (which, under a contended multi-threaded BLAS, cost 10-30 ms each for a
+    # 266-column design). The IRLS weights p (1 - p) of the last point are reused by every
+    # product at that point.
+    last: dict[str, np.ndarray] = {}
 
-        def hessp(v: np.ndarray, weights: np.ndarray = weights) -> np.ndarray:
-            return np.asarray(xb.T @ (weights * (xb @ v))).ravel() + penalty * v
+    def irls_weights(t: np.ndarray) -> np.ndarray:
+        if "theta" not in last or not np.array_equal(last["theta"], t):
+            p = expit(np.asarray(xb @ t).ravel())  # (n,)
+            last["theta"], last["weights"] = t.copy(), p * (1.0 - p)
+        return last["weights"]
 
-        diagonal = np.asarray(xb_sq.T @ weights).ravel() + penalty + 1e-10
-        step = _conjugate_gradient(hessp, grad, diagonal)
-        decrement = float(grad @ step)
-        if decrement < 1e-14 * max(1.0, abs(loss)):
-            break
-        scale = 1.0
-        while True:
-            candidate = theta - scale * step
-            new_loss, new_grad, new_p = objective(candidate)
-            # Armijo condition; the Newton step is a descent direction (H is positive definite).
-            if new_loss <= loss - 1e-4 * scale * decrement or scale < 1e-10:
-                break
-            scale *= 0.5
-        theta, loss, grad, p = candidate, new_loss, new_grad, new_p
-    return theta[:-1].copy(), float(theta[-1])
+    def hessp(t: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.asarray(xb.T @ (irls_weights(t) * (xb @ v))).ravel() + penalty * v
 
-
-def _conjugate_gradient(
-    hessp: Callable[[np.ndarray], np.ndarray],
-    b: np.ndarray,
-    diagonal: np.ndarray,
-    rtol: float = 1e-10,
-    max_iter: int = 500,
-) -> np.ndarray:
-    """Solve ``H x = b`` by Jacobi-preconditioned conjugate gradients.
-
-    Only Hessian-vector products are needed: the Newton step costs sparse mat-vecs, never a
-    dense factorisation (which, under a contended multi-threaded BLAS, cost 10-30 ms each
-    for a 266-column design and dominated the reward model's run time).
-    """
-    x = np.zeros_like(b)
-    r = b.copy()
-    z = r / diagonal
-    direction = z.copy()
-    rz = float(r @ z)
-    target = rtol * float(np.linalg.norm(b))
-    for _ in range(max_iter):
-        if float(np.linalg.norm(r)) <= target:
-            break
-        hd = hessp(direction)
-        alpha = rz / float(direction @ hd)
-        x += alpha * direction
-        r -= alpha * hd
-        z = r / diagonal
-        rz_new = float(r @ z)
-        direction = z + (rz_new / rz) * direction
-        rz = rz_new
-    return x
+    # At the optimum the line search may stop on rounding ("precision loss"): the point is
+    # then as good as float64 allows, so the result is used whatever the status.
+    result = minimize(
+        lambda t: objective(t)[:2],
+        theta,
+        jac=True,
+        hessp=hessp,
+        method="Newton-CG",
+        options={"maxiter": max_iter, "xtol": 1e-12},
+    )
+    return result.x[:-1].copy(), float(result.x[-1])
 
 
 def fit_reward_model(
