@@ -31,8 +31,9 @@ import pandas as pd
 
 from rlrec.data.dataset import PreparedDataset
 from rlrec.errors import UserError
+from rlrec.models.calibration import collapse_steps
 from rlrec.models.sim_model import Provenance, SimModel
-from rlrec.models.synthetic import collapse_steps, simulate_organic_categories
+from rlrec.models.synthetic import simulate_organic_categories
 
 OTHER_CATEGORY = "__other__"
 """Raw id of the sim category that holds every category beyond the top-K."""

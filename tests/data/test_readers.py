@@ -13,12 +13,12 @@ from rlrec.data.dataset import load_dataset
 from rlrec.data.prepare import PrepareConfig, prepare
 from rlrec.data.readers import (
     ReadOptions,
-    event_code_sql,
     load_column_map,
     open_source,
     parse_columns,
 )
 from rlrec.data.schema import EVENT_CODE
+from rlrec.data.sql import event_code_sql
 from rlrec.errors import UserError
 
 ALL_TRAIN = PrepareConfig(split_fractions=(1.0, 0.0, 0.0))
