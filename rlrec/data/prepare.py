@@ -59,6 +59,15 @@ from rlrec.data.sql import quote_ident, quote_str
 from rlrec.errors import UserError, quote_value
 from rlrec.fsutil import check_output, make_parent, output_lock
 
+__all__ = [
+    "DERIVED_CATEGORY_PREFIX",
+    "DROP_REASONS",
+    "FUTURE_MARGIN_MS",
+    "STAGES",
+    "PrepareConfig",
+    "prepare",
+]
+
 DROP_REASONS: tuple[str, ...] = (
     "missing_user_id",
     "missing_item_id",

@@ -62,6 +62,20 @@ from rlrec.data.sql import (
 )
 from rlrec.errors import UserError, quote_value
 
+__all__ = [
+    "NULL_STRINGS",
+    "OPTIONAL_SOURCE_COLUMNS",
+    "PRESETS",
+    "SOURCE_COLUMNS",
+    "ColumnMapFile",
+    "ReadOptions",
+    "RowCheck",
+    "Source",
+    "load_column_map",
+    "open_source",
+    "parse_columns",
+]
+
 PRESETS: tuple[str, ...] = ("taobao", "retailrocket", "diginetica", "obd", "generic", "canonical")
 """Names accepted by ``--preset``."""
 
