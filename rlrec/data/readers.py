@@ -2,7 +2,9 @@
 
 A reader does not load anything itself. It checks the files' structure (cheaply, from their
 first lines), then describes the log as a DuckDB query that yields one row per raw event with
-the canonical columns below; :mod:`rlrec.data.prepare` runs that query out of core.
+the canonical columns below; :mod:`rlrec.data.prepare` runs that query out of core. The SQL
+itself (quoting, typed relations, time and event expressions) is written by
+:mod:`rlrec.data.sql`; this module decides what a preset's columns mean.
 
 Canonical source columns (the table ``src`` that preparation materializes):
 

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 TimeUnit = Literal["s", "ms", "iso"]
-
+"""Unit of a raw time column: seconds or milliseconds since the epoch, or ISO strings."""
 
 TIME_CLAMP_MS = 10**17
 """Numeric times beyond +-this many ms (year 3 million) are clamped to it before the unit's
