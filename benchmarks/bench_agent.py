@@ -49,8 +49,8 @@ from rlrec.agents.train import (  # noqa: E402
 from rlrec.data.dataset import load_dataset, write_json_atomic  # noqa: E402
 from rlrec.envs.presets import build_artifacts, load_env_preset  # noqa: E402
 from rlrec.models.checkpoint import load_encoder  # noqa: E402
+from rlrec.models.ground_truth import load_ground_truth  # noqa: E402
 from rlrec.models.sim_model import load_sim_model  # noqa: E402
-from rlrec.models.synthetic import load_ground_truth  # noqa: E402
 from rlrec.workflows.evaluate import evaluate_run  # noqa: E402
 
 

@@ -39,9 +39,10 @@ from rlrec.evaluation.ranking import (
     target_ranks,
 )
 from rlrec.models.encoder import EncoderConfig, StateEncoder
+from rlrec.models.ground_truth import load_ground_truth
 from rlrec.models.pretrain import PretrainConfig, TrainingResult, train_encoder
 from rlrec.models.sequences import collapse_repeats, prefix_windows
-from rlrec.models.synthetic import SyntheticConfig, generate_dataset, load_ground_truth
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 
 TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_sample/UserBehavior.csv"
 

@@ -21,6 +21,13 @@ import yaml
 
 from rlrec.errors import UserError, quote_value
 
+__all__ = [
+    "from_mapping",
+    "load_yaml",
+    "resolve_preset",
+    "to_mapping",
+]
+
 T = TypeVar("T")
 
 

@@ -29,6 +29,12 @@ import numpy as np
 from rlrec.data.bandit import BanditFeedback
 from rlrec.errors import UserError
 
+__all__ = [
+    "log_action_of_catalog",
+    "plackett_luce_slate_dist",
+    "run_action_dist",
+]
+
 _MAX_CHUNK_ELEMENTS = 1 << 24  # bounds the (draws, n_actions) Gumbel block in memory
 
 

@@ -33,6 +33,17 @@ from rlrec.evaluation.rollout import HIDDEN_INTEREST_KEY
 from rlrec.models.encoder import SequenceEncoder
 from rlrec.models.sim_model import SimModel, saturate
 
+__all__ = [
+    "CategoryMarkovPolicy",
+    "GreedySupervisedPolicy",
+    "OracleMyopicPolicy",
+    "PopularPolicy",
+    "RandomPolicy",
+    "engage_probability_matrix",
+    "expected_reward_if_engaged",
+    "make_baselines",
+]
+
 
 def _one_hot(actions: np.ndarray, n_actions: int) -> np.ndarray:
     out = np.zeros((len(actions), n_actions))

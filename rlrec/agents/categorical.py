@@ -28,6 +28,14 @@ import torch
 
 from rlrec.models.encoder import SequenceEncoder
 
+__all__ = [
+    "CatalogTerm",
+    "catalog_slots",
+    "category_summaries",
+    "factored_log_prob_entropy",
+    "sample",
+]
+
 
 def catalog_slots(item_category: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The categories present in a catalog, and each action's slot among them.

@@ -16,6 +16,14 @@ from typing import Literal
 from rlrec.config import from_mapping, load_yaml, resolve_preset
 from rlrec.errors import UserError
 
+__all__ = [
+    "PRESET_DIR",
+    "AgentConfig",
+    "EncoderMode",
+    "agent_preset_path",
+    "load_agent_config",
+]
+
 PRESET_DIR = Path(__file__).resolve().parents[2] / "agents"
 """The bundled agent presets (``ppo``, ``ppo_frozen``) in the project's ``agents/`` folder."""
 

@@ -27,6 +27,18 @@ import numpy as np
 
 from rlrec.errors import UserError
 
+__all__ = [
+    "BASES",
+    "ItemSpacePolicy",
+    "PolicySpec",
+    "SimulatorContext",
+    "TopItemPolicy",
+    "data_policy",
+    "parse_policy_spec",
+    "run_simulated_check",
+    "simulator_context",
+]
+
 BASES = ("random", "popular", "popularity", "category_markov", "greedy_supervised", "ppo")
 
 

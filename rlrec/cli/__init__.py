@@ -16,6 +16,11 @@ from rlrec import __version__
 from rlrec.cli.parsing import HelpFormatter, Parser
 from rlrec.errors import EXIT_USER_ERROR, UserError
 
+__all__ = [
+    "build_parser",
+    "main",
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``rlrec`` argument parser."""

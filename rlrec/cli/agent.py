@@ -10,6 +10,12 @@ from typing import Any
 
 from rlrec.cli.parsing import HelpFormatter
 
+__all__ = [
+    "DEFAULT_LOG_DIR",
+    "format_table",
+    "register",
+]
+
 DEFAULT_LOG_DIR = "logs"
 
 

@@ -16,6 +16,11 @@ from rlrec.cli import report as report_cli
 from rlrec.cli import sensitivity as sensitivity_cli
 from rlrec.cli import sim as sim_cli
 
+__all__ = [
+    "REGISTRY",
+    "Registrar",
+]
+
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # One line per verb group; each group's module owns its options and handlers.

@@ -12,6 +12,12 @@ from typing import Any
 from rlrec.cli.parsing import HelpFormatter, add_force, check_out_dir
 from rlrec.errors import UserError
 
+__all__ = [
+    "format_stats",
+    "parse_duration",
+    "register",
+]
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 

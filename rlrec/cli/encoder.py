@@ -10,6 +10,12 @@ from typing import Any
 from rlrec.cli.parsing import HelpFormatter, add_force, check_out_dir
 from rlrec.config import from_mapping, load_yaml
 
+__all__ = [
+    "ENCODER_FLAGS",
+    "TRAINING_FLAGS",
+    "register",
+]
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec pretrain`` and ``rlrec encoder eval``."""

@@ -10,6 +10,10 @@ from typing import Any
 from rlrec.cli.parsing import HelpFormatter
 from rlrec.errors import UserError
 
+__all__ = [
+    "register",
+]
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec env`` and its verbs."""

@@ -13,6 +13,10 @@ from tqdm import tqdm
 from rlrec.cli.parsing import HelpFormatter
 from rlrec.errors import UserError
 
+__all__ = [
+    "register",
+]
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec ope`` and its verbs."""

@@ -20,6 +20,14 @@ from rlrec.agents.policy_specs import (
 from rlrec.cli.parsing import HelpFormatter
 from rlrec.errors import UserError
 
+__all__ = [
+    "add_replay_parser",
+    "add_sessions_parser",
+    "format_real",
+    "format_simulated",
+    "run_real_sessions",
+]
+
 
 def add_sessions_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec ope sessions``."""

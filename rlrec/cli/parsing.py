@@ -20,6 +20,13 @@ from typing import NoReturn
 
 from rlrec.errors import EXIT_USER_ERROR
 
+__all__ = [
+    "HelpFormatter",
+    "Parser",
+    "add_force",
+    "check_out_dir",
+]
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``ArgumentDefaultsHelpFormatter`` without the defaults that carry no information."""

@@ -15,6 +15,10 @@ from typing import Any
 
 from rlrec.cli.parsing import HelpFormatter
 
+__all__ = [
+    "register",
+]
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec quickstart``."""

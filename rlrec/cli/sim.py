@@ -10,6 +10,10 @@ from typing import Any
 from rlrec.cli.parsing import HelpFormatter, add_force, check_out_dir
 from rlrec.errors import UserError
 
+__all__ = [
+    "register",
+]
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec fit`` and ``rlrec sim`` with its verbs."""

@@ -1,5 +1,65 @@
-"""Event logs in: readers, validation, sessionization, time split, PreparedDataset, synthetic."""
+"""Event logs in: readers, validation, sessionization, time split, PreparedDataset.
+
+The names below are the layer's public API; the DuckDB-backed ones (preparation, readers,
+statistics, the Open Bandit loader) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from rlrec.data.dataset import PreparedDataset, SessionArrays, load_dataset
+from rlrec.data.ragged import Ragged
 
-__all__ = ["PreparedDataset", "SessionArrays", "load_dataset"]
+if TYPE_CHECKING:
+    from rlrec.data.bandit import BanditFeedback, load_obd
+    from rlrec.data.prepare import PrepareConfig, prepare
+    from rlrec.data.readers import PRESETS, ReadOptions, Source, open_source
+    from rlrec.data.schema import EVENT_TYPES
+    from rlrec.data.stats import dataset_stats
+
+# Name -> module of the names loaded on first use (DuckDB and pandas import slowly).
+_LAZY: dict[str, str] = {
+    "BanditFeedback": "rlrec.data.bandit",
+    "load_obd": "rlrec.data.bandit",
+    "PrepareConfig": "rlrec.data.prepare",
+    "prepare": "rlrec.data.prepare",
+    "PRESETS": "rlrec.data.readers",
+    "ReadOptions": "rlrec.data.readers",
+    "Source": "rlrec.data.readers",
+    "open_source": "rlrec.data.readers",
+    "EVENT_TYPES": "rlrec.data.schema",
+    "dataset_stats": "rlrec.data.stats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+__all__ = [
+    "EVENT_TYPES",
+    "PRESETS",
+    "BanditFeedback",
+    "PrepareConfig",
+    "PreparedDataset",
+    "Ragged",
+    "ReadOptions",
+    "SessionArrays",
+    "Source",
+    "dataset_stats",
+    "load_dataset",
+    "load_obd",
+    "open_source",
+    "prepare",
+]

@@ -24,6 +24,14 @@ import pandas as pd
 
 from rlrec.errors import UserError, quote_value
 
+__all__ = [
+    "OBD_REQUIRED_COLUMNS",
+    "OBD_VALUE_RULES",
+    "BanditFeedback",
+    "ValueRule",
+    "load_obd",
+]
+
 OBD_REQUIRED_COLUMNS = ("item_id", "position", "click", "propensity_score")
 """Columns every Open Bandit Dataset log must have."""
 

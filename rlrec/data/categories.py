@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "cooccurrence_categories",
+]
+
 
 def cooccurrence_categories(
     src: np.ndarray,

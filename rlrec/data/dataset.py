@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rlrec.data.ragged import Ragged
 from rlrec.data.schema import EVENT_COLUMNS, EVENT_TYPES, SCHEMA_VERSION, SPLITS
 from rlrec.errors import UserError, quote_value
 from rlrec.fsutil import atomic_directory, write_json_atomic
@@ -55,7 +56,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class SessionArrays:
+class SessionArrays(Ragged):
     """Sessions of one split as flat arrays in CSR form (fast to slice, cheap to keep).
 
     Session ``s`` spans ``offsets[s]:offsets[s + 1]`` in every per-event array.
@@ -69,22 +70,11 @@ class SessionArrays:
         timestamps: (E,) int64 milliseconds.
     """
 
-    offsets: np.ndarray
     user: np.ndarray
     items: np.ndarray
     categories: np.ndarray
     events: np.ndarray
     timestamps: np.ndarray
-
-    @property
-    def n_sessions(self) -> int:
-        """Number of sessions."""
-        return int(len(self.offsets) - 1)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """(S,) int64 number of events in each session."""
-        return np.diff(self.offsets)
 
     def session(self, s: int) -> tuple[np.ndarray, np.ndarray]:
         """Items and categories of session ``s``, each (length,)."""

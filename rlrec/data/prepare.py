@@ -38,7 +38,7 @@ from rlrec.config import to_mapping
 from rlrec.data import validate
 from rlrec.data.categories import cooccurrence_categories
 from rlrec.data.dataset import META_FILE, atomic_directory, write_json_atomic
-from rlrec.data.readers import ReadOptions, Source, open_source, quote_ident, quote_str
+from rlrec.data.readers import ReadOptions, Source, open_source
 from rlrec.data.schema import (
     EVENT_TYPES,
     OPTIONAL_EVENT_COLUMNS,
@@ -55,8 +55,18 @@ from rlrec.data.sessionize import (
     sort_order,
 )
 from rlrec.data.split import check_fractions, split_code_sql, time_cutoffs
+from rlrec.data.sql import quote_ident, quote_str
 from rlrec.errors import UserError, quote_value
 from rlrec.fsutil import check_output, make_parent, output_lock
+
+__all__ = [
+    "DERIVED_CATEGORY_PREFIX",
+    "DROP_REASONS",
+    "FUTURE_MARGIN_MS",
+    "STAGES",
+    "PrepareConfig",
+    "prepare",
+]
 
 DROP_REASONS: tuple[str, ...] = (
     "missing_user_id",

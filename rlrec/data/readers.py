@@ -2,7 +2,9 @@
 
 A reader does not load anything itself. It checks the files' structure (cheaply, from their
 first lines), then describes the log as a DuckDB query that yields one row per raw event with
-the canonical columns below; :mod:`rlrec.data.prepare` runs that query out of core.
+the canonical columns below; :mod:`rlrec.data.prepare` runs that query out of core. The SQL
+itself (quoting, typed relations, time and event expressions) is written by
+:mod:`rlrec.data.sql`; this module decides what a preset's columns mean.
 
 Canonical source columns (the table ``src`` that preparation materializes):
 
@@ -33,7 +35,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -43,17 +45,42 @@ from rlrec.data import validate
 from rlrec.data.bandit import OBD_VALUE_RULES
 from rlrec.data.schema import (
     CANONICAL_FIELDS,
-    EVENT_ALIASES,
-    EVENT_CODE,
-    EVENT_TYPES,
     REQUIRED_FIELDS,
 )
+from rlrec.data.sql import (
+    TIME_CLAMP_MS,
+    TimeUnit,
+    bad_value_sql,
+    base_exprs,
+    csv_relation,
+    event_code_sql,
+    mapped_exprs,
+    null_sql,
+    parquet_relation,
+    quote_ident,
+    quote_str,
+    time_bad_sql,
+    time_sql,
+)
 from rlrec.errors import UserError, quote_value
+
+__all__ = [
+    "NULL_STRINGS",
+    "OPTIONAL_SOURCE_COLUMNS",
+    "PRESETS",
+    "SOURCE_COLUMNS",
+    "ColumnMapFile",
+    "ReadOptions",
+    "RowCheck",
+    "Source",
+    "load_column_map",
+    "open_source",
+    "parse_columns",
+]
 
 PRESETS: tuple[str, ...] = ("taobao", "retailrocket", "diginetica", "obd", "generic", "canonical")
 """Names accepted by ``--preset``."""
 
-TimeUnit = Literal["s", "ms", "iso"]
 
 SOURCE_COLUMNS: tuple[str, ...] = (
     "user",
@@ -81,11 +108,6 @@ _INTEGER_TYPES |= {f"U{t}" for t in _INTEGER_TYPES}
 _FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
 _TIMESTAMP_TYPES = {"DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS"}
 _TIMESTAMP_TYPES |= {"TIMESTAMP_MS", "TIMESTAMP_S", "TIMESTAMPTZ"}
-
-TIME_CLAMP_MS = 10**17
-"""Numeric times beyond +-this many ms (year 3 million) are clamped to it before the unit's
-scaling, which would overflow int64 otherwise; preparation then drops them as far-future
-times (or refuses them as negative ones)."""
 
 
 @dataclass(frozen=True)
@@ -287,98 +309,7 @@ def open_source(
     return _mapped(con, paths, dict(columns), options, preset="generic")
 
 
-# ----------------------------------------------------------------------------- SQL helpers
-
-
-def quote_ident(name: str) -> str:
-    """Quote a column name for SQL."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_str(text: str) -> str:
-    """Quote a string literal for SQL."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def event_code_sql(expr: str) -> str:
-    """SQL mapping a raw event name (or code ``0``..``4``) to its code.
-
-    NULL input -> view (0); an unknown name -> NULL (reported as an error).
-    """
-    codes = {str(code): name for code, name in enumerate(EVENT_TYPES)}
-    names = {**{name: name for name in EVENT_TYPES}, **EVENT_ALIASES, **codes}
-    cases = " ".join(f"WHEN {quote_str(raw)} THEN {EVENT_CODE[c]}" for raw, c in names.items())
-    return (
-        f"CAST(CASE WHEN {expr} IS NULL THEN 0 "
-        f"ELSE CASE lower(trim(CAST({expr} AS VARCHAR))) {cases} END END AS TINYINT)"
-    )
-
-
-def _event_code_int_sql(expr: str) -> str:
-    last = len(EVENT_TYPES) - 1
-    return (
-        f"CAST(CASE WHEN {expr} IS NULL THEN 0 WHEN {expr} BETWEEN 0 AND {last} "
-        f"THEN {expr} END AS TINYINT)"
-    )
-
-
-def _file_list(paths: Sequence[Path]) -> str:
-    return "[" + ", ".join(quote_str(str(p)) for p in paths) + "]"
-
-
-def _csv_relation(
-    paths: Sequence[Path],
-    delimiter: str,
-    header: bool,
-    types: Mapping[str, str],
-    located: bool,
-    nullstr: Sequence[str] = ("",),
-) -> str:
-    """A ``read_csv`` call with fixed column names and types (no type sniffing).
-
-    Fixing the types makes a bad value fail with its line instead of turning a whole column
-    into strings, and skips DuckDB's sniffing pass over the data.
-    """
-    cols = "{" + ", ".join(f"{quote_str(k)}: {quote_str(v)}" for k, v in types.items()) + "}"
-    nulls = "[" + ", ".join(quote_str(s) for s in nullstr) + "]"
-    call = (
-        f"read_csv({_file_list(paths)}, delim={quote_str(delimiter)}, header={str(header).lower()},"
-        f" columns={cols}, nullstr={nulls}, quote='\"', escape='\"', auto_detect=false"
-        f"{', filename=true' if located else ''})"
-    )
-    if not located:
-        return call
-    # One row per line in file order (the located query runs single-threaded); +1 for a header.
-    offset = 1 if header else 0
-    return (
-        f"(SELECT *, filename AS _file, row_number() OVER (PARTITION BY filename) + {offset} "
-        f"AS _line FROM {call})"
-    )
-
-
-def _parquet_relation(paths: Sequence[Path], located: bool) -> str:
-    if not located:
-        return f"read_parquet({_file_list(paths)})"
-    return (
-        f"(SELECT *, filename AS _file, file_row_number + 1 AS _line FROM "
-        f"read_parquet({_file_list(paths)}, filename=true, file_row_number=true))"
-    )
-
-
-def _null(type_name: str) -> str:
-    return f"CAST(NULL AS {type_name})"
-
-
-def _base_exprs() -> dict[str, str]:
-    return {
-        "category": _null("VARCHAR"),
-        "session": _null("VARCHAR"),
-        "position": _null("INTEGER"),
-        "propensity": _null("DOUBLE"),
-        "reward": _null("DOUBLE"),
-        "time_bad": "false",
-        "category_bad": "false",
-    }
+# ----------------------------------------------------------------------------- file checks
 
 
 def _sniff_all(paths: Sequence[Path], delimiter: str) -> list[validate.CsvShape]:
@@ -417,20 +348,20 @@ def _taobao(paths: tuple[Path, ...], options: ReadOptions) -> Source:
     }
     unit, unit_source = _numeric_unit(options, [row[4:5] for sh in shapes for row in sh.first_rows])
     exprs = {
-        **_base_exprs(),
+        **base_exprs(),
         "user": "user_id",
         "item": "item_id",
         "category": "category_id",
         "event": event_code_sql("behavior"),
-        "ts": _time_sql("unix_seconds", unit, numeric=True),
+        "ts": time_sql("unix_seconds", unit, numeric=True),
     }
     if unit == "iso":
         raise UserError("--time-unit iso: Taobao timestamps are Unix seconds; drop --time-unit")
     return Source(
         preset="taobao",
         files=paths,
-        relation=_csv_relation(paths, delim, False, types, located=False),
-        located_relation=_csv_relation(paths, delim, False, types, located=True),
+        relation=csv_relation(paths, delim, False, types, located=False),
+        located_relation=csv_relation(paths, delim, False, types, located=True),
         exprs=exprs,
         event_raw="behavior",
         event_column="behavior",
@@ -473,7 +404,7 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
     unit, unit_source = _numeric_unit(options, samples)
 
     def relation(located: bool) -> str:
-        base = _csv_relation(events, delim, True, ev_types, located=located)
+        base = csv_relation(events, delim, True, ev_types, located=located)
         if not properties:
             return base
         prop_types = {
@@ -482,7 +413,7 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
             "property": "VARCHAR",
             "value": "VARCHAR",
         }
-        props = _csv_relation(properties, delim, True, prop_types, located=False)
+        props = csv_relation(properties, delim, True, prop_types, located=False)
         # An item's category is the latest 'categoryid' value in the property snapshots.
         # A value that is not an integer id is no category (counted as unparseable).
         cats = (
@@ -493,15 +424,15 @@ def _retailrocket(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         return f"{base} AS e LEFT JOIN {cats} AS p ON e.itemid = p.cat_itemid"
 
     exprs = {
-        **_base_exprs(),
+        **base_exprs(),
         "user": "visitorid",
         "item": "itemid",
-        "category": "categoryid" if properties else _null("VARCHAR"),
+        "category": "categoryid" if properties else null_sql("VARCHAR"),
         "category_bad": "(categoryid_raw IS NOT NULL AND categoryid IS NULL)"
         if properties
         else "false",
         "event": event_code_sql("event"),
-        "ts": _time_sql("timestamp", unit, numeric=True),
+        "ts": time_sql("timestamp", unit, numeric=True),
     }
     return Source(
         preset="retailrocket",
@@ -544,10 +475,10 @@ def _diginetica(paths: tuple[Path, ...], options: ReadOptions) -> Source:
     )
 
     def relation(located: bool) -> str:
-        return _csv_relation(paths, delim, True, types, located, nullstr=("", "NA"))
+        return csv_relation(paths, delim, True, types, located, nullstr=("", "NA"))
 
     exprs = {
-        **_base_exprs(),
+        **base_exprs(),
         "user": user,
         "item": "item_id",
         "event": "CAST(0 AS TINYINT)",
@@ -600,17 +531,17 @@ def _obd(paths: tuple[Path, ...], options: ReadOptions) -> Source:
     user = (
         "md5(concat_ws('|', " + ", ".join(quote_ident(f) for f in features) + "))"
         if features
-        else _null("VARCHAR")
+        else null_sql("VARCHAR")
     )
     index = "row_index" if "row_index" in names else None
 
     # OBD files are small (10,000 rounds each); the session id needs the file name, so the
     # fast read uses the located relation too.
-    relation = _csv_relation(paths, delim, True, types, located=True)
+    relation = csv_relation(paths, delim, True, types, located=True)
     # Each logged round is its own one-event session: file name + the round's index.
     round_id = f"CAST({index} AS VARCHAR)" if index else "CAST(_line AS VARCHAR)"
     exprs = {
-        **_base_exprs(),
+        **base_exprs(),
         "user": user,
         "item": "item_id",
         "event": "CAST(CASE WHEN click = 1 THEN 1 ELSE 0 END AS TINYINT)",
@@ -633,7 +564,7 @@ def _obd(paths: tuple[Path, ...], options: ReadOptions) -> Source:
         optional_columns=("position", "propensity", "reward"),
         # The same rules as 'rlrec ope bandit' (rlrec.data.bandit), so both accept one file.
         row_checks=tuple(
-            RowCheck(rule.column, _bad_sql(rule.ok_sql, rule.column), rule.expected)
+            RowCheck(rule.column, bad_value_sql(rule.ok_sql, rule.column), rule.expected)
             for rule in OBD_VALUE_RULES
         ),
         notes={
@@ -642,12 +573,6 @@ def _obd(paths: tuple[Path, ...], options: ReadOptions) -> Source:
             "session_source": "one session per logged round (file and row index)",
         },
     )
-
-
-def _bad_sql(ok_sql: str, column: str) -> str:
-    """A missing value or one failing ``ok_sql`` (``{c}``: the column)."""
-    col = quote_ident(column)
-    return f"{col} IS NULL OR NOT ({ok_sql.replace('{c}', col)})"
 
 
 def _mapped(
@@ -794,23 +719,6 @@ def _numeric_unit(options: ReadOptions, samples: Sequence[Sequence[str]]) -> tup
     return guessed, "guessed from the magnitude of the first rows (override with --time-unit)"
 
 
-def _time_sql(expr: str, unit: TimeUnit, numeric: bool) -> str:
-    if unit == "iso":
-        return f"epoch_ms(TRY_CAST({expr} AS TIMESTAMPTZ))"
-    scale = 1000 if unit == "s" else 1
-    limit = TIME_CLAMP_MS // scale
-    if numeric:
-        value = f"CAST({expr} AS BIGINT) * {scale}"
-    else:
-        value = f"CAST(round(CAST({expr} AS DOUBLE) * {scale}) AS BIGINT)"
-    # Clamped before scaling: int64-max seconds would overflow the multiplication.
-    nan = "" if numeric else f"WHEN isnan(CAST({expr} AS DOUBLE)) THEN NULL "
-    return (
-        f"(CASE {nan}WHEN {expr} > {limit} THEN {TIME_CLAMP_MS} "
-        f"WHEN {expr} < -{limit} THEN -{TIME_CLAMP_MS} ELSE {value} END)"
-    )
-
-
 def _mapped_csv(
     paths: tuple[Path, ...],
     columns: dict[str, str],
@@ -840,13 +748,13 @@ def _mapped_csv(
     ):
         if name in columns:
             types[columns[name]] = type_name
-    exprs = _mapped_exprs(columns, unit, time_numeric=False, event_is_code=False)
+    exprs = mapped_exprs(columns, unit, time_numeric=False, event_is_code=False)
     relation_args = (paths, delim, header, types)
     return Source(
         preset=preset,
         files=paths,
-        relation=_csv_relation(*relation_args, located=False, nullstr=NULL_STRINGS),
-        located_relation=_csv_relation(*relation_args, located=True, nullstr=NULL_STRINGS),
+        relation=csv_relation(*relation_args, located=False, nullstr=NULL_STRINGS),
+        located_relation=csv_relation(*relation_args, located=True, nullstr=NULL_STRINGS),
         exprs=exprs,
         event_raw=quote_ident(columns["event"]) if "event" in columns else None,
         event_column=columns.get("event"),
@@ -905,12 +813,12 @@ def _mapped_parquet(
             unit = _guess_time_unit(sample.get(columns["time"], ()))
             unit = "ms" if unit == "iso" else unit
             unit_source = "guessed from the magnitude of the first rows (override with --time-unit)"
-        time_expr = _time_sql(quote_ident(columns["time"]), unit, numeric=time_kind == "int")
+        time_expr = time_sql(quote_ident(columns["time"]), unit, numeric=time_kind == "int")
     elif time_kind == "str" and (options.time_unit == "iso" or preset == "generic"):
         if options.time_unit not in (None, "iso"):
             raise wrong("time", f"numbers in {options.time_unit}", "write numbers or use iso")
         unit = "iso"
-        time_expr = _time_sql(quote_ident(columns["time"]), "iso", numeric=False)
+        time_expr = time_sql(quote_ident(columns["time"]), "iso", numeric=False)
     else:
         raise wrong(
             "time",
@@ -927,15 +835,15 @@ def _mapped_parquet(
         allowed = ("int",) if name == "position" else ("int", "float", "bool")
         if name in columns and kind(name) not in allowed:
             raise wrong(name, "a number", "cast the column before writing the file")
-    exprs = _mapped_exprs(columns, unit, time_numeric=True, event_is_code=event_is_code)
+    exprs = mapped_exprs(columns, unit, time_numeric=True, event_is_code=event_is_code)
     exprs["ts"] = time_expr
     if unit == "iso":
-        exprs["time_bad"] = _time_bad_sql(quote_ident(columns["time"]))
+        exprs["time_bad"] = time_bad_sql(quote_ident(columns["time"]))
     return Source(
         preset=preset,
         files=paths,
-        relation=_parquet_relation(paths, located=False),
-        located_relation=_parquet_relation(paths, located=True),
+        relation=parquet_relation(paths, located=False),
+        located_relation=parquet_relation(paths, located=True),
         exprs=exprs,
         event_raw=quote_ident(columns["event"]) if "event" in columns else None,
         event_column=columns.get("event"),
@@ -961,41 +869,6 @@ def _parquet_sample(
         first = (str(exc).strip().splitlines() or ["unreadable"])[0][:160]
         raise UserError(f"{paths[0]}: not a readable Parquet file ({first})") from None
     return {n: [str(r[i]) for r in values if r[i] is not None] for i, n in enumerate(names)}
-
-
-def _time_bad_sql(expr: str) -> str:
-    return f"({expr} IS NOT NULL AND TRY_CAST({expr} AS TIMESTAMPTZ) IS NULL)"
-
-
-def _mapped_exprs(
-    columns: dict[str, str], unit: TimeUnit, time_numeric: bool, event_is_code: bool
-) -> dict[str, str]:
-    q = {name: quote_ident(col) for name, col in columns.items()}
-    exprs = {
-        **_base_exprs(),
-        "user": q["user"],
-        "item": q["item"],
-        "ts": _time_sql(q["time"], unit, numeric=time_numeric),
-        "event": "CAST(0 AS TINYINT)",
-    }
-    if unit == "iso":
-        exprs["time_bad"] = _time_bad_sql(q["time"])
-    if "category" in q:
-        exprs["category"] = q["category"]
-    if "session" in q:
-        exprs["session"] = q["session"]
-    if "event" in q:
-        exprs["event"] = (
-            _event_code_int_sql(q["event"]) if event_is_code else event_code_sql(q["event"])
-        )
-    for name, type_name in (
-        ("position", "INTEGER"),
-        ("propensity", "DOUBLE"),
-        ("reward", "DOUBLE"),
-    ):
-        if name in q:
-            exprs[name] = f"CAST({q[name]} AS {type_name})"
-    return exprs
 
 
 def _header_of(path: Path, delimiter: str) -> tuple[str, ...]:

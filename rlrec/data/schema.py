@@ -7,6 +7,20 @@ vocabulary tables (``users.parquet``, ``items.parquet``, ``categories.parquet``)
 
 from __future__ import annotations
 
+__all__ = [
+    "CANONICAL_FIELDS",
+    "EVENT_ALIASES",
+    "EVENT_CODE",
+    "EVENT_COLUMNS",
+    "EVENT_TYPES",
+    "OPTIONAL_EVENT_COLUMNS",
+    "OPTIONAL_FIELDS",
+    "REQUIRED_FIELDS",
+    "SCHEMA_VERSION",
+    "SPLITS",
+    "UNKNOWN_CATEGORY",
+]
+
 SCHEMA_VERSION = 1
 """Version of the on-disk PreparedDataset layout; bumped on any incompatible change."""
 

@@ -26,6 +26,16 @@ from collections.abc import Callable, Sequence
 
 import duckdb
 
+__all__ = [
+    "EVENT_ORDER",
+    "collect_sessions",
+    "flag_events",
+    "number_events",
+    "number_sessions",
+    "sort_events",
+    "sort_order",
+]
+
 EVENT_ORDER = "ts, event, item"
 """Order of events within a user or a session (ties broken deterministically)."""
 

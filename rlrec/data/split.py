@@ -22,6 +22,12 @@ import duckdb
 
 from rlrec.errors import UserError
 
+__all__ = [
+    "check_fractions",
+    "split_code_sql",
+    "time_cutoffs",
+]
+
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     """Validate ``(train, valid, test)`` fractions: three non-negative numbers summing to 1.

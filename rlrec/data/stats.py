@@ -15,6 +15,13 @@ import numpy as np
 from rlrec.data.dataset import PreparedDataset
 from rlrec.data.schema import EVENT_TYPES, SPLITS, UNKNOWN_CATEGORY
 
+__all__ = [
+    "SESSION_LENGTH_QUANTILES",
+    "TOP_CATEGORIES",
+    "category_continuation_rate",
+    "dataset_stats",
+]
+
 SESSION_LENGTH_QUANTILES: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 0.99)
 TOP_CATEGORIES = 10
 

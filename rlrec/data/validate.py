@@ -22,6 +22,25 @@ from typing import BinaryIO, NoReturn
 from rlrec.data.schema import EVENT_ALIASES, EVENT_TYPES
 from rlrec.errors import UserError, quote_value
 
+__all__ = [
+    "CANDIDATE_DELIMITERS",
+    "MAX_LINE_BYTES",
+    "SNIFF_BYTES",
+    "UTF8_BOM",
+    "CsvShape",
+    "check_data_rows",
+    "check_field_count",
+    "check_header",
+    "check_input_files",
+    "check_line_lengths",
+    "check_no_header",
+    "delimiter_name",
+    "duckdb_read_error",
+    "guess_delimiter",
+    "sniff_csv",
+    "unknown_events_error",
+]
+
 SNIFF_BYTES = 64 * 1024
 """How much of a CSV file the structural checks read."""
 

@@ -13,7 +13,7 @@ Registration adds no ``TimeLimit``: the env truncates at ``max_steps`` itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gymnasium.envs.registration import register, registry
 
@@ -21,6 +21,9 @@ from rlrec.envs.batched import BatchedInterestDrift, make_batched_env
 from rlrec.envs.config import EnvConfig, EnvSpec, RewardWeights
 from rlrec.envs.dynamics import OUTCOMES, InvalidActionError, UserDynamics
 from rlrec.envs.interest_drift import InterestDriftEnv, make_env
+
+if TYPE_CHECKING:
+    from rlrec.envs.sb3_vec_env import BatchedVecEnv, make_vec_env
 
 ENV_ID = "rlrec/InterestDrift-v0"
 
@@ -42,6 +45,10 @@ def __getattr__(name: str) -> Any:
 
         return getattr(sb3_vec_env, name)
     raise AttributeError(f"module 'rlrec.envs' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SB3})
 
 
 __all__ = [

@@ -14,6 +14,13 @@ from typing import Literal
 
 from rlrec.errors import UserError
 
+__all__ = [
+    "EnvConfig",
+    "EnvSpec",
+    "RewardWeights",
+    "StartMode",
+]
+
 StartMode = Literal["auto", "warm", "stationary"]
 
 

@@ -38,10 +38,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlrec.data.dataset import PreparedDataset
+from rlrec.data.ragged import Ragged
 from rlrec.envs.config import EnvConfig
 from rlrec.errors import UserError
 from rlrec.models.prior import RESPONSE_PARAMETERS, prior_draws, unidentified
 from rlrec.models.sim_model import SimModel
+
+__all__ = [
+    "OUTCOMES",
+    "InvalidActionError",
+    "SegmentSampler",
+    "StepResult",
+    "UserDynamics",
+    "UserState",
+    "WarmStarts",
+]
 
 OUTCOMES: tuple[str, ...] = ("miss", "engage", "cart", "buy")
 """Outcome of a recommendation; a step's ``outcome`` code is an index into this tuple."""
@@ -205,7 +216,7 @@ class SegmentSampler:
 
 
 @dataclass(frozen=True)
-class WarmStarts:
+class WarmStarts(Ragged):
     """Logged session prefixes to start users from, as step-level CSR arrays.
 
     Steps are maximal runs of consecutive events on one item (the user model's step), so a
@@ -222,16 +233,10 @@ class WarmStarts:
             the previous step's sim category (the evidence on a session's focus).
     """
 
-    offsets: np.ndarray
     tokens: np.ndarray
     sim_category: np.ndarray
     streak: np.ndarray
     stays: np.ndarray
-
-    @property
-    def n_sessions(self) -> int:
-        """Number of usable sessions."""
-        return len(self.offsets) - 1
 
     @classmethod
     def from_dataset(

@@ -18,6 +18,17 @@ from rlrec.envs.dynamics import UserDynamics, UserState
 from rlrec.errors import UserError
 from rlrec.models.sim_model import SimModel, load_sim_model
 
+__all__ = [
+    "ConfigLike",
+    "DatasetLike",
+    "InterestDriftEnv",
+    "ModelLike",
+    "Observation",
+    "make_env",
+    "observation_space",
+    "resolve_inputs",
+]
+
 ModelLike = SimModel | str | os.PathLike[str]
 DatasetLike = PreparedDataset | str | os.PathLike[str] | None
 ConfigLike = EnvConfig | Mapping[str, Any] | None

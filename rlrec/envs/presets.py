@@ -30,6 +30,21 @@ from rlrec.models.sim_model import ARRAYS_FILE, PARAMS_FILE, SIM_SCHEMA_VERSION
 from rlrec.models.synthetic import SyntheticConfig
 from rlrec.models.transition import FitConfig
 
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "PRESET_DIR",
+    "Artifacts",
+    "DataSource",
+    "EnvPreset",
+    "build_artifacts",
+    "check_cache_dir",
+    "dataset_key",
+    "encoder_key",
+    "load_env_preset",
+    "preset_path",
+    "sim_key",
+]
+
 PRESET_DIR = Path(__file__).resolve().parents[2] / "envs"
 """The bundled presets (``synthetic``, ``taobao``) in the project's ``envs/`` folder."""
 

@@ -24,6 +24,11 @@ from rlrec.envs.dynamics import StepResult
 from rlrec.envs.interest_drift import ConfigLike, DatasetLike, ModelLike
 from rlrec.errors import UserError
 
+__all__ = [
+    "BatchedVecEnv",
+    "make_vec_env",
+]
+
 
 class BatchedVecEnv(VecEnv):
     """Stable-Baselines3 ``VecEnv`` over :class:`BatchedInterestDrift` (N users = N envs).

@@ -2,7 +2,7 @@
 
 An agent is trained in the simulator *fitted* from a log. Whether its gain is real is decided
 in the world that *produced* the log. For the synthetic default that world is known: the
-generator's true parameters (:class:`rlrec.models.synthetic.GroundTruth`). :func:`truth_world`
+generator's true parameters (:class:`rlrec.models.ground_truth.GroundTruth`). :func:`truth_world`
 turns them into a SimModel in the dataset's index space, with the fitted model's action
 space (catalog action ``a`` is the same dataset item in both worlds), so every policy trained
 or fitted on the log runs there unchanged.
@@ -28,8 +28,8 @@ import numpy as np
 
 from rlrec.data.dataset import PreparedDataset
 from rlrec.errors import UserError
+from rlrec.models.ground_truth import GroundTruth, load_ground_truth
 from rlrec.models.sim_model import ARRAY_FIELDS, Provenance, SimModel
-from rlrec.models.synthetic import GroundTruth, load_ground_truth
 
 __all__ = ["load_truth_world", "truth_world"]
 

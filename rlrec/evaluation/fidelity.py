@@ -25,8 +25,9 @@ from scipy.stats import ks_2samp
 
 from rlrec.data.dataset import PreparedDataset
 from rlrec.errors import UserError
+from rlrec.models.calibration import streak_lengths
+from rlrec.models.ground_truth import GroundTruth, load_ground_truth
 from rlrec.models.sim_model import SimModel
-from rlrec.models.synthetic import GroundTruth, load_ground_truth, streak_lengths
 from rlrec.models.transition import simulate_organic, step_log
 
 __all__ = [

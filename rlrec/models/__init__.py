@@ -1,1 +1,78 @@
-"""Models fitted from logs: the interest-migration SimModel and the sequence encoder."""
+"""Models fitted from logs: the interest-migration SimModel, the synthetic generator, the encoder.
+
+Every name loads on first use: the encoder side imports torch, the fit pandas.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlrec.models.calibration import log_statistics
+    from rlrec.models.checkpoint import load_encoder, save_encoder
+    from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
+    from rlrec.models.ground_truth import GroundTruth, SyntheticConfig, load_ground_truth
+    from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint, train_encoder
+    from rlrec.models.sim_model import SimModel, load_sim_model
+    from rlrec.models.synthetic import generate_dataset, generate_events
+    from rlrec.models.transition import FitConfig, fit_sim_model, simulate_organic
+
+# Name -> module of every public name (torch and pandas import slowly; load them on use).
+_LAZY: dict[str, str] = {
+    "log_statistics": "rlrec.models.calibration",
+    "load_encoder": "rlrec.models.checkpoint",
+    "save_encoder": "rlrec.models.checkpoint",
+    "EncoderConfig": "rlrec.models.encoder",
+    "SequenceEncoder": "rlrec.models.encoder",
+    "StateEncoder": "rlrec.models.encoder",
+    "GroundTruth": "rlrec.models.ground_truth",
+    "SyntheticConfig": "rlrec.models.ground_truth",
+    "load_ground_truth": "rlrec.models.ground_truth",
+    "PretrainConfig": "rlrec.models.pretrain",
+    "pretrain_checkpoint": "rlrec.models.pretrain",
+    "train_encoder": "rlrec.models.pretrain",
+    "SimModel": "rlrec.models.sim_model",
+    "load_sim_model": "rlrec.models.sim_model",
+    "generate_dataset": "rlrec.models.synthetic",
+    "generate_events": "rlrec.models.synthetic",
+    "FitConfig": "rlrec.models.transition",
+    "fit_sim_model": "rlrec.models.transition",
+    "simulate_organic": "rlrec.models.transition",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+__all__ = [
+    "EncoderConfig",
+    "FitConfig",
+    "GroundTruth",
+    "PretrainConfig",
+    "SequenceEncoder",
+    "SimModel",
+    "StateEncoder",
+    "SyntheticConfig",
+    "fit_sim_model",
+    "generate_dataset",
+    "generate_events",
+    "load_encoder",
+    "load_ground_truth",
+    "load_sim_model",
+    "log_statistics",
+    "pretrain_checkpoint",
+    "save_encoder",
+    "simulate_organic",
+    "train_encoder",
+]

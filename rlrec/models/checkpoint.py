@@ -32,6 +32,18 @@ from rlrec.data.dataset import PreparedDataset, atomic_directory, write_json_ato
 from rlrec.errors import UserError, quote_value
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder
 
+__all__ = [
+    "CONFIG_FILE",
+    "ENCODER_SCHEMA_VERSION",
+    "WEIGHTS_FILE",
+    "EncoderCheckpoint",
+    "load_encoder",
+    "read_checkpoint_info",
+    "save_encoder",
+    "vocabulary_fingerprint",
+    "write_encoder_files",
+]
+
 ENCODER_SCHEMA_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "encoder.json"

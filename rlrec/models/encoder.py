@@ -49,6 +49,16 @@ from torch import nn
 
 from rlrec.errors import UserError
 
+__all__ = [
+    "BIAS_SCALE",
+    "NEG",
+    "EncoderConfig",
+    "Pointer",
+    "SequenceEncoder",
+    "StateEncoder",
+    "category_streak",
+]
+
 
 @dataclass(frozen=True)
 class EncoderConfig:

@@ -9,6 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+__all__ = [
+    "K",
+    "category_accuracy",
+    "item_ranking_metrics",
+    "target_ranks",
+]
+
 K = 10
 """Cut-off of HR@K and NDCG@K."""
 

@@ -52,6 +52,14 @@ from rlrec.models.sequences import (
     training_windows,
 )
 
+__all__ = [
+    "PretrainConfig",
+    "TrainingResult",
+    "pretrain_checkpoint",
+    "resolve_device",
+    "train_encoder",
+]
+
 
 @dataclass(frozen=True)
 class PretrainConfig:

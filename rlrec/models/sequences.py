@@ -23,6 +23,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlrec.data.dataset import SessionArrays
+from rlrec.data.ragged import Ragged
+
+__all__ = [
+    "IGNORE",
+    "PAD",
+    "Steps",
+    "Windows",
+    "collapse_repeats",
+    "mask_tokens",
+    "prefix_windows",
+    "training_windows",
+]
 
 PAD = 0
 """Padding token (items and categories)."""
@@ -32,7 +44,7 @@ IGNORE = -1
 
 
 @dataclass(frozen=True)
-class Steps:
+class Steps(Ragged):
     """Sessions of one split as steps (consecutive repeats of an item collapsed), CSR form.
 
     Session ``s`` spans ``offsets[s]:offsets[s + 1]``.
@@ -43,19 +55,8 @@ class Steps:
         categories: (N,) int64 dataset category index of each step.
     """
 
-    offsets: np.ndarray
     items: np.ndarray
     categories: np.ndarray
-
-    @property
-    def n_sessions(self) -> int:
-        """Number of sessions."""
-        return int(len(self.offsets) - 1)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """(S,) int64 number of steps in each session."""
-        return np.diff(self.offsets)
 
     @property
     def n_targets(self) -> int:

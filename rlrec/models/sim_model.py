@@ -41,6 +41,20 @@ import numpy as np
 
 from rlrec.errors import UserError, quote_value
 
+__all__ = [
+    "ARRAYS_FILE",
+    "ARRAY_FIELDS",
+    "PARAMS_FILE",
+    "SCALAR_FIELDS",
+    "SIM_SCHEMA_VERSION",
+    "Provenance",
+    "SimModel",
+    "Source",
+    "engage_probability",
+    "load_sim_model",
+    "saturate",
+]
+
 SIM_SCHEMA_VERSION = 2  # 2: engage_ceiling, leave_streak_factor, leave_streak_start
 ARRAYS_FILE = "arrays.npz"
 PARAMS_FILE = "sim_model.json"

@@ -30,9 +30,27 @@ import numpy as np
 import pandas as pd
 
 from rlrec.data.dataset import PreparedDataset
+from rlrec.data.ragged import Ragged
 from rlrec.errors import UserError
+from rlrec.models.calibration import collapse_steps
 from rlrec.models.sim_model import Provenance, SimModel
-from rlrec.models.synthetic import collapse_steps, simulate_organic_categories
+from rlrec.models.synthetic import simulate_organic_categories
+
+__all__ = [
+    "DEFAULT_ENGAGE_BASE_RATE",
+    "OTHER_CATEGORY",
+    "FitConfig",
+    "OrganicSessions",
+    "StepLog",
+    "choose_smoothing",
+    "fit_leave_hazard",
+    "fit_sim_model",
+    "fold_categories",
+    "simulate_organic",
+    "smoothed_switch_matrix",
+    "step_log",
+    "switch_counts",
+]
 
 OTHER_CATEGORY = "__other__"
 """Raw id of the sim category that holds every category beyond the top-K."""
@@ -111,7 +129,7 @@ class FitConfig:
 
 
 @dataclass(frozen=True)
-class StepLog:
+class StepLog(Ragged):
     """Steps of one split, with categories folded into sim categories.
 
     Attributes:
@@ -122,21 +140,10 @@ class StepLog:
         buy: (n_steps,) bool, the step has a buy.
     """
 
-    offsets: np.ndarray
     category: np.ndarray
     item: np.ndarray
     cart: np.ndarray
     buy: np.ndarray
-
-    @property
-    def n_sessions(self) -> int:
-        """Number of sessions."""
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """(S,) steps per session."""
-        return np.diff(self.offsets)
 
     def transitions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Consecutive step pairs inside sessions.
@@ -539,7 +546,7 @@ def _engage_base_rate(frame: pd.DataFrame, config: FitConfig) -> tuple[float, Pr
 
 
 @dataclass(frozen=True)
-class OrganicSessions:
+class OrganicSessions(Ragged):
     """Sessions simulated under the organic policy (no recommender), one row per step.
 
     Attributes:
@@ -551,21 +558,10 @@ class OrganicSessions:
         buy: (n_steps,) bool, the step ended in a buy.
     """
 
-    offsets: np.ndarray
     category: np.ndarray
     item: np.ndarray
     cart: np.ndarray
     buy: np.ndarray
-
-    @property
-    def n_sessions(self) -> int:
-        """Number of sessions."""
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """(S,) steps per session."""
-        return np.diff(self.offsets)
 
 
 def simulate_organic(model: SimModel, n_sessions: int, seed: int = 0) -> OrganicSessions:

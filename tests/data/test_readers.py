@@ -13,12 +13,12 @@ from rlrec.data.dataset import load_dataset
 from rlrec.data.prepare import PrepareConfig, prepare
 from rlrec.data.readers import (
     ReadOptions,
-    event_code_sql,
     load_column_map,
     open_source,
     parse_columns,
 )
 from rlrec.data.schema import EVENT_CODE
+from rlrec.data.sql import TimeUnit, event_code_sql
 from rlrec.errors import UserError
 
 ALL_TRAIN = PrepareConfig(split_fractions=(1.0, 0.0, 0.0))
@@ -113,27 +113,29 @@ def test_parquet_timestamp_and_string_events(tmp_path: Path) -> None:
     assert ds.users["raw_id"].tolist() == ["v1", "v2"]
 
 
-def test_generic_time_units(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("raw", "time_unit", "unit", "timestamp"),
+    [
+        ("1577836800500", None, "ms", 1577836800500),  # guessed from the magnitude
+        ("1577836800.5", None, "s", 1577836800500),
+        ("1577836800.5", "ms", "ms", 1577836801),  # --time-unit wins over the guess
+    ],
+    ids=["guessed-ms", "guessed-s", "forced-ms"],
+)
+def test_generic_time_units(
+    tmp_path: Path, raw: str, time_unit: TimeUnit | None, unit: str, timestamp: int
+) -> None:
     path = tmp_path / "t.csv"
-    path.write_text("u,i,t\n1,2,1577836800500\n")
+    path.write_text(f"u,i,t\n1,2,{raw}\n")
     columns = {"user": "u", "item": "i", "time": "t"}
-    guessed = load_dataset(prepare([path], "generic", tmp_path / "a", ALL_TRAIN, columns=columns))
-    assert guessed.meta["source"]["time_unit"] == "ms"  # guessed from the magnitude
-    assert guessed.events["timestamp"].tolist() == [1577836800500]
-    path.write_text("u,i,t\n1,2,1577836800.5\n")
-    seconds = load_dataset(prepare([path], "generic", tmp_path / "b", ALL_TRAIN, columns=columns))
-    assert seconds.events["timestamp"].tolist() == [1577836800500]
-    forced = load_dataset(
+    options = ReadOptions(time_unit=time_unit)
+    ds = load_dataset(
         prepare(
-            [path],
-            "generic",
-            tmp_path / "c",
-            ALL_TRAIN,
-            columns=columns,
-            read_options=ReadOptions(time_unit="ms"),
+            [path], "generic", tmp_path / "ds", ALL_TRAIN, columns=columns, read_options=options
         )
     )
-    assert forced.events["timestamp"].tolist() == [1577836801]
+    assert ds.meta["source"]["time_unit"] == unit
+    assert ds.events["timestamp"].tolist() == [timestamp]
 
 
 def test_obd_source_has_bandit_columns(obd_dir: Path) -> None:

@@ -13,8 +13,9 @@ from rlrec.envs.config import EnvConfig
 from rlrec.envs.dynamics import UserDynamics
 from rlrec.envs.truth import load_truth_world
 from rlrec.errors import UserError
+from rlrec.models.ground_truth import load_ground_truth
 from rlrec.models.prior import RESPONSE_PARAMETERS, with_response
-from rlrec.models.synthetic import SyntheticConfig, generate_dataset, load_ground_truth
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 from rlrec.models.transition import FitConfig, fit_sim_model
 from tests.envs.conftest import make_sim_model
 

@@ -18,13 +18,9 @@ from rlrec.evaluation.fidelity import (
     streak_occupancy,
     validate_fidelity,
 )
+from rlrec.models.ground_truth import GROUND_TRUTH_JSON, GROUND_TRUTH_NPZ
 from rlrec.models.sim_model import SimModel
-from rlrec.models.synthetic import (
-    GROUND_TRUTH_JSON,
-    GROUND_TRUTH_NPZ,
-    SyntheticConfig,
-    generate_dataset,
-)
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 from rlrec.models.transition import fit_sim_model
 
 

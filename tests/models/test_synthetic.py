@@ -10,17 +10,10 @@ import pytest
 from rlrec.config import from_mapping
 from rlrec.data.dataset import load_dataset
 from rlrec.errors import UserError
+from rlrec.models.calibration import log_statistics, read_taobao_frame
+from rlrec.models.ground_truth import GROUND_TRUTH_JSON, GROUND_TRUTH_NPZ, load_ground_truth
 from rlrec.models.sim_model import ARRAY_FIELDS
-from rlrec.models.synthetic import (
-    GROUND_TRUTH_JSON,
-    GROUND_TRUTH_NPZ,
-    SyntheticConfig,
-    generate_dataset,
-    generate_events,
-    load_ground_truth,
-    log_statistics,
-    read_taobao_frame,
-)
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset, generate_events
 
 SMALL = SyntheticConfig(n_users=60, n_categories=8, n_items=400, seed=3)
 

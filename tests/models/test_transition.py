@@ -12,6 +12,7 @@ from rlrec.data.dataset import PreparedDataset, load_dataset
 from rlrec.data.prepare import prepare
 from rlrec.errors import UserError
 from rlrec.evaluation.fidelity import ground_truth_errors
+from rlrec.models.ground_truth import load_ground_truth
 from rlrec.models.sim_model import (
     ARRAY_FIELDS,
     ARRAYS_FILE,
@@ -20,7 +21,7 @@ from rlrec.models.sim_model import (
     SimModel,
     load_sim_model,
 )
-from rlrec.models.synthetic import SyntheticConfig, generate_dataset, load_ground_truth
+from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 from rlrec.models.transition import (
     OTHER_CATEGORY,
     FitConfig,
