@@ -6,11 +6,11 @@ statistics, the Open Bandit loader) load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rlrec.data.dataset import PreparedDataset, SessionArrays, load_dataset
 from rlrec.data.ragged import Ragged
+from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from rlrec.data.bandit import BanditFeedback, load_obd
@@ -34,17 +34,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next access skips __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -2,7 +2,9 @@
 
 * :mod:`rlrec.workflows.quickstart`: every stage of the main job on the embedded default;
 * :mod:`rlrec.workflows.evaluate`: a run's policy against every baseline, in the fitted
-  simulator or the truth world.
+  simulator or the truth world;
+* :mod:`rlrec.workflows.sensitivity`: a run's ratio to the best baseline across the prior of
+  what the log cannot identify.
 
 Workflows may import every layer below them (data, models, envs, evaluation, agents); only the
 CLI imports workflows. The names below load on first use (they import torch).
@@ -10,8 +12,9 @@ CLI imports workflows. The names below load on first use (they import torch).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from rlrec.workflows.evaluate import evaluate_run
@@ -26,17 +29,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # the next access skips __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
