@@ -9,6 +9,10 @@ from pathlib import Path
 
 from rlrec.cli.parsing import HelpFormatter
 
+__all__ = [
+    "register",
+]
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``rlrec sensitivity``."""
