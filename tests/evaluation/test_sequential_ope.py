@@ -331,7 +331,9 @@ def test_interval_coverage_on_a_known_mdp():
 
 def test_every_default_estimator_is_reported_in_order():
     sessions = prepare_sessions(**_base(), q_factual=Q, v_target=V)
-    assert tuple(estimate_session_value(sessions, n_bootstrap=10)) == SESSION_ESTIMATOR_NAMES
+    contract = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "magic")  # the JSON keys
+    assert contract == SESSION_ESTIMATOR_NAMES
+    assert tuple(estimate_session_value(sessions, n_bootstrap=10)) == contract
 
 
 def test_magic_candidates_run_from_dm_to_wdr():
