@@ -73,7 +73,9 @@ def test_ope_on_real_sessions_with_the_behaviour_as_target(dataset):
     report = evaluate_real_sessions(
         dataset, behaviour.action_probabilities, "behaviour", split="train", n_bootstrap=20
     )
+    # The report says the propensities were estimated, not logged.
     assert report["propensities"] == BEHAVIOUR_METHOD
+    assert report["propensities"].startswith("estimated")
     assert report["decisions"] == 7 and report["sessions"] == 2
     for name in ("is", "wis", "pdis", "wpdis"):
         assert report["estimates"][name]["value"] == pytest.approx(report["logged_value"])
