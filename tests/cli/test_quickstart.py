@@ -138,7 +138,9 @@ def test_report_of_the_quickstart_run_directory_alone(
     tiny_run: tuple[Path, dict, str], tmp_path: Path
 ) -> None:
     out, _, _ = tiny_run
-    # A plain run directory: its curves, its eval.json and the SimModel its config names.
+    # A plain run directory: its curves, its eval.json and the SimModel its config names, and
+    # (the quickstart evaluates in the truth world too) eval_truth.json beside eval.json.
+    assert (out / "run" / "eval_truth.json").is_file()
     assert main(["report", str(out / "run"), "--out", str(tmp_path), "--json"]) == 0
     plots = {p.name for p in (tmp_path / "plots").iterdir()}
-    assert plots == {"learning_curves.png", "policies.png", "migration.png"}
+    assert plots == {"learning_curves.png", "policies.png", "migration.png", "truth.png"}
