@@ -1,18 +1,22 @@
 """Accuracy of sequential OPE against the simulator's ground truth (issue 6).
 
 Sessions are logged in the synthetic preset's simulator under a known stochastic behaviour
-policy; every sequential estimator (IS, WIS, PDIS, WPDIS, DM, DR, WDR) estimates each target
-policy's expected session return, and the target's true value comes from on-policy
-simulation with the same env configuration (other seeds). Target of the issue: the best
-default estimator (WDR) within 10% relative error for a target whose per-step KL divergence
-from the behaviour policy is at most 1 nat, with 10,000 logged sessions.
+policy; a linear fitted Q-function (FQE) is fitted on the logs, every sequential estimator
+(IS, WIS, PDIS, WPDIS, DM, DR, WDR, MAGIC) estimates each target policy's expected session
+return, and the target's true value comes from on-policy simulation with the same env
+configuration (other seeds). Target of the issue: the default estimator
+(``rlrec.evaluation.ope.sequential.DEFAULT_ESTIMATOR``, MAGIC) within 10% relative error for
+a target whose per-step KL divergence from the behaviour policy is at most 1 nat, with
+10,000 logged sessions.
 
 Defaults: behaviour ``greedy_supervised,tau=1,eps=0.3`` (the pretrained encoder's softmax
 with 30% uniform exploration: a production recommender that explores); targets at growing
 distance from it: ``greedy_supervised,tau=1,eps=0.1``, ``greedy_supervised,tau=0.5,eps=0.3``,
 ``greedy_supervised,tau=0.5,eps=0.1``, ``random`` and ``popular,eps=0.3``.
 
-Writes flat keys: ``sessions``, ``truth_sessions``, ``seconds``, ``behaviour_value``, and per
+Writes flat keys: ``sessions``, ``logged_steps``, ``truth_sessions``, ``behaviour``,
+``behaviour_value``, ``default_estimator``, ``seed``, ``seconds``, ``cpu_seconds``,
+``behaviour_q_calibration`` (the Q-model's calibration on the behaviour's own returns), and per
 target (its SPEC with non-alphanumerics as ``_``): ``kl_per_step__T``, ``ess__T``,
 ``true_value__T``, ``estimate__T__E``, ``relative_error__T__E`` and ``truth_in_ci95__T__E``
 for each estimator ``E``,

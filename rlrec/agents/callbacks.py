@@ -28,8 +28,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam
 
 from rlrec.agents.artifacts import checkpoint_files, save_policy
-from rlrec.envs.batched import BatchedVecEnv
 from rlrec.envs.dynamics import OUTCOMES
+from rlrec.envs.sb3_vec_env import BatchedVecEnv
 from rlrec.errors import UserError
 
 _BUY = OUTCOMES.index("buy")

@@ -47,6 +47,21 @@ from rlrec.agents.categorical import CatalogTerm, catalog_slots
 from rlrec.agents.planner import PlanTable
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder, category_streak
 
+__all__ = [
+    "N_CONTEXT",
+    "N_EXTRA",
+    "STEP_SCALE",
+    "STREAK_BINS",
+    "CategoryPrior",
+    "EncoderFeatures",
+    "FrozenEncoderStates",
+    "encode_features",
+    "extra_features",
+    "feature_width",
+    "rl_encoder",
+    "step_feature",
+]
+
 STEP_SCALE = 5.0
 """``log(1 + t) / STEP_SCALE`` keeps the step feature near [0, 1] for sessions up to ~150 steps."""
 

@@ -61,6 +61,19 @@ from rlrec.agents.features import (
 from rlrec.errors import UserError
 from rlrec.models.encoder import SequenceEncoder
 
+__all__ = [
+    "AgentPolicy",
+    "FactoredActorHead",
+    "MaskableRecommenderPolicy",
+    "Model",
+    "RecentItemMask",
+    "RecommenderPolicy",
+    "build_model",
+    "init_from_encoder",
+    "recent_item_mask",
+    "token_to_action_table",
+]
+
 Model = PPO | MaskablePPO
 
 if TYPE_CHECKING:

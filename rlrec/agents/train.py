@@ -68,7 +68,6 @@ from rlrec.agents.policy import (
 from rlrec.agents.robust import RobustChoice, robust_planner, select_robust, validation_worlds
 from rlrec.config import from_mapping, load_yaml, to_mapping
 from rlrec.data.dataset import PreparedDataset, load_dataset, write_json_atomic
-from rlrec.envs.batched import BatchedVecEnv
 from rlrec.envs.config import EnvConfig
 from rlrec.envs.presets import (
     DEFAULT_CACHE_DIR,
@@ -78,6 +77,7 @@ from rlrec.envs.presets import (
     check_cache_dir,
     load_env_preset,
 )
+from rlrec.envs.sb3_vec_env import BatchedVecEnv
 from rlrec.errors import UserError
 from rlrec.models.checkpoint import (
     CONFIG_FILE as ENCODER_CONFIG_FILE,
@@ -91,6 +91,27 @@ from rlrec.models.checkpoint import (
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder
 from rlrec.models.pretrain import PretrainConfig, train_encoder
 from rlrec.models.sim_model import SimModel, load_sim_model
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "ENCODER_DIR",
+    "PLAN_FILE",
+    "POLICY_FILE",
+    "ROBUST_FILE",
+    "RUN_CONFIG_FILE",
+    "TENSORBOARD_DIR",
+    "LoadedRun",
+    "RunConfig",
+    "TrainResult",
+    "build_encoder",
+    "default_run_name",
+    "encoder_settings",
+    "load_run",
+    "make_training_env",
+    "policy_inputs",
+    "read_run_config",
+    "train_agent",
+]
 
 RUN_CONFIG_FILE = "config.yaml"
 POLICY_FILE = f"{POLICY_NAME}.json"

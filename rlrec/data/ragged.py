@@ -3,7 +3,8 @@
 Sessions of different lengths are kept as flat per-step (or per-event) arrays plus one
 ``offsets`` array: session ``s`` spans ``offsets[s]:offsets[s + 1]`` in every flat array. The
 containers of the data, models and envs layers (``SessionArrays``, ``Steps``, ``StepLog``,
-``OrganicSessions``, ``WarmStarts``) inherit :class:`Ragged` for the properties they share.
+``OrganicSessions``, ``WarmStarts``) and of off-policy evaluation (``LoggedSessions``,
+``SimulatedLog``, ``Decisions``) inherit :class:`Ragged` for the properties they share.
 """
 
 from __future__ import annotations

@@ -1,14 +1,21 @@
-"""Interest-drift simulator: the single Gymnasium env and the batched vector env.
+"""Interest-drift simulator: the single Gymnasium env, the batched vector env, the SB3 adapter.
 
-Importing this package registers ``rlrec/InterestDrift-v0`` (the single env) and
-``rlrec/InterestDriftBatched-v0`` (the vector env, for ``gymnasium.make_vec``)::
+Importing this package registers one id, ``rlrec/InterestDrift-v0``, with both entry points:
+``gymnasium.make`` gives the single env, ``gymnasium.make_vec`` with
+``vectorization_mode="vector_entry_point"`` the batched one (N users in one numpy step)::
 
     import gymnasium as gym
     import rlrec.envs
 
     env = gym.make("rlrec/InterestDrift-v0", sim_model="logs/sim", dataset="logs/data")
+    vec = gym.make_vec(
+        "rlrec/InterestDrift-v0", num_envs=64, vectorization_mode="vector_entry_point",
+        sim_model="logs/sim", dataset="logs/data",
+    )
 
 Registration adds no ``TimeLimit``: the env truncates at ``max_steps`` itself.
+``BatchedVecEnv`` and ``make_vec_env`` (the Stable-Baselines3 ``VecEnv``, module
+:mod:`rlrec.envs.sb3_vec_env`) load on first use, since SB3 imports torch.
 """
 
 from __future__ import annotations

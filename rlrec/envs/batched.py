@@ -40,10 +40,13 @@ from rlrec.envs.interest_drift import (
     DatasetLike,
     ModelLike,
     Observation,
+    existing_dir,
     observation_space,
     resolve_inputs,
 )
 from rlrec.errors import UserError
+
+__all__ = ["BatchedInterestDrift", "make_batched_env"]
 
 
 class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
@@ -129,7 +132,7 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
             state = _copy_state(self._state)
             self.dynamics.restart(state, np.flatnonzero(mask), self.np_random)
             self._state = state
-        return self._observation(self._state), self._state_info(self._state)
+        return self.observation(self._state), self._state_info(self._state)
 
     def step(
         self, actions: np.ndarray
@@ -167,7 +170,7 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
             infos["final_obs"] = final_obs
             infos["_final_obs"] = mask
         return (
-            self._observation(state),
+            self.observation(state),
             result.reward,
             result.terminated,
             result.truncated,
@@ -206,7 +209,8 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
         self._state = state
         return result, done, final
 
-    def _observation(self, state: UserState) -> Observation:
+    def observation(self, state: UserState) -> Observation:
+        """The (N,)-batched observation of ``state``: its arrays, not copies."""
         # state's arrays are replaced by the next step, never mutated after being returned.
         return {
             "item_history": state.items,
@@ -247,21 +251,9 @@ def make_batched_env(spec: EnvSpec | Mapping[str, Any]) -> BatchedInterestDrift:
         UserError: Naming a bad field, a missing or inconsistent directory.
     """
     resolved = spec if isinstance(spec, EnvSpec) else from_mapping(EnvSpec, spec, "env_spec")
-    from rlrec.envs.interest_drift import _existing
-
     return BatchedInterestDrift(
         resolved.num_envs,
-        sim_model=_existing(resolved.sim_model, "sim_model"),
-        dataset=None if resolved.dataset is None else _existing(resolved.dataset, "dataset"),
+        sim_model=existing_dir(resolved.sim_model, "sim_model"),
+        dataset=None if resolved.dataset is None else existing_dir(resolved.dataset, "dataset"),
         config=resolved.env,
     )
-
-
-def __getattr__(name: str) -> Any:
-    # BatchedVecEnv and make_vec_env live in rlrec.envs.sb3_vec_env (SB3 imports torch); they
-    # are still importable from here, loaded on first use.
-    if name in ("BatchedVecEnv", "make_vec_env"):
-        from rlrec.envs import sb3_vec_env
-
-        return getattr(sb3_vec_env, name)
-    raise AttributeError(f"module 'rlrec.envs.batched' has no attribute {name!r}")

@@ -24,6 +24,7 @@ __all__ = [
     "InterestDriftEnv",
     "ModelLike",
     "Observation",
+    "existing_dir",
     "make_env",
     "observation_space",
     "resolve_inputs",
@@ -249,13 +250,18 @@ def make_env(spec: EnvSpec | Mapping[str, Any]) -> InterestDriftEnv:
     """
     resolved = spec if isinstance(spec, EnvSpec) else from_mapping(EnvSpec, spec, "env_spec")
     return InterestDriftEnv(
-        sim_model=_existing(resolved.sim_model, "sim_model"),
-        dataset=None if resolved.dataset is None else _existing(resolved.dataset, "dataset"),
+        sim_model=existing_dir(resolved.sim_model, "sim_model"),
+        dataset=None if resolved.dataset is None else existing_dir(resolved.dataset, "dataset"),
         config=resolved.env,
     )
 
 
-def _existing(path: Path, field_name: str) -> Path:
+def existing_dir(path: Path, field_name: str) -> Path:
+    """Return ``path`` if it is a directory (the env specs' ``sim_model`` and ``dataset``).
+
+    Raises:
+        UserError: Naming ``field_name`` and the path when it is not a directory.
+    """
     if not path.is_dir():
         raise UserError(f"{field_name}: {path} is not a directory; check the path")
     return path

@@ -107,7 +107,7 @@ class BatchedVecEnv(VecEnv):
                 "step": steps[i],
             }
             infos[i]["TimeLimit.truncated"] = bool(truncated[i])
-        obs = self.env._observation(state)
+        obs = self.env.observation(state)
         dones = result.terminated | result.truncated
         return obs, result.reward.astype(np.float32), dones, infos
 

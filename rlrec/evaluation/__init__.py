@@ -1,1 +1,83 @@
-"""Evaluation: rollouts, offline policy evaluation, ranking metrics, fidelity, reports."""
+"""Evaluation: rollouts, offline policy evaluation, ranking metrics, fidelity, reports.
+
+Every name loads on first use (the report imports matplotlib and Jinja2; the OPE run of a
+trained policy imports torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlrec.evaluation.fidelity import fidelity_distributions, validate_fidelity
+    from rlrec.evaluation.ope.bandit import (
+        LoggedRounds,
+        estimate_policy_value,
+        prepare_rounds,
+    )
+    from rlrec.evaluation.ope.bandit_report import run_bandit_ope
+    from rlrec.evaluation.ope.base import Estimate
+    from rlrec.evaluation.ope.fqe import fitted_q_evaluation
+    from rlrec.evaluation.ope.sequential import (
+        LoggedSessions,
+        estimate_session_value,
+        prepare_sessions,
+    )
+    from rlrec.evaluation.ranking import evaluate_next_step
+    from rlrec.evaluation.report import write_report
+    from rlrec.evaluation.rollout import EpisodeStats, evaluate_policies, summarize
+
+# Name -> module of every public name. A name that is also a submodule's (``rollout``, the
+# function) is left out: importing the submodule would rebind it on the package.
+_LAZY: dict[str, str] = {
+    "fidelity_distributions": "rlrec.evaluation.fidelity",
+    "validate_fidelity": "rlrec.evaluation.fidelity",
+    "LoggedRounds": "rlrec.evaluation.ope.bandit",
+    "estimate_policy_value": "rlrec.evaluation.ope.bandit",
+    "prepare_rounds": "rlrec.evaluation.ope.bandit",
+    "run_bandit_ope": "rlrec.evaluation.ope.bandit_report",
+    "Estimate": "rlrec.evaluation.ope.base",
+    "fitted_q_evaluation": "rlrec.evaluation.ope.fqe",
+    "LoggedSessions": "rlrec.evaluation.ope.sequential",
+    "estimate_session_value": "rlrec.evaluation.ope.sequential",
+    "prepare_sessions": "rlrec.evaluation.ope.sequential",
+    "evaluate_next_step": "rlrec.evaluation.ranking",
+    "write_report": "rlrec.evaluation.report",
+    "EpisodeStats": "rlrec.evaluation.rollout",
+    "evaluate_policies": "rlrec.evaluation.rollout",
+    "summarize": "rlrec.evaluation.rollout",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+__all__ = [
+    "EpisodeStats",
+    "Estimate",
+    "LoggedRounds",
+    "LoggedSessions",
+    "estimate_policy_value",
+    "estimate_session_value",
+    "evaluate_next_step",
+    "evaluate_policies",
+    "fidelity_distributions",
+    "fitted_q_evaluation",
+    "prepare_rounds",
+    "prepare_sessions",
+    "run_bandit_ope",
+    "summarize",
+    "validate_fidelity",
+    "write_report",
+]

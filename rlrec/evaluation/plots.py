@@ -20,6 +20,22 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+__all__ = [
+    "ACCENT",
+    "MUTED",
+    "PALETTE",
+    "TRUTH",
+    "fidelity",
+    "fitted_vs_truth",
+    "grouped_bars",
+    "heatmap",
+    "interval_bars",
+    "learning_curves",
+    "ope_estimates",
+    "png_bytes",
+    "sensitivity",
+]
+
 ACCENT = "#2563eb"
 MUTED = "#94a3b8"
 TRUTH = "#dc2626"

@@ -37,6 +37,18 @@ from rlrec.models.encoder import SequenceEncoder
 from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
 from rlrec.models.sequences import IGNORE, Steps, Windows, collapse_repeats, prefix_windows
 
+__all__ = [
+    "BASELINES",
+    "CATEGORY_METRICS",
+    "ITEM_METRICS",
+    "SequenceBaselines",
+    "baseline_scores",
+    "evaluate_next_step",
+    "fit_baselines",
+    "format_report",
+    "protocol",
+]
+
 ITEM_METRICS: tuple[str, ...] = ("hr@10", "ndcg@10", "mrr")
 CATEGORY_METRICS: tuple[str, ...] = ("category_acc@1", "category_acc@5")
 BASELINES: tuple[str, ...] = ("popularity", "item_markov", "category_markov", "last_category")

@@ -29,6 +29,17 @@ from scipy import stats
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.envs.dynamics import OUTCOMES
 
+__all__ = [
+    "HIDDEN_INTEREST_KEY",
+    "EpisodeStats",
+    "Policy",
+    "entropy_nats",
+    "evaluate_policies",
+    "mean_ci95",
+    "rollout",
+    "summarize",
+]
+
 HIDDEN_INTEREST_KEY = "interest"
 """Observation key under which oracle policies receive the (B, K) hidden interest rows."""
 

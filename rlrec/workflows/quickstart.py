@@ -40,6 +40,27 @@ from rlrec.config import to_mapping
 from rlrec.envs.presets import EnvPreset, load_env_preset
 from rlrec.errors import UserError
 
+__all__ = [
+    "DATA_DIR",
+    "ENCODER_DIR",
+    "ENCODER_EVAL_FILE",
+    "ENV_FILE",
+    "EVALUATE_FILE",
+    "EVALUATE_TRUTH_FILE",
+    "FIDELITY_FILE",
+    "OPE_FILE",
+    "OUTPUT_ENTRIES",
+    "REPORT_ENTRIES",
+    "RUN_DIR",
+    "SIM_DIR",
+    "SUMMARY_FILE",
+    "Progress",
+    "QuickstartConfig",
+    "QuickstartResult",
+    "quickstart_preset",
+    "run_quickstart",
+]
+
 ENV_FILE = "env.yaml"
 DATA_DIR = "data"
 SIM_DIR = "sim"

@@ -181,8 +181,16 @@ def test_bench_script_quick_subprocess(preset, tmp_path):
     ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).parents[2])
     result = json.loads(out.read_text())
-    assert result["sessions"] == 100 and result["seconds"] > 0
-    assert "relative_error__random__wdr" in result and "kl_per_step__random" in result
+    assert result["sessions"] == 100 and result["truth_sessions"] == 100
+    assert result["default_estimator"] == "magic" and result["seed"] == 0
+    assert result["kl_per_step__random"] == result["targets"]["random"]["kl_per_step"]
+    # Each flat relative error is its estimate against the flat truth, |e - t| / |t|.
+    truth = result["true_value__random"]
+    for name in SESSION_ESTIMATOR_NAMES:
+        estimate = result[f"estimate__random__{name}"]
+        assert result[f"relative_error__random__{name}"] == pytest.approx(
+            abs(estimate - truth) / abs(truth)
+        )
 
 
 def test_ppo_base_uses_the_runs_action_probabilities(tmp_path):

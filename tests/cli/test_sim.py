@@ -28,7 +28,8 @@ def test_fit_then_validate_json(
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     for key in ("js_category_transition", "ks_session_length", "ks_streak_length"):
-        assert isinstance(report[key], float)
+        # JS divergence (base 2) and KS distances are in [0, 1]; 1 would mean disjoint samples.
+        assert isinstance(report[key], float) and 0.0 <= report[key] < 1.0, key
     assert report["ground_truth"]["transition_tv"] < 0.1
 
 

@@ -283,6 +283,6 @@ def test_importing_the_envs_does_not_import_torch():
 
     code = (
         "import sys, rlrec.envs, rlrec.envs.batched; assert 'torch' not in sys.modules; "
-        "from rlrec.envs.batched import BatchedVecEnv; assert 'torch' in sys.modules"
+        "from rlrec.envs.sb3_vec_env import BatchedVecEnv; assert 'torch' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -83,3 +83,11 @@ def test_bench_env_quick_runs(tmp_path):
         and over_dummy >= result["target_ratio_over_dummy_vec"]
     )
     assert set(result["batched_bytes_per_user"]) == {"1", "64", "1024", "8192"}
+    # The headline is the sustained mean over all chunks; no chunk is slower than the mean.
+    best = result["batched_best_chunk_steps_per_s"]
+    assert set(best) == set(result["batched_steps_per_s"])
+    for n, mean in result["batched_steps_per_s"].items():
+        assert best[n] >= mean, n
+        assert result[f"batched_{n}_best_chunk_steps_per_s"] == best[n]
+    for name in ("single", "dummy_vec", "sb3_batched_vec_1024"):
+        assert result[f"{name}_best_chunk_steps_per_s"] >= result[f"{name}_steps_per_s"], name

@@ -34,7 +34,7 @@ def dataset(tmp_path):
 def test_decisions_of_the_test_split(dataset):
     d = session_decisions(dataset, "test", history_length=3)
     # Test session: items 11, 15, 24 (categories 3, 3, 0): two decisions.
-    np.testing.assert_array_equal(d.session_offsets, [0, 2])
+    np.testing.assert_array_equal(d.offsets, [0, 2])
     np.testing.assert_array_equal(d.item, [15, 24])
     np.testing.assert_array_equal(d.item_history, [[0, 0, 12], [0, 12, 16]])
     np.testing.assert_array_equal(d.category_history, [[0, 0, 4], [0, 4, 4]])
@@ -45,7 +45,7 @@ def test_decisions_of_the_test_split(dataset):
 def test_decisions_collapse_repeats_and_keep_the_strongest_event(dataset):
     d = session_decisions(dataset, "train", history_length=2)
     # Session 0 has 5 steps (4 decisions), session 1 has 4 (3), session 2 one step (none).
-    np.testing.assert_array_equal(d.session_offsets, [0, 4, 7])
+    np.testing.assert_array_equal(d.offsets, [0, 4, 7])
     np.testing.assert_array_equal(d.item[:4], [5, 22, 2, 3])
     np.testing.assert_array_equal(d.item_history[0], [0, 2])  # item 1 (cart) once
     np.testing.assert_array_equal(d.reward, np.ones(7))  # the cart was on the first step
@@ -73,7 +73,9 @@ def test_ope_on_real_sessions_with_the_behaviour_as_target(dataset):
     report = evaluate_real_sessions(
         dataset, behaviour.action_probabilities, "behaviour", split="train", n_bootstrap=20
     )
+    # The report says the propensities were estimated, not logged.
     assert report["propensities"] == BEHAVIOUR_METHOD
+    assert report["propensities"].startswith("estimated")
     assert report["decisions"] == 7 and report["sessions"] == 2
     for name in ("is", "wis", "pdis", "wpdis"):
         assert report["estimates"][name]["value"] == pytest.approx(report["logged_value"])

@@ -28,6 +28,16 @@ def dataset(tmp_path):
     return write_tiny_dataset(tmp_path / "data")
 
 
+@pytest.fixture
+def batched(model, dataset):
+    """N users of the tiny model with warm starts, episodes cut at ``max_steps``."""
+
+    def make(n: int, max_steps: int) -> BatchedInterestDrift:
+        return BatchedInterestDrift(n, model, dataset, {"max_steps": max_steps})
+
+    return make
+
+
 class Constant:
     """Always the same item; records the first observation it sees."""
 
@@ -55,23 +65,17 @@ def test_entropy_of_counts():
     assert entropy_nats(np.zeros(3)) == 0.0
 
 
-def test_every_policy_meets_the_same_users(model, dataset):
+def test_every_policy_meets_the_same_users(batched):
     a, b = Constant(0), Constant(3)
-    results = evaluate_policies(
-        {"a": a, "b": b},
-        lambda n: BatchedInterestDrift(n, model, dataset, {"max_steps": 6}),
-        n_episodes=32,
-        seed=7,
-    )
+    results = evaluate_policies({"a": a, "b": b}, lambda n: batched(n, 6), n_episodes=32, seed=7)
     for key in ("item_history", "category_history", "step"):
         np.testing.assert_array_equal(a.first[key], b.first[key])
     assert set(results) == {"a", "b"}
     assert results["a"]["episodes"] == 32
 
 
-def test_rollout_counts_one_episode_per_user(model, dataset):
-    env = BatchedInterestDrift(50, model, dataset, {"max_steps": 8})
-    s = rollout(Constant(2), env, seed=1)
+def test_rollout_counts_one_episode_per_user(model, batched):
+    s = rollout(Constant(2), batched(50, 8), seed=1)
     assert s.lengths.shape == (50,)
     assert s.lengths.min() >= 1 and s.lengths.max() <= 8
     assert np.all(s.engaged <= s.lengths) and np.all(s.buys <= s.engaged)
@@ -80,18 +84,20 @@ def test_rollout_counts_one_episode_per_user(model, dataset):
     assert s.category_counts[model.item_category[2]] == s.lengths.sum()
     # Rewards come only from engaged steps: engaged steps earn at least the engage weight.
     assert np.all(s.returns >= s.engaged * 1.0 - 1e-9)
-    again = rollout(Constant(2), BatchedInterestDrift(50, model, dataset, {"max_steps": 8}), 1)
+    again = rollout(Constant(2), batched(50, 8), 1)
     np.testing.assert_array_equal(s.returns, again.returns)
 
 
-def test_summary_layout_and_values(model, dataset):
-    env = BatchedInterestDrift(40, model, dataset, {"max_steps": 5})
-    s = rollout(Constant(1), env, seed=2)
+def test_summary_layout_and_values(batched):
+    s = rollout(Constant(1), batched(40, 5), seed=2)
     out = summarize(s)
     for key in ("return", "session_length", "engage_rate", "buys", "coverage"):
         assert len(out[f"{key}_ci95"]) == 2
         lo, hi = out[f"{key}_ci95"]
         assert lo <= hi
+    # The return's interval is Student's t over the 40 episodes (SciPy's, not ours).
+    expected = stats.t.interval(0.95, 39, loc=s.returns.mean(), scale=stats.sem(s.returns))
+    assert out["return_ci95"] == pytest.approx(list(expected))
     assert out["return_mean"] == pytest.approx(s.returns.mean())
     assert out["session_length_mean"] == pytest.approx(s.lengths.mean())
     assert out["engage_rate"] == pytest.approx(np.mean(s.engaged / s.lengths))
@@ -100,13 +106,13 @@ def test_summary_layout_and_values(model, dataset):
     assert out["category_entropy"] == 0.0
 
 
-def test_hidden_state_goes_only_to_policies_that_ask(model, dataset):
+def test_hidden_state_goes_only_to_policies_that_ask(batched):
     class Oracle(Constant):
         uses_hidden_state = True
 
     plain, oracle = Constant(0), Oracle(0)
-    rollout(plain, BatchedInterestDrift(4, model, dataset, {"max_steps": 3}), seed=0)
-    rollout(oracle, BatchedInterestDrift(4, model, dataset, {"max_steps": 3}), seed=0)
+    rollout(plain, batched(4, 3), seed=0)
+    rollout(oracle, batched(4, 3), seed=0)
     assert HIDDEN_INTEREST_KEY not in plain.first
     assert oracle.first[HIDDEN_INTEREST_KEY].shape == (4, K)
 

@@ -331,17 +331,19 @@ def test_interval_coverage_on_a_known_mdp():
 
 def test_every_default_estimator_is_reported_in_order():
     sessions = prepare_sessions(**_base(), q_factual=Q, v_target=V)
-    assert tuple(estimate_session_value(sessions, n_bootstrap=10)) == SESSION_ESTIMATOR_NAMES
+    contract = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "magic")  # the JSON keys
+    assert contract == SESSION_ESTIMATOR_NAMES
+    assert tuple(estimate_session_value(sessions, n_bootstrap=10)) == contract
 
 
 def test_magic_candidates_run_from_dm_to_wdr():
     """The j-step returns at j = -1 and j = H - 1 are DM and WDR (hand example above)."""
-    from rlrec.evaluation.ope.sequential import BlendedDR, WeightedDR, _j_step_returns
+    from rlrec.evaluation.ope.sequential import BlendedDR, WeightedDR, j_step_returns
 
     sessions = prepare_sessions(**_base(), q_factual=Q, v_target=V, gamma=0.9)
     terms = WeightedDR().terms(sessions).sum(axis=0, keepdims=True)
     steps = np.array([-1, 0, 1])
-    g = _j_step_returns(terms, 2, sessions.horizon, sessions.discount, steps)[0]
+    g = j_step_returns(terms, 2, sessions.horizon, sessions.discount, steps)[0]
     est = {k: e.value for k, e in estimate_session_value(sessions, n_bootstrap=0).items()}
     assert g[0] == pytest.approx(est["dm"])
     assert g[-1] == pytest.approx(est["wdr"])

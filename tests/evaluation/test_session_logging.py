@@ -127,7 +127,7 @@ def test_log_sessions_records_consistent_sessions(make_env):
     log = log_sessions(env, behaviour, {"t": target, "same": behaviour}, seed=3)
     again = log_sessions(make_env(64), behaviour, {"t": target, "same": behaviour}, seed=3)
     assert log.n_sessions == 64
-    lengths = np.diff(log.session_offsets)
+    lengths = np.diff(log.offsets)
     assert lengths.min() >= 1 and lengths.max() <= CONFIG.max_steps
     np.testing.assert_array_equal(log.action, again.action)
     np.testing.assert_array_equal(log.reward, again.reward)
@@ -238,7 +238,7 @@ def test_logged_features_count_consecutive_misses(make_env):
     assert log.engaged is not None and log.behaviour_expected_features is not None
     np.testing.assert_array_equal(log.engaged, log.reward > 0)  # default weights are positive
     expected_misses = np.zeros(len(log.reward), dtype=np.int64)
-    for lo, hi in zip(log.session_offsets[:-1], log.session_offsets[1:], strict=True):
+    for lo, hi in zip(log.offsets[:-1], log.offsets[1:], strict=True):
         count = 0
         for t in range(lo, hi):
             expected_misses[t] = count

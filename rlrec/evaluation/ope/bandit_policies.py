@@ -28,6 +28,20 @@ import numpy as np
 from rlrec.data.bandit import BanditFeedback
 from rlrec.errors import UserError
 
+__all__ = [
+    "RUN_DIRECTORY_MARKERS",
+    "RUN_POLICY_ACTION_DIST",
+    "BanditEvaluationPolicy",
+    "BernoulliTSPolicy",
+    "RunDirectoryPolicy",
+    "RunPolicyActionDist",
+    "UniformRandomPolicy",
+    "bts_action_dist",
+    "load_bts_prior",
+    "parse_policy_spec",
+    "uniform_action_dist",
+]
+
 RUN_DIRECTORY_MARKERS = ("policy.json", "policy.zip", "config.yaml")
 """Files that make a directory an rlrec run directory (see DESIGN.md, "Run directory")."""
 

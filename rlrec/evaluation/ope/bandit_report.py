@@ -29,6 +29,13 @@ from rlrec.evaluation.ope.reward_model import (
     cross_fit_reward_model,
 )
 
+__all__ = [
+    "BanditOPEReport",
+    "BanditOPESettings",
+    "format_report",
+    "run_bandit_ope",
+]
+
 
 @dataclass(frozen=True)
 class BanditOPESettings:

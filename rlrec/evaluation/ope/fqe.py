@@ -31,6 +31,15 @@ import numpy as np
 
 from rlrec.errors import UserError
 
+__all__ = [
+    "MAX_RIDGE_RAISES",
+    "FQEConfig",
+    "FQEResult",
+    "fitted_q_evaluation",
+    "q_calibration",
+    "returns_to_go",
+]
+
 MAX_RIDGE_RAISES = 6
 """How many times FQE may raise its ridge tenfold to make its iteration contract."""
 

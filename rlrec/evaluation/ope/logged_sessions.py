@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from rlrec.data.dataset import PreparedDataset, SessionArrays
+from rlrec.data.ragged import Ragged
 from rlrec.data.schema import EVENT_TYPES
 from rlrec.errors import UserError
 from rlrec.evaluation.ope.bootstrap import bootstrap_summary
@@ -48,6 +49,19 @@ from rlrec.evaluation.ope.sequential import (
 from rlrec.evaluation.ope.stochastic_policies import kl_divergence
 from rlrec.evaluation.ranking import item_ranking_metrics, target_ranks
 
+__all__ = [
+    "BEHAVIOUR_METHOD",
+    "EVENT_REWARD",
+    "CountBehaviour",
+    "Decisions",
+    "ItemProbabilities",
+    "estimate_count_behaviour",
+    "evaluate_real_sessions",
+    "item_features",
+    "replay_metrics",
+    "session_decisions",
+]
+
 EVENT_REWARD: dict[str, float] = {"view": 1.0, "click": 1.0, "cart": 3.0, "fav": 1.0, "buy": 10.0}
 """Reward of a logged step by its strongest event (the env's engage / cart / buy weights)."""
 
@@ -58,11 +72,11 @@ BEHAVIOUR_METHOD = (
 
 
 @dataclass(frozen=True)
-class Decisions:
+class Decisions(Ragged):
     """The decisions of a split's sessions (see the module docstring), in session order.
 
     Attributes:
-        session_offsets: (S + 1,) int64 offsets over decisions (sessions with >= 2 steps).
+        offsets: (S + 1,) int64 offsets over decisions (sessions with >= 2 steps).
         item_history: (T, L) int64 item tokens of the previous steps, left-padded.
         category_history: (T, L) int64 category tokens.
         step: (T, 1) int64 number of previous steps in the session.
@@ -70,7 +84,6 @@ class Decisions:
         reward: (T,) float64 reward of the step.
     """
 
-    session_offsets: np.ndarray
     item_history: np.ndarray
     category_history: np.ndarray
     step: np.ndarray
@@ -137,7 +150,7 @@ def session_decisions(dataset: PreparedDataset, split: str, history_length: int)
     safe = np.where(valid, idx, 0)
     counts = (lengths - 1)[keep_session]
     return Decisions(
-        session_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         item_history=np.where(valid, items[safe] + 1, 0),
         category_history=np.where(valid, cats[safe] + 1, 0),
         step=position[rows][:, None].astype(np.int64),
@@ -254,10 +267,10 @@ def evaluate_real_sessions(
     features = feat.features(decisions.observations(slice(None)), decisions.item)
     config = fqe or FQEConfig(seed=seed)
     result = fitted_q_evaluation(
-        decisions.session_offsets, decisions.reward, features, expected, config=config
+        decisions.offsets, decisions.reward, features, expected, config=config
     )
     sessions = prepare_sessions(
-        session_offsets=decisions.session_offsets,
+        session_offsets=decisions.offsets,
         reward=decisions.reward,
         behaviour_prob=pb,
         target_prob=pe,
@@ -316,7 +329,7 @@ def replay_metrics(
     return {
         "split": split,
         "decisions": decisions.n_decisions,
-        "sessions": len(decisions.session_offsets) - 1,
+        "sessions": decisions.n_sessions,
         "k": k,
         **item_ranking_metrics(ranks, k),
     }

@@ -34,6 +34,23 @@ from scipy.special import expit
 from rlrec.data.bandit import BanditFeedback
 from rlrec.errors import UserError
 
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "NEWTON_MAX_DIM",
+    "LogisticModel",
+    "RewardFeatures",
+    "RewardModelConfig",
+    "RewardModelFit",
+    "cross_fit_reward_model",
+    "cross_predict",
+    "design_matrix",
+    "fit_logistic_regression",
+    "fit_reward_model",
+    "log_loss",
+    "predict_all",
+    "stratified_folds",
+]
+
 NEWTON_MAX_DIM = 2000
 """Widest design fitted by Newton's method; wider ones use L-BFGS."""
 

@@ -49,6 +49,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.optimize import minimize
 
+from rlrec.data.ragged import Ragged
 from rlrec.errors import UserError
 from rlrec.evaluation.ope.base import Estimate, Estimator, ratio
 from rlrec.evaluation.ope.bootstrap import bootstrap_column_sums, estimate_values
@@ -69,6 +70,7 @@ __all__ = [
     "default_session_estimators",
     "effective_sample_size",
     "estimate_session_value",
+    "j_step_returns",
     "prepare_sessions",
     "validate_session_inputs",
 ]
@@ -94,18 +96,20 @@ _SUM_TOL = 1e-6
 
 
 @dataclass(frozen=True)
-class LoggedSessions:
+class LoggedSessions(Ragged):
     r"""Validated logged sessions, padded to a (n_sessions, horizon) grid.
 
     Build it with :func:`prepare_sessions`. Cells after a session's end hold reward 0,
-    Q and V 0, and the session's last cumulative weight (the absorbing convention).
+    Q and V 0, and the session's last cumulative weight (the absorbing convention). As a
+    :class:`~rlrec.data.ragged.Ragged`, ``offsets`` are those of the steps kept (after the
+    horizon cut): ``lengths`` and ``n_sessions`` come from them.
 
     Attributes:
         reward: (S, H) float64 rewards.
         weight: (S, H) float64 cumulative importance weights :math:`w_{i,t}`.
         q_factual: (S, H) float64 :math:`\hat q_{i,t}`, or None without a Q-function.
         v_target: (S, H) float64 :math:`\hat v_{i,t}`, or None.
-        lengths: (S,) int64 steps of each session (after the horizon cut).
+        offsets: (S + 1,) int64 offsets of the kept steps (after the horizon cut).
         gamma: Discount.
     """
 
@@ -113,13 +117,7 @@ class LoggedSessions:
     weight: np.ndarray
     q_factual: np.ndarray | None
     v_target: np.ndarray | None
-    lengths: np.ndarray
     gamma: float = 1.0
-
-    @property
-    def n_sessions(self) -> int:
-        """Number of logged sessions."""
-        return int(self.reward.shape[0])
 
     @property
     def n_units(self) -> int:
@@ -339,11 +337,11 @@ def prepare_sessions(
         q = _to_grid(q_factual[keep].astype(np.float64), row, col, shape)
         v = _to_grid(v_target[keep].astype(np.float64), row, col, shape)
     return LoggedSessions(
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         reward=_to_grid(reward[keep].astype(np.float64), row, col, shape),
         weight=weight,
         q_factual=q,
         v_target=v,
-        lengths=lengths.astype(np.int64),
         gamma=float(gamma),
     )
 
@@ -488,7 +486,7 @@ class WeightedDR(SessionEstimator):
         return per_step @ data.discount
 
 
-def _j_step_returns(
+def j_step_returns(
     sums: np.ndarray, n_sessions: int, horizon: int, discount: np.ndarray, steps: np.ndarray
 ) -> np.ndarray:
     r"""(B, J) off-policy j-step returns from (B, 3H) weighted-DR column sums.
@@ -574,7 +572,7 @@ class BlendedDR(SessionEstimator):
         n = sessions.n_sessions
         terms = self.terms(sessions)
         g = partial(
-            _j_step_returns,
+            j_step_returns,
             n_sessions=n,
             horizon=sessions.horizon,
             discount=sessions.discount,
@@ -599,7 +597,7 @@ class BlendedDR(SessionEstimator):
         self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
     ) -> np.ndarray:
         steps, weights = self.blend(data)
-        g = _j_step_returns(sums, int(n_units), data.horizon, data.discount, steps)
+        g = j_step_returns(sums, int(n_units), data.horizon, data.discount, steps)
         return g @ weights
 
 

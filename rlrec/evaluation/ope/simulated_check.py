@@ -89,7 +89,7 @@ def evaluate_logged_targets(
     out: dict[str, Any] = {}
     for name, tl in log.targets.items():
         fqe = fitted_q_evaluation(
-            log.session_offsets,
+            log.offsets,
             log.reward,
             log.features,
             tl.expected_features,
@@ -97,7 +97,7 @@ def evaluate_logged_targets(
             config=settings.fqe,
         )
         sessions = prepare_sessions(
-            session_offsets=log.session_offsets,
+            session_offsets=log.offsets,
             reward=log.reward,
             behaviour_prob=log.behaviour_prob,
             target_prob=tl.prob,
@@ -148,14 +148,14 @@ def behaviour_q_calibration(
     if log.behaviour_expected_features is None or log.features.shape[1] == 0:
         return None
     fqe = fitted_q_evaluation(
-        log.session_offsets,
+        log.offsets,
         log.reward,
         log.features,
         log.behaviour_expected_features,
         gamma=settings.gamma,
         config=settings.fqe,
     )
-    return q_calibration(log.session_offsets, log.reward, fqe.q_factual, gamma=settings.gamma)
+    return q_calibration(log.offsets, log.reward, fqe.q_factual, gamma=settings.gamma)
 
 
 def simulated_ope_check(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rlrec.data.ragged import Ragged
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.evaluation.ope.q_features import CatalogFeatures, catalog_features
 from rlrec.evaluation.ope.stochastic_policies import (
@@ -43,12 +44,15 @@ class TargetLog:
     kl: np.ndarray
 
 
-@dataclass
-class SimulatedLog:
+@dataclass(frozen=True)
+class SimulatedLog(Ragged):
     """Sessions logged in the simulator under a known behaviour policy (session order).
 
+    Sessions in CSR form (:class:`~rlrec.data.ragged.Ragged`): session ``s`` spans
+    ``offsets[s]:offsets[s + 1]`` of the per-step arrays.
+
     Attributes:
-        session_offsets: (S + 1,) int64 offsets.
+        offsets: (S + 1,) int64 offsets.
         action: (n_steps,) logged catalog actions.
         reward: (n_steps,) rewards.
         behaviour_prob: (n_steps,) propensities of the logged actions.
@@ -60,7 +64,6 @@ class SimulatedLog:
             policy (for the Q-model's calibration on the behaviour's own returns), or None.
     """
 
-    session_offsets: np.ndarray
     action: np.ndarray
     reward: np.ndarray
     behaviour_prob: np.ndarray
@@ -68,11 +71,6 @@ class SimulatedLog:
     targets: dict[str, TargetLog] = field(default_factory=dict)
     engaged: np.ndarray | None = None
     behaviour_expected_features: np.ndarray | None = None
-
-    @property
-    def n_sessions(self) -> int:
-        """Number of logged sessions."""
-        return len(self.session_offsets) - 1
 
     @property
     def mean_return(self) -> float:
@@ -161,7 +159,7 @@ def log_sessions(
     counts = np.bincount(flat["session"], minlength=n)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     log = SimulatedLog(
-        session_offsets=offsets,
+        offsets=offsets,
         action=flat["action"][order],
         reward=flat["reward"][order],
         behaviour_prob=flat["prob"][order],
@@ -206,6 +204,6 @@ def true_value(policy: ProbabilisticPolicy, env: BatchedInterestDrift, seed: int
         seed: Seed of the users and dynamics (use another than the log's).
     """
     log = log_sessions(env, policy, {}, seed, record_features=False)
-    returns = np.add.reduceat(log.reward, log.session_offsets[:-1])
+    returns = np.add.reduceat(log.reward, log.offsets[:-1])
     mean, lo, hi = mean_ci95(returns)
     return TrueValue(value=mean, ci95=(lo, hi), episodes=log.n_sessions)
