@@ -20,7 +20,7 @@ Registration adds no ``TimeLimit``: the env truncates at ``max_steps`` itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gymnasium.envs.registration import register, registry
 
@@ -28,6 +28,7 @@ from rlrec.envs.batched import BatchedInterestDrift, make_batched_env
 from rlrec.envs.config import EnvConfig, EnvSpec, RewardWeights
 from rlrec.envs.dynamics import OUTCOMES, InvalidActionError, UserDynamics
 from rlrec.envs.interest_drift import InterestDriftEnv, make_env
+from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from rlrec.envs.sb3_vec_env import BatchedVecEnv, make_vec_env
@@ -42,20 +43,9 @@ if ENV_ID not in registry:
         vector_entry_point="rlrec.envs.batched:BatchedInterestDrift",
     )
 
-_SB3 = ("BatchedVecEnv", "make_vec_env")
-
-
-def __getattr__(name: str) -> Any:
-    # The SB3 adapter imports torch (through Stable-Baselines3): load it on first use only.
-    if name in _SB3:
-        from rlrec.envs import sb3_vec_env
-
-        return getattr(sb3_vec_env, name)
-    raise AttributeError(f"module 'rlrec.envs' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_SB3})
+# The SB3 adapter imports torch (through Stable-Baselines3): load it on first use only.
+_LAZY = {name: "rlrec.envs.sb3_vec_env" for name in ("BatchedVecEnv", "make_vec_env")}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
