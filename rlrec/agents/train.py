@@ -517,8 +517,12 @@ def _train_agent(
         baselines = _baselines(sim_model, run.env, encoder, n_actions)
         if checkpoint is not None and (root / PLAN_FILE).is_file():
             plan = PlanTable.load(root / PLAN_FILE)  # resuming: the plan training started from
-            if (root / ROBUST_FILE).is_file():
+            try:
                 robust = json.loads((root / ROBUST_FILE).read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                robust = {}  # a record only: the check after training writes it anew
+            if not isinstance(robust, dict):
+                robust = {}
         else:
             plan, choice = _choose_plan(
                 agent, sim_model, dataset, run.env, baselines, n_actions, seed
