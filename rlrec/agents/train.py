@@ -222,13 +222,14 @@ def build_encoder(
         }
     )
     out = Path(cache_dir) / f"encoder-{key}"
+    stale = False
     if (out / ENCODER_CONFIG_FILE).is_file():
         try:
             # A cached checkpoint from an older encoder architecture no longer loads: rebuild.
             load_encoder(out)
             return out, True
         except UserError:
-            pass
+            stale = True
     dataset = load_dataset(dataset_dir)
     threads = torch.get_num_threads()
     try:
@@ -241,7 +242,8 @@ def build_encoder(
         "history": result.history,
         "preset": preset.name,
     }
-    save_encoder(out, result.model.cpu(), vocabulary_fingerprint(dataset), info)
+    # A cache entry is rlrec's own: a stale one is replaced (an output the user named never is).
+    save_encoder(out, result.model.cpu(), vocabulary_fingerprint(dataset), info, force=stale)
     return out, False
 
 
