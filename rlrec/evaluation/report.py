@@ -471,9 +471,9 @@ def _policy_section(inputs: ReportInputs) -> Section:
     )
     section.caption = (
         f"Every policy on the same {payload['episodes']:,} seeded simulated users (same logged "
-        "starting prefixes). PPO should beat greedy supervised (the encoder's next-item guess) "
-        "with non-overlapping intervals; oracle_myopic sees the hidden interest and is a "
-        "one-step upper reference, random a floor."
+        "starting prefixes). PPO must not fall below the best non-oracle baseline (greedy "
+        "supervised, popular, category-Markov); planner is PPO's own starting plan, "
+        "oracle_myopic sees the hidden interest (a one-step upper reference), random a floor."
     )
     return section
 
