@@ -296,11 +296,6 @@ class DirectMethod(BanditEstimator):
         _, q_policy = rounds.model_terms(self.name)
         return q_policy[:, None]
 
-    def combine(  # noqa: D102
-        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedRounds
-    ) -> np.ndarray:
-        return ratio(sums[:, 0], n_units)
-
 
 @dataclass(frozen=True)
 class InverseProbabilityWeighting(BanditEstimator):
@@ -310,11 +305,6 @@ class InverseProbabilityWeighting(BanditEstimator):
 
     def terms(self, rounds: LoggedRounds) -> np.ndarray:  # noqa: D102
         return (rounds.importance_weight * rounds.reward)[:, None]
-
-    def combine(  # noqa: D102
-        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedRounds
-    ) -> np.ndarray:
-        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
@@ -347,11 +337,6 @@ class DoublyRobust(BanditEstimator):
         q_factual, q_policy = rounds.model_terms(self.name)
         residual = rounds.reward - q_factual
         return (q_policy + self._weight(rounds.importance_weight) * residual)[:, None]
-
-    def combine(  # noqa: D102
-        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedRounds
-    ) -> np.ndarray:
-        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ DataT = TypeVar("DataT", bound=EstimatorData)
 class Estimator(Generic[DataT]):
     """Base of all estimators: per-unit terms and how their column sums combine.
 
-    Subclasses define ``name``, :meth:`terms` and :meth:`combine`; the estimate is
+    Subclasses define ``name``, :meth:`terms` and, unless the estimate is the mean of one
+    per-unit term, :meth:`combine`; the estimate is
     ``combine(terms.sum(axis=0), n_units, data)``, so bootstrap resamples need only
     resampled column sums. ``requires_model`` marks estimators that read a fitted model (the
     reward model of bandit DM and the DR family, the Q-function of sequential DM, DR, WDR and
@@ -87,7 +88,10 @@ class Estimator(Generic[DataT]):
         raise NotImplementedError
 
     def combine(self, sums: np.ndarray, n_units: np.ndarray | int, data: DataT) -> np.ndarray:
-        """Estimates from column sums.
+        """Estimates from column sums; by default the mean of the one per-unit term.
+
+        Most estimators are a plain mean over units (IPW, DM, DR and their sequential
+        forms); self-normalised ones override this with their own ratio.
 
         Args:
             sums: (B, n_terms) sums of :meth:`terms` over (resampled) units.
@@ -97,7 +101,7 @@ class Estimator(Generic[DataT]):
         Returns:
             (B,) estimates.
         """
-        raise NotImplementedError
+        return ratio(sums[:, 0], n_units)
 
     def estimate(self, data: DataT) -> float:
         """The point estimate on all logged units."""

@@ -367,11 +367,6 @@ class TrajectoryIS(SessionEstimator):
     def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
         return (sessions.weight[:, -1] * _returns(sessions))[:, None]
 
-    def combine(  # noqa: D102
-        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
-    ) -> np.ndarray:
-        return ratio(sums[:, 0], n_units)
-
 
 @dataclass(frozen=True)
 class WeightedIS(SessionEstimator):
@@ -397,11 +392,6 @@ class PerDecisionIS(SessionEstimator):
 
     def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
         return ((sessions.weight * sessions.reward) @ sessions.discount)[:, None]
-
-    def combine(  # noqa: D102
-        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
-    ) -> np.ndarray:
-        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
@@ -432,11 +422,6 @@ class DirectMethod(SessionEstimator):
         _, v = sessions.model_terms(self.name)
         return v[:, :1]
 
-    def combine(  # noqa: D102
-        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
-    ) -> np.ndarray:
-        return ratio(sums[:, 0], n_units)
-
 
 def _previous_weight(sessions: LoggedSessions) -> np.ndarray:
     """(S, H) :math:`w_{i,t-1}` with :math:`w_{i,-1} = 1`."""
@@ -456,11 +441,6 @@ class StepwiseDR(SessionEstimator):
         w = sessions.weight
         per_step = w * (sessions.reward - q) + _previous_weight(sessions) * v  # (S, H)
         return (per_step @ sessions.discount)[:, None]
-
-    def combine(  # noqa: D102
-        self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
-    ) -> np.ndarray:
-        return ratio(sums[:, 0], n_units)
 
 
 @dataclass(frozen=True)
