@@ -48,20 +48,16 @@ sys.path.insert(0, str(ROOT))
 from rlrec.agents.config import load_agent_config  # noqa: E402
 from rlrec.agents.train import train_agent  # noqa: E402
 from rlrec.data.dataset import write_json_atomic  # noqa: E402
-from rlrec.models.prior import RESPONSE_PARAMETERS, RESPONSE_PRIOR  # noqa: E402
+from rlrec.models.prior import RESPONSE_PARAMETERS, prior_draws  # noqa: E402
+from rlrec.models.synthetic import SyntheticConfig, true_model  # noqa: E402
 from rlrec.workflows.evaluate import evaluate_run  # noqa: E402
 
 
-def draw_response(rng: np.random.Generator) -> dict[str, float]:
-    """One truth world's response parameters, uniform on the prior's ranges."""
-    out = {}
-    for name in RESPONSE_PARAMETERS:
-        r = RESPONSE_PRIOR[name]
-        if r.integer:
-            out[name] = float(rng.integers(int(r.low), int(r.high) + 1))
-        else:
-            out[name] = float(rng.uniform(r.low, r.high))
-    return out
+def draw_response(world: int, rng: np.random.Generator) -> dict[str, float]:
+    """Truth world ``world``'s response parameters: every one drawn from the prior."""
+    truth = true_model(SyntheticConfig(seed=100 + world))
+    draw = prior_draws(truth, 1, rng, RESPONSE_PARAMETERS)[0]
+    return dict(zip(RESPONSE_PARAMETERS, (float(v) for v in draw), strict=True))
 
 
 def world_preset(world: int, response: dict[str, float], n_users: int) -> dict[str, Any]:
@@ -102,7 +98,7 @@ def main() -> None:
     ratios, fitted, wins, train_s = [], [], [], []
     started = time.perf_counter()
     for w in range(args.worlds):
-        response = draw_response(rng)
+        response = draw_response(w, rng)
         preset_file = work / f"world{w}.yaml"
         preset_file.write_text(yaml.safe_dump(world_preset(w, response, args.users)))
         run_dir = work / f"run{w}"

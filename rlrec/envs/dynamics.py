@@ -60,6 +60,11 @@ OUTCOMES: tuple[str, ...] = ("miss", "engage", "cart", "buy")
 _N_UNIFORMS = 5  # engage and funnel, stay, switch, organic item, leave
 
 
+def _by_name(response: np.ndarray) -> dict[str, np.ndarray]:
+    """(B, P) per-user response parameters as name -> (B,) column."""
+    return {name: response[:, j] for j, name in enumerate(RESPONSE_PARAMETERS)}
+
+
 class InvalidActionError(UserError, ValueError):
     """An action outside the action space (a ValueError, and a UserError for the CLI)."""
 
@@ -589,7 +594,7 @@ class UserDynamics:
         self, response: np.ndarray, actions: np.ndarray, interest_k: np.ndarray
     ) -> np.ndarray:
         """(B,) P(engage) with each user's own response parameters (domain randomisation)."""
-        r = {name: response[:, j] for j, name in enumerate(RESPONSE_PARAMETERS)}
+        r = _by_name(response)
         z = (
             r["engage_base_rate"]
             * np.power(self.rel_pop[actions], r["engage_popularity_exponent"])
@@ -604,7 +609,7 @@ class UserDynamics:
         """(B,) the leave hazard's multiplier after this step (engaged: boredom, else misses)."""
         if state.response is None:
             return np.where(engaged, self.engaged_factor_table[new_streak], self.miss_power[misses])
-        r = {name: state.response[:, j] for j, name in enumerate(RESPONSE_PARAMETERS)}
+        r = _by_name(state.response)
         boredom = r["leave_engaged_factor"] * np.power(
             r["leave_streak_factor"], np.maximum(new_streak - r["leave_streak_start"], 0)
         )
