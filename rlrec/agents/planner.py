@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from rlrec.agents.baselines import expected_reward_if_engaged
+from rlrec.agents.retention import RetentionBonus
 from rlrec.envs.config import RewardWeights
 from rlrec.errors import UserError
 from rlrec.models.prior import RESPONSE_PARAMETERS, prior_draws
@@ -123,6 +124,9 @@ class Planner:
         draws: (J, P) response parameters (columns :data:`RESPONSE_PARAMETERS`); drawn from
             the prior over the model's unidentified parameters when None.
         draw_weights: (J,) weight of each draw in the mean value (equal when None).
+        bonus: Lifecycle episodes: the continuation value of a session's events and
+            outcomes (:func:`rlrec.agents.retention.retention_bonus`), added to every step's
+            reward so that the plan values users coming back; None for one-session episodes.
     """
 
     def __init__(
@@ -133,8 +137,10 @@ class Planner:
         config: PlannerConfig | None = None,
         draws: np.ndarray | None = None,
         draw_weights: np.ndarray | None = None,
+        bonus: RetentionBonus | None = None,
     ) -> None:
         self.config = config or PlannerConfig()
+        self.bonus = bonus
         cfg = self.config
         self.n_categories = k = model.n_categories
         self.top_item = category_top_items(model, n_actions)
@@ -160,7 +166,12 @@ class Planner:
         self.hazard = model.hazard(np.arange(2, self.n_steps + 2)).astype(np.float64)  # (T,)
         self.switch = np.asarray(model.switch_matrix, dtype=np.float64)
         top = np.where(self.valid, self.top_item, 0)
-        self.reward = np.where(self.valid, expected_reward_if_engaged(model, weights)[top], 0.0)
+        reward = expected_reward_if_engaged(model, weights)[top]
+        self.step_bonus = 0.0
+        if bonus is not None:
+            reward = reward + expected_reward_if_engaged(model, bonus.outcome)[top]
+            self.step_bonus = bonus.event
+        self.reward = np.where(self.valid, reward, 0.0)
         n_in_category = np.bincount(model.item_category, minlength=k)[model.item_category[top]]
         self.rel_pop = np.maximum(n_in_category * model.item_popularity[top], 1e-12)  # (K,)
         # interest[c, s, k] = stay(s) [k == c] + (1 - stay(s)) switch[c, k]
@@ -218,6 +229,8 @@ class Planner:
         )  # (K, S, M)
         p = world["engage"]  # (K, S, K)
         q = missed[..., None] + p[:, :, None, :] * (engaged[:, :, None, :] - missed[..., None])
+        if self.step_bonus:
+            q = q + self.step_bonus  # every step is an event of the session, engaged or not
         q = np.where(self.valid, q, -np.inf)
         return q, q[:, :, 0, :]
 

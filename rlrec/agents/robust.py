@@ -32,9 +32,11 @@ from typing import Any, Literal
 import numpy as np
 
 from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
+from rlrec.agents.retention import RetentionBonus, retention_bonus
 from rlrec.data.dataset import PreparedDataset
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.envs.config import EnvConfig
+from rlrec.envs.lifecycle import ReturnProcess
 from rlrec.evaluation.rollout import rollout
 from rlrec.models.prior import RESPONSE_PARAMETERS, RESPONSE_PRIOR, prior_draws, unidentified
 from rlrec.models.sim_model import SimModel
@@ -42,6 +44,7 @@ from rlrec.models.sim_model import SimModel
 __all__ = [
     "RobustChoice",
     "Selection",
+    "lifecycle_bonus",
     "robust_planner",
     "select_robust",
     "validation_worlds",
@@ -199,6 +202,48 @@ def select_robust(
     )
 
 
+def lifecycle_bonus(
+    model: SimModel,
+    dataset: PreparedDataset | None,
+    env: EnvConfig,
+    n_actions: int,
+    seed: int = 0,
+    episodes: int = 2000,
+    rounds: int = 2,
+) -> RetentionBonus:
+    """The retention bonus of lifecycle episodes, at the sessions of the plan it shapes.
+
+    The bonus is a first-order expansion around the typical session, and the typical session
+    depends on the plan: each round plans the centre world with the current bonus (none at
+    first), rolls one session of ``episodes`` users out in it and recomputes the bonus there.
+
+    Raises:
+        UserError: If the env is not in lifecycle mode or has no return process.
+    """
+    import dataclasses
+
+    raw = env.return_process or model.info.get("return_process")
+    if env.episode != "lifecycle" or raw is None:
+        from rlrec.errors import UserError
+
+        raise UserError("a retention bonus needs env.episode: lifecycle and a return process")
+    process = ReturnProcess.from_mapping(raw)
+    session_env = dataclasses.replace(env, episode="session")
+    venv = BatchedInterestDrift(episodes, model, dataset, session_env)
+    config = PlannerConfig(seed=seed, iterations=0)
+    centre = np.array([[float(getattr(model, p)) for p in RESPONSE_PARAMETERS]])
+    bonus: RetentionBonus | None = None
+    for _ in range(rounds):
+        planner = Planner(model, n_actions, env.reward_weights, config, centre, bonus=bonus)
+        stats = rollout(PlannerPolicy(planner.table, n_actions), venv, seed)
+        counts = np.array(
+            [stats.lengths.mean(), stats.engaged.mean(), stats.carts.mean(), stats.buys.mean()]
+        )
+        bonus = retention_bonus(process, env, float(stats.returns.mean()), counts, seed)
+    assert bonus is not None
+    return bonus
+
+
 def robust_planner(
     model: SimModel,
     dataset: PreparedDataset | None,
@@ -225,21 +270,46 @@ def robust_planner(
         rule: ``safe`` or ``mean``.
         progress: Called with each plan's and world's label.
 
+    Lifecycle episodes: every plan adds the retention bonus of :func:`lifecycle_bonus`, so
+    the candidates plan for users coming back; the choice is made on lifecycle returns.
+
     Returns:
         The chosen :class:`~rlrec.agents.planner.Planner` and the :class:`RobustChoice`.
     """
     thetas, labels = validation_worlds(model, n_random, seed)
+    bonus = None
+    if env.episode == "lifecycle":
+        if progress is not None:
+            progress("retention bonus")
+        bonus = lifecycle_bonus(model, dataset, env, n_actions, seed)
 
-    def plan(name: str, draws: np.ndarray | None, weights: np.ndarray | None = None) -> None:
+    def plan(
+        name: str,
+        draws: np.ndarray | None,
+        weights: np.ndarray | None = None,
+        shaped: bool = True,
+    ) -> None:
         if progress is not None:
             progress(name)
         config = PlannerConfig(
             seed=seed, iterations=0 if draws is not None and len(draws) == 1 else 2
         )
-        planners[name] = Planner(model, n_actions, env.reward_weights, config, draws, weights)
+        planners[name] = Planner(
+            model,
+            n_actions,
+            env.reward_weights,
+            config,
+            draws,
+            weights,
+            bonus=bonus if shaped else None,
+        )
 
     planners: dict[str, Planner] = {}
     plan("plan[centre]", thetas[:1])
+    if bonus is not None:
+        # The one-session plan stays a candidate: the bonus is a first-order estimate, and
+        # the choice between them is made on lifecycle rollouts.
+        plan("plan[centre, one session]", thetas[:1], shaped=False)
     baseline_returns = None
     if len(labels) > 1:
         # The bold plan (for the prior's draws), then hedges between it and the world where

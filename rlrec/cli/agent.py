@@ -143,13 +143,22 @@ def format_table(payload: dict[str, Any]) -> str:
         f"{payload.get('world', 'fitted')} world (95% intervals)",
         f"{'policy':<18} {'return':>22} {'length':>7} {'engage':>7} {'buys':>6} {'coverage':>8}",
     ]
+    lifecycle = any("sessions_per_user" in r for r in payload["policies"].values())
+    if lifecycle:
+        lines[1] += f" {'sessions':>8} {'ret_d7':>6} {'ret_d30':>7}"
     for name, r in payload["policies"].items():
         lo, hi = r["return_ci95"]
-        lines.append(
+        line = (
             f"{name:<18} {r['return_mean']:>8.3f} [{lo:>5.2f}, {hi:>5.2f}] "
             f"{r['session_length_mean']:>7.2f} {r['engage_rate']:>7.3f} {r['buys_mean']:>6.3f} "
             f"{r['coverage']:>8.4f}"
         )
+        if lifecycle:
+            line += (
+                f" {r['sessions_per_user']:>8.3f} {_share(r.get('retention_d7')):>6}"
+                f" {_share(r.get('retention_d30')):>7}"
+            )
+        lines.append(line)
     if payload.get("ratio_to_best_baseline") is not None:
         ci = payload.get("ratio_ci95")
         interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
@@ -159,6 +168,11 @@ def format_table(payload: dict[str, Any]) -> str:
             + ("; intervals apart" if payload["win"] else "")
         )
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    """A retention share for the table; ``-`` where the horizon does not reach that day."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from rlrec.envs.batched import BatchedInterestDrift, make_batched_env
 from rlrec.envs.config import EnvConfig, EnvSpec, RewardWeights
 from rlrec.envs.dynamics import OUTCOMES, InvalidActionError, UserDynamics
 from rlrec.envs.interest_drift import InterestDriftEnv, make_env
+from rlrec.envs.lifecycle import ReturnProcess
 from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ __all__ = [
     "EnvSpec",
     "InterestDriftEnv",
     "InvalidActionError",
+    "ReturnProcess",
     "RewardWeights",
     "UserDynamics",
     "make_batched_env",

@@ -34,7 +34,7 @@ from gymnasium.vector.utils import batch_space
 
 from rlrec.config import from_mapping
 from rlrec.envs.config import EnvSpec
-from rlrec.envs.dynamics import StepResult, UserDynamics, UserState
+from rlrec.envs.dynamics import SessionEnds, StepResult, UserDynamics, UserState
 from rlrec.envs.interest_drift import (
     ConfigLike,
     DatasetLike,
@@ -42,6 +42,7 @@ from rlrec.envs.interest_drift import (
     Observation,
     existing_dir,
     observation_space,
+    observe,
     resolve_inputs,
 )
 from rlrec.errors import UserError
@@ -100,6 +101,8 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
         self._all = np.ones(num_envs, dtype=bool)
         self._all.flags.writeable = False
         self._seeded = False
+        # Lifecycle episodes: what happened between sessions in the last step (else None).
+        self.session_ends: SessionEnds | None = None
 
     # -- Gymnasium VectorEnv API -----------------------------------------------------------
 
@@ -158,6 +161,18 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
             item=result.item,
             _item=self._all,
         )
+        ends = self.session_ends
+        if ends is not None:
+            infos.update(
+                session_ended=ends.ended,
+                _session_ended=self._all,
+                returned=ends.returned,
+                _returned=self._all,
+                gap_days=ends.gap_days,
+                _gap_days=self._all,
+                day=ends.day,
+                _day=self._all,
+            )
         if len(done):
             # Gymnasium's same-step layout, which its vector wrappers iterate: one user's
             # observation per finished row, None elsewhere. Rows are views of ``final``, a
@@ -194,17 +209,15 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
             raise gym.error.ResetNeeded("call reset() before step()")
         checked = self.dynamics.check_actions(actions, self.num_envs)
         state, result = self.dynamics.step(self._state, checked, self.np_random)
+        self.session_ends = None
+        if state.lifecycle is not None:
+            result, self.session_ends = self.dynamics.end_sessions(state, result, self.np_random)
         done = np.flatnonzero(result.terminated | result.truncated)
         final: dict[str, np.ndarray] = {}
         if len(done):
             # Whole-array copies (one memcpy each) taken before the rows are overwritten:
             # cheaper than gathering rows and lets both faces index by user.
-            history = state.history.copy()
-            final = {
-                "item_history": history[0],
-                "category_history": history[1],
-                "step": state.step[:, None].copy(),
-            }
+            final = {key: np.array(value) for key, value in self.observation(state).items()}
             self.dynamics.restart(state, done, self.np_random)
         self._state = state
         return result, done, final
@@ -212,11 +225,7 @@ class BatchedInterestDrift(VectorEnv[Observation, np.ndarray, np.ndarray]):
     def observation(self, state: UserState) -> Observation:
         """The (N,)-batched observation of ``state``: its arrays, not copies."""
         # state's arrays are replaced by the next step, never mutated after being returned.
-        return {
-            "item_history": state.items,
-            "category_history": state.categories,
-            "step": state.step[:, None],
-        }
+        return observe(state)
 
     def _state_info(self, state: UserState) -> dict[str, Any]:
         return {

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from rlrec.errors import UserError
 
 __all__ = [
     "EnvConfig",
     "EnvSpec",
+    "EpisodeMode",
     "RewardWeights",
     "StartMode",
 ]
 
 StartMode = Literal["auto", "warm", "stationary"]
+EpisodeMode = Literal["session", "lifecycle"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,19 @@ class EnvConfig:
         randomize_response: Domain randomisation: every new user draws the SimModel's
             unidentified response parameters (provenance ``default``) from their prior
             (:data:`rlrec.models.prior.RESPONSE_PRIOR`) instead of sharing the point values.
+        episode: ``session``: an episode is one session (it ends when the user leaves);
+            ``lifecycle``: an episode is one user's sessions over ``horizon_days``: when a
+            session ends the user returns after a gap drawn from the return process (or drops
+            out, which terminates the episode); see :mod:`rlrec.envs.lifecycle`.
+        horizon_days: Lifecycle episodes end (truncated) when the next session would start
+            after this many days from the first one.
+        day_discount: Lifecycle reward of a step in a session starting on day ``d`` is
+            multiplied by ``day_discount ** d`` (1: undiscounted engagement over the horizon).
+        max_sessions: Lifecycle episodes are truncated after this many sessions (a bound on
+            episode length for the most active users).
+        return_process: Fields of :class:`rlrec.envs.lifecycle.ReturnProcess` that replace the
+            SimModel's (``info["return_process"]``, fitted or the truth's); needed in
+            lifecycle mode when the SimModel has none.
     """
 
     history_length: int = 20
@@ -73,8 +88,19 @@ class EnvConfig:
     warm_prefix: tuple[int, int] = (1, 10)
     seed: int | None = None
     randomize_response: bool = False
+    episode: EpisodeMode = "session"
+    horizon_days: float = 30.0
+    day_discount: float = 1.0
+    max_sessions: int = 50
+    return_process: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if not (self.horizon_days > 0 and self.horizon_days < float("inf")):
+            raise UserError(f"env.horizon_days: {self.horizon_days}, expected a number > 0")
+        if not 0.0 < self.day_discount <= 1.0:
+            raise UserError(f"env.day_discount: {self.day_discount}, expected in (0, 1]")
+        if self.max_sessions < 1:
+            raise UserError(f"env.max_sessions: {self.max_sessions}, expected >= 1")
         if self.history_length < 1:
             raise UserError(f"env.history_length: {self.history_length}, expected >= 1")
         if self.max_steps < 1:

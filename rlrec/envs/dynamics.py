@@ -33,13 +33,14 @@ already handed out stay valid without a defensive copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from rlrec.data.dataset import PreparedDataset
 from rlrec.data.ragged import Ragged
 from rlrec.envs.config import EnvConfig
+from rlrec.envs.lifecycle import LifecycleState, ReturnProcess, session_covariates
 from rlrec.errors import UserError
 from rlrec.models.prior import RESPONSE_PARAMETERS, prior_draws, unidentified
 from rlrec.models.sim_model import SimModel
@@ -48,6 +49,7 @@ __all__ = [
     "OUTCOMES",
     "InvalidActionError",
     "SegmentSampler",
+    "SessionEnds",
     "StepResult",
     "UserDynamics",
     "UserState",
@@ -89,6 +91,8 @@ class UserState:
         response: (B, P) float64 each user's response parameters (columns
             :data:`rlrec.models.prior.RESPONSE_PARAMETERS`) under domain randomisation;
             None where every user has the SimModel's.
+        lifecycle: Day, session index, activity and session counters of lifecycle episodes
+            (``env.episode: lifecycle``); None for one-session episodes.
     """
 
     category: np.ndarray
@@ -99,6 +103,7 @@ class UserState:
     history: np.ndarray
     focus: np.ndarray | None = None
     response: np.ndarray | None = None
+    lifecycle: LifecycleState | None = None
 
     @property
     def size(self) -> int:
@@ -136,6 +141,24 @@ class StepResult:
     item: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
+
+
+@dataclass(frozen=True)
+class SessionEnds:
+    """What happened between sessions in one lifecycle step of B users.
+
+    Attributes:
+        ended: (B,) bool, a session ended this step (the user left or hit ``max_steps``).
+        returned: (B,) bool, the user comes back: a new session of the same episode started.
+        gap_days: (B,) float64 days to the next session where one ended (``inf``: dropped
+            out), NaN elsewhere.
+        day: (B,) float64 start day of the session the step belonged to.
+    """
+
+    ended: np.ndarray
+    returned: np.ndarray
+    gap_days: np.ndarray
+    day: np.ndarray
 
 
 class SegmentSampler:
@@ -422,6 +445,17 @@ class UserDynamics:
         self.randomized: tuple[str, ...] = ()
         if config.randomize_response:
             self.randomized = unidentified(model)
+        # Lifecycle episodes: the return process (the env's override, else the SimModel's).
+        self.returns: ReturnProcess | None = None
+        if config.episode == "lifecycle":
+            raw = config.return_process or model.info.get("return_process")
+            if raw is None:
+                raise UserError(
+                    "env.episode: lifecycle needs a return process, and the SimModel has none "
+                    "(fit it from a log whose users come back, or set env.return_process)"
+                )
+            where = "env.return_process" if config.return_process else "SimModel return_process"
+            self.returns = ReturnProcess.from_mapping(raw, where)
 
     @staticmethod
     def _first_dataset_category(model: SimModel) -> np.ndarray:
@@ -449,6 +483,8 @@ class UserDynamics:
             state.focus = rng.beta(a + stays, b + switches)
         if self.randomized:
             state.response = prior_draws(self.model, n, rng, self.randomized)
+        if self.returns is not None:
+            state.lifecycle = LifecycleState.start(self.returns.user_rates(n, rng))
         return state
 
     def _start_stationary(self, n: int, rng: np.random.Generator) -> UserState:
@@ -528,6 +564,8 @@ class UserDynamics:
             state.focus[users] = fresh.focus
         if state.response is not None and fresh.response is not None:
             state.response[users] = fresh.response
+        if state.lifecycle is not None and fresh.lifecycle is not None:
+            state.lifecycle.assign(users, fresh.lifecycle)
 
     # -- the step --------------------------------------------------------------------------
 
@@ -672,6 +710,19 @@ class UserDynamics:
             history[1, :, -1] = np.where(
                 item >= 0, self.item_category_token[item], self.sim_category_token[new_cat]
             )
+        lifecycle = state.lifecycle
+        if lifecycle is not None:
+            # Fresh arrays, as for the rest of the state: observations handed out stay valid.
+            counted = np.stack(
+                [np.ones_like(outcome), engaged, outcome >= 2, outcome == 3], axis=1
+            ).astype(np.int64)
+            lifecycle = replace(
+                lifecycle,
+                counts=lifecycle.counts + counted,
+                day=lifecycle.day.copy(),
+                since_last=lifecycle.since_last.copy(),
+                session_index=lifecycle.session_index.copy(),
+            )
         new_state = UserState(
             category=new_cat,
             streak=new_streak,
@@ -681,6 +732,7 @@ class UserDynamics:
             history=history,
             focus=state.focus,
             response=state.response,
+            lifecycle=lifecycle,
         )
         return new_state, StepResult(
             reward=reward,
@@ -690,6 +742,101 @@ class UserDynamics:
             terminated=terminated,
             truncated=truncated,
         )
+
+    def end_sessions(
+        self, state: UserState, result: StepResult, rng: np.random.Generator
+    ) -> tuple[StepResult, SessionEnds]:
+        """Lifecycle episodes: send users whose session ended to their next session, IN PLACE.
+
+        A session that ended (the user left, or ``max_steps`` was reached) is followed by a
+        gap drawn from the return process given the session's counters; the user comes back
+        (a new session starts in the same row, the episode goes on) unless they dropped out
+        (the episode terminates) or the next session would start at or after
+        ``horizon_days`` or exceed ``max_sessions`` (the episode is truncated). Rewards are
+        discounted by ``day_discount ** day``.
+
+        Only for a state returned by :meth:`step` whose arrays have not been handed out yet.
+
+        Args:
+            state: The state after the step; rows that return are modified in place.
+            result: The step's result (session-level ends).
+            rng: The generator; this draws (2, B) uniforms for the gaps, then (2, R) for the
+                R returning users' first steps.
+
+        Returns:
+            The step result with episode-level ``terminated``/``truncated`` and discounted
+            rewards, and what happened between sessions.
+        """
+        life = state.lifecycle
+        returns = self.returns
+        assert life is not None and returns is not None
+        n = state.size
+        day = life.day.copy()
+        ended = result.terminated | result.truncated
+        u = rng.random((2, n))
+        gap = np.full(n, np.nan)
+        rows = np.flatnonzero(ended)
+        if len(rows):
+            x = session_covariates(life.counts[rows], returns.covariates)
+            gap[rows] = returns.sample_gap(x, life.rate[rows], u[:, rows])
+        next_day = day + np.where(ended, gap, 0.0)
+        dropped = ended & np.isinf(gap)
+        out_of_time = (
+            ended
+            & ~dropped
+            & (
+                (next_day >= self.config.horizon_days)
+                | (life.session_index + 1 >= self.config.max_sessions)
+            )
+        )
+        returned = ended & ~dropped & ~out_of_time
+        back = np.flatnonzero(returned)
+        if len(back):
+            self._next_session(state, back, gap[back], rng)
+        reward = result.reward
+        if self.config.day_discount < 1.0:
+            reward = reward * np.power(self.config.day_discount, day)
+        episode = replace(result, reward=reward, terminated=dropped, truncated=out_of_time)
+        return episode, SessionEnds(ended=ended, returned=returned, gap_days=gap, day=day)
+
+    def _next_session(
+        self, state: UserState, rows: np.ndarray, gap: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        """Start the next session of users ``rows`` after ``gap`` (R,) days, in place.
+
+        Interest carries over: the session starts in the last session's category with
+        probability ``carryover``, else in one drawn from the fitted first-category
+        distribution; its first step is an organic item of that category by popularity,
+        appended to the history (which keeps the earlier sessions' steps, as an encoder over
+        the user's history would see them).
+        """
+        returns = self.returns
+        life = state.lifecycle
+        assert returns is not None and life is not None
+        m = len(rows)
+        u = rng.random((3, m))
+        fresh = self._initial.sample(np.zeros(m, dtype=np.int64), u[0])
+        category = np.where(u[1] < returns.carryover, state.category[rows], fresh)
+        item = self._items.sample(category, u[2])
+        history = state.history[:, rows]  # (2, R, L) copy (fancy indexing)
+        history[:, :, :-1] = history[:, :, 1:]
+        history[0, :, -1] = self.item_token[item]
+        history[1, :, -1] = np.where(
+            item >= 0, self.item_category_token[item], self.sim_category_token[category]
+        )
+        state.history[:, rows] = history
+        state.category[rows] = category
+        state.streak[rows] = 1
+        state.step[rows] = 1
+        state.misses[rows] = 0
+        state.episode_steps[rows] = 0
+        if state.focus is not None and self.focus_prior is not None:
+            a, b = self.focus_prior
+            state.focus[rows] = rng.beta(a, b, size=m)
+        life.day[rows] += gap
+        life.since_last[rows] = gap
+        life.session_index[rows] += 1
+        life.counts[rows] = 0
 
     def interest(self, state: UserState) -> np.ndarray:
         """(B, K) interest distributions (the hidden state oracles may see).

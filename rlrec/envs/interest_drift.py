@@ -27,6 +27,7 @@ __all__ = [
     "existing_dir",
     "make_env",
     "observation_space",
+    "observe",
     "resolve_inputs",
 ]
 
@@ -80,13 +81,35 @@ def observation_space(dynamics: UserDynamics) -> spaces.Dict:
     ``MultiDiscrete`` (vocabulary x L inputs), while an encoder wants the token ids.
     """
     length = dynamics.history_length
-    return spaces.Dict(
-        {
-            "item_history": spaces.Box(0, dynamics.n_item_tokens - 1, (length,), np.int32),
-            "category_history": spaces.Box(0, dynamics.n_category_tokens - 1, (length,), np.int32),
-            "step": spaces.Box(1, dynamics.max_session_step, (1,), np.int64),
-        }
-    )
+    keys: dict[str, spaces.Space[Any]] = {
+        "item_history": spaces.Box(0, dynamics.n_item_tokens - 1, (length,), np.int32),
+        "category_history": spaces.Box(0, dynamics.n_category_tokens - 1, (length,), np.int32),
+        "step": spaces.Box(1, dynamics.max_session_step, (1,), np.int64),
+    }
+    if dynamics.returns is not None:
+        horizon = float(dynamics.config.horizon_days)
+        keys["days_since_last"] = spaces.Box(0.0, horizon, (1,), np.float32)
+        keys["session_index"] = spaces.Box(0, dynamics.config.max_sessions - 1, (1,), np.int64)
+    return spaces.Dict(keys)
+
+
+def observe(state: UserState) -> Observation:
+    """The observation of B users' ``state``: views of its arrays, each with a leading B axis.
+
+    ``item_history``/``category_history`` (B, L), ``step`` (B, 1); lifecycle episodes add
+    ``days_since_last`` (B, 1) float32 (days between the previous session and this one, 0 in
+    the first) and ``session_index`` (B, 1) int64 (0 in the first session).
+    """
+    obs: Observation = {
+        "item_history": state.items,
+        "category_history": state.categories,
+        "step": state.step[:, None],
+    }
+    life = state.lifecycle
+    if life is not None:
+        obs["days_since_last"] = life.since_last.astype(np.float32)[:, None]
+        obs["session_index"] = life.session_index[:, None]
+    return obs
 
 
 class InterestDriftEnv(gym.Env[Observation, np.int64]):
@@ -193,11 +216,20 @@ class InterestDriftEnv(gym.Env[Observation, np.int64]):
         if self._state is None:
             raise gym.error.ResetNeeded("call reset() before step()")
         actions = self.dynamics.check_actions(np.asarray(action).reshape(-1), 1)
-        self._state, result = self.dynamics.step(self._state, actions, self.np_random)
-        info = self._info(self._state)
+        state, result = self.dynamics.step(self._state, actions, self.np_random)
+        ends = None
+        if state.lifecycle is not None:
+            result, ends = self.dynamics.end_sessions(state, result, self.np_random)
+        self._state = state
+        info = self._info(state)
         info["engaged"] = bool(result.engaged[0])
         info["outcome"] = int(result.outcome[0])
         info["item"] = int(result.item[0])
+        if ends is not None:
+            info["session_ended"] = bool(ends.ended[0])
+            info["returned"] = bool(ends.returned[0])
+            info["gap_days"] = float(ends.gap_days[0])
+            info["day"] = float(ends.day[0])
         self._last_info = info
         return (
             self._observation(self._state),
@@ -225,11 +257,7 @@ class InterestDriftEnv(gym.Env[Observation, np.int64]):
 
     def _observation(self, state: UserState) -> Observation:
         # Views of arrays that a later step replaces rather than mutates: safe to hand out.
-        return {
-            "item_history": state.items[0],
-            "category_history": state.categories[0],
-            "step": state.step[:1],
-        }
+        return {key: rows[0] for key, rows in observe(state).items()}
 
     def _info(self, state: UserState) -> dict[str, Any]:
         return {

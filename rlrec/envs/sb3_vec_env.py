@@ -93,19 +93,9 @@ class BatchedVecEnv(VecEnv):
         state = self.env._state
         assert state is not None
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        items, cats, steps = (
-            final.get("item_history"),
-            final.get("category_history"),
-            final.get("step"),
-        )
         truncated = result.truncated
         for i in done.tolist():
-            assert items is not None and cats is not None and steps is not None
-            infos[i]["terminal_observation"] = {
-                "item_history": items[i],
-                "category_history": cats[i],
-                "step": steps[i],
-            }
+            infos[i]["terminal_observation"] = {key: rows[i] for key, rows in final.items()}
             infos[i]["TimeLimit.truncated"] = bool(truncated[i])
         obs = self.env.observation(state)
         dones = result.terminated | result.truncated

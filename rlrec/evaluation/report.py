@@ -452,21 +452,32 @@ def _policy_section(inputs: ReportInputs) -> Section:
             bars, "Mean session return (95% interval)", "return per simulated user", "ppo"
         )
     )
-    rows = [
-        [
-            name,
+    lifecycle = any("sessions_per_user" in r for r in policies.values())
+    rows = []
+    for r in policies.values():
+        row = [
             f"{_fmt(r['return_mean'])} {_ci(r['return_ci95'], 2)}",
             _fmt(r["session_length_mean"], 2),
             _fmt(r["engage_rate"]),
             _fmt(r["buys_mean"]),
             _fmt(r["coverage"], 4),
         ]
-        for name, r in policies.items()
-    ]
+        if lifecycle:
+            row += [
+                f"{_fmt(r['sessions_per_user'])} {_ci(r['sessions_per_user_ci95'], 2)}",
+                *(
+                    "-" if r.get(key) is None else f"{_fmt(r[key])} {_ci(r[key + '_ci95'], 3)}"
+                    for key in ("retention_d7", "retention_d30")
+                ),
+            ]
+        rows.append(row)
     names = list(policies)
+    header = ["policy", "return [95% CI]", "length", "engage", "buys", "coverage"]
+    if lifecycle:
+        header += ["sessions", "day-7 retention", "day-30 retention"]
     section.table = Table(
-        ["policy", "return [95% CI]", "length", "engage", "buys", "coverage"],
-        rows,
+        header,
+        [[name, *row] for name, row in zip(names, rows, strict=True)],
         names.index("ppo") if "ppo" in names else None,
     )
     section.caption = (

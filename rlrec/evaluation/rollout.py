@@ -11,7 +11,10 @@ Hidden state: a policy with ``uses_hidden_state = True`` (an oracle) receives th
 (B, K) interest rows in the observation under :data:`HIDDEN_INTEREST_KEY`.
 
 Per-episode metrics: return, session length (recommendations), engage rate (engaged / length),
-buys, category coverage (distinct sim categories recommended / K). Each is reported as a mean
+buys, category coverage (distinct sim categories recommended / K). Lifecycle episodes
+(``env.episode: lifecycle``) add sessions per user and day-7 / day-30 retention: the share of
+users whose first return session starts within 7 (30) days of their first session (reported
+only where the horizon covers that day). Each is reported as a mean
 with a 95% Student-t confidence interval over episodes; the aggregate catalog coverage
 (distinct items recommended / A) and the entropy of the recommended categories (nats) come
 without intervals.
@@ -31,6 +34,7 @@ from rlrec.envs.dynamics import OUTCOMES
 
 __all__ = [
     "HIDDEN_INTEREST_KEY",
+    "RETENTION_DAYS",
     "EpisodeStats",
     "Policy",
     "entropy_nats",
@@ -44,6 +48,7 @@ HIDDEN_INTEREST_KEY = "interest"
 """Observation key under which oracle policies receive the (B, K) hidden interest rows."""
 
 _BUY = OUTCOMES.index("buy")
+_CART = OUTCOMES.index("cart")
 
 
 class Policy(Protocol):
@@ -69,22 +74,34 @@ class EpisodeStats:
         lengths: Recommendations in the episode.
         engaged: Engaged recommendations.
         buys: Recommendations that ended in a buy.
+        carts: Recommendations that ended in a cart (bought ones included).
         categories: Distinct sim categories recommended.
         n_categories: K.
         n_actions: A.
         item_counts: (A,) how often each catalog item was recommended (all episodes).
         category_counts: (K,) how often each category was recommended.
+        sessions: Sessions in the episode (lifecycle episodes; None for one-session ones).
+        first_return_day: Day the first return session started (``inf``: never), or None.
+        horizon_days: The lifecycle horizon, or None.
     """
 
     returns: np.ndarray
     lengths: np.ndarray
     engaged: np.ndarray
     buys: np.ndarray
+    carts: np.ndarray
     categories: np.ndarray
     n_categories: int
     n_actions: int
     item_counts: np.ndarray
     category_counts: np.ndarray
+    sessions: np.ndarray | None = None
+    first_return_day: np.ndarray | None = None
+    horizon_days: float | None = None
+
+
+RETENTION_DAYS: tuple[int, ...] = (7, 30)
+"""Days of the retention figures (``retention_d7``, ``retention_d30``)."""
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float, float]:
@@ -130,10 +147,14 @@ def rollout(
     lengths = np.zeros(n, dtype=np.int64)
     engaged = np.zeros(n, dtype=np.int64)
     buys = np.zeros(n, dtype=np.int64)
+    carts = np.zeros(n, dtype=np.int64)
     seen = np.zeros((n, k), dtype=bool)
     item_counts = np.zeros(a, dtype=np.int64)
     state: Any = None
     episode_start = np.ones(n, dtype=bool)
+    lifecycle = env.dynamics.returns is not None
+    sessions = np.ones(n, dtype=np.int64)
+    first_return = np.full(n, np.inf)
     while active.any():
         policy_obs = dict(obs)
         if hidden:
@@ -149,8 +170,15 @@ def rollout(
         lengths[rows] += 1
         engaged[rows] += info["engaged"][rows]
         buys[rows] += info["outcome"][rows] == _BUY
+        carts[rows] += info["outcome"][rows] >= _CART
         seen[rows, item_category[chosen]] = True
         item_counts += np.bincount(chosen, minlength=a)
+        ends = env.session_ends
+        if lifecycle and ends is not None:
+            back = rows[ends.returned[rows]]
+            sessions[back] += 1
+            came_on = ends.day[back] + ends.gap_days[back]
+            first_return[back] = np.minimum(first_return[back], came_on)
         done = terminated | truncated
         episode_start = done
         active &= ~done
@@ -162,11 +190,15 @@ def rollout(
         lengths=lengths,
         engaged=engaged,
         buys=buys,
+        carts=carts,
         categories=seen.sum(axis=1),
         n_categories=k,
         n_actions=a,
         item_counts=item_counts,
         category_counts=category_counts,
+        sessions=sessions if lifecycle else None,
+        first_return_day=first_return if lifecycle else None,
+        horizon_days=float(env.config.horizon_days) if lifecycle else None,
     )
 
 
@@ -199,6 +231,18 @@ def summarize(stats_: EpisodeStats) -> dict[str, Any]:
         mean, lo, hi = mean_ci95(values)
         out[key] = mean
         out[ci_key] = [lo, hi]
+    if stats_.sessions is not None and stats_.first_return_day is not None:
+        mean, lo, hi = mean_ci95(stats_.sessions)
+        out["sessions_per_user"] = mean
+        out["sessions_per_user_ci95"] = [lo, hi]
+        horizon = stats_.horizon_days or 0.0
+        for days in RETENTION_DAYS:
+            key = f"retention_d{days}"
+            if days <= horizon:
+                mean, lo, hi = mean_ci95(stats_.first_return_day <= days)
+                out[key], out[f"{key}_ci95"] = mean, [lo, hi]
+            else:  # the horizon ends before that day: not observed
+                out[key], out[f"{key}_ci95"] = None, None
     out["catalog_coverage"] = float(np.count_nonzero(stats_.item_counts) / stats_.n_actions)
     out["category_entropy"] = entropy_nats(stats_.category_counts)
     out["episodes"] = len(stats_.returns)
