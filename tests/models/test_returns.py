@@ -270,6 +270,9 @@ def test_oracle_window_past_the_log_end_and_bad_input(world_dataset: Path) -> No
     off = replace(truth, config=replace(truth.config, returns=ReturnTruthConfig(enabled=False)))
     with pytest.raises(UserError, match="no return process"):
         oracle_return(off, ds, CUTOFF_S, 1.0)
+    other = replace(truth, activity=truth.activity[:5] if truth.activity is not None else None)
+    with pytest.raises(UserError, match="not the ground truth's"):
+        oracle_return(other, ds, CUTOFF_S, 1.0)
 
 
 def test_ground_truth_keeps_the_return_process(tmp_path: Path) -> None:
