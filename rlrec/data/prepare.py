@@ -217,6 +217,11 @@ def _prepare_locked(
         try:
             _configure(con, config, Path(spill))
             source = open_source(con, paths, preset, columns, read_options)
+            if config.derive_categories and not source.has_items:
+                raise UserError(
+                    "--derive-categories clusters items, and this log has none (no item= in "
+                    "--columns); drop --derive-categories or map an item column"
+                )
             with atomic_directory(final, "dataset", force) as tmp:
                 meta = _run(con, source, config, tmp, progress or _silent)
                 if inputs_label is not None:
@@ -401,7 +406,7 @@ def _run(
         # (rlrec.data.content); a dataset prepared before they existed has items.
         "content": {
             "items": source.has_items,
-            "categories": category_source != "none",
+            "categories": source.has_items and category_source != "none",
             "value": "value" in source.optional_columns,
         },
         **({"value": _value_summary(con)} if "value" in source.optional_columns else {}),

@@ -122,6 +122,13 @@ def _no_time(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
     return prepare_argv([f], tmp / "out", "--columns", "user=cust,value=amount"), ("time",)
 
 
+@case("--derive-categories without items")
+def _derive_without_items(tmp: Path) -> tuple[list[str], tuple[str, ...]]:
+    f = write(tmp / "tx.csv", good(4))
+    argv = prepare_argv([f], tmp / "out", *USER_TIME_VALUE, "--derive-categories")
+    return argv, ("--derive-categories", "item")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_hostile_transaction_log_is_one_clear_line(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
