@@ -26,7 +26,9 @@ from rlrec.models.ground_truth import (
     ReturnTruthConfig,
     load_ground_truth,
     oracle_return,
+    sample_session_outcomes,
     session_satisfaction,
+    true_model,
 )
 from rlrec.models.synthetic import (
     SyntheticConfig,
@@ -170,6 +172,14 @@ def test_satisfaction_formula() -> None:
         session_satisfaction(np.array([1]), np.array([0]), np.array([0]), np.array([0])),
         (0.5 * math.log(2) - 1.3564) / 1.3748,
     )
+
+
+def test_satisfaction_is_standardized_on_the_default_world() -> None:
+    """The fixed constants are the default world's mean and sd (a fresh seed: within 0.03)."""
+    config = SyntheticConfig(seed=7)
+    z, duration = sample_session_outcomes(GroundTruth(true_model(config), config), 40_000, 7)
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 1.0) < 0.03
+    assert np.all(duration >= 0) and np.all(duration < RETURN_OFFSET_MS * 48)
 
 
 def test_return_config_checks_and_probabilities() -> None:
