@@ -13,7 +13,14 @@ if TYPE_CHECKING:
     from rlrec.models.calibration import log_statistics
     from rlrec.models.checkpoint import load_encoder, save_encoder
     from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
-    from rlrec.models.ground_truth import GroundTruth, SyntheticConfig, load_ground_truth
+    from rlrec.models.ground_truth import (
+        GroundTruth,
+        ReturnTruthConfig,
+        SyntheticConfig,
+        load_ground_truth,
+        oracle_return,
+        session_satisfaction,
+    )
     from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint, train_encoder
     from rlrec.models.sim_model import SimModel, load_sim_model
     from rlrec.models.synthetic import generate_dataset, generate_events
@@ -30,6 +37,9 @@ _LAZY: dict[str, str] = {
     "GroundTruth": "rlrec.models.ground_truth",
     "SyntheticConfig": "rlrec.models.ground_truth",
     "load_ground_truth": "rlrec.models.ground_truth",
+    "oracle_return": "rlrec.models.ground_truth",
+    "ReturnTruthConfig": "rlrec.models.ground_truth",
+    "session_satisfaction": "rlrec.models.ground_truth",
     "PretrainConfig": "rlrec.models.pretrain",
     "pretrain_checkpoint": "rlrec.models.pretrain",
     "train_encoder": "rlrec.models.pretrain",
@@ -51,6 +61,7 @@ __all__ = [
     "FitConfig",
     "GroundTruth",
     "PretrainConfig",
+    "ReturnTruthConfig",
     "SequenceEncoder",
     "SimModel",
     "StateEncoder",
@@ -62,8 +73,10 @@ __all__ = [
     "load_ground_truth",
     "load_sim_model",
     "log_statistics",
+    "oracle_return",
     "pretrain_checkpoint",
     "save_encoder",
+    "session_satisfaction",
     "simulate_organic",
     "train_encoder",
 ]

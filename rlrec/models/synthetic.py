@@ -21,17 +21,22 @@ user's history worth reading beyond its last step:
 Every step goes through a view -> cart -> buy funnel (plus a fav event that only shapes the
 event mix).
 
-Categories have Zipf-like sizes; users have several sessions separated by gaps of hours, while
-events inside a session are seconds to minutes apart, so a 30-minute inactivity gap recovers
-the generator's sessions exactly. Everything is drawn from one ``numpy.random.Generator``
-seeded by :attr:`SyntheticConfig.seed`, so a seed fixes the log.
+Categories have Zipf-like sizes. Users come back by a true return process
+(:class:`rlrec.models.ground_truth.ReturnTruthConfig`): after each session a user churns with a
+probability that falls with the session's satisfaction, else returns after a Weibull gap whose
+rate is the user's latent activity times a satisfaction effect; the log ends after
+``returns.observation_days``. Sessions' content is drawn by :mod:`rlrec.models.session_draw`.
+Gaps between sessions exceed 30 minutes while events inside a session are seconds to minutes
+apart, so a 30-minute inactivity gap recovers the generator's sessions exactly. Everything is
+drawn from ``numpy.random.Generator`` streams of :attr:`SyntheticConfig.seed`, so a seed fixes
+the log.
 
 The true parameters are kept as a :class:`rlrec.models.ground_truth.GroundTruth` (a
-:class:`SimModel` in raw-id space:
-category ids ``c0..c{K-1}``, item ids are the raw integer item ids; its ``stay_by_streak`` is
-the session-averaged curve) and written beside the dataset as ``ground_truth.json`` and
-``ground_truth.npz``, so that the fit can be checked against them after preparation has
-remapped the vocabularies; the focus and revisit parameters are in its ``config``.
+:class:`SimModel` in raw-id space: category ids ``c0..c{K-1}``, item ids are the raw integer
+item ids; its ``stay_by_streak`` is the session-averaged curve; plus the users' activity
+rates) and written beside the dataset as ``ground_truth.json`` and ``ground_truth.npz``, so
+that the fit can be checked against them after preparation has remapped the vocabularies; the
+focus, revisit and return parameters are in its ``config``.
 
 The default parameters are calibrated on the Taobao UserBehavior sample in
 ``../shared/data/taobao_sample`` (see :func:`rlrec.models.calibration.log_statistics` and the
@@ -40,7 +45,6 @@ comments on the fields).
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import tempfile
@@ -50,9 +54,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from rlrec.models.calibration import run_positions
-from rlrec.models.ground_truth import HOUR_MS, GroundTruth, SyntheticConfig
-from rlrec.models.sim_model import ARRAY_FIELDS, Provenance, SimModel
+from rlrec.models.ground_truth import (
+    DAY_MS,
+    HOUR_MS,
+    ORIGIN_MS,
+    RETURN_OFFSET_MS,
+    GroundTruth,
+    SyntheticConfig,
+    expected_sessions_per_user,
+    sample_session_outcomes,
+    satisfaction_of,
+    true_model,
+)
+from rlrec.models.session_draw import draw_sessions, simulate_organic_categories
+from rlrec.models.sim_model import SimModel
 
 if TYPE_CHECKING:
     from rlrec.data.prepare import PrepareConfig
@@ -60,193 +75,16 @@ if TYPE_CHECKING:
 __all__ = [
     "USERS_PER_CHUNK",
     "SyntheticConfig",
+    "expected_sessions_per_user",
     "generate_dataset",
     "generate_events",
+    "sample_session_outcomes",
     "simulate_organic_categories",
     "true_model",
 ]
 
-# 2017-11-25 00:00 UTC in ms: the Taobao sample's period, so synthetic timestamps look alike.
-_ORIGIN_MS = 1_511_568_000_000
 USERS_PER_CHUNK = 20_000
 """Users generated together; bounds the generator's memory (about 1.3M events a chunk)."""
-
-
-def true_model(config: SyntheticConfig) -> SimModel:
-    """Draw the world's true parameters (categories, items, switches, funnel) from the seed.
-
-    The same seed gives the same world; the log's events use a separate stream of the seed.
-    """
-    rng = np.random.default_rng([config.seed, 0])
-    k = config.n_categories
-    ranks = np.arange(1, k + 1, dtype=float)
-    size = ranks ** (-config.category_zipf)
-    size /= size.sum()  # (K,) category share of sessions' first steps and of items
-
-    # Items per category in proportion to size, at least the minimum; remainder to the largest.
-    spare = config.n_items - k * config.min_items_per_category
-    n_per_cat = config.min_items_per_category + np.floor(size * spare).astype(np.int64)
-    n_per_cat[0] += config.n_items - n_per_cat.sum()
-    item_category = np.repeat(np.arange(k), n_per_cat)  # (N,) contiguous per category
-    within_rank = np.arange(config.n_items) - np.repeat(np.cumsum(n_per_cat) - n_per_cat, n_per_cat)
-    popularity = (within_rank + 1.0) ** (-config.item_zipf)
-    popularity /= np.bincount(item_category, weights=popularity, minlength=k)[item_category]
-
-    # Switch destinations: bigger categories attract more, with a per-pair log-normal affinity
-    # and a boost inside the category's group (related categories).
-    group = rng.permutation(np.arange(k) % min(config.n_category_groups, k))
-    affinity = rng.lognormal(0.0, config.switch_concentration, size=(k, k))
-    affinity *= np.where(group[:, None] == group[None, :], config.group_affinity, 1.0)
-    switch = size[None, :] * affinity
-    np.fill_diagonal(switch, 0.0)
-    switch /= switch.sum(axis=1, keepdims=True)
-
-    noise = rng.lognormal(0.0, config.funnel_spread, size=(2, k))
-    noise /= noise.mean(axis=1, keepdims=True)
-    p_cart = np.clip(config.p_cart * noise[0], 0.0, 0.95)
-    p_buy = p_cart * np.clip(config.buy_given_cart * noise[1], 0.0, 1.0)
-
-    truth = Provenance("user", "synthetic ground truth")
-    return SimModel(
-        category_ids=tuple(f"c{c}" for c in range(k)),
-        switch_matrix=switch,
-        stay_by_streak=config.stay_curve(),
-        initial_category=size,
-        leave_hazard=config.hazard_curve(),
-        item_ids=np.arange(config.n_items, dtype=np.int64),
-        item_category=item_category,
-        item_popularity=popularity,
-        p_cart=p_cart,
-        p_buy=p_buy,
-        category_of_dataset_category=np.arange(k),
-        **{name: float(v) for name, v in config.response.items()},
-        provenance={name: truth for name in ARRAY_FIELDS},
-        info={"ground_truth": True, "seed": config.seed},
-    )
-
-
-def _categorical_rows(cdf: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Draw one column per requested row of a row-wise CDF matrix.
-
-    Args:
-        cdf: (R, M) cumulative row distributions (last column 1).
-        rows: (B,) row of each draw.
-        u: (B,) uniforms in [0, 1).
-
-    Returns:
-        (B,) column indices.
-    """
-    m = cdf.shape[1]
-    # Offsetting row r by r turns all rows into one sorted array: one searchsorted for all.
-    flat = (cdf + np.arange(cdf.shape[0])[:, None]).ravel()
-    col = np.searchsorted(flat, rows + u, side="right") - rows * m
-    return np.clip(col, 0, m - 1)
-
-
-def _grouped_draw(
-    cum: np.ndarray, start: np.ndarray, groups: np.ndarray, u: np.ndarray
-) -> np.ndarray:
-    """Draw one element inside each requested group of a flat, group-contiguous distribution.
-
-    Args:
-        cum: (N,) group index + cumulative probability within the group (so it increases).
-        start: (G + 1,) first element of each group, and N.
-        groups: (B,) group of each draw.
-        u: (B,) uniforms in [0, 1).
-
-    Returns:
-        (B,) element indices, each inside its group.
-    """
-    idx = np.searchsorted(cum, groups + u, side="right")
-    return np.clip(idx, start[groups], start[groups + 1] - 1)
-
-
-def simulate_organic_categories(
-    model: SimModel,
-    n_sessions: int,
-    rng: np.random.Generator,
-    session_stay: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Categories of every step of ``n_sessions`` organic sessions of the user model.
-
-    Vectorized over sessions: one loop iteration per step index, over the sessions still
-    alive. Shared by the generator and by :func:`rlrec.models.transition.simulate_organic`.
-
-    Args:
-        model: The user model (only categories, stay, switch and hazard are used).
-        n_sessions: Number of sessions.
-        rng: The random generator.
-        session_stay: (n_sessions,) each session's own stay probability, replacing the
-            model's streak curve (the generator's focus); None uses ``stay_by_streak``.
-
-    Returns:
-        ``lengths`` (n_sessions,) steps per session and ``categories`` (sum(lengths),) in
-        session order.
-    """
-    init_cdf = np.cumsum(model.initial_category)
-    switch_cdf = np.cumsum(model.switch_matrix, axis=1)
-    alive = np.arange(n_sessions)
-    cat = np.minimum(
-        np.searchsorted(init_cdf, rng.random(n_sessions), side="right"), len(init_cdf) - 1
-    )
-    streak = np.ones(n_sessions, dtype=np.int64)
-    rec_session, rec_cat = [alive], [cat]
-    t = 1
-    while len(alive):
-        stays = rng.random(len(alive)) >= model.hazard(np.full(len(alive), t))
-        alive, cat, streak = alive[stays], cat[stays], streak[stays]
-        if not len(alive):
-            break
-        p_stay = model.stay_probability(streak) if session_stay is None else session_stay[alive]
-        stay = rng.random(len(alive)) < p_stay
-        moved = _categorical_rows(switch_cdf, cat[~stay], rng.random(int((~stay).sum())))
-        cat = cat.copy()
-        cat[~stay] = moved
-        streak = np.where(stay, streak + 1, 1)
-        rec_session.append(alive)
-        rec_cat.append(cat)
-        t += 1
-    session = np.concatenate(rec_session)
-    order = np.argsort(session, kind="stable")  # records are by step; stable keeps step order
-    lengths = np.bincount(session, minlength=n_sessions)
-    return lengths, np.concatenate(rec_cat)[order]
-
-
-def _revisit(
-    item: np.ndarray,
-    cat: np.ndarray,
-    same_session: np.ndarray,
-    rate: float,
-    rng: np.random.Generator,
-) -> None:
-    """Replace, in place, some items by one seen earlier in the same category streak.
-
-    At a step whose category streak is ``s >= 3``, with probability ``rate`` the item becomes
-    that of a uniformly chosen earlier step of the streak other than the previous one (so a
-    step never repeats its predecessor's item by this rule). Steps are processed by their
-    position in the streak, so a revisited item is itself final when it is copied.
-
-    Args:
-        item: (n,) item of each step, modified in place.
-        cat: (n,) category of each step.
-        same_session: (n,) whether step i continues step i - 1's session.
-        rate: The revisit probability.
-        rng: The random generator.
-    """
-    if len(item) == 0 or rate <= 0:
-        return
-    run_start, streak = run_positions(~(same_session & np.r_[False, cat[1:] == cat[:-1]]))
-    candidates = np.flatnonzero(streak >= 3)
-    chosen = candidates[rng.random(len(candidates)) < rate]
-    # Uniform over the streak's steps run_start .. i - 2.
-    source = run_start[chosen] + np.floor(rng.random(len(chosen)) * (streak[chosen] - 2)).astype(
-        np.int64
-    )
-    order = np.argsort(streak[chosen], kind="stable")
-    chosen, source, by_streak = chosen[order], source[order], streak[chosen][order]
-    bounds = np.flatnonzero(np.r_[True, by_streak[1:] != by_streak[:-1], True])
-    for lo, hi in itertools.pairwise(bounds):
-        item[chosen[lo:hi]] = item[source[lo:hi]]
 
 
 def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]:
@@ -260,6 +98,7 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
     model = true_model(config)
     n_users = config.resolved_n_users()
     parts = []
+    activity = []
     n_sessions = 0
     # Users are generated in fixed-size chunks, each with its own stream of the seed: memory
     # stays bounded by a chunk's intermediates (10M events fit in well under 2 GB) and the
@@ -270,6 +109,8 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
         part = _generate_chunk(model, config, users, rng)
         part["session"] += n_sessions
         n_sessions += part.pop("n_sessions")[0]
+        if "activity" in part:
+            activity.append(part.pop("activity"))
         parts.append(part)
     columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     del parts
@@ -286,7 +127,10 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
             "session": columns["session"],
         }
     )
-    return frame, GroundTruth(model=model, config=config)
+    truth = GroundTruth(
+        model=model, config=config, activity=np.concatenate(activity) if activity else None
+    )
+    return frame, truth
 
 
 def _generate_chunk(
@@ -296,86 +140,103 @@ def _generate_chunk(
 
     Returns:
         ``user``, ``item``, ``time``, ``category`` (codes), ``event`` (codes into view, fav,
-        cart, buy), ``session`` (0-based within the chunk) and ``n_sessions`` (1,).
+        cart, buy), ``session`` (0-based within the chunk), ``n_sessions`` (1,) and, with the
+        return process, ``activity`` (len(users),) the users' true activity rates.
     """
+    if config.returns.enabled:
+        return _chunk_with_returns(model, config, users, rng)
     n_users = len(users)
     sessions_per_user = 1 + rng.poisson(config.sessions_per_user - 1.0, size=n_users)
     n_sessions = int(sessions_per_user.sum())
     session_user = np.repeat(users, sessions_per_user)
+    content = draw_sessions(model, config, n_sessions, rng)
 
-    focus = rng.beta(config.focus_alpha, config.focus_beta, size=n_sessions)
-    lengths, cat = simulate_organic_categories(model, n_sessions, rng, session_stay=focus)
-    step_session = np.repeat(np.arange(n_sessions, dtype=np.int64), lengths)
-    n_steps = len(cat)
-
-    # Items: popularity draw inside the category; a step never repeats the previous step's item
-    # (two consecutive events on one item are one step by definition), so redraw repeats.
-    k = model.n_categories
-    item_cat = np.asarray(model.item_category)
-    start = np.r_[0, np.cumsum(np.bincount(item_cat, minlength=k))]
-    csum = np.cumsum(model.item_popularity)
-    before = np.r_[0.0, csum][start[:-1]]  # (K,) mass of the categories before each one
-    cum = item_cat + csum - np.repeat(before, np.diff(start))  # (N,) increasing
-    item = _grouped_draw(cum, start, cat, rng.random(n_steps))
-    same_session = np.r_[False, step_session[1:] == step_session[:-1]]
-    _revisit(item, cat, same_session, config.revisit_rate, rng)
-    for _ in range(100):
-        repeat = np.flatnonzero(same_session & np.r_[False, item[1:] == item[:-1]])
-        if not len(repeat):
-            break
-        item[repeat] = _grouped_draw(cum, start, cat[repeat], rng.random(len(repeat)))
-    else:  # pragma: no cover - only with a near-degenerate popularity
-        raise RuntimeError("could not avoid repeated items; lower item_zipf")
-
-    # Funnel: cart with p_cart[c]; buy only after a cart; fav independently.
-    cart = rng.random(n_steps) < model.p_cart[cat]
-    buy = cart & (rng.random(n_steps) * model.p_cart[cat] < model.p_buy[cat])
-    fav = rng.random(n_steps) < config.p_fav
-    # Event order inside a step: view, fav, cart, buy.
-    flags = np.stack([np.ones(n_steps, dtype=bool), fav, cart, buy], axis=1)  # (steps, 4)
-    per_step = flags.sum(axis=1)
-    ev_step = np.repeat(np.arange(n_steps), per_step)
-    ev_kind = np.nonzero(flags)[1]  # row-major: per step, in view/fav/cart/buy order
-    n_events = len(ev_step)
-
-    # Times: in-session gaps of seconds to minutes; hours between a user's sessions.
-    ev_session = step_session[ev_step]
-    gap_ms = np.minimum(
-        rng.lognormal(math.log(config.event_gap_median_s), config.event_gap_sigma, n_events),
-        config.event_gap_max_s,
-    )
-    gap_ms = np.maximum(np.round(gap_ms * 1000.0), 1000).astype(np.int64)
-    first = np.r_[True, ev_session[1:] != ev_session[:-1]]
-    gap_ms[first] = 0
-    within = np.cumsum(gap_ms)
-    session_first = np.flatnonzero(first)
-    within -= np.repeat(within[session_first], np.diff(np.r_[session_first, n_events]))
-    duration = within[np.r_[session_first[1:], n_events] - 1]  # (S,) last event's offset
+    # Hours between a user's sessions, independent of how the sessions went.
     between = np.maximum(
         rng.lognormal(math.log(config.session_gap_median_h), config.session_gap_sigma, n_sessions),
         config.session_gap_min_h,
     )
     between_ms = np.round(between * HOUR_MS).astype(np.int64)
     user_first = np.r_[True, session_user[1:] != session_user[:-1]]
-    user_start = _ORIGIN_MS + np.round(
-        rng.random(n_users) * config.start_spread_days * 24 * HOUR_MS
+    user_start = ORIGIN_MS + np.round(
+        rng.random(n_users) * config.start_spread_days * DAY_MS
     ).astype(np.int64)
     # Session start = user start + sum over the user's earlier sessions of (duration + gap).
+    duration = content["duration"]
     advance = np.where(user_first, 0, np.r_[0, duration[:-1]] + between_ms)
     advance = np.cumsum(advance)
     first_of_user = np.flatnonzero(user_first)
     advance -= np.repeat(advance[first_of_user], np.diff(np.r_[first_of_user, n_sessions]))
     session_start = user_start[session_user - users[0]] + advance
-    time = session_start[ev_session] + within
-
+    ev_session = content["session"]
     return {
         "user": session_user[ev_session],
-        "item": np.asarray(model.item_ids)[item[ev_step]].astype(np.int64),
-        "time": time.astype(np.int64),
-        "category": cat[ev_step].astype(np.int32),
-        "event": ev_kind.astype(np.int8),
+        "item": np.asarray(model.item_ids)[content["item"]].astype(np.int64),
+        "time": (session_start[ev_session] + content["within"]).astype(np.int64),
+        "category": content["category"],
+        "event": content["event"],
         "session": ev_session,
         "n_sessions": np.array([n_sessions]),
+    }
+
+
+def _chunk_with_returns(
+    model: SimModel, config: SyntheticConfig, users: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """:func:`_generate_chunk` under the return process (:class:`ReturnTruthConfig`).
+
+    Sessions are drawn in rounds: round r holds the r-th session of every user still active,
+    so each session's satisfaction decides, before the next round, whether and when its user
+    comes back. The rounds are then reordered user by user.
+    """
+    returns = config.returns
+    n_users = len(users)
+    activity = rng.gamma(returns.activity_shape, 1.0 / returns.activity_rate, size=n_users)
+    start = ORIGIN_MS + np.round(rng.random(n_users) * config.start_spread_days * DAY_MS).astype(
+        np.int64
+    )
+    end_ms = ORIGIN_MS + returns.observation_days * DAY_MS
+    active = np.arange(n_users)
+    rounds: list[dict[str, np.ndarray]] = []
+    n_sessions = 0
+    while len(active):
+        content = draw_sessions(model, config, len(active), rng)
+        z = satisfaction_of(content)
+        churn = rng.random(len(active)) < returns.churn_probability(z)
+        gap_days = returns.draw_gaps(returns.gap_rate(activity[active], z), rng)
+        # At least 1 ms beyond the offset: a gap of exactly 30 minutes would not cut a session.
+        gap_ms = RETURN_OFFSET_MS + np.maximum(np.ceil(gap_days * DAY_MS), 1.0)
+        ev_session = content["session"]
+        rounds.append(
+            {
+                "user": active[ev_session],
+                "round": np.full(len(ev_session), len(rounds), dtype=np.int64),
+                "item": content["item"],
+                "time": start[active][ev_session] + content["within"],
+                "category": content["category"],
+                "event": content["event"],
+            }
+        )
+        n_sessions += len(active)
+        nxt = start[active] + content["duration"] + gap_ms
+        go_on = ~churn & (nxt < end_ms)
+        start[active[go_on]] = nxt[go_on].astype(np.int64)
+        active = active[go_on]
+    columns = {name: np.concatenate([r[name] for r in rounds]) for name in rounds[0]}
+    # User by user, each user's sessions in round (= time) order; events keep their order.
+    order = np.lexsort((columns["time"], columns["user"]))
+    columns = {name: value[order] for name, value in columns.items()}
+    user, rnd = columns["user"], columns["round"]
+    new_session = np.r_[True, (user[1:] != user[:-1]) | (rnd[1:] != rnd[:-1])]
+    return {
+        "user": users[user],
+        "item": np.asarray(model.item_ids)[columns["item"]].astype(np.int64),
+        "time": columns["time"].astype(np.int64),
+        "category": columns["category"],
+        "event": columns["event"],
+        "session": np.cumsum(new_session) - 1,
+        "n_sessions": np.array([n_sessions]),
+        "activity": activity,
     }
 
 

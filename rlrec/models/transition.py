@@ -33,8 +33,8 @@ from rlrec.data.dataset import PreparedDataset
 from rlrec.data.ragged import Ragged
 from rlrec.errors import UserError
 from rlrec.models.calibration import collapse_steps
+from rlrec.models.session_draw import simulate_organic_categories
 from rlrec.models.sim_model import Provenance, SimModel
-from rlrec.models.synthetic import simulate_organic_categories
 
 __all__ = [
     "DEFAULT_ENGAGE_BASE_RATE",

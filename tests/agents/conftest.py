@@ -17,7 +17,8 @@ TINY_ENV = {
             "n_users": 60,
             "n_categories": 6,
             "n_items": 240,
-            "sessions_per_user": 4.0,
+            # About 4 sessions per user (the return process's count grows with the window).
+            "returns": {"observation_days": 2.2},
             "seed": 0,
         },
         "prepare": {"split_fractions": [0.8, 0.1, 0.1]},

@@ -13,7 +13,7 @@ from rlrec.envs.config import EnvConfig
 from rlrec.envs.dynamics import UserDynamics
 from rlrec.envs.truth import load_truth_world
 from rlrec.errors import UserError
-from rlrec.models.ground_truth import load_ground_truth
+from rlrec.models.ground_truth import ReturnTruthConfig, load_ground_truth
 from rlrec.models.prior import RESPONSE_PARAMETERS, with_response
 from rlrec.models.synthetic import SyntheticConfig, generate_dataset
 from rlrec.models.transition import FitConfig, fit_sim_model
@@ -29,7 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         n_users=80,
         n_categories=6,
         n_items=240,
-        sessions_per_user=4.0,
+        returns=ReturnTruthConfig(observation_days=2.2),  # about 4 sessions per user
         seed=3,
         response={"leave_streak_factor": 1.35},
     )
