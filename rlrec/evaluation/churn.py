@@ -4,16 +4,20 @@ Only events strictly before the cutoff are read, so the same log truncated at th
 the same predictions. Users are ordered by raw id (not by a preparation's indices), so two
 preparations of the same events agree too.
 
-The default predictor (``model``) is discriminative: scikit-learn histogram gradient boosting
-on recency/frequency/tenure/inter-session-time/value/session-content features, trained on
-labels built at earlier pseudo-cutoffs ``cutoff - k H`` (k = 1..n) inside the calibration
-period, where the outcome is already known; a Poisson-loss twin predicts the session count.
-Its survival curve inside the window takes the fitted parametric return model's shape
-(:mod:`rlrec.models.lifecycle`) scaled to the classifier's P(return by H). Why this and not a
-buy-till-you-die model: BG/NBD and Pareto/NBD assume stationary Poisson purchasing and
-memoryless dropout, which real logs break (seasonality, bursts, ageing); the discriminative
-model learns the calibration period's own recency/frequency response. The baselines are
-reported beside it on every run so the claim is checked, not assumed.
+The default predictor (``model``) is discriminative when the calibration period allows:
+scikit-learn histogram gradient boosting on recency/frequency/tenure/inter-session-time/value/
+session-content features plus the fitted BG/NBD's and return model's own predictions
+(stacking), trained on labels built at earlier pseudo-cutoffs ``cutoff - k H`` (k = 1..n)
+inside the calibration period, where the outcome is already known; a Poisson-loss twin
+predicts the session count. Its survival curve inside the window takes the parametric return
+model's shape (:mod:`rlrec.models.lifecycle`) scaled to the classifier's P(return by H). When
+the calibration period holds fewer than ``min_train_rows`` such rows (a classic
+calibration/holdout split with a holdout as long as the calibration leaves none), the
+parametric return model predicts alone. Why not a buy-till-you-die model: BG/NBD and
+Pareto/NBD assume Poisson purchasing and memoryless gaps; the return model has Weibull gaps,
+session-content covariates and a gamma frailty, and the discriminative model learns the
+calibration period's own recency/frequency response. The baselines are reported beside it on
+every run, so the claim is checked, not assumed.
 
 Baselines: ``recency`` and ``frequency`` (one-feature logistic / Poisson regressions on the
 same pseudo-cutoff labels), ``rfm_logistic`` (recency, frequency, monetary), ``bgnbd`` and
@@ -40,6 +44,7 @@ from rlrec.models.lifecycle import (
     fit_return_model,
     session_features,
     session_table,
+    timelines_from_sessions,
 )
 
 __all__ = [
@@ -81,7 +86,16 @@ class ChurnConfig:
             parameters are population-level, so a sample keeps a 100k-user fit fast.
         n_draws: Monte Carlo draws per user for the return model's expected sessions.
         max_iter: Boosting iterations of the discriminative model.
+        learning_rate: Boosting learning rate.
+        min_samples_leaf: Smallest leaf of the boosted trees.
         baselines: Also fit and predict the baselines (needed for metrics).
+        min_train_rows: Below this many pseudo-cutoff rows (users x pseudo-cutoffs with a full
+            window), the discriminative model is not trained and the parametric return model
+            predicts alone: a classic calibration/holdout split whose holdout is as long as
+            the calibration period leaves no full window inside it, and a few hundred rows
+            overfit boosted trees.
+        stack: Give the classifier BG/NBD's and the return model's predictions as covariates
+            (both fitted once, on the calibration period before the cutoff).
         n_threads: OpenMP/BLAS threads of the scikit-learn fits (1: on shared cores the
             spinning OpenMP workers of gradient boosting cost far more than they gain; raise
             it on a dedicated machine).
@@ -93,7 +107,11 @@ class ChurnConfig:
     max_fit_users: int = 20_000
     n_draws: int = 200
     max_iter: int = 200
+    learning_rate: float = 0.05
+    min_samples_leaf: int = 20
     baselines: bool = True
+    stack: bool = True
+    min_train_rows: int = 1000
     n_threads: int = 1
 
     def __post_init__(self) -> None:
@@ -125,6 +143,9 @@ class ChurnResult:
     importances: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
 
+
+STACKED: tuple[str, ...] = ("bgnbd_p_alive", "bgnbd_expected", "rm_p_return", "rm_p_alive")
+"""Stacked covariates: BG/NBD's and the return model's own predictions (``config.stack``)."""
 
 FEATURES: tuple[str, ...] = (
     "recency_days",
@@ -243,43 +264,13 @@ def _outcomes(
     return count, first, count > 0
 
 
-def _timelines(sessions: pd.DataFrame, end_ms: int) -> Timelines:
-    """Timelines (users by rank) of the sessions before ``end_ms``."""
-    before = sessions.loc[sessions["start_ms"].to_numpy() < end_ms].reset_index(drop=True)
-    feats = session_features(before)
-    user = before["rank"].to_numpy(np.int64)
-    start_days = before["start_ms"].to_numpy(np.int64) / DAY_MS
-    end_days = end_ms / DAY_MS
-    last = np.r_[user[1:] != user[:-1], True] if len(user) else np.zeros(0, bool)
-    nxt = np.r_[start_days[1:], end_days] if len(user) else np.zeros(0)
-    gap = np.where(last, end_days - start_days, nxt - start_days)
-    return Timelines(
-        user=user,
-        start_days=start_days,
-        features=feats.to_numpy(np.float64).reshape(len(user), len(feats.columns)),
-        feature_names=tuple(feats.columns),
-        gap_days=np.maximum(gap, 1e-6),
-        observed=~last,
-        end_days=end_days,
-    )
-
-
 def _subsample(timelines: Timelines, max_users: int, seed: int) -> Timelines:
-    """The timelines of a seeded sample of at most ``max_users`` users."""
+    """The timelines of a seeded sample of at most ``max_users`` users (by rank)."""
     users = np.unique(timelines.user)
     if len(users) <= max_users:
         return timelines
     keep = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    mask = np.isin(timelines.user, keep)
-    return Timelines(
-        user=timelines.user[mask],
-        start_days=timelines.start_days[mask],
-        features=timelines.features[mask],
-        feature_names=timelines.feature_names,
-        gap_days=timelines.gap_days[mask],
-        observed=timelines.observed[mask],
-        end_days=timelines.end_days,
-    )
+    return timelines.subset(keep)
 
 
 def _segment(p: np.ndarray) -> np.ndarray:
@@ -359,31 +350,15 @@ def _predict(sessions: pd.DataFrame, cutoff_ms: int, config: ChurnConfig) -> Chu
     srank = sessions["rank"].to_numpy(np.int64)
     first_ms = int(starts.min())
 
-    # Training rows: features at cutoff - k H with the known outcome in the next H days.
-    train_X, train_y, train_n = [], [], []
-    pseudo = []
-    for k in range(1, config.n_pseudo_cutoffs + 1):
-        at = int(cutoff_ms - k * H * DAY_MS)
-        if at <= first_ms:
-            break
-        f = user_features(sessions, at, H)
-        if len(f) == 0:
-            break
-        count, _, returned = _outcomes(starts, srank, f.index.to_numpy(), at, H)
-        train_X.append(f)
-        train_y.append(returned)
-        train_n.append(count)
-        pseudo.append(at)
     info: dict[str, Any] = {
         "horizon_days": H,
         "n_users": len(feats),
         "n_sessions": len(sessions),
-        "pseudo_cutoffs_ms": pseudo,
         "config": asdict(config),
     }
 
     # The parametric return model: population-level parameters from a seeded user sample.
-    timelines = _timelines(sessions, cutoff_ms)
+    timelines = timelines_from_sessions(sessions, cutoff_ms, user_column="rank")
     return_model: ReturnModel | None = None
     survival: dict[str, np.ndarray] = {}
     curve = np.linspace(0.0, H, CURVE_POINTS)
@@ -409,15 +384,61 @@ def _predict(sessions: pd.DataFrame, cutoff_ms: int, config: ChurnConfig) -> Chu
             return_model.p_alive(elapsed, X_last, hist).mean()
         )
 
+    bgnbd = None
+    if config.stack or config.baselines:
+        x, t_x, T = _btyd_summary(feats)
+        rows = np.sort(
+            np.random.default_rng(config.seed).permutation(len(x))[: config.max_fit_users]
+        )
+        bgnbd = fit_bgnbd(x[rows], t_x[rows], T[rows])
+
+    def with_stack(f: pd.DataFrame, at: int) -> pd.DataFrame:
+        """Add the fitted models' own predictions at ``at`` as covariates (stacking)."""
+        if not config.stack:
+            return f
+        f = f.copy()
+        if bgnbd is not None:
+            x, t_x, T = _btyd_summary(f)
+            f["bgnbd_p_alive"] = bgnbd.p_alive(x, t_x, T)
+            f["bgnbd_expected"] = bgnbd.expected_transactions(H, x, t_x, T)
+        if return_model is not None:
+            tl = timelines_from_sessions(sessions, at, user_column="rank")
+            h = return_model.history(tl)
+            order = np.searchsorted(tl.users(), f.index.to_numpy())
+            f["rm_p_return"] = return_model.p_return(h["elapsed"], H, h["X_last"], h)[order]
+            f["rm_p_alive"] = return_model.p_alive(h["elapsed"], h["X_last"], h)[order]
+        return f
+
+    # Training rows: features at cutoff - k H with the known outcome in the next H days.
+    train_X, train_y, train_n = [], [], []
+    pseudo = []
+    for k in range(1, config.n_pseudo_cutoffs + 1):
+        at = int(cutoff_ms - k * H * DAY_MS)
+        if at <= first_ms:
+            break
+        f = user_features(sessions, at, H)
+        if len(f) == 0:
+            break
+        count, _, returned = _outcomes(starts, srank, f.index.to_numpy(), at, H)
+        train_X.append(with_stack(f, at))
+        train_y.append(returned)
+        train_n.append(count)
+        pseudo.append(at)
+    info["pseudo_cutoffs_ms"] = pseudo
+    feats = with_stack(feats, cutoff_ms)
     importances: dict[str, float] = {}
-    trained = bool(train_X) and len(np.unique(np.concatenate(train_y))) == 2
+    n_rows = sum(len(y) for y in train_y)
+    trained = (
+        n_rows >= config.min_train_rows and len(np.unique(np.concatenate(train_y))) == 2
+    ) or (return_model is None and n_rows > 0)
     if trained:
         stacked = pd.concat(train_X)
         # Columns the log does not have (all NaN) or that never vary carry nothing.
         used = [
             name
-            for name in FEATURES
-            if np.isfinite(stacked[name].to_numpy(np.float64)).any()
+            for name in (*FEATURES, *STACKED)
+            if name in stacked
+            and np.isfinite(stacked[name].to_numpy(np.float64)).any()
             and np.nanstd(stacked[name].to_numpy(np.float64)) > 0
         ]
         X_train = stacked[used].to_numpy(np.float64)
@@ -426,9 +447,9 @@ def _predict(sessions: pd.DataFrame, cutoff_ms: int, config: ChurnConfig) -> Chu
         n_train = np.concatenate(train_n)
         common = {
             "max_iter": config.max_iter,
-            "learning_rate": 0.05,
+            "learning_rate": config.learning_rate,
             "max_leaf_nodes": 15,
-            "min_samples_leaf": 20,
+            "min_samples_leaf": config.min_samples_leaf,
             "l2_regularization": 1.0,
             "early_stopping": False,
             "random_state": config.seed,
@@ -456,7 +477,10 @@ def _predict(sessions: pd.DataFrame, cutoff_ms: int, config: ChurnConfig) -> Chu
         p_model = baselines["return_model"]["p_return"].to_numpy()
         n_model = baselines["return_model"]["expected_sessions"].to_numpy()
         info["model"] = "return_model"
-        info["model_reason"] = "the log is too short before the cutoff for a pseudo-cutoff"
+        info["model_reason"] = (
+            f"{n_rows} pseudo-cutoff training rows (< {config.min_train_rows}): the log before "
+            "the cutoff is too short or too small for the discriminative model"
+        )
     else:
         raise NotEnoughHistory(
             "no user has two sessions before the cutoff and the log is too short for a "
@@ -488,7 +512,9 @@ def _predict(sessions: pd.DataFrame, cutoff_ms: int, config: ChurnConfig) -> Chu
 
     if config.baselines:
         base_clock = time.perf_counter()
-        baselines.update(_baselines(feats, train_X, train_y, train_n, config, curve, survival))
+        baselines.update(
+            _baselines(feats, train_X, train_y, train_n, config, curve, survival, bgnbd)
+        )
         info["baseline_seconds"] = time.perf_counter() - base_clock
     return ChurnResult(
         predictions=predictions,
@@ -518,6 +544,7 @@ def _baselines(
     config: ChurnConfig,
     curve: np.ndarray,
     survival: dict[str, np.ndarray],
+    bgnbd: Any,
 ) -> dict[str, pd.DataFrame]:
     """Recency, frequency, RFM logistic, BG/NBD and Pareto/NBD predictions at the cutoff."""
     from sklearn.linear_model import LogisticRegression, PoissonRegressor
@@ -554,7 +581,11 @@ def _baselines(
     fit_rows = np.sort(rng.permutation(len(x))[: config.max_fit_users])
     for name, fit in (("bgnbd", fit_bgnbd), ("pareto_nbd", fit_pareto_nbd)):
         try:
-            model = fit(x[fit_rows], t_x[fit_rows], T[fit_rows])
+            model = (
+                bgnbd
+                if name == "bgnbd" and bgnbd is not None
+                else fit(x[fit_rows], t_x[fit_rows], T[fit_rows])
+            )
             none = np.stack([model.p_no_transaction(t, x, t_x, T) for t in curve], axis=1)
             expected = model.expected_transactions(H, x, t_x, T)
         except (ValueError, FloatingPointError, ZeroDivisionError):

@@ -31,6 +31,7 @@ import pandas as pd
 from scipy import optimize, special
 
 from rlrec.data.schema import EVENT_CODE
+from rlrec.models.ground_truth import session_satisfaction
 
 __all__ = [
     "DAY_MS",
@@ -41,6 +42,7 @@ __all__ = [
     "build_timelines",
     "fit_return_model",
     "session_table",
+    "timelines_from_sessions",
 ]
 
 DAY_MS = 86_400_000
@@ -58,8 +60,8 @@ SESSION_FEATURES: tuple[str, ...] = (
 
 ``log_events`` = log(1 + events), ``carted``/``bought`` = the session had a cart/buy event,
 ``log_categories`` = log(1 + distinct categories), ``log_value`` = log(1 + summed ``value``),
-``satisfaction`` = the synthetic truth's per-session score (``session_satisfaction``), when
-:mod:`rlrec.models.ground_truth` defines it.
+``satisfaction`` = the synthetic truth's per-session score
+(:func:`rlrec.models.ground_truth.session_satisfaction`: the same formula on any log's counts).
 """
 
 _MIN_GAP_DAYS = 1e-6
@@ -75,7 +77,8 @@ def session_table(events: pd.DataFrame, before_ms: int | None = None) -> pd.Data
         before_ms: Keep only events strictly before this time (ms); None keeps all.
 
     Returns:
-        Columns ``user``, ``session``, ``start_ms``, ``n_events``, ``n_carts``, ``n_buys``,
+        Columns ``user``, ``session``, ``start_ms``, ``end_ms`` (first and last event),
+        ``n_events``, ``n_engaged`` (steps with a fav, cart or buy), ``n_carts``, ``n_buys``,
         ``n_categories`` and ``value`` (NaN when the log has no value), sorted by
         (user, start_ms, session).
     """
@@ -89,7 +92,9 @@ def session_table(events: pd.DataFrame, before_ms: int | None = None) -> pd.Data
                 "user": np.zeros(0, np.int64),
                 "session": np.zeros(0, np.int64),
                 "start_ms": np.zeros(0, np.int64),
+                "end_ms": np.zeros(0, np.int64),
                 "n_events": np.zeros(0, np.int64),
+                "n_engaged": np.zeros(0, np.int64),
                 "n_carts": np.zeros(0, np.int64),
                 "n_buys": np.zeros(0, np.int64),
                 "n_categories": np.zeros(0, np.int64),
@@ -108,15 +113,33 @@ def session_table(events: pd.DataFrame, before_ms: int | None = None) -> pd.Data
         "user": frame["user"].to_numpy(np.int64)[starts],
         "session": session[starts],
         "start_ms": np.minimum.reduceat(ts, starts),
+        "end_ms": np.maximum.reduceat(ts, starts),
         "n_events": lengths.astype(np.int64),
     }
     if "event" in frame:
         codes = frame["event"].to_numpy()
         out["n_carts"] = np.add.reduceat((codes == EVENT_CODE["cart"]).astype(np.int64), starts)
         out["n_buys"] = np.add.reduceat((codes == EVENT_CODE["buy"]).astype(np.int64), starts)
+        engaging = np.isin(codes, [EVENT_CODE["fav"], EVENT_CODE["cart"], EVENT_CODE["buy"]])
     else:
         out["n_carts"] = np.zeros(len(starts), np.int64)
         out["n_buys"] = np.zeros(len(starts), np.int64)
+        engaging = np.zeros(len(session), bool)
+    # A step is a run of consecutive events on one item (events are in step order within a
+    # session); it is engaged when any of its events is a fav, cart or buy.
+    new_session = np.zeros(len(session), bool)
+    new_session[starts] = True
+    if "item" in frame:
+        item = frame["item"].to_numpy()
+        new_step = new_session | np.r_[True, item[1:] != item[:-1]]
+    else:
+        new_step = np.ones(len(session), bool)
+    step_id = np.cumsum(new_step) - 1
+    step_engaged = np.bincount(step_id, weights=engaging) > 0
+    step_session = (np.cumsum(new_session) - 1)[new_step]
+    out["n_engaged"] = np.bincount(
+        step_session, weights=step_engaged, minlength=len(starts)
+    ).astype(np.int64)
     if "category" in frame:
         cats = pd.DataFrame({"s": session, "c": frame["category"].to_numpy()})
         out["n_categories"] = cats.groupby("s", sort=True)["c"].nunique().to_numpy(np.int64)
@@ -133,18 +156,12 @@ def session_table(events: pd.DataFrame, before_ms: int | None = None) -> pd.Data
     return table.sort_values(["user", "start_ms", "session"], kind="stable").reset_index(drop=True)
 
 
-def _satisfaction(table: pd.DataFrame) -> np.ndarray | None:
-    """The truth's per-session score where :mod:`rlrec.models.ground_truth` defines it."""
-    from rlrec.models import ground_truth
-
-    score = getattr(ground_truth, "session_satisfaction", None)
-    if score is None:
-        return None
-    engaged = table["n_events"].to_numpy()
+def _satisfaction(table: pd.DataFrame) -> np.ndarray:
+    """The synthetic truth's satisfaction formula on each session's counts."""
     return np.asarray(
-        score(
-            engaged,
-            engaged,
+        session_satisfaction(
+            table["n_events"].to_numpy(),
+            table["n_engaged"].to_numpy(),
             table["n_carts"].to_numpy(),
             table["n_buys"].to_numpy(),
         ),
@@ -165,9 +182,7 @@ def session_features(table: pd.DataFrame) -> pd.DataFrame:
         # A session of unknown value counts as the median known one (neutral for the model).
         filled = np.where(np.isnan(value), np.nanmedian(value), value)
         features["log_value"] = np.log1p(np.maximum(filled, 0.0))
-    satisfaction = _satisfaction(table)
-    if satisfaction is not None:
-        features["satisfaction"] = satisfaction
+    features["satisfaction"] = _satisfaction(table)
     return pd.DataFrame({name: features[name] for name in SESSION_FEATURES if name in features})
 
 
@@ -175,12 +190,16 @@ def session_features(table: pd.DataFrame) -> pd.DataFrame:
 class Timelines:
     """Every user's sessions up to the end of observation, with gaps right-censored there.
 
+    A gap runs from a session's last event to the next session's first (the time the user
+    was away), so long sessions do not eat into it.
+
     Attributes:
         user: (S,) int64 user index of each session, grouped by user, sessions in time order.
-        start_days: (S,) float64 session start in days since the epoch of the log.
+        start_days: (S,) float64 session start (first event) in days since the epoch.
         features: (S, d) float64 raw (unstandardised) covariates of each session.
         feature_names: The d covariate names (a subset of :data:`SESSION_FEATURES`).
-        gap_days: (S,) days to the user's next session, or to ``end_days`` for its last one.
+        gap_days: (S,) days from the session's end to the user's next session, or to
+            ``end_days`` for its last one.
         observed: (S,) bool, True where the next session was seen (False: censored).
         end_days: End of observation in days (the cutoff).
     """
@@ -206,6 +225,61 @@ class Timelines:
         """(U,) user index of each user's last session (the order of :meth:`last_index`)."""
         return self.user[self.last_index()]
 
+    def subset(self, users: np.ndarray) -> Timelines:
+        """The timelines of the users in ``users`` only."""
+        mask = np.isin(self.user, users)
+        return Timelines(
+            user=self.user[mask],
+            start_days=self.start_days[mask],
+            features=self.features[mask],
+            feature_names=self.feature_names,
+            gap_days=self.gap_days[mask],
+            observed=self.observed[mask],
+            end_days=self.end_days,
+        )
+
+
+def timelines_from_sessions(
+    table: pd.DataFrame,
+    end_ms: int,
+    feature_names: tuple[str, ...] | None = None,
+    user_column: str = "user",
+) -> Timelines:
+    """Timelines from a :func:`session_table` (sorted by user, then start), censored at end_ms.
+
+    Args:
+        table: Session rows; those starting at or after ``end_ms`` are ignored.
+        end_ms: End of observation (ms).
+        feature_names: Covariates to keep; None keeps every one the log supports.
+        user_column: The column that identifies the user (e.g. a rank by raw id).
+
+    Raises:
+        ValueError: If ``feature_names`` names a covariate the log does not have.
+    """
+    table = table.loc[table["start_ms"].to_numpy() < end_ms].reset_index(drop=True)
+    feats = session_features(table)
+    if feature_names is not None:
+        missing = [n for n in feature_names if n not in feats.columns]
+        if missing:
+            raise ValueError(f"the log has no {', '.join(missing)} for the return model")
+        feats = feats[list(feature_names)]
+    user = table[user_column].to_numpy(np.int64)
+    start_days = table["start_ms"].to_numpy(np.int64) / DAY_MS
+    stop_days = np.minimum(table["end_ms"].to_numpy(np.int64), end_ms - 1) / DAY_MS
+    end_days = end_ms / DAY_MS
+    last = np.r_[user[1:] != user[:-1], True] if len(user) else np.zeros(0, bool)
+    next_start = np.r_[start_days[1:], end_days] if len(user) else np.zeros(0)
+    gap = np.where(last, end_days, next_start) - stop_days
+    return Timelines(
+        user=user,
+        start_days=start_days,
+        features=feats.to_numpy(np.float64).reshape(len(user), len(feats.columns)),
+        feature_names=tuple(feats.columns),
+        gap_days=np.maximum(gap, _MIN_GAP_DAYS),
+        observed=~last,
+        end_days=end_days,
+    )
+
 
 def build_timelines(
     events: pd.DataFrame, end_ms: int, feature_names: tuple[str, ...] | None = None
@@ -217,29 +291,7 @@ def build_timelines(
         end_ms: End of observation (ms); only events strictly before it are used.
         feature_names: Covariates to keep; None keeps every one the log supports.
     """
-    table = session_table(events, before_ms=end_ms)
-    feats = session_features(table)
-    if feature_names is not None:
-        missing = [n for n in feature_names if n not in feats.columns]
-        if missing:
-            raise ValueError(f"the log has no {', '.join(missing)} for the return model")
-        feats = feats[list(feature_names)]
-    user = table["user"].to_numpy(np.int64)
-    start = table["start_ms"].to_numpy(np.int64)
-    end_days = end_ms / DAY_MS
-    start_days = start / DAY_MS
-    last = np.r_[user[1:] != user[:-1], True] if len(user) else np.zeros(0, bool)
-    next_start = np.r_[start_days[1:], end_days] if len(user) else np.zeros(0)
-    gap = np.where(last, end_days - start_days, next_start - start_days)
-    return Timelines(
-        user=user,
-        start_days=start_days,
-        features=feats.to_numpy(np.float64).reshape(len(user), len(feats.columns)),
-        feature_names=tuple(feats.columns),
-        gap_days=np.maximum(gap, _MIN_GAP_DAYS),
-        observed=~last,
-        end_days=end_days,
-    )
+    return timelines_from_sessions(session_table(events, before_ms=end_ms), end_ms, feature_names)
 
 
 @dataclass(frozen=True)
@@ -252,6 +304,9 @@ class ReturnModelConfig:
         l2: L2 penalty per session on the covariate weights (keeps separable data finite).
         max_iter: L-BFGS iterations.
         min_std: Covariates with a smaller standard deviation are dropped as constant.
+        offset_days: The fixed part of every gap: sessions cut by an inactivity gap are at
+            least that far apart (default 30 minutes, rlrec's session gap), so the Weibull
+            part models the time beyond it.
     """
 
     cure: bool = True
@@ -259,6 +314,7 @@ class ReturnModelConfig:
     l2: float = 1e-4
     max_iter: int = 500
     min_std: float = 1e-8
+    offset_days: float = 30 / (24 * 60)
 
 
 @dataclass(frozen=True)
@@ -269,12 +325,13 @@ class ReturnModel:
         feature_names: The covariates, in the order of ``beta`` and ``gamma``.
         feature_mean: (d,) mean used to standardise each covariate.
         feature_std: (d,) standard deviation used to standardise each covariate.
-        shape: Weibull shape k of the gap hazard.
+        shape: Weibull shape k of the gap hazard (of the time beyond ``offset_days``).
         scale_days: Weibull scale (days) at standardised covariates 0 and frailty 1.
         frailty_var: Variance theta of the gamma frailty on the user's rate (0: none).
         beta: (d,) log rate multipliers of the standardised covariates.
         gamma_0: Log-odds of leaving after a session at standardised covariates 0.
         gamma: (d,) log-odds weights of the standardised covariates on leaving.
+        offset_days: Fixed part of every gap (the hazard is 0 before it).
         provenance: Parameter name -> how it was obtained (fitted, fixed, ...).
         fit_info: Log-likelihood, sessions, users, convergence.
     """
@@ -288,6 +345,7 @@ class ReturnModel:
     beta: np.ndarray
     gamma_0: float
     gamma: np.ndarray
+    offset_days: float = 0.0
     provenance: dict[str, str] = field(default_factory=dict)
     fit_info: dict[str, Any] = field(default_factory=dict)
 
@@ -309,8 +367,8 @@ class ReturnModel:
         return np.exp(self.standardize(X) @ self.beta)
 
     def cumulative_hazard(self, t_days: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """(n,) baseline cumulative hazard exp(beta . x) (t / lam)^k at frailty 1."""
-        t = np.maximum(np.asarray(t_days, dtype=np.float64), 0.0)
+        """(n,) cumulative hazard exp(beta . x) ((t - offset) / lam)^k at frailty 1 (0 before)."""
+        t = np.maximum(np.asarray(t_days, dtype=np.float64) - self.offset_days, 0.0)
         return self.rate(X) * (t / self.scale_days) ** self.shape
 
     # --- marginal and conditional predictions ---------------------------------------------
@@ -454,11 +512,12 @@ class ReturnModel:
         u = self.sample_user_rate(rng, n) if user_rate is None else np.asarray(user_rate)
         leave = rng.random(n) < self.p_leave(X) if elapsed_days is None else np.zeros(n, bool)
         waited = np.zeros(n) if elapsed_days is None else np.asarray(elapsed_days, np.float64)
-        # Inverse of the cumulative hazard: (g / lam)^k = (e / lam)^k + E / (u exp(beta . x)).
+        waited = np.maximum(waited - self.offset_days, 0.0)
+        # Inverse of the cumulative hazard: (w / lam)^k = (e / lam)^k + E / (u exp(beta . x)).
         extra = rng.exponential(size=n) / (u * self.rate(X))
-        gap = self.scale_days * ((waited / self.scale_days) ** self.shape + extra) ** (
-            1.0 / self.shape
-        )
+        gap = self.offset_days + self.scale_days * (
+            (waited / self.scale_days) ** self.shape + extra
+        ) ** (1.0 / self.shape)
         return np.where(leave, np.inf, gap)
 
     def expected_sessions(
@@ -523,6 +582,7 @@ class ReturnModel:
             "beta": self.beta.tolist(),
             "gamma_0": None if self.gamma_0 == -math.inf else self.gamma_0,
             "gamma": self.gamma.tolist(),
+            "offset_days": self.offset_days,
             "provenance": self.provenance,
             "fit_info": self.fit_info,
         }
@@ -544,6 +604,7 @@ class ReturnModel:
             beta=np.asarray(data["beta"], dtype=np.float64),
             gamma_0=-math.inf if data["gamma_0"] is None else float(data["gamma_0"]),
             gamma=np.asarray(data["gamma"], dtype=np.float64),
+            offset_days=float(data.get("offset_days", 0.0)),
             provenance=dict(data["provenance"]),
             fit_info=dict(data["fit_info"]),
         )
@@ -577,12 +638,13 @@ def fit_return_model(timelines: Timelines, config: ReturnModelConfig | None = No
     user_of = np.repeat(np.arange(n_users), np.diff(np.r_[-1, last]))
     t = torch.as_tensor
     Zt = t(Z, dtype=torch.float64)
-    log_gap = t(np.log(timelines.gap_days), dtype=torch.float64)
+    away = np.maximum(timelines.gap_days - config.offset_days, _MIN_GAP_DAYS)
+    log_gap = t(np.log(away), dtype=torch.float64)
     observed = t(timelines.observed, dtype=torch.float64)
     user_idx = t(user_of, dtype=torch.int64)
     last_t = t(last, dtype=torch.int64)
     n_gaps = torch.zeros(n_users, dtype=torch.float64).index_add_(0, user_idx, observed)
-    log_scale0 = float(np.log(np.median(timelines.gap_days[timelines.observed])))
+    log_scale0 = float(np.log(np.median(away[timelines.observed])))
 
     # Parameter vector: log k, log lam, log theta, beta (d), gamma_0, gamma (d).
     start = np.concatenate([[0.0, log_scale0, math.log(0.5)], np.zeros(d), [-1.0], np.zeros(d)])
@@ -672,6 +734,7 @@ def fit_return_model(timelines: Timelines, config: ReturnModelConfig | None = No
         "gamma": fitted if config.cure else "fixed at 0 (config.cure=False)",
         "feature_mean": "mean of each covariate over the fitted sessions",
         "feature_std": "standard deviation of each covariate over the fitted sessions",
+        "offset_days": "fixed (config.offset_days: the sessionization gap)",
     }
     return ReturnModel(
         feature_names=names,
@@ -683,6 +746,7 @@ def fit_return_model(timelines: Timelines, config: ReturnModelConfig | None = No
         beta=np.asarray(v[3 : 3 + d], dtype=np.float64),
         gamma_0=float(v[3 + d]) if config.cure else -math.inf,
         gamma=np.asarray(v[4 + d : 4 + 2 * d], dtype=np.float64),
+        offset_days=config.offset_days,
         provenance=provenance,
         fit_info={
             "log_likelihood": -float(result.fun) * n_sessions,

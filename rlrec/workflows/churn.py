@@ -126,12 +126,12 @@ def _oracle(
     """The synthetic truth's predictions in the output's row order, when the log has a truth."""
     from rlrec.models import ground_truth
 
-    oracle_return = getattr(ground_truth, "oracle_return", None)
-    if oracle_return is None or not (dataset.path / ground_truth.GROUND_TRUTH_JSON).is_file():
+    if not (dataset.path / ground_truth.GROUND_TRUTH_JSON).is_file():
         return None
     truth = ground_truth.load_ground_truth(dataset.path)
-    cutoff = pd.Timestamp(cutoff_ms, unit="ms", tz="UTC")
-    frame = oracle_return(truth, dataset, cutoff, horizon_days)
+    if truth is None or not truth.config.returns.enabled or truth.activity is None:
+        return None  # a truth drawn before the return process existed has no oracle
+    frame = ground_truth.oracle_return(truth, dataset, cutoff_ms / 1000.0, horizon_days)
     raw = dataset.users["raw_id"].astype(str).to_numpy()
     frame = frame.assign(raw_id=raw[frame["user"].to_numpy(np.int64)]).set_index("raw_id")
     return frame.loc[raw_order, ["p_return", "expected_sessions"]].reset_index(drop=True)
