@@ -288,19 +288,23 @@ def _btyd_summary(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nd
     return x, np.maximum(t_x, 0.0), T
 
 
-def prepare_sessions(events: pd.DataFrame, raw_ids: np.ndarray, cutoff_ms: int) -> pd.DataFrame:
+def prepare_sessions(
+    events: pd.DataFrame, raw_ids: np.ndarray, cutoff_ms: int, gap_ms: int
+) -> pd.DataFrame:
     """Sessions of events before the cutoff, users ranked by raw id (the output's order).
 
     Args:
         events: An events frame (``user`` indices into ``raw_ids``).
         raw_ids: (n_users,) raw id of each user index.
         cutoff_ms: Only events strictly before it are read.
+        gap_ms: Inactivity gap that cuts sessions (the dataset's session ids are not used:
+            preparation cuts them at split boundaries, which a truncated log moves).
 
     Returns:
         :func:`rlrec.models.lifecycle.session_table` rows with ``rank`` and ``raw_id``,
         sorted by (rank, start_ms).
     """
-    table = session_table(events, before_ms=cutoff_ms)
+    table = session_table(events, before_ms=cutoff_ms, gap_ms=gap_ms)
     seen = np.unique(table["user"].to_numpy())
     raw = np.asarray(raw_ids, dtype=object)[seen].astype(str)
     order = np.argsort(raw, kind="stable")

@@ -68,13 +68,18 @@ _MIN_GAP_DAYS = 1e-6
 """Floor of a gap in days (log of a zero gap); sessions are >= 30 minutes apart anyway."""
 
 
-def session_table(events: pd.DataFrame, before_ms: int | None = None) -> pd.DataFrame:
+def session_table(
+    events: pd.DataFrame, before_ms: int | None = None, gap_ms: int | None = None
+) -> pd.DataFrame:
     """One row per session from an events frame sorted by (session, step).
 
     Args:
         events: Columns ``user``, ``session``, ``timestamp`` (ms), optionally ``event``,
-            ``category`` and ``value``.
+            ``item``, ``category`` and ``value``.
         before_ms: Keep only events strictly before this time (ms); None keeps all.
+        gap_ms: Cut sessions again by this inactivity gap on each user's events, ignoring the
+            ``session`` column (whose sessions preparation cuts at its split boundaries, which
+            move when the log is truncated); None keeps the ``session`` column.
 
     Returns:
         Columns ``user``, ``session``, ``start_ms``, ``end_ms`` (first and last event),
@@ -85,6 +90,8 @@ def session_table(events: pd.DataFrame, before_ms: int | None = None) -> pd.Data
     frame = events
     if before_ms is not None:
         frame = frame.loc[frame["timestamp"].to_numpy() < before_ms]
+    if gap_ms is not None and len(frame):
+        frame = _resessionize(frame, gap_ms)
     session = frame["session"].to_numpy(np.int64)
     if len(session) == 0:
         return pd.DataFrame(
@@ -154,6 +161,18 @@ def session_table(events: pd.DataFrame, before_ms: int | None = None) -> pd.Data
         out["value"] = np.full(len(starts), np.nan)
     table = pd.DataFrame(out)
     return table.sort_values(["user", "start_ms", "session"], kind="stable").reset_index(drop=True)
+
+
+def _resessionize(frame: pd.DataFrame, gap_ms: int) -> pd.DataFrame:
+    """The frame in (user, time) order with ``session`` renumbered by the inactivity gap."""
+    keys = [frame["user"].to_numpy(), frame["timestamp"].to_numpy()]
+    ties = [frame[c].to_numpy() for c in ("session", "step") if c in frame]
+    order = np.lexsort((*reversed(ties), keys[1], keys[0]))
+    frame = frame.iloc[order]
+    user = frame["user"].to_numpy()
+    ts = frame["timestamp"].to_numpy(np.int64)
+    new = np.r_[True, (user[1:] != user[:-1]) | (np.diff(ts) > gap_ms)]
+    return frame.assign(session=np.cumsum(new) - 1)
 
 
 def _satisfaction(table: pd.DataFrame) -> np.ndarray:

@@ -35,7 +35,8 @@ from rlrec.evaluation.churn import (
     predict_churn,
     prepare_sessions,
 )
-from rlrec.fsutil import atomic_directory, write_json_atomic
+from rlrec.fsutil import atomic_directory, check_output, write_json_atomic
+from rlrec.models.calibration import SESSION_GAP_MS
 from rlrec.models.lifecycle import DAY_MS, session_table
 
 __all__ = [
@@ -100,8 +101,6 @@ def _iso(ms: int) -> str:
 
 def _check_inputs(dataset: PreparedDataset, cutoff_ms: int, horizon_days: float) -> None:
     events = dataset.events
-    if not (horizon_days > 0 and math.isfinite(horizon_days)):
-        raise UserError(f"--horizon-days {horizon_days:g}: expected a number of days > 0")
     if len(events) == 0:
         raise UserError(f"{dataset.path}: the dataset has no events; prepare a non-empty log")
     ts = events["timestamp"].to_numpy(np.int64)
@@ -152,10 +151,16 @@ def run_churn(
             that may not be replaced.
     """
     cutoff_ms = parse_cutoff(cutoff)
+    if not (horizon_days > 0 and math.isfinite(horizon_days)):
+        raise UserError(f"--horizon-days {horizon_days:g}: expected a number of days > 0")
+    # Refuse an output we may not replace before minutes of work, not after.
+    check_output(out, "churn", force)
     dataset = load_dataset(data)
     _check_inputs(dataset, cutoff_ms, horizon_days)
     raw_ids = dataset.users["raw_id"].to_numpy()
-    sessions = prepare_sessions(dataset.events, raw_ids, cutoff_ms)
+    gap_seconds = dataset.meta.get("session_gap_seconds")
+    gap_ms = int(gap_seconds * 1000) if isinstance(gap_seconds, int | float) else SESSION_GAP_MS
+    sessions = prepare_sessions(dataset.events, raw_ids, cutoff_ms, gap_ms)
     if len(sessions) == 0:
         raise UserError(
             f"--cutoff {_iso(cutoff_ms)}: no user has an event before it in {dataset.path}; "
@@ -171,7 +176,7 @@ def run_churn(
     window_end = cutoff_ms + horizon_days * DAY_MS
     metrics = None
     if last_ms >= cutoff_ms:
-        everything = session_table(dataset.events)
+        everything = session_table(dataset.events, gap_ms=gap_ms)
         rank_of = dict(zip(sessions["raw_id"], sessions["rank"], strict=False))
         raw_of_user = np.asarray(raw_ids, dtype=object).astype(str)
         ranks = np.array(
