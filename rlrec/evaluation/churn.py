@@ -105,7 +105,7 @@ class ChurnConfig:
     n_pseudo_cutoffs: int = 3
     seed: int = 0
     max_fit_users: int = 20_000
-    n_draws: int = 200
+    n_draws: int = 100
     max_iter: int = 200
     learning_rate: float = 0.05
     min_samples_leaf: int = 20

@@ -105,6 +105,11 @@ def _check_inputs(dataset: PreparedDataset, cutoff_ms: int, horizon_days: float)
         raise UserError(f"{dataset.path}: the dataset has no events; prepare a non-empty log")
     ts = events["timestamp"].to_numpy(np.int64)
     first, last = int(ts.min()), int(ts.max())
+    if cutoff_ms <= first and cutoff_ms > first - DAY_MS:
+        raise UserError(
+            f"--cutoff {_iso(cutoff_ms)}: no user has an event before it in {dataset.path} (the "
+            f"log starts at {_iso(first)}); choose a later cutoff"
+        )
     # A cutoff up to a day after the last event forecasts the future; later is outside.
     if not (first < cutoff_ms <= last + DAY_MS):
         raise UserError(
