@@ -120,3 +120,20 @@ def test_truncated_log_gives_the_same_predictions(synth, churn_run, tmp_path):
     assert (trunc["segment"] == full["segment"]).all()
     # The truncated log has no window: no metrics, and it says so.
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_report_has_the_retention_section(churn_run, tmp_path):
+    import shutil
+
+    from rlrec.evaluation.report import write_report
+
+    out, _ = churn_run
+    # A quickstart-like folder holding the churn output in churn/.
+    shutil.copytree(out, tmp_path / "q" / "churn")
+    result = write_report(tmp_path / "q", tmp_path / "r")
+    assert result.sections["churn"] is True
+    assert (tmp_path / "r" / "plots" / "churn.png").is_file()
+    page = result.html.read_text()
+    assert "Retention and churn" in page and "model AUC" in page
+    at_risk = json.loads((out / "churn.json").read_text())["most_at_risk"][0]["user"]
+    assert str(at_risk) in page
