@@ -90,6 +90,7 @@ TITLES = {
     "sensitivity": "Sensitivity to what the logs cannot identify",
     "ope": "Off-policy evaluation against the simulator's truth",
     "encoder": "Encoder ranking metrics",
+    "churn": "Retention and churn",
 }
 """Section key (plot file stem) -> heading."""
 
@@ -233,6 +234,17 @@ def find_inputs(directory: str | os.PathLike[str]) -> ReportInputs:
             if (root / name).is_file():
                 found.files[key] = _read_json(root / name)
                 break
+    from rlrec.evaluation.churn_report import find_churn
+
+    churn_dir = find_churn(root)
+    if churn_dir is not None:
+        found.files["churn"] = {
+            "dir": str(churn_dir),
+            "summary": _read_json(churn_dir / "churn.json"),
+            "metrics": _read_json(churn_dir / "metrics.json")
+            if (churn_dir / "metrics.json").is_file()
+            else None,
+        }
     if found.run_dir is None and found.sim_dir is None and not found.files:
         raise UserError(
             f"{root}: nothing to report; expected a quickstart output (fidelity.json, "
@@ -678,6 +690,22 @@ def _encoder_section(inputs: ReportInputs) -> Section:
     return section
 
 
+def _churn_section(inputs: ReportInputs) -> Section | None:
+    """The output of ``rlrec churn`` (here or in ``churn/``); None without one."""
+    from rlrec.evaluation import plots
+    from rlrec.evaluation.churn_report import churn_figure, section_parts
+
+    payload = inputs.files.get("churn")
+    if payload is None:
+        return None
+    summary, metrics = payload["summary"], payload["metrics"]
+    section = Section("churn", TITLES["churn"])
+    section.image = plots.png_bytes(churn_figure(summary, metrics))
+    section.caption, header, rows = section_parts(Path(payload["dir"]), summary, metrics)
+    section.table = Table(header, rows)
+    return section
+
+
 SECTIONS: tuple[tuple[str, Callable[[ReportInputs], Section | None]], ...] = (
     ("policies", _policy_section),
     ("truth", _truth_section),
@@ -687,6 +715,7 @@ SECTIONS: tuple[tuple[str, Callable[[ReportInputs], Section | None]], ...] = (
     ("fidelity", _fidelity_section),
     ("migration", _migration_section),
     ("ope", _ope_section),
+    ("churn", _churn_section),
 )
 """The page's sections in order: key and builder (None: an optional section without input)."""
 
@@ -900,6 +929,7 @@ SECTION_INPUT = {
     "ope": "ope_sessions.json",
     "truth": "eval_truth.json and the eval.json beside it",
     "sensitivity": "sensitivity.json",
+    "churn": "churn.json and metrics.json",
 }
 """Section key -> the input it reads, for the message of a malformed one."""
 
