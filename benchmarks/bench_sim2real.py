@@ -60,10 +60,34 @@ def draw_response(world: int, rng: np.random.Generator) -> dict[str, float]:
     return dict(zip(RESPONSE_PARAMETERS, (float(v) for v in draw), strict=True))
 
 
-def world_preset(world: int, response: dict[str, float], n_users: int) -> dict[str, Any]:
+# Lifecycle worlds (--lifecycle): the truth's return process varies too, each parameter drawn
+# uniformly from these ranges around the generator's default (rlrec.models.ground_truth).
+RETURN_PRIOR: dict[str, tuple[float, float]] = {
+    "churn_intercept": (-4.0, -3.0),
+    "churn_slope": (0.5, 1.5),
+    "satisfaction_effect": (0.25, 0.75),
+    "activity_shape": (1.5, 3.0),
+    "gap_shape": (0.7, 1.0),
+}
+
+
+def draw_returns(rng: np.random.Generator) -> dict[str, float]:
+    """A truth world's return process: every parameter of :data:`RETURN_PRIOR` drawn."""
+    return {name: float(rng.uniform(lo, hi)) for name, (lo, hi) in RETURN_PRIOR.items()}
+
+
+def world_preset(
+    world: int,
+    response: dict[str, float],
+    n_users: int,
+    returns: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The env preset of truth world ``world``: the bundled synthetic one, another world."""
-    base = yaml.safe_load((ROOT / "envs" / "synthetic.yaml").read_text())
+    name = "synthetic_lifecycle.yaml" if returns is not None else "synthetic.yaml"
+    base = yaml.safe_load((ROOT / "envs" / name).read_text())
     base["data"]["synthetic"].update(seed=100 + world, n_users=n_users, response=response)
+    if returns is not None:
+        base["data"]["synthetic"]["returns"] = returns
     return base
 
 
@@ -71,7 +95,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", type=int, default=8, help="truth worlds K")
     parser.add_argument("--quick", action="store_true", help="2 worlds of 600 users, 20k steps")
-    parser.add_argument("--agent", default="ppo_frozen", help="agent preset (the default)")
+    parser.add_argument(
+        "--agent", default=None, help="agent preset (ppo_frozen; ppo_lifecycle with --lifecycle)"
+    )
+    parser.add_argument(
+        "--lifecycle",
+        action="store_true",
+        help="lifecycle worlds (envs/synthetic_lifecycle.yaml), their return process drawn too",
+    )
     parser.add_argument("--timesteps", type=int, default=None, help="override training steps")
     parser.add_argument("--episodes", type=int, default=2000, help="users per evaluation")
     parser.add_argument("--users", type=int, default=2000, help="synthetic users per world")
@@ -79,6 +110,7 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="keep runs here (default: a temp dir)")
     parser.add_argument("--out", required=True, help="result JSON")
     args = parser.parse_args()
+    args.agent = args.agent or ("ppo_lifecycle" if args.lifecycle else "ppo_frozen")
     if args.quick:
         args.worlds, args.users, args.episodes = 2, 600, 1000
         args.timesteps = args.timesteps or 20_000
@@ -90,6 +122,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "agent_preset": args.agent,
+        "lifecycle": args.lifecycle,
         "worlds": args.worlds,
         "users_per_world": args.users,
         "episodes": args.episodes,
@@ -99,8 +132,9 @@ def main() -> None:
     started = time.perf_counter()
     for w in range(args.worlds):
         response = draw_response(w, rng)
+        returns = draw_returns(rng) if args.lifecycle else None
         preset_file = work / f"world{w}.yaml"
-        preset_file.write_text(yaml.safe_dump(world_preset(w, response, args.users)))
+        preset_file.write_text(yaml.safe_dump(world_preset(w, response, args.users, returns)))
         run_dir = work / f"run{w}"
         t0 = time.perf_counter()
         train_agent(
@@ -129,8 +163,14 @@ def main() -> None:
                 prefix + "fitted_ratio": fit["ratio_to_best_baseline"],
                 prefix + "train_s": round(train_s[-1], 1),
                 **{prefix + name: value for name, value in response.items()},
+                **{prefix + "returns_" + name: value for name, value in (returns or {}).items()},
             }
         )
+        if args.lifecycle:
+            for key in ("sessions_per_user", "retention_d30"):
+                result[prefix + "ppo_" + key] = truth["policies"]["ppo"][key]
+                best = truth["policies"][truth["best_baseline"]]
+                result[prefix + "best_baseline_" + key] = best[key]
         robust = json.loads((run_dir / "robust.json").read_text())
         result[prefix + "kept"] = robust.get("final", {}).get("kept", "")
         result[prefix + "plan"] = robust["plan"]["chosen"]

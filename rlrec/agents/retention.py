@@ -77,7 +77,7 @@ _RATE_BINS = 16  # activity quantiles
 
 def _gap_cells(process: ReturnProcess, rate: np.ndarray, mult: float, dt: float) -> np.ndarray:
     """(R, J) P(gap in cell l) = P(l dt <= gap < (l + 1) dt) for each user rate, given return."""
-    edges = np.arange(_GRID + 1) * dt  # (J + 1,)
+    edges = np.maximum(np.arange(_GRID + 1) * dt - process.gap_offset_days, 0.0)  # (J + 1,)
     h = rate[:, None] * mult * np.power(edges[None, :] / process.gap_scale_days, process.gap_shape)
     cdf = 1.0 - np.exp(-h)  # (R, J + 1)
     return np.diff(cdf, axis=1)
@@ -91,7 +91,8 @@ def _rates(process: ReturnProcess) -> np.ndarray:
 
     q = (np.arange(_RATE_BINS) + 0.5) / _RATE_BINS
     shape = process.frailty_shape
-    return np.asarray(stats.gamma.ppf(q, shape, scale=1.0 / shape), dtype=np.float64)
+    g = np.asarray(stats.gamma.ppf(q, shape, scale=1.0 / shape), dtype=np.float64)
+    return np.power(g, process.frailty_power)
 
 
 def _sessions_to_go(keep: float, cells: np.ndarray) -> np.ndarray:
@@ -148,7 +149,7 @@ def retention_bonus(
         raise UserError(f"retention bonus: session value {session_value}, expected >= 0")
     horizon = float(env.horizon_days)
     dt = horizon / _GRID
-    x_bar = session_covariates(counts[None, :], process.covariates)
+    x_bar = session_covariates(counts[None, :], process.covariates, smooth=True)
     keep_bar = 1.0 - float(process.dropout_probability(x_bar)[0])
     rates = _rates(process)
     cells_bar = _gap_cells(process, rates, float(process.rate_multiplier(x_bar)[0]), dt)
@@ -163,7 +164,7 @@ def retention_bonus(
 
     def continuation(c: np.ndarray) -> tuple[float, float]:
         """Mean sessions to come, and P(return within the horizon), after a session ``c``."""
-        x = session_covariates(c[None, :], process.covariates)
+        x = session_covariates(c[None, :], process.covariates, smooth=True)
         keep = 1.0 - float(process.dropout_probability(x)[0])
         cells = _gap_cells(process, rates, float(process.rate_multiplier(x)[0]), dt)  # (R, L)
         future = keep * np.einsum("rjl,rl->rj", after, cells)  # (R, J)

@@ -36,7 +36,7 @@ from rlrec.agents.retention import RetentionBonus, retention_bonus
 from rlrec.data.dataset import PreparedDataset
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.envs.config import EnvConfig
-from rlrec.envs.lifecycle import ReturnProcess
+from rlrec.envs.dynamics import return_process_of
 from rlrec.evaluation.rollout import rollout
 from rlrec.models.prior import RESPONSE_PARAMETERS, RESPONSE_PRIOR, prior_draws, unidentified
 from rlrec.models.sim_model import SimModel
@@ -222,12 +222,11 @@ def lifecycle_bonus(
     """
     import dataclasses
 
-    raw = env.return_process or model.info.get("return_process")
-    if env.episode != "lifecycle" or raw is None:
+    if env.episode != "lifecycle":
         from rlrec.errors import UserError
 
         raise UserError("a retention bonus needs env.episode: lifecycle and a return process")
-    process = ReturnProcess.from_mapping(raw)
+    process = return_process_of(model, env)
     session_env = dataclasses.replace(env, episode="session")
     venv = BatchedInterestDrift(episodes, model, dataset, session_env)
     config = PlannerConfig(seed=seed, iterations=0)

@@ -54,6 +54,7 @@ __all__ = [
     "UserDynamics",
     "UserState",
     "WarmStarts",
+    "return_process_of",
 ]
 
 OUTCOMES: tuple[str, ...] = ("miss", "engage", "cart", "buy")
@@ -65,6 +66,40 @@ _N_UNIFORMS = 5  # engage and funnel, stay, switch, organic item, leave
 def _by_name(response: np.ndarray) -> dict[str, np.ndarray]:
     """(B, P) per-user response parameters as name -> (B,) column."""
     return {name: response[:, j] for j, name in enumerate(RESPONSE_PARAMETERS)}
+
+
+def return_process_of(model: SimModel, config: EnvConfig) -> ReturnProcess:
+    """The return process of lifecycle episodes in ``model``'s world.
+
+    In order: the env's ``return_process`` (set by the user), the SimModel's
+    ``info["return_process"]`` (a truth world's), its fitted ``info["return_model"]`` (with
+    ``info["session_carryover"]``, written by :func:`rlrec.models.transition.fit_sim_model`).
+
+    Raises:
+        UserError: If there is none, naming why the fit has none when it says.
+    """
+    if config.return_process:
+        return ReturnProcess.from_mapping(config.return_process, "env.return_process")
+    info = model.info
+    if info.get("return_process") is not None:
+        return ReturnProcess.from_mapping(info["return_process"], "SimModel return_process")
+    if info.get("return_model") is not None:
+        from rlrec.models.lifecycle import ReturnModel
+
+        try:
+            fitted = ReturnModel.from_json(str(info["return_model"]))
+            carryover = float(info.get("session_carryover", 0.0))
+        except (TypeError, ValueError, KeyError) as err:
+            raise UserError(
+                f"SimModel return_model: {err}; fit the model again (rlrec fit --force)"
+            ) from None
+        return ReturnProcess.from_return_model(fitted, carryover)
+    why = info.get("return_model_error")
+    raise UserError(
+        "env.episode: lifecycle needs a return process, and the SimModel has none"
+        + (f" ({why})" if why else " (fit it again with this version of rlrec)")
+        + "; or set env.return_process"
+    )
 
 
 class InvalidActionError(UserError, ValueError):
@@ -448,14 +483,7 @@ class UserDynamics:
         # Lifecycle episodes: the return process (the env's override, else the SimModel's).
         self.returns: ReturnProcess | None = None
         if config.episode == "lifecycle":
-            raw = config.return_process or model.info.get("return_process")
-            if raw is None:
-                raise UserError(
-                    "env.episode: lifecycle needs a return process, and the SimModel has none "
-                    "(fit it from a log whose users come back, or set env.return_process)"
-                )
-            where = "env.return_process" if config.return_process else "SimModel return_process"
-            self.returns = ReturnProcess.from_mapping(raw, where)
+            self.returns = return_process_of(model, config)
 
     @staticmethod
     def _first_dataset_category(model: SimModel) -> np.ndarray:

@@ -5,13 +5,19 @@ A lifecycle episode (``env.episode: lifecycle``) follows one user over several s
 :class:`ReturnProcess`, a mixture cure model driven by how the session went:
 
 * the user drops out for good with probability ``sigmoid(dropout_intercept + dropout_coef . x)``;
-* otherwise the gap to the next session (days) has the cumulative hazard
-  ``H(t) = rate_u * exp(gap_coef . x) * (t / gap_scale_days) ** gap_shape`` (a Weibull
-  baseline whose rate is scaled by the session's covariates and by the user's own activity
-  ``rate_u``), so ``t = gap_scale_days * (E / (rate_u * exp(gap_coef . x))) ** (1 /
-  gap_shape)`` with ``E ~ Exp(1)``;
-* ``rate_u`` is a gamma frailty with mean 1 and shape ``frailty_shape`` (users differ in how
-  often they come back; ``None``: every user has rate 1).
+* otherwise the gap to the next session (days) is ``gap_offset_days`` plus a time with the
+  cumulative hazard ``H(t) = rate_u * exp(gap_coef . x) * (t / gap_scale_days) ** gap_shape``
+  (a Weibull baseline whose rate is scaled by the session's covariates and by the user's own
+  activity ``rate_u``), drawn as ``t = gap_scale_days * (E / (rate_u * exp(gap_coef . x))) **
+  (1 / gap_shape)`` with ``E ~ Exp(1)``;
+* ``rate_u = G ** frailty_power`` with ``G`` gamma with mean 1 and shape ``frailty_shape``
+  (users differ in how often they come back; ``None``: every user has rate 1). Power 1 is the
+  fitted model's frailty on the hazard (:class:`rlrec.models.lifecycle.ReturnModel`); the
+  synthetic truth's gamma activity sits inside the Weibull power (power ``gap_shape``).
+
+:meth:`ReturnProcess.from_return_model` converts a fitted model (standardised covariates
+folded into raw-unit coefficients; covariates the simulator does not produce are held at the
+log's mean), :meth:`ReturnProcess.from_truth` the synthetic generator's true process.
 
 ``x`` holds the session covariates named in ``covariates``, each a function of what a log
 shows of a session (see :data:`SESSION_COVARIATES`), so the same process can be fitted from a
@@ -33,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from rlrec.errors import UserError
+from rlrec.models.ground_truth import RETURN_OFFSET_MS, ReturnTruthConfig, session_satisfaction
+from rlrec.models.lifecycle import DAY_MS, ReturnModel
 
 __all__ = [
     "SESSION_COUNTERS",
@@ -51,18 +59,27 @@ SESSION_COVARIATES: tuple[str, ...] = (
     "n_carts",
     "n_buys",
     "log_events",
-    "any_cart",
-    "any_buy",
+    "carted",
+    "bought",
+    "satisfaction",
 )
-"""Covariates a return process may use: the counters, ``log(1 + n_events)`` and indicators."""
+"""Covariates a return process may use: the counters, ``log(1 + n_events)``, whether the session
+carted or bought (the names of :data:`rlrec.models.lifecycle.SESSION_FEATURES`), and the
+synthetic truth's satisfaction score (:func:`rlrec.models.ground_truth.session_satisfaction`,
+with the session's carted steps as its engaged steps: the simulator has no favourites)."""
 
 
-def session_covariates(counts: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+def session_covariates(
+    counts: np.ndarray, names: tuple[str, ...], smooth: bool = False
+) -> np.ndarray:
     """The covariate matrix of ended sessions.
 
     Args:
         counts: (B, 4) float or int session counters in :data:`SESSION_COUNTERS` order.
         names: Covariate names, each in :data:`SESSION_COVARIATES`.
+        smooth: ``counts`` are expected counts rather than counts: ``carted``/``bought`` are
+            then ``1 - exp(-count)``, the chance of at least one for a Poisson count with
+            that mean (a step at 0.5 would make the indicator's slope at a mean meaningless).
 
     Returns:
         (B, len(names)) float64.
@@ -74,11 +91,13 @@ def session_covariates(counts: np.ndarray, names: tuple[str, ...]) -> np.ndarray
         "n_carts": c[:, 2],
         "n_buys": c[:, 3],
         "log_events": np.log1p(c[:, 0]),
-        "any_cart": (c[:, 2] > 0).astype(np.float64),
-        "any_buy": (c[:, 3] > 0).astype(np.float64),
+        "carted": -np.expm1(-c[:, 2]) if smooth else (c[:, 2] > 0).astype(np.float64),
+        "bought": -np.expm1(-c[:, 3]) if smooth else (c[:, 3] > 0).astype(np.float64),
     }
     if not names:
         return np.zeros((len(c), 0))
+    if "satisfaction" in names:
+        columns["satisfaction"] = session_satisfaction(c[:, 0], c[:, 2], c[:, 2], c[:, 3])
     return np.stack([columns[n] for n in names], axis=1)
 
 
@@ -95,6 +114,8 @@ class ReturnProcess:
         gap_coef: Per-covariate log rate multipliers (positive: a better session brings the
             user back sooner).
         frailty_shape: Shape of the users' gamma activity (mean 1); None for no frailty.
+        frailty_power: ``rate_u = G ** frailty_power`` (1: gamma frailty on the hazard).
+        gap_offset_days: The fixed part of every gap (days), before the Weibull part.
         carryover: Probability that the next session starts in the last session's category.
         source: Where the parameters come from (``fitted``, ``truth``, ``user``), per field.
     """
@@ -106,6 +127,8 @@ class ReturnProcess:
     gap_scale_days: float = 3.0
     gap_coef: tuple[float, ...] = ()
     frailty_shape: float | None = None
+    frailty_power: float = 1.0
+    gap_offset_days: float = 0.0
     carryover: float = 0.5
     source: dict[str, str] = field(default_factory=dict)
 
@@ -128,6 +151,8 @@ class ReturnProcess:
             "dropout_intercept": self.dropout_intercept,
             "gap_shape": self.gap_shape,
             "gap_scale_days": self.gap_scale_days,
+            "frailty_power": self.frailty_power,
+            "gap_offset_days": self.gap_offset_days,
             "carryover": self.carryover,
             **{f"dropout_coef[{i}]": v for i, v in enumerate(self.dropout_coef)},
             **{f"gap_coef[{i}]": v for i, v in enumerate(self.gap_coef)},
@@ -139,6 +164,11 @@ class ReturnProcess:
             raise UserError(
                 "return_process.gap_shape and gap_scale_days must be > 0 (got "
                 f"{self.gap_shape}, {self.gap_scale_days})"
+            )
+        if self.frailty_power <= 0 or self.gap_offset_days < 0:
+            raise UserError(
+                "return_process.frailty_power must be > 0 and gap_offset_days >= 0 (got "
+                f"{self.frailty_power}, {self.gap_offset_days})"
             )
         if not 0.0 <= self.carryover <= 1.0:
             raise UserError(f"return_process.carryover: {self.carryover}, expected in [0, 1]")
@@ -190,10 +220,11 @@ class ReturnProcess:
         return out
 
     def user_rates(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n,) users' activity multipliers: gamma with mean 1, or ones without frailty."""
+        """(n,) users' activity multipliers ``G ** frailty_power``, or ones without frailty."""
         if self.frailty_shape is None:
             return np.ones(n)
-        return rng.gamma(self.frailty_shape, 1.0 / self.frailty_shape, size=n)
+        g = rng.gamma(self.frailty_shape, 1.0 / self.frailty_shape, size=n)
+        return g if self.frailty_power == 1.0 else np.power(g, self.frailty_power)
 
     def dropout_probability(self, x: np.ndarray) -> np.ndarray:
         """(B,) probability of dropping out after sessions with covariates ``x`` (B, P)."""
@@ -210,7 +241,7 @@ class ReturnProcess:
         Dropout included: ``pi + (1 - pi) * exp(-H(t))``.
         """
         pi = self.dropout_probability(x)
-        scaled = np.maximum(t_days, 0.0) / self.gap_scale_days
+        scaled = np.maximum(np.asarray(t_days) - self.gap_offset_days, 0.0) / self.gap_scale_days
         h = rate * self.rate_multiplier(x) * np.power(scaled, self.gap_shape)
         return pi + (1.0 - pi) * np.exp(-h)
 
@@ -224,10 +255,82 @@ class ReturnProcess:
         """
         drop = u[0] < self.dropout_probability(x)
         e = -np.log1p(-u[1])  # Exp(1)
-        gap = self.gap_scale_days * np.power(
+        gap = self.gap_offset_days + self.gap_scale_days * np.power(
             e / (rate * self.rate_multiplier(x)), 1.0 / self.gap_shape
         )
         return np.where(drop, np.inf, gap)
+
+    @classmethod
+    def from_return_model(cls, model: ReturnModel, carryover: float) -> ReturnProcess:
+        """The simulator's process from a fitted :class:`~rlrec.models.lifecycle.ReturnModel`.
+
+        The fitted model's covariates are standardised (``(x - mean) / std``); here they are
+        raw, so each weight is divided by its ``std`` and the means move into the dropout
+        intercept and the gap scale. A covariate the simulator does not produce (category
+        diversity, monetary value) is held at the log's mean, where its standardised value is
+        0 and it drops out of both parts; ``source`` says which.
+
+        Args:
+            model: The fitted return model.
+            carryover: P(a session starts in the previous session's category), from the log.
+        """
+        names, dropout, gap = [], [], []
+        intercept = float(model.gamma_0) if math.isfinite(model.gamma_0) else -50.0
+        log_rate = 0.0
+        held = []
+        for j, name in enumerate(model.feature_names):
+            std = float(model.feature_std[j])
+            mean = float(model.feature_mean[j])
+            if name not in SESSION_COVARIATES:
+                held.append(name)
+                continue
+            names.append(name)
+            dropout.append(float(model.gamma[j]) / std)
+            gap.append(float(model.beta[j]) / std)
+            if math.isfinite(model.gamma_0):
+                intercept -= float(model.gamma[j]) * mean / std
+            log_rate -= float(model.beta[j]) * mean / std
+        # exp(c) (t / lam) ** k = (t / (lam exp(-c / k))) ** k
+        scale = float(model.scale_days) * math.exp(-log_rate / float(model.shape))
+        source = {"all": "fitted (rlrec.models.lifecycle.fit_return_model)"}
+        if held:
+            source["held_at_log_mean"] = ", ".join(held)
+        return cls(
+            covariates=tuple(names),
+            dropout_intercept=intercept,
+            dropout_coef=tuple(dropout),
+            gap_shape=float(model.shape),
+            gap_scale_days=scale,
+            gap_coef=tuple(gap),
+            frailty_shape=1.0 / model.frailty_var if model.frailty_var > 0 else None,
+            gap_offset_days=float(model.offset_days),
+            carryover=float(carryover),
+            source=source,
+        )
+
+    @classmethod
+    def from_truth(cls, truth: ReturnTruthConfig) -> ReturnProcess:
+        """The synthetic generator's true return process, exactly.
+
+        The truth draws a user's activity ``a ~ Gamma(shape, rate)`` and gaps with ``P(W >
+        w) = exp(-(a exp(b z) w) ** k)``: with ``a = (shape / rate) G``, ``G`` of mean 1, that
+        is ``H(w) = G ** k exp(b k z) (w / (rate / shape)) ** k``. Each session's first
+        category is drawn afresh (no carry-over).
+        """
+        k = truth.gap_shape
+        return cls(
+            covariates=("satisfaction",),
+            dropout_intercept=truth.churn_intercept,
+            dropout_coef=(-truth.churn_slope,),
+            gap_shape=k,
+            gap_scale_days=truth.activity_rate / truth.activity_shape,
+            gap_coef=(truth.satisfaction_effect * k,),
+            frailty_shape=truth.activity_shape,
+            frailty_power=k,
+            gap_offset_days=RETURN_OFFSET_MS / DAY_MS,
+            carryover=0.0,
+            source={"all": "truth (the synthetic generator's return process)"},
+        )
 
 
 @dataclass

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlrec.data.dataset import PreparedDataset
+from rlrec.envs.lifecycle import ReturnProcess
 from rlrec.errors import UserError
 from rlrec.models.ground_truth import GroundTruth, load_ground_truth
 from rlrec.models.sim_model import ARRAY_FIELDS, Provenance, SimModel
@@ -93,6 +94,12 @@ def truth_world(dataset: PreparedDataset, fitted: SimModel, truth: GroundTruth) 
         info={
             "world": "truth",
             "session_focus": [float(config.focus_alpha), float(config.focus_beta)],
+            # Lifecycle episodes in the truth world return by the generator's own process.
+            **(
+                {"return_process": ReturnProcess.from_truth(config.returns).to_dict()}
+                if config.returns.enabled
+                else {}
+            ),
         },
     )
 

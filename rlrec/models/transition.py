@@ -83,6 +83,11 @@ class FitConfig:
             :data:`rlrec.models.prior.RESPONSE_PARAMETERS`): recorded with provenance
             ``user``, so they are points rather than ranges of the prior (an env preset's
             ``fit.response``, e.g. ``envs/synthetic_noboredom.yaml``).
+        returns: Also fit the return process of lifecycle episodes from the train split
+            (:func:`rlrec.models.lifecycle.fit_return_model` on the covariates a simulator
+            produces, and how often a session starts in the previous one's category), into
+            ``info["return_model"]`` and ``info["session_carryover"]``; a log whose users
+            never come back gets ``info["return_model_error"]`` instead.
     """
 
     top_k_categories: int = 50
@@ -106,6 +111,7 @@ class FitConfig:
     funnel_prior_steps: float = 50.0
     engage_base_rate: float | None = None
     response: dict[str, float] = field(default_factory=dict)
+    returns: bool = True
 
     def __post_init__(self) -> None:
         if self.top_k_categories < 1:
@@ -502,6 +508,8 @@ def fit_sim_model(ds: PreparedDataset, config: FitConfig | None = None) -> SimMo
             "funnel_prior_steps": config.funnel_prior_steps,
         },
     }
+    if config.returns:
+        info.update(_fit_returns(train_frame, fold, initial))
     model = SimModel(
         category_ids=tuple(category_ids),
         switch_matrix=switch,
@@ -603,3 +611,58 @@ def simulate_organic(model: SimModel, n_sessions: int, seed: int = 0) -> Organic
         cart=cart,
         buy=buy,
     )
+
+
+# The covariates a simulator produces per session (rlrec.envs.lifecycle.SESSION_COVARIATES):
+# the return process for lifecycle episodes is fitted on these only, so nothing is held fixed.
+_SIMULATED_FEATURES = ("log_events", "carted", "bought", "satisfaction")
+_MIN_RETURNS = 20  # returns (observed gaps) below which the return model is not fitted
+
+
+def _fit_returns(train: pd.DataFrame, fold: np.ndarray, initial: np.ndarray) -> dict[str, object]:
+    """The return model and the category carry-over between sessions, as ``info`` entries.
+
+    Args:
+        train: Train-split events (``user``, ``session``, ``timestamp`` ms, ``event``,
+            ``item``, ``category``), sorted by (session, step).
+        fold: (C,) sim category of each dataset category.
+        initial: (K,) fitted first-category distribution of a session.
+    """
+    from rlrec.models.lifecycle import (
+        ReturnModelConfig,
+        fit_return_model,
+        session_table,
+        timelines_from_sessions,
+    )
+
+    if train.empty:
+        return {"return_model_error": "the train split is empty"}
+    end_ms = int(train["timestamp"].max()) + 1
+    table = session_table(train)
+    timelines = timelines_from_sessions(table, end_ms)
+    names = tuple(n for n in _SIMULATED_FEATURES if n in timelines.feature_names)
+    timelines = timelines_from_sessions(table, end_ms, names)
+    if int(timelines.observed.sum()) < _MIN_RETURNS:
+        return {
+            "return_model_error": f"{int(timelines.observed.sum())} returns in the train split "
+            f"(need {_MIN_RETURNS}): users rarely come back in this log"
+        }
+    model = fit_return_model(timelines, ReturnModelConfig())
+    # Carry-over: P(a session starts in the previous one's category) beyond chance, where
+    # chance is the fitted first-category distribution at the previous session's category.
+    firsts = train.groupby("session", sort=False).agg(
+        user=("user", "first"),
+        start=("timestamp", "first"),
+        first=("category", "first"),
+        last=("category", "last"),
+    )
+    firsts = firsts.sort_values(["user", "start"], kind="stable")
+    same_user = firsts["user"].to_numpy()[1:] == firsts["user"].to_numpy()[:-1]
+    prev_last = fold[firsts["last"].to_numpy(np.int64)[:-1][same_user]]
+    next_first = fold[firsts["first"].to_numpy(np.int64)[1:][same_user]]
+    carryover = 0.0
+    if len(prev_last):
+        observed = float(np.mean(prev_last == next_first))
+        chance = float(np.mean(initial[prev_last]))
+        carryover = float(np.clip((observed - chance) / max(1.0 - chance, 1e-9), 0.0, 1.0))
+    return {"return_model": model.to_json(), "session_carryover": carryover}

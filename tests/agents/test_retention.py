@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from rlrec.agents.baselines import PopularPolicy
 from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
 from rlrec.agents.retention import retention_bonus
 from rlrec.agents.robust import lifecycle_bonus
@@ -87,3 +88,19 @@ def test_planning_for_returns_lengthens_sessions() -> None:
         returns.append(stats.returns.mean())
     assert lengths[1] > lengths[0] + 0.1
     assert returns[1] < returns[0]
+
+
+def test_fit_writes_a_return_model_the_lifecycle_env_runs_on(tiny_presets) -> None:
+    from rlrec.envs.presets import build_artifacts, load_env_preset
+    from rlrec.models.sim_model import load_sim_model
+
+    preset = load_env_preset(tiny_presets["env"])
+    artifacts = build_artifacts(preset, cache_dir=tiny_presets["cache"])
+    model = load_sim_model(artifacts.sim_dir)
+    assert "return_model" in model.info, model.info.get("return_model_error")
+    assert 0.0 <= model.info["session_carryover"] <= 1.0
+    env = BatchedInterestDrift(
+        64, model, artifacts.dataset_dir, EnvConfig(episode="lifecycle", max_steps=10)
+    )
+    stats_ = rollout(PopularPolicy(env.dynamics.n_actions), env, seed=0)
+    assert stats_.sessions is not None and stats_.sessions.max() > 1

@@ -213,3 +213,54 @@ def test_day_discount_shrinks_later_rewards() -> None:
     assert discounted.returns.sum() < plain.returns.sum()
     assert plain.sessions is not None and discounted.sessions is not None
     np.testing.assert_array_equal(plain.sessions, discounted.sessions)  # same draws
+
+
+# -- where the process comes from: the truth, a fitted model ------------------------------------
+
+
+def test_truth_process_is_the_generators_law() -> None:
+    from rlrec.models.ground_truth import RETURN_OFFSET_MS, ReturnTruthConfig
+    from rlrec.models.lifecycle import DAY_MS
+
+    truth = ReturnTruthConfig()
+    process = ReturnProcess.from_truth(truth)
+    g = np.array([0.3, 1.0, 2.5])  # mean-1 activity draws
+    activity = g * truth.activity_shape / truth.activity_rate
+    z = np.array([-1.0, 0.0, 1.5])
+    x = z[:, None]
+    rate = np.power(g, process.frailty_power)
+    offset = RETURN_OFFSET_MS / DAY_MS
+    for w in (0.05, 0.4, 3.0):
+        expected = truth.churn_probability(z) + (1 - truth.churn_probability(z)) * (
+            truth.gap_survival(np.full(3, w), truth.gap_rate(activity, z))
+        )
+        np.testing.assert_allclose(process.survival(np.full(3, w + offset), x, rate), expected)
+
+
+def test_fitted_model_converts_with_held_covariates_at_their_mean() -> None:
+    from rlrec.models.lifecycle import ReturnModel
+
+    model = ReturnModel(
+        feature_names=("log_events", "log_value", "bought"),
+        feature_mean=np.array([2.0, 3.0, 0.2]),
+        feature_std=np.array([0.5, 1.5, 0.4]),
+        shape=0.9,
+        scale_days=2.0,
+        frailty_var=0.5,
+        beta=np.array([0.3, 0.2, 0.1]),
+        gamma_0=-2.0,
+        gamma=np.array([-0.4, 0.1, -0.3]),
+        offset_days=0.02,
+    )
+    process = ReturnProcess.from_return_model(model, carryover=0.25)
+    assert process.covariates == ("log_events", "bought")
+    assert process.source["held_at_log_mean"] == "log_value"
+    assert process.frailty_shape == pytest.approx(2.0)
+    raw = np.array([[1.0, 3.0, 0.0], [3.5, 3.0, 1.0]])  # log_value at its mean
+    x = raw[:, [0, 2]]
+    np.testing.assert_allclose(process.dropout_probability(x), model.p_leave(raw))
+    t = np.array([0.5, 4.0])
+    np.testing.assert_allclose(
+        process.rate_multiplier(x) * ((t - 0.02) / process.gap_scale_days) ** 0.9,
+        model.cumulative_hazard(t, raw),
+    )
