@@ -1,4 +1,4 @@
-"""``rlrec pretrain`` and ``rlrec encoder eval``: train and evaluate the sequence encoder."""
+"""``rlrec pretrain``, ``rlrec finetune`` and ``rlrec encoder eval``: the sequence encoder."""
 
 from __future__ import annotations
 
@@ -17,8 +17,12 @@ __all__ = [
 ]
 
 
+TASK_NAMES = ("next_item", "next_category", "next_new_category", "return")
+"""``rlrec.models.transfer.TASKS``, written out so that ``rlrec --help`` does not import torch."""
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``rlrec pretrain`` and ``rlrec encoder eval``."""
+    """Add ``rlrec pretrain``, ``rlrec finetune`` and ``rlrec encoder eval``."""
     fmt = HelpFormatter
     pre = sub.add_parser(
         "pretrain",
@@ -102,8 +106,62 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument("--data", required=True, metavar="DATA_DIR", help="the PreparedDataset")
     ev.add_argument("--split", default="test", choices=("test", "valid"), help="split to rank")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument(
+        "--transfer",
+        metavar="TASK[,TASK]",
+        type=_tasks,
+        default=(),
+        help="also fine-tune these tasks from the encoder and from scratch at 10%% and 100%% "
+        f"of the labels and report the transfer gain ({', '.join(TASK_NAMES)})",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="seed of the --transfer runs")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(handler=_evaluate)
+
+    ft = sub.add_parser(
+        "finetune",
+        help="adapt a pretrained encoder to a task with a task head",
+        description=(
+            "Fine-tune ENC_DIR (from 'rlrec pretrain') and a task head on DATA_DIR's train "
+            "split (early stopping on valid), report the test metric, and write the adapted "
+            "encoder, head.safetensors and finetune.json to --out. Tasks: next_item, "
+            "next_category, next_new_category (the next category the user has never engaged "
+            "with: cross-sell), return (a new session within --horizon-days). --compare also "
+            "trains from scratch and reports the transfer gain at 10%% and 100%% of the labels."
+        ),
+        formatter_class=fmt,
+    )
+    ft.add_argument("encoder", metavar="ENC_DIR", help="checkpoint written by 'rlrec pretrain'")
+    ft.add_argument("--task", required=True, choices=TASK_NAMES, help="downstream task")
+    ft.add_argument("--data", required=True, metavar="DATA_DIR", help="the PreparedDataset")
+    ft.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    ft.add_argument(
+        "--labels-fraction",
+        type=float,
+        default=1.0,
+        dest="labels_fraction",
+        help="share of the train labels used, in (0, 1]",
+    )
+    ft.add_argument(
+        "--horizon-days", type=float, default=7.0, dest="horizon_days", help="return horizon"
+    )
+    ft.add_argument("--epochs", type=int, default=40, help="most epochs (early stopping)")
+    ft.add_argument("--seed", type=int, default=0, help="random seed")
+    ft.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ft.add_argument("--compare", action="store_true", help="also report pretrained vs from-scratch")
+    add_force(ft, "fine-tuned encoder")
+    ft.add_argument("--json", action="store_true", help="print the result as JSON")
+    ft.set_defaults(handler=_finetune)
+
+
+def _tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in tasks if t not in TASK_NAMES]
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(
+            f"unknown task(s) {', '.join(unknown) or repr(text)}; expected {', '.join(TASK_NAMES)}"
+        )
+    return tasks
 
 
 ENCODER_FLAGS = ("d_model", "n_layers", "n_heads", "max_len", "dropout")
@@ -185,11 +243,93 @@ def _evaluate(args: argparse.Namespace) -> int:
     from rlrec.models.pretrain import resolve_device
 
     dataset = load_dataset(args.data)
+    if args.transfer:
+        from rlrec.models.transfer import check_task
+
+        for task in args.transfer:  # refuse before the evaluation's work
+            check_task(dataset, task)
     model, _ = load_encoder(args.encoder, dataset, device=resolve_device(args.device))
     report = evaluate_next_step(model, dataset, split=args.split)
+    if args.transfer:
+        from rlrec.models.transfer import FinetuneConfig, transfer_comparison
+
+        report["transfer"] = {
+            task: transfer_comparison(
+                model,
+                dataset,
+                task,
+                config=FinetuneConfig(task=task, seed=args.seed, device=args.device),
+            )
+            for task in args.transfer
+        }
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
         print(format_report(report))
+        if args.transfer:
+            print()
+            print(_format_transfer(report["transfer"]))
+    return 0
+
+
+def _format_transfer(transfer: dict[str, Any]) -> str:
+    lines = ["transfer (test split): pretrained init vs from scratch", ""]
+    lines.append(
+        f"{'task':<18} {'metric':<8} {'labels':>6} {'n':>7} {'pretrained':>11} "
+        f"{'scratch':>9} {'gain':>8}"
+    )
+    for task, result in transfer.items():
+        for fraction, row in result["fractions"].items():
+            lines.append(
+                f"{task:<18} {result['metric']:<8} {float(fraction):>6.0%} "
+                f"{row['train_labels']:>7} {row['pretrained']:>11.4f} {row['scratch']:>9.4f} "
+                f"{row['gain']:>+8.4f}"
+            )
+    return "\n".join(lines)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from rlrec.errors import UserError
+
+    if not 0.0 < args.labels_fraction <= 1.0:  # NaN fails too
+        raise UserError(
+            f"--labels-fraction {args.labels_fraction}: must be in (0, 1] (e.g. 0.1 for 10%)"
+        )
+    if not args.horizon_days > 0 or args.horizon_days == float("inf"):
+        raise UserError(f"--horizon-days {args.horizon_days}: must be a positive number of days")
+    if args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: must be >= 1")
+    check_out_dir(args.out, "encoder", args.force)
+    from rlrec.data.dataset import load_dataset
+    from rlrec.models.checkpoint import read_checkpoint_info
+    from rlrec.models.pretrain import resolve_device
+    from rlrec.models.transfer import FinetuneConfig, check_task, finetune_checkpoint
+
+    read_checkpoint_info(args.encoder)  # a missing or broken encoder fails before the data
+    dataset = load_dataset(args.data)
+    check_task(dataset, args.task)
+    resolve_device(args.device)
+    cfg = FinetuneConfig(
+        task=args.task,
+        labels_fraction=args.labels_fraction,
+        horizon_days=args.horizon_days,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+    )
+    summary = finetune_checkpoint(
+        args.encoder, dataset, args.out, cfg, force=args.force, compare=args.compare
+    )
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+        return 0
+    test = ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items() if k != "n")
+    print(
+        f"fine-tuned for {args.task} written to {args.out} ({summary['epochs']} epochs, "
+        f"{summary['train_labels']} train labels); test: {test}"
+    )
+    if "transfer" in summary:
+        print(_format_transfer({args.task: summary["transfer"]}))
     return 0

@@ -12,6 +12,8 @@ Protocol (:func:`evaluate_next_step`, printed with every result):
   the next item, accuracy@1 and @5 for the next category, averaged over targets;
 * the encoder ranks items by its next-item log-probabilities: the copy/generate mixture
   when it has a copy term (``EncoderConfig.copy``), else the generative head's softmax;
+  with ``EncoderConfig.sessions`` it reads the user's history up to the target (earlier
+  sessions and splits included, :func:`encoder_ranks`), the same targets otherwise;
 * baselines are fitted on the ``train`` split's steps: ``popularity`` (most frequent items and
   categories), ``item_markov`` (first-order item-to-item transition counts, popularity as
   tie-break; categories by summing the transitions into each category),
@@ -35,7 +37,14 @@ import torch
 from rlrec.data.dataset import PreparedDataset
 from rlrec.models.encoder import SequenceEncoder
 from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
-from rlrec.models.sequences import IGNORE, Steps, Windows, collapse_repeats, prefix_windows
+from rlrec.models.sequences import (
+    IGNORE,
+    Steps,
+    Windows,
+    collapse_repeats,
+    encoder_windows,
+    prefix_windows,
+)
 
 __all__ = [
     "BASELINES",
@@ -43,6 +52,7 @@ __all__ = [
     "ITEM_METRICS",
     "SequenceBaselines",
     "baseline_scores",
+    "encoder_ranks",
     "evaluate_next_step",
     "fit_baselines",
     "format_report",
@@ -202,8 +212,19 @@ def _batches(windows: Windows, batch_size: int) -> Iterator[tuple[slice, _Target
         )
 
 
-def protocol(split: str, max_len: int, n_targets: int, n_sessions: int) -> dict[str, Any]:
-    """The evaluation protocol as a JSON-friendly mapping, with a one-paragraph description."""
+def protocol(
+    split: str, max_len: int, n_targets: int, n_sessions: int, user_history: bool = False
+) -> dict[str, Any]:
+    """The evaluation protocol as a JSON-friendly mapping, with a one-paragraph description.
+
+    ``user_history``: the encoder reads each target's user history across sessions.
+    """
+    history = (
+        " The encoder reads the user's history up to the target (earlier sessions and splits "
+        "included, same targets); baselines read the session's prefix."
+        if user_history
+        else ""
+    )
     return {
         "split": split,
         "targets": n_targets,
@@ -212,12 +233,13 @@ def protocol(split: str, max_len: int, n_targets: int, n_sessions: int) -> dict[
         "collapse_repeats": True,
         "ranking": "full",
         "baselines_fitted_on": "train",
+        "encoder_user_history": user_history,
         "description": (
             f"{split} split; consecutive events on one item collapsed into one step; every "
             f"step t>=1 of every session ({n_targets} targets, {n_sessions} sessions) predicted "
             f"from its prefix (last {max_len} steps); full ranking over all items and all "
             "categories, no sampled negatives, ties count half; HR@10, NDCG@10, MRR for the "
-            "next item, accuracy@1/@5 for the next category; baselines fitted on train."
+            "next item, accuracy@1/@5 for the next category; baselines fitted on train." + history
         ),
     }
 
@@ -254,34 +276,13 @@ def evaluate_next_step(
     }
     # Baselines materialise (B, n_items) score rows: keep a batch of targets to ~4M floats.
     target_rows = max(16, 4_000_000 // max(dataset.n_items, 1))
-    device = next(model.parameters()).device if model is not None else torch.device("cpu")
     if model is not None:
-        model.eval()
-    for sl, tg in _batches(windows, batch_size):
+        ranks["encoder"]["item"], ranks["encoder"]["category"] = encoder_ranks(
+            model, dataset, split, max_len, batch_size, target_rows
+        )
+    for _, tg in _batches(windows, batch_size):
         if len(tg.items) == 0:
             continue
-        if model is not None:
-            with torch.no_grad():
-                items = torch.as_tensor(windows.items[sl], device=device)
-                cats = torch.as_tensor(windows.categories[sl], device=device)
-                full = model(items, cats, causal=True)  # (B, L, d)
-                at = tuple(torch.as_tensor(a, device=device) for a in (tg.rows, tg.cols))
-                hidden = full[at]  # (N, d)
-                pointer = model.pointer(full, items, cats)
-                pointer = pointer[at] if pointer is not None else None  # (N,)
-                for lo in range(0, len(tg.items), target_rows):
-                    part = slice(lo, lo + target_rows)
-                    h = hidden[part]
-                    t_items = torch.as_tensor(tg.items[part], device=device)
-                    t_cats = torch.as_tensor(tg.categories[part], device=device)
-                    # The copy/generate mixture when the encoder has a copy term.
-                    scores = model.next_item_log_probs(
-                        h, pointer[part] if pointer is not None else None
-                    )
-                    ranks["encoder"]["item"].append(target_ranks(scores, t_items))
-                    ranks["encoder"]["category"].append(
-                        target_ranks(model.category_logits(h), t_cats)
-                    )
         for lo in range(0, len(tg.items), target_rows):
             part = slice(lo, lo + target_rows)
             for name in BASELINES:
@@ -301,12 +302,74 @@ def evaluate_next_step(
         return out
 
     report: dict[str, Any] = {
-        "protocol": protocol(split, max_len, windows.n_targets, steps.n_sessions),
+        "protocol": protocol(
+            split,
+            max_len,
+            windows.n_targets,
+            steps.n_sessions,
+            user_history=model is not None and model.config.sessions,
+        ),
     }
     if model is not None:
         report["encoder"] = metrics("encoder")
     report["baselines"] = {name: metrics(name) for name in BASELINES}
     return report
+
+
+@torch.no_grad()
+def encoder_ranks(
+    model: SequenceEncoder,
+    dataset: PreparedDataset,
+    split: str,
+    max_len: int,
+    batch_size: int = 256,
+    target_rows: int = 4096,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Full-catalog ranks of the encoder's next-item and next-category targets on ``split``.
+
+    The hook between the protocol and what the encoder reads: the targets are those of the
+    session protocol, but an encoder with ``EncoderConfig.sessions`` sees each target's user
+    history (earlier sessions included) through :func:`~rlrec.models.sequences.encoder_windows`,
+    where the baselines see the session's prefix.
+
+    Args:
+        model: The encoder.
+        dataset: Its dataset.
+        split: Split to rank.
+        max_len: History length in steps.
+        batch_size: Windows per forward pass.
+        target_rows: Targets scored at once (bounds the (rows, n_items) score matrix).
+
+    Returns:
+        ``(item_ranks, category_ranks)``: lists of (N_i,) rank arrays, one per slice.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    windows = encoder_windows(dataset, split, max_len, model.config.sessions)
+    tokens = windows.session_tokens()
+    item_ranks: list[np.ndarray] = []
+    cat_ranks: list[np.ndarray] = []
+    for sl, tg in _batches(windows, batch_size):
+        if len(tg.items) == 0:
+            continue
+        items = torch.as_tensor(windows.items[sl], device=device)
+        cats = torch.as_tensor(windows.categories[sl], device=device)
+        sessions = torch.as_tensor(tokens[sl], device=device)
+        full = model(items, cats, causal=True, sessions=sessions)  # (B, L, d)
+        at = tuple(torch.as_tensor(a, device=device) for a in (tg.rows, tg.cols))
+        hidden = full[at]  # (N, d)
+        pointer = model.pointer(full, items, cats, sessions)
+        pointer = pointer[at] if pointer is not None else None  # (N,)
+        for lo in range(0, len(tg.items), target_rows):
+            part = slice(lo, lo + target_rows)
+            h = hidden[part]
+            p = pointer[part] if pointer is not None else None
+            t_items = torch.as_tensor(tg.items[part], device=device)
+            t_cats = torch.as_tensor(tg.categories[part], device=device)
+            # The copy/generate mixtures when the encoder has copy terms.
+            item_ranks.append(target_ranks(model.next_item_log_probs(h, p), t_items))
+            cat_ranks.append(target_ranks(model.next_category_log_probs(h, p), t_cats))
+    return item_ranks, cat_ranks
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

@@ -47,9 +47,8 @@ from rlrec.models.sequences import (
     IGNORE,
     Windows,
     collapse_repeats,
+    encoder_windows,
     mask_tokens,
-    prefix_windows,
-    training_windows,
 )
 
 __all__ = [
@@ -71,7 +70,8 @@ class PretrainConfig:
         mask_prob: Fraction of steps hidden by the ``masked`` objective.
         pretrain_epochs: Most epochs of the self-supervised stage (0 skips it).
         finetune_epochs: Most epochs of the next-item + next-category stage (0 skips it).
-        patience: Epochs without a better valid loss before a stage stops early.
+        patience: Epochs without a better valid NDCG@10 (the masked stage: valid loss) before
+            a stage stops early.
         batch_size: Training windows per step.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases, norms and embeddings).
@@ -189,8 +189,10 @@ def train_encoder(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     train_steps = collapse_repeats(dataset.sessions("train"))
-    train_windows = training_windows(train_steps, enc_cfg.max_len)
-    valid_windows = prefix_windows(collapse_repeats(dataset.sessions("valid")), enc_cfg.max_len)
+    train_windows = encoder_windows(
+        dataset, "train", enc_cfg.max_len, enc_cfg.sessions, training=True
+    )
+    valid_windows = encoder_windows(dataset, "valid", enc_cfg.max_len, enc_cfg.sessions)
     if train_windows.n_targets == 0:
         raise UserError(
             f"{dataset.path}: the train split has no session of two or more steps; "
@@ -329,7 +331,7 @@ class _Trainer:
         )
 
     def run_stage(self, stage: str, train: Windows, valid: Windows, epochs: int) -> None:
-        """Train one stage with early stopping on its valid loss; keep the best weights."""
+        """Train one stage with early stopping on valid NDCG@10 (or loss); keep the best weights."""
         optimizer = self._optimizer()
         n_batches = math.ceil(len(train) / self.cfg.batch_size)
         best_loss, best_state, best_record, waited = math.inf, None, None, 0
@@ -350,7 +352,12 @@ class _Trainer:
                 bar.set_postfix(
                     loss=f"{record['train_loss']:.3f}", valid=f"{record['valid_loss']:.3f}"
                 )
-                valid_loss = record["valid_loss"]
+                # Stop on valid NDCG@10 where the stage ranks (the causal stages): the loss
+                # keeps falling on the many easy targets while the ranking of the hard ones,
+                # what the evaluation measures, has stopped improving (or the reverse). The
+                # fine-tuning stage trains the category head too: its accuracy@1 counts as
+                # much. The masked objective has no ranking on the valid split: its loss.
+                valid_loss = _stopping_loss(stage, record, self.cfg.category_loss_weight)
                 # Without valid targets there is nothing to stop on: keep the last epoch.
                 if math.isnan(valid_loss) or valid_loss < best_loss - 1e-6:
                     best_loss = valid_loss if not math.isnan(valid_loss) else best_loss
@@ -393,6 +400,7 @@ class _Trainer:
                 "categories": windows.categories[idx][:, cols],
                 "target_items": windows.target_items[idx][:, cols],
                 "target_categories": windows.target_categories[idx][:, cols],
+                "sessions": windows.session_tokens()[idx][:, cols],
             }
 
     def _to(self, array: np.ndarray) -> torch.Tensor:
@@ -465,20 +473,24 @@ class _Trainer:
                 model.category_mask_token,
                 rng,
             )
-            hidden = model(self._to(items), self._to(cats), causal=False)  # (B, L, d)
+            hidden = model(
+                self._to(items), self._to(cats), causal=False, sessions=self._to(batch["sessions"])
+            )  # (B, L, d)
             where = self._to(targets != IGNORE)
             loss, _ = self._item_loss(hidden[where], self._to(targets)[where])
             return {"loss": loss, "item_loss": loss}, {}
         item_tokens, cat_tokens = self._to(batch["items"]), self._to(batch["categories"])
-        hidden = model(item_tokens, cat_tokens)  # (B, L, d)
+        sessions = self._to(batch["sessions"])
+        hidden = model(item_tokens, cat_tokens, sessions=sessions)  # (B, L, d)
         where = self._to(batch["target_items"] != IGNORE)  # (B, L)
         h = hidden[where]  # (N, d)
-        pointer = model.pointer(hidden, item_tokens, cat_tokens)
+        pointer = model.pointer(hidden, item_tokens, cat_tokens, sessions)
         pointer = pointer[where] if pointer is not None else None  # (N,)
         target_items = self._to(batch["target_items"])[where]  # (N,)
         target_cats = self._to(batch["target_categories"])[where]  # (N,)
         item_loss, item_logits = self._item_loss(h, target_items, pointer)
-        cat_logits = model.category_logits(h)  # (N, n_categories)
+        # The category copy mixture's log-probabilities (the head's log-softmax without it).
+        cat_logits = model.next_category_log_probs(h, pointer)  # (N, n_categories)
         extra: dict[str, Any] = {
             "h": h,
             "target_items": target_items,
@@ -490,7 +502,7 @@ class _Trainer:
             extra["item_logits"] = item_logits
         if stage == "pretrain":
             return {"loss": item_loss, "item_loss": item_loss}, extra
-        cat_loss = F.cross_entropy(cat_logits, target_cats)
+        cat_loss = F.nll_loss(cat_logits, target_cats)
         losses = {
             "loss": item_loss + self.cfg.category_loss_weight * cat_loss,
             "item_loss": item_loss,
@@ -574,6 +586,16 @@ class _Trainer:
                     group = "charts"
                 self.writer.add_scalar(f"{stage}/{group}/{key}", value, epoch)
         self.writer.flush()
+
+
+def _stopping_loss(stage: str, record: dict[str, Any], category_loss_weight: float) -> float:
+    """What early stopping minimises: minus valid NDCG@10 (+ category acc@1), or the loss."""
+    if "valid_ndcg@10" not in record:
+        return float(record["valid_loss"])
+    score = float(record["valid_ndcg@10"])
+    if stage == "finetune" and category_loss_weight > 0:
+        score += float(record["valid_category_acc@1"])
+    return -score
 
 
 def _markdown_table(mapping: dict[str, Any]) -> str:
