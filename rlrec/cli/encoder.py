@@ -47,9 +47,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # importing those (torch) would slow every `rlrec --help`; a test keeps them equal. The
     # options themselves default to None so that --config values are only overridden when set.
     enc = pre.add_argument_group("encoder (flags override --config)")
-    enc.add_argument("--d-model", type=int, dest="d_model", help="state dimension (default: 64)")
-    enc.add_argument("--layers", type=int, dest="n_layers", help="transformer blocks (default: 2)")
-    enc.add_argument("--heads", type=int, dest="n_heads", help="attention heads (default: 2)")
+    enc.add_argument(
+        "--d-model",
+        type=int,
+        dest="d_model",
+        help="state dimension (default: auto, from the data size: 64 below 100k train targets)",
+    )
+    enc.add_argument(
+        "--layers",
+        type=int,
+        dest="n_layers",
+        help="transformer blocks (default: auto, from the data size: 2 below 1M targets)",
+    )
+    enc.add_argument(
+        "--heads",
+        type=int,
+        dest="n_heads",
+        help="attention heads (default: auto, from the data size: 2 below 100k targets)",
+    )
     enc.add_argument(
         "--max-len", type=int, dest="max_len", help="history length in steps (default: 50)"
     )
@@ -61,16 +76,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="pretraining objective (default: causal)",
     )
     train.add_argument(
-        "--epochs", type=int, dest="pretrain_epochs", help="pretraining epochs (default: 3)"
+        "--epochs",
+        type=int,
+        dest="pretrain_epochs",
+        help="most pretraining epochs (default: auto, from the data size)",
     )
     train.add_argument(
         "--finetune-epochs",
         type=int,
         dest="finetune_epochs",
-        help="fine-tuning epochs (default: 10)",
+        help="most fine-tuning epochs (default: auto, from the data size)",
     )
     train.add_argument(
-        "--patience", type=int, help="early-stopping patience in epochs (default: 2)"
+        "--patience",
+        type=int,
+        help="epochs without a better valid NDCG@10 before stopping (default: 3)",
     )
     train.add_argument(
         "--batch-size", type=int, dest="batch_size", help="windows per step (default: 128)"
@@ -84,7 +104,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--threads", type=int, dest="num_threads", help="CPU threads, 0 for torch's (default: 0)"
     )
     add_force(pre, "encoder checkpoint")
-    pre.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    pre.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (it is hidden anyway when stderr is not a terminal)",
+    )
     pre.add_argument("--json", action="store_true", help="print the result as JSON")
     pre.set_defaults(handler=_pretrain)
 
@@ -205,16 +229,25 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 def _pretrain(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
     from rlrec.models.encoder import EncoderConfig
-    from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint
+    from rlrec.models.pretrain import (
+        PretrainConfig,
+        auto_size,
+        count_train_targets,
+        pretrain_checkpoint,
+    )
 
     check_out_dir(args.out, "encoder", args.force)
     encoder_map, training_map = _settings(args)
     where = args.config or "flags"
-    enc_cfg = from_mapping(EncoderConfig, encoder_map, f"{where}:encoder")
-    cfg = from_mapping(PretrainConfig, training_map, f"{where}:training")
     dataset = load_dataset(args.data)
+    # Width and depth from the data size (SIZE_TABLE) unless the config or a flag sets them.
+    auto = auto_size(count_train_targets(dataset))
+    enc_cfg = from_mapping(EncoderConfig, {**auto, **encoder_map}, f"{where}:encoder")
+    cfg = from_mapping(PretrainConfig, training_map, f"{where}:training")
+    # A progress bar in a log file is noise: draw it only on a terminal.
+    progress = not args.no_progress and sys.stderr.isatty()
     summary = pretrain_checkpoint(
-        dataset, args.out, enc_cfg, cfg, progress=not args.no_progress, force=args.force
+        dataset, args.out, enc_cfg, cfg, progress=progress, force=args.force
     )
     if args.json:
         json.dump(summary, sys.stdout, indent=2)

@@ -52,8 +52,13 @@ from rlrec.models.sequences import (
 )
 
 __all__ = [
+    "SIZE_TABLE",
     "PretrainConfig",
     "TrainingResult",
+    "auto_encoder_config",
+    "auto_epochs",
+    "auto_size",
+    "count_train_targets",
     "pretrain_checkpoint",
     "resolve_device",
     "train_encoder",
@@ -68,8 +73,10 @@ class PretrainConfig:
         objective: Self-supervised objective of the pretraining stage: ``causal`` next-item
             prediction (SASRec) or ``masked`` item modelling (BERT4Rec).
         mask_prob: Fraction of steps hidden by the ``masked`` objective.
-        pretrain_epochs: Most epochs of the self-supervised stage (0 skips it).
-        finetune_epochs: Most epochs of the next-item + next-category stage (0 skips it).
+        pretrain_epochs: Most epochs of the self-supervised stage (0 skips it; None: from the
+            data size, :func:`auto_epochs`).
+        finetune_epochs: Most epochs of the next-item + next-category stage (0 skips it;
+            None: from the data size).
         patience: Epochs without a better valid NDCG@10 (the masked stage: valid loss) before
             a stage stops early.
         batch_size: Training windows per step.
@@ -88,9 +95,9 @@ class PretrainConfig:
 
     objective: Literal["causal", "masked"] = "causal"
     mask_prob: float = 0.2
-    pretrain_epochs: int = 3
-    finetune_epochs: int = 10
-    patience: int = 2
+    pretrain_epochs: int | None = None
+    finetune_epochs: int | None = None
+    patience: int = 3
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -105,9 +112,10 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError("mask_prob must be in (0, 1)")
-        if min(self.pretrain_epochs, self.finetune_epochs, self.num_threads) < 0:
+        epochs = [e for e in (self.pretrain_epochs, self.finetune_epochs) if e is not None]
+        if min([*epochs, self.num_threads]) < 0:
             raise ValueError("pretrain_epochs, finetune_epochs and num_threads must be >= 0")
-        if self.pretrain_epochs + self.finetune_epochs == 0:
+        if len(epochs) == 2 and sum(epochs) == 0:
             raise ValueError("pretrain_epochs and finetune_epochs cannot both be 0")
         if min(self.patience, self.batch_size, self.n_negatives, self.eval_batch_size) < 1:
             raise ValueError("patience, batch_size, n_negatives and eval_batch_size must be >= 1")
@@ -135,6 +143,8 @@ class TrainingResult:
         best: The best epoch's record of each stage that ran.
         train_sequences_per_s: Training windows processed per second, over all epochs.
         seconds: Wall time of training.
+        max_epochs: The (pretrain, fine-tune) epoch ceilings used (:func:`auto_epochs` where
+            the config left them None).
     """
 
     model: SequenceEncoder
@@ -142,6 +152,59 @@ class TrainingResult:
     best: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_sequences_per_s: float = float("nan")
     seconds: float = 0.0
+    max_epochs: tuple[int, int] = (0, 0)
+
+
+SIZE_TABLE: tuple[tuple[int, int, int, int], ...] = (
+    (100_000, 64, 2, 2),
+    (1_000_000, 128, 2, 4),
+    (10**18, 256, 3, 4),
+)
+"""Width and depth from the data: ``(train targets below, d_model, n_layers, n_heads)``.
+
+A train target is a step ``t >= 1`` of a train session. 64 wide, 2 deep is what the logs we
+measured (a few thousand to ~100k targets) need: wider overfits the small ones (measured on
+the Taobao sample and in the issue's held-out 100k-event log, where d_model 128 with a
+long budget only tied 64). Large logs get the widths SASRec and its reproductions use."""
+
+EPOCH_BUDGET = (200_000, 600_000)
+"""Target visits that :func:`auto_epochs` gives the (pretrain, fine-tune) stages at most."""
+
+
+def count_train_targets(dataset: PreparedDataset) -> int:
+    """Train targets of ``dataset``: steps ``t >= 1`` of its train sessions."""
+    return collapse_repeats(dataset.sessions("train")).n_targets
+
+
+def auto_size(n_train_targets: int) -> dict[str, int]:
+    """``d_model``, ``n_layers`` and ``n_heads`` from :data:`SIZE_TABLE` for a data size."""
+    row = next(row for row in SIZE_TABLE if n_train_targets < row[0])
+    return {"d_model": row[1], "n_layers": row[2], "n_heads": row[3]}
+
+
+def auto_encoder_config(n_train_targets: int, **overrides: Any) -> EncoderConfig:
+    """The encoder's width and depth from :data:`SIZE_TABLE`, then ``overrides`` (set fields).
+
+    Args:
+        n_train_targets: :func:`count_train_targets` of the dataset.
+        **overrides: ``EncoderConfig`` fields to set regardless of the table.
+    """
+    return EncoderConfig(**{**auto_size(n_train_targets), **overrides})
+
+
+def auto_epochs(n_train_targets: int) -> tuple[int, int]:
+    """Most (pretrain, fine-tune) epochs for a train split of ``n_train_targets`` targets.
+
+    Early stopping on valid NDCG@10 ends training when it stops paying; this is the ceiling.
+    The budget is a number of target visits (:data:`EPOCH_BUDGET`), so small logs get many
+    epochs (an undertrained SASRec loses to simple baselines; Klenitskiy & Vasilev 2023) and
+    large ones a few, with at least 3 and 5 and at most 30 and 80: the time grows with the
+    data only up to about 100k targets (measured: about 5 minutes on 2 cores there).
+    """
+    n = max(n_train_targets, 1)
+    pretrain = int(np.clip(round(EPOCH_BUDGET[0] / n), 3, 30))
+    finetune = int(np.clip(round(EPOCH_BUDGET[1] / n), 5, 80))
+    return pretrain, finetune
 
 
 def resolve_device(name: str) -> torch.device:
@@ -172,7 +235,8 @@ def train_encoder(
 
     Args:
         dataset: A PreparedDataset.
-        encoder_config: Model hyperparameters (defaults: 2 layers, 64 dims, 50 steps).
+        encoder_config: Model hyperparameters (None: :func:`auto_encoder_config` of the
+            data size).
         config: Training settings.
         tensorboard_dir: Where to write TensorBoard event files; None writes none.
         progress: Show a tqdm progress bar on stderr.
@@ -183,8 +247,14 @@ def train_encoder(
     Raises:
         UserError: If the train split has no session of two or more steps.
     """
-    enc_cfg = encoder_config or EncoderConfig()
     cfg = config or PretrainConfig()
+    n_targets = count_train_targets(dataset)
+    enc_cfg = encoder_config or auto_encoder_config(n_targets)
+    auto_pre, auto_fine = auto_epochs(n_targets)
+    pretrain_epochs = cfg.pretrain_epochs if cfg.pretrain_epochs is not None else auto_pre
+    finetune_epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else auto_fine
+    if pretrain_epochs + finetune_epochs == 0:
+        raise UserError("pretrain_epochs and finetune_epochs cannot both be 0")
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -216,10 +286,10 @@ def train_encoder(
         trainer = _Trainer(model, cfg, device, rng, writer, progress)
         trainer.set_item_counts(np.bincount(train_steps.items, minlength=dataset.n_items))
         started = time.perf_counter()
-        if cfg.pretrain_epochs:
-            trainer.run_stage("pretrain", train_windows, valid_windows, cfg.pretrain_epochs)
-        if cfg.finetune_epochs:
-            trainer.run_stage("finetune", train_windows, valid_windows, cfg.finetune_epochs)
+        if pretrain_epochs:
+            trainer.run_stage("pretrain", train_windows, valid_windows, pretrain_epochs)
+        if finetune_epochs:
+            trainer.run_stage("finetune", train_windows, valid_windows, finetune_epochs)
         seconds = time.perf_counter() - started
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
@@ -231,6 +301,7 @@ def train_encoder(
         best=trainer.best,
         train_sequences_per_s=trainer.sequences / max(trainer.train_seconds, 1e-9),
         seconds=seconds,
+        max_epochs=(pretrain_epochs, finetune_epochs),
     )
 
 
@@ -268,6 +339,8 @@ def pretrain_checkpoint(
             "seconds": round(result.seconds, 3),
             "train_sequences_per_s": result.train_sequences_per_s,
             "epochs": len(result.history),
+            "max_epochs": list(result.max_epochs),
+            "encoder_config": to_mapping(result.model.config),
             "best": result.best,
         }
         info = {

@@ -328,9 +328,9 @@ def _subsample(split: _Split, fraction: float, seed: int) -> _Split:
     where = np.flatnonzero(split.labels.ravel() != IGNORE)
     keep = max(1, round(fraction * len(where)))
     chosen = np.random.default_rng(seed).choice(where, size=keep, replace=False)
-    labels = np.full(split.labels.size, IGNORE, dtype=np.int64)
-    labels[chosen] = split.labels.ravel()[chosen]
-    labels = labels.reshape(split.labels.shape)
+    flat = np.full(split.labels.size, IGNORE, dtype=np.int64)
+    flat[chosen] = split.labels.ravel()[chosen]
+    labels = flat.reshape(split.labels.shape)  # (W, L)
     rows = (labels != IGNORE).any(axis=1)
     return _Split(
         split.items[rows],
