@@ -121,8 +121,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="next-item and next-category ranking on the test split, with baselines",
         description=(
             "Full-ranking evaluation (no sampled negatives) of the encoder and of the "
-            "popularity, item-Markov, category-Markov and last-category baselines; the "
-            "protocol is printed with the numbers."
+            "popularity, item-Markov, category-Markov, last-category, item-kNN, session-kNN "
+            "(SKNN, V-SKNN) and re-visit baselines, each neighbourhood size chosen on the "
+            "valid split; the protocol is printed with the numbers."
         ),
         formatter_class=fmt,
     )
@@ -139,6 +140,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         f"of the labels and report the transfer gain ({', '.join(TASK_NAMES)})",
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of the --transfer runs")
+    grids = ev.add_argument_group("baseline grids (comma-separated; chosen on the valid split)")
+    grids.add_argument(
+        "--knn-k",
+        metavar="K[,K...]",
+        help="neighbour sessions of SKNN and V-SKNN (default: 50,100,200,500)",
+    )
+    grids.add_argument(
+        "--knn-sample",
+        metavar="N[,N...]",
+        help="most recent candidate sessions of SKNN and V-SKNN (default: 500,1000,5000)",
+    )
+    grids.add_argument(
+        "--item-knn-k",
+        metavar="K[,K...]",
+        help="neighbour items of item-kNN (default: 20,50,100,200)",
+    )
+    grids.add_argument(
+        "--revisit-window",
+        metavar="W[,W...]",
+        help="history steps of re-visit (default: 10,50,200,1000)",
+    )
+    ev.add_argument(
+        "--session-only",
+        action="store_true",
+        help="no baseline sees the user's earlier sessions (re-visit reads the session only)",
+    )
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.set_defaults(handler=_evaluate)
 
@@ -269,12 +296,50 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """Parse a comma-separated list of positive integers given to ``flag``."""
+    from rlrec.errors import UserError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(
+            f"{flag} {text!r}: expected comma-separated positive integers, e.g. 50,100"
+        ) from None
+    if any(v <= 0 for v in values):
+        raise UserError(f"{flag} {text!r}: every value must be a positive integer")
+    return values
+
+
+def _baseline_config(args: argparse.Namespace) -> Any:
+    """The eval's BaselineConfig: the default grids, overridden by the flags given."""
+    import dataclasses
+
+    from rlrec.evaluation.ranking import BaselineConfig
+
+    given = {
+        field: _positive_ints(getattr(args, attr), flag)
+        for field, attr, flag in (
+            ("knn_k", "knn_k", "--knn-k"),
+            ("knn_sample_sizes", "knn_sample", "--knn-sample"),
+            ("item_knn_k", "item_knn_k", "--item-knn-k"),
+            ("revisit_windows", "revisit_window", "--revisit-window"),
+        )
+    }
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    overrides["user_history"] = not args.session_only
+    return dataclasses.replace(BaselineConfig(), **overrides)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
     from rlrec.evaluation.ranking import evaluate_next_step, format_report
     from rlrec.models.checkpoint import load_encoder
     from rlrec.models.pretrain import resolve_device
 
+    config = _baseline_config(args)  # bad grids fail before anything loads
     dataset = load_dataset(args.data)
     if args.transfer:
         from rlrec.models.transfer import check_task
@@ -282,7 +347,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         for task in args.transfer:  # refuse before the evaluation's work
             check_task(dataset, task)
     model, _ = load_encoder(args.encoder, dataset, device=resolve_device(args.device))
-    report = evaluate_next_step(model, dataset, split=args.split)
+    report = evaluate_next_step(model, dataset, split=args.split, config=config)
     if args.transfer:
         from rlrec.models.transfer import FinetuneConfig, transfer_comparison
 

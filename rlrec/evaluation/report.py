@@ -659,8 +659,8 @@ def _encoder_section(inputs: ReportInputs) -> Section:
     rows = [[name] + [_fmt(m.get(c), 4) for c in columns] for name, m in models.items()]
     section.table = Table(["model", *columns], rows, 0 if "encoder" in models else None)
     section.caption = (
-        "The pretrained transformer encoder against popularity, item-Markov, category-Markov "
-        "and last-category baselines: "
+        "The pretrained transformer encoder against popularity, item-Markov, category-Markov, "
+        "last-category, item-kNN, session-kNN (SKNN, V-SKNN) and re-visit baselines: "
         + str(report.get("protocol", {}).get("description", ""))
         + " The encoder should lead on NDCG@10; its states are what PPO starts from."
     )

@@ -172,7 +172,7 @@ def test_config_checks() -> None:
 def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedDataset) -> None:
     result = train_encoder(small_dataset, SMALL, QUICK, progress=False)
     report = evaluate_next_step(result.model, small_dataset)
-    assert set(report) == {"protocol", "encoder", "baselines"}
+    assert set(report) == {"protocol", "encoder", "baselines", "baseline_params"}
     assert set(report["encoder"]) == {*ITEM_METRICS, *CATEGORY_METRICS}
     assert set(report["baselines"]) == set(BASELINES)
     assert set(report["baselines"]["last_category"]) == set(CATEGORY_METRICS)
@@ -197,7 +197,7 @@ def test_evaluation_ranks_by_the_copy_mixture_of_each_prefix(
     model = result.model
     assert model.copy_head is not None
     report = evaluate_next_step(model, small_dataset)
-    assert report["protocol"]["encoder_user_history"] is sessions
+    assert report["protocol"]["context"]["encoder"] == ("user" if sessions else "session")
     encoder = StateEncoder(model)
     streams = user_steps(small_dataset, "test", history=sessions)
     mixture, generative, categories = [], [], []
@@ -247,7 +247,8 @@ def test_encoder_beats_first_order_baselines_on_streak_structure(
     report = evaluate_next_step(result.model, seq_dataset)
     acc = report["encoder"]["category_acc@1"]
     for name, metrics in report["baselines"].items():
-        assert acc > metrics["category_acc@1"] + 0.1, name
+        if "category_acc@1" in metrics:  # the neighbourhood baselines rank items only
+            assert acc > metrics["category_acc@1"] + 0.1, name
 
 
 def test_cli_pretrain_and_eval(

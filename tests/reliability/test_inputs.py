@@ -1088,6 +1088,24 @@ def test_undamaged_encoder_base_evaluates(bases: Bases, capsys: pytest.CaptureFi
     assert run_hostile(["data", "stats", str(bases.dataset)], capsys).kind == "ok"
 
 
+BAD_EVAL_OPTIONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "knn k zero": (["--knn-k", "0"], ("--knn-k", "'0'", "positive")),
+    "knn k negative in a list": (["--knn-k", "50,-3"], ("--knn-k", "-3", "positive")),
+    "knn sample not a number": (["--knn-sample", "many"], ("--knn-sample", "'many'", "integers")),
+    "item-knn k empty item": (["--item-knn-k", "20,,50"], ("--item-knn-k", "integers")),
+    "revisit window float": (["--revisit-window", "2.5"], ("--revisit-window", "'2.5'")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_EVAL_OPTIONS))
+def test_bad_encoder_eval_option_is_one_clear_line(
+    name: str, bases: Bases, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra, needles = BAD_EVAL_OPTIONS[name]
+    argv = ["encoder", "eval", str(bases.encoder), "--data", str(bases.dataset), *extra]
+    assert_clear_error(run_hostile(argv, capsys), *needles)
+
+
 # --------------------------------------------------------------------------- quickstart JSON
 
 REPORT_JSON: list[tuple[str, object]] = [
