@@ -566,6 +566,27 @@ class SequenceEncoder(nn.Module):
         same = ids == (pointer.current - 1)[:, None]  # (N, M); padding (-1) matches nothing
         return self.copy_head.bias("repeat_bias") * same
 
+    def with_repeat_bias(self, logits: torch.Tensor, pointer: Pointer | None) -> torch.Tensor:
+        """Full-catalog ``logits`` plus :meth:`repeat_adjustment`, touching one cell per row.
+
+        Equal to ``logits + repeat_adjustment(arange(n_items), pointer)`` without building
+        the (N, n_items) mask and product: on a catalog of thousands of items those dense
+        temporaries cost more than the logits themselves.
+
+        Args:
+            logits: (N, n_items) generative logits.
+            pointer: (N,) :class:`Pointer`, or None (returns ``logits``).
+
+        Returns:
+            (N, n_items) a new tensor.
+        """
+        if pointer is None or self.copy_head is None:
+            return logits
+        current = pointer.current - 1  # (N,), -1 at padding
+        rows = torch.nonzero(current >= 0).squeeze(1)
+        bias = self.copy_head.bias("repeat_bias").expand(len(rows)).to(logits.dtype)
+        return logits.index_put((rows, current[rows]), bias, accumulate=True)
+
     def mix_log_probs(self, logits: torch.Tensor, pointer: Pointer | None) -> torch.Tensor:
         """Next-item log-probabilities of the mixture, from the generative head's logits.
 
@@ -580,8 +601,7 @@ class SequenceEncoder(nn.Module):
         """
         if pointer is None:
             return torch.log_softmax(logits, dim=-1)
-        ids = torch.arange(self.n_items, device=logits.device)
-        log_gen = torch.log_softmax(logits + self.repeat_adjustment(ids, pointer), dim=-1)
+        log_gen = torch.log_softmax(self.with_repeat_bias(logits, pointer), dim=-1)
         return torch.logaddexp(
             pointer.log_gate[:, None] + pointer.copy_log_probs(self.n_items),
             pointer.log_ungate[:, None] + log_gen,
