@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
     from rlrec.models.ground_truth import GroundTruth, SyntheticConfig, load_ground_truth
     from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint, train_encoder
+    from rlrec.models.sim_model import SimModel, load_sim_model
+    from rlrec.models.synthetic import generate_dataset, generate_events
     from rlrec.models.transfer import (
         FinetuneConfig,
         encoder_return_scores,
@@ -22,8 +24,6 @@ if TYPE_CHECKING:
         finetune_checkpoint,
         transfer_comparison,
     )
-    from rlrec.models.sim_model import SimModel, load_sim_model
-    from rlrec.models.synthetic import generate_dataset, generate_events
     from rlrec.models.transition import FitConfig, fit_sim_model, simulate_organic
 
 # Name -> module of every public name (torch and pandas import slowly; load them on use).
