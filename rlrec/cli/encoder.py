@@ -374,7 +374,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _format_transfer(transfer: dict[str, Any]) -> str:
     lines = ["transfer (test split): pretrained init vs from scratch", ""]
     lines.append(
-        f"{'task':<18} {'metric':<8} {'labels':>6} {'n':>7} {'pretrained':>11} "
+        f"{'task':<18} {'metric':<8} {'labels':>6} {'train n':>7} {'pretrained':>11} "
         f"{'scratch':>9} {'gain':>8}"
     )
     for task, result in transfer.items():
