@@ -14,6 +14,13 @@ The target: the encoder beats every baseline on NDCG@10 and on category accuracy
     python benchmarks/bench_encoder.py --out bench_encoder.json            # default schedule
     python benchmarks/bench_encoder.py --out bench_encoder.json --quick    # small data, 1+2 epochs
     python benchmarks/bench_encoder.py --out bench_encoder.json --no-copy  # generative head only
+    python benchmarks/bench_encoder.py --out t.json --events-100k          # the time budget
+
+``--events-100k`` adds the time budget of the defaults: a synthetic log of about 100,000
+events (``SyntheticConfig(n_events=100_000)``) trained with every default (size and epoch
+ceilings from the data, early stopping): ``synthetic100k_train_s`` (pretrain + fine-tune),
+its epochs and resolved width, with the load average before and after (target: 300 s on 2
+cores).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -158,6 +166,26 @@ def _train_and_rank(
     }
 
 
+def _time_100k(work: Path, seed: int) -> dict[str, Any]:
+    """Train with every default on a ~100k-event synthetic log; wall time and load."""
+    ds = load_dataset(
+        generate_dataset(work / "synthetic100k", SyntheticConfig(n_events=100_000, seed=seed))
+    )
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    result = train_encoder(ds, None, PretrainConfig(seed=seed), progress=sys.stderr.isatty())
+    return {
+        "synthetic100k_events": len(ds.events),
+        "synthetic100k_train_targets": collapse_repeats(ds.sessions("train")).n_targets,
+        "synthetic100k_train_s": result.seconds,
+        "synthetic100k_epochs": len(result.history),
+        "synthetic100k_max_epochs": list(result.max_epochs),
+        "synthetic100k_d_model": result.model.config.d_model,
+        "synthetic100k_load_average_before": load_before,
+        "synthetic100k_load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "synthetic100k_device": str(next(result.model.parameters()).device),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -172,6 +200,9 @@ def main() -> int:
     )
     parser.add_argument("--pretrain-epochs", type=int, help="override the schedule's maximum")
     parser.add_argument("--finetune-epochs", type=int, help="override the schedule's maximum")
+    parser.add_argument(
+        "--events-100k", action="store_true", help="also time the defaults on ~100k events"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,6 +246,8 @@ def main() -> int:
             out.update(res)
         else:
             out["taobao_encoder_ndcg_at_10"] = None
+        if args.events_100k:
+            out.update(_time_100k(work, args.seed))
     write_json_atomic(args.out, out)
     print(json.dumps(out, indent=2))
     return 0

@@ -177,7 +177,8 @@ def encoder_settings(preset: EnvPreset) -> tuple[EncoderConfig, PretrainConfig]:
 
     The mapping has optional ``model`` (:class:`EncoderConfig`) and ``training``
     (:class:`PretrainConfig`) sections; the CPU is the default device here so that a cached
-    encoder does not depend on the machine.
+    encoder does not depend on the machine, and ``sessions`` defaults to off (the env's
+    observations hold one session).
 
     Raises:
         UserError: Naming the preset and the offending field.
@@ -189,7 +190,11 @@ def encoder_settings(preset: EnvPreset) -> tuple[EncoderConfig, PretrainConfig]:
             f"{preset.name}: encoder: unknown section(s) {', '.join(unknown)}; expected "
             "'model' (EncoderConfig) and 'training' (PretrainConfig)"
         )
-    enc = from_mapping(EncoderConfig, section.get("model") or {}, f"{preset.name}:encoder.model")
+    # The simulator's observations are one session each: unless the preset says otherwise,
+    # train the agent's encoder on session windows (EncoderConfig.sessions off), the
+    # distribution it will read, rather than on user histories.
+    model = {"sessions": False, **(section.get("model") or {})}
+    enc = from_mapping(EncoderConfig, model, f"{preset.name}:encoder.model")
     training = {"device": "cpu", **(section.get("training") or {})}
     pre = from_mapping(PretrainConfig, training, f"{preset.name}:encoder.training")
     return enc, pre

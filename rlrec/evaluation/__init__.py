@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         estimate_session_value,
         prepare_sessions,
     )
-    from rlrec.evaluation.ranking import evaluate_next_step
+    from rlrec.evaluation.ranking import BaselineConfig, evaluate_next_step
     from rlrec.evaluation.report import write_report
     from rlrec.evaluation.rollout import EpisodeStats, evaluate_policies, summarize
 
@@ -43,6 +43,7 @@ _LAZY: dict[str, str] = {
     "LoggedSessions": "rlrec.evaluation.ope.sequential",
     "estimate_session_value": "rlrec.evaluation.ope.sequential",
     "prepare_sessions": "rlrec.evaluation.ope.sequential",
+    "BaselineConfig": "rlrec.evaluation.ranking",
     "evaluate_next_step": "rlrec.evaluation.ranking",
     "write_report": "rlrec.evaluation.report",
     "EpisodeStats": "rlrec.evaluation.rollout",
@@ -55,6 +56,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
+    "BaselineConfig",
     "EpisodeStats",
     "Estimate",
     "LoggedRounds",

@@ -25,6 +25,7 @@ __all__ = [
     "MUTED",
     "PALETTE",
     "TRUTH",
+    "encoder_panels",
     "fidelity",
     "fitted_vs_truth",
     "grouped_bars",
@@ -269,7 +270,18 @@ def grouped_bars(
 ) -> Figure:
     """Bars grouped by metric (``groups``), one bar per model (``series`` name -> values)."""
     fig = _figure(8.0, 3.4)
-    ax = _axes(fig, 1, 1, 1)
+    _bars(_axes(fig, 1, 1, 1), groups, series, title, ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def _bars(
+    ax: Any,
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float | None]],
+    title: str,
+    ylabel: str,
+) -> None:
     x = np.arange(len(groups))
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):
@@ -282,6 +294,49 @@ def grouped_bars(
     ax.set_title(title)
     ax.grid(axis="x", visible=False)
     ax.legend(ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+
+
+def encoder_panels(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float | None]],
+    title: str,
+    history: Sequence[Mapping[str, Any]],
+) -> Figure:
+    """The ranking bars above the encoder's training curves (one point per epoch).
+
+    Args:
+        groups: Metric names of the bars.
+        series: Model name -> its value per metric.
+        title: Title of the bars.
+        history: ``encoder.json``'s ``info.history``: records with ``stage``, ``epoch``,
+            ``train_loss``, ``valid_loss`` and (causal stages) ``valid_ndcg@10``; the stages
+            are drawn one after the other.
+    """
+    fig = _figure(8.0, 6.4)
+    _bars(_axes(fig, 2, 1, 1), groups, series, title, "score")
+    losses = _axes(fig, 2, 2, 3)
+    ndcg = _axes(fig, 2, 2, 4)
+    x = np.arange(1, len(history) + 1)
+
+    def column(key: str) -> np.ndarray:
+        return np.asarray(
+            [r.get(key) if isinstance(r.get(key), (int, float)) else np.nan for r in history],
+            dtype=np.float64,
+        )
+
+    losses.plot(x, column("train_loss"), color=PALETTE[0], label="train loss")
+    losses.plot(x, column("valid_loss"), color=PALETTE[1], label="valid loss")
+    ndcg.plot(x, column("valid_ndcg@10"), color=PALETTE[2], marker="o", ms=3)
+    stages = [str(r.get("stage", "")) for r in history]
+    for i in range(1, len(stages)):
+        if stages[i] != stages[i - 1]:  # where fine-tuning starts
+            for ax in (losses, ndcg):
+                ax.axvline(i + 0.5, color="0.6", lw=0.8, ls="--")
+    losses.set_title("Training: losses per epoch")
+    losses.set_xlabel("epoch (pretrain, then fine-tune)")
+    losses.legend(loc="upper right")
+    ndcg.set_title("Validation NDCG@10 per epoch")
+    ndcg.set_xlabel("epoch (pretrain, then fine-tune)")
     fig.tight_layout()
     return fig
 

@@ -17,15 +17,29 @@ Protocol (:func:`evaluate_next_step`, printed with every result):
   tie-break; categories by summing the transitions into each category),
   ``category_markov`` (the category-migration matrix; items by P(category) x P(item |
   category)), ``last_category`` (the current category first, then by popularity;
-  categories only).
+  categories only), and the neighbourhood family of :mod:`rlrec.evaluation.neighbors`:
+  ``item_knn`` (co-occurrence with the current item), ``sknn`` and ``vsknn`` (session-kNN
+  and its position-decayed, IDF-weighted variant, Ludewig & Jannach 2018), and ``revisit``
+  (the user's own recent items by recency, :mod:`rlrec.evaluation.history`);
+* each tuned baseline's neighbourhood size (``k``, ``sample_size``, ``window``) is chosen on
+  the ``valid`` split's targets by NDCG@10 (then MRR, then the first in the grid) and
+  reported under ``baseline_params``;
+* context: every session baseline sees the current session's prefix (its last ``max_len``
+  steps); ``revisit`` also sees the user's earlier sessions (any split, all before the
+  target) unless ``user_history=False``, and so does an encoder trained on user histories
+  (``EncoderConfig.sessions``: its last ``max_len`` steps across sessions, through
+  :func:`encoder_ranks`); the protocol names what each saw;
+* the current item is ranked last by every baseline (repeats are collapsed, so it is never
+  the target); the neighbourhood baselines rank the items they give no vote by popularity,
+  below every voted item.
 
 Metric functions are pure functions over score arrays; baselines are arrays fitted once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,25 +48,126 @@ import torch
 
 from rlrec.data.content import require_items
 from rlrec.data.dataset import PreparedDataset
+from rlrec.evaluation.history import (
+    UserTimelines,
+    revisit_scores,
+    split_session_ids,
+    user_timelines,
+)
+from rlrec.evaluation.neighbors import (
+    KnnCandidates,
+    SessionIndex,
+    fit_item_knn,
+    fit_session_index,
+    item_knn_scores,
+    knn_candidates,
+    session_knn_scores,
+)
 from rlrec.models.encoder import SequenceEncoder
 from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
-from rlrec.models.sequences import IGNORE, Steps, Windows, collapse_repeats, prefix_windows
+from rlrec.models.sequences import (
+    IGNORE,
+    Steps,
+    Windows,
+    collapse_repeats,
+    encoder_windows,
+    prefix_windows,
+)
 
 __all__ = [
     "BASELINES",
     "CATEGORY_METRICS",
+    "CATEGORY_PREDICTORS",
     "ITEM_METRICS",
+    "TUNED_BASELINES",
+    "BaselineConfig",
     "SequenceBaselines",
+    "Targets",
     "baseline_scores",
+    "encoder_ranks",
     "evaluate_next_step",
     "fit_baselines",
     "format_report",
+    "next_step_targets",
     "protocol",
 ]
 
 ITEM_METRICS: tuple[str, ...] = ("hr@10", "ndcg@10", "mrr")
 CATEGORY_METRICS: tuple[str, ...] = ("category_acc@1", "category_acc@5")
-BASELINES: tuple[str, ...] = ("popularity", "item_markov", "category_markov", "last_category")
+BASELINES: tuple[str, ...] = (
+    "popularity",
+    "item_markov",
+    "category_markov",
+    "last_category",
+    "item_knn",
+    "sknn",
+    "vsknn",
+    "revisit",
+)
+CATEGORY_PREDICTORS: tuple[str, ...] = (
+    "encoder",
+    "popularity",
+    "item_markov",
+    "category_markov",
+    "last_category",
+)
+"""The models that predict the next category (the others rank items only)."""
+TUNED_BASELINES: dict[str, tuple[str, ...]] = {
+    "item_knn": ("k",),
+    "sknn": ("k", "sample_size"),
+    "vsknn": ("k", "sample_size"),
+    "revisit": ("window",),
+}
+"""Baselines whose neighbourhood size is chosen on the valid split, and the sizes' names."""
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Grids of the tuned baselines and their fixed settings.
+
+    Attributes:
+        knn_k: Neighbour sessions tried for SKNN and V-SKNN (Ludewig & Jannach 2018 tune
+            50..1500).
+        knn_sample_sizes: Most recent candidate sessions tried for SKNN and V-SKNN; pairs
+            with ``sample_size < k`` are skipped.
+        item_knn_k: Neighbour items tried for item-kNN.
+        revisit_windows: History lengths (steps) tried for re-visit.
+        item_knn_shrinkage: Item-kNN's ``lambda`` (session-rec's default, 20).
+        vsknn_idf_weight: V-SKNN's IDF weight (10, as in session-rec's tuned V-SKNN).
+        user_history: Let ``revisit`` see the user's earlier sessions, not only the
+            current one.
+    """
+
+    knn_k: tuple[int, ...] = (50, 100, 200, 500)
+    knn_sample_sizes: tuple[int, ...] = (500, 1000, 5000)
+    item_knn_k: tuple[int, ...] = (20, 50, 100, 200)
+    revisit_windows: tuple[int, ...] = (10, 50, 200, 1000)
+    item_knn_shrinkage: float = 20.0
+    vsknn_idf_weight: float = 10.0
+    user_history: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("knn_k", "knn_sample_sizes", "item_knn_k", "revisit_windows"):
+            values = getattr(self, name)
+            if not values or any(int(v) != v or v <= 0 for v in values):
+                raise ValueError(f"{name} must be positive integers, got {list(values)}")
+        if self.item_knn_shrinkage < 0 or self.vsknn_idf_weight < 0:
+            raise ValueError("item_knn_shrinkage and vsknn_idf_weight must be >= 0")
+
+    def grid(self, name: str) -> list[dict[str, int]]:
+        """The parameter settings tried for one tuned baseline, in order."""
+        if name in ("sknn", "vsknn"):
+            return [
+                {"k": k, "sample_size": n}
+                for n in self.knn_sample_sizes
+                for k in self.knn_k
+                if n >= k
+            ] or [{"k": k, "sample_size": k} for k in self.knn_k]
+        if name == "item_knn":
+            return [{"k": k} for k in self.item_knn_k]
+        if name == "revisit":
+            return [{"window": w} for w in self.revisit_windows]
+        raise ValueError(f"{name!r} is not a tuned baseline")
 
 
 @dataclass(frozen=True)
@@ -182,8 +297,6 @@ class _Targets:
     cols: np.ndarray
     items: np.ndarray
     categories: np.ndarray
-    last_items: np.ndarray
-    last_categories: np.ndarray
 
 
 def _batches(windows: Windows, batch_size: int) -> Iterator[tuple[slice, _Targets]]:
@@ -197,14 +310,253 @@ def _batches(windows: Windows, batch_size: int) -> Iterator[tuple[slice, _Target
                 cols=cols,
                 items=windows.target_items[sl][rows, cols],
                 categories=windows.target_categories[sl][rows, cols],
-                last_items=windows.items[sl][rows, cols] - 1,
-                last_categories=windows.categories[sl][rows, cols] - 1,
             ),
         )
 
 
-def protocol(split: str, max_len: int, n_targets: int, n_sessions: int) -> dict[str, Any]:
-    """The evaluation protocol as a JSON-friendly mapping, with a one-paragraph description."""
+@dataclass(frozen=True)
+class Targets:
+    """Every next-step target of one split, as the baselines read it.
+
+    Attributes:
+        steps: The split's sessions as steps.
+        position: (N,) index into ``steps`` of each target step (never a session's first).
+        session: (N,) session of each target.
+        max_len: Prefix length the session baselines see.
+        timeline_end: (N,) index of the target in the user timelines (its history ends
+            just before).
+        history_start: (N,) first timeline index the target's history may use: its user's
+            first step, or its session's without user history.
+    """
+
+    steps: Steps
+    position: np.ndarray
+    session: np.ndarray
+    max_len: int
+    timeline_end: np.ndarray = field(repr=False)
+    history_start: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    @property
+    def items(self) -> np.ndarray:
+        """(N,) target items."""
+        return self.steps.items[self.position]
+
+    @property
+    def categories(self) -> np.ndarray:
+        """(N,) target categories."""
+        return self.steps.categories[self.position]
+
+    @property
+    def last_items(self) -> np.ndarray:
+        """(N,) the current item: the step before each target."""
+        return self.steps.items[self.position - 1]
+
+    @property
+    def last_categories(self) -> np.ndarray:
+        """(N,) the current category."""
+        return self.steps.categories[self.position - 1]
+
+    def prefixes(self, rows: slice) -> np.ndarray:
+        """(n, max_len) items of the targets' prefixes, left-padded with -1 (last = current)."""
+        pos = self.position[rows]
+        first = self.steps.offsets[self.session[rows]]
+        idx = pos[:, None] - self.max_len + np.arange(self.max_len)[None, :]  # (n, L)
+        return np.where(idx >= first[:, None], self.steps.items[np.maximum(idx, 0)], -1)
+
+
+def next_step_targets(
+    steps: Steps,
+    max_len: int,
+    timelines: UserTimelines | None = None,
+    session_ids: np.ndarray | None = None,
+    user_history: bool = True,
+) -> Targets:
+    """Every step ``t >= 1`` of every session as a target, with where its history lies.
+
+    Args:
+        steps: One split's sessions as steps.
+        max_len: Prefix length the session baselines see.
+        timelines: The log's user timelines (for ``revisit``); without them a target's
+            history is its own session.
+        session_ids: (S,) session id of each of ``steps``' sessions (with ``timelines``).
+        user_history: Whether a target's history starts at its user's first step (else at
+            its session's).
+    """
+    per_session = np.maximum(steps.lengths - 1, 0)
+    session = np.repeat(np.arange(steps.n_sessions), per_session)
+    first_target = np.cumsum(per_session) - per_session
+    within = np.arange(len(session)) - first_target[session] + 1  # 1 .. length - 1
+    position = steps.offsets[session] + within
+    if timelines is not None and session_ids is not None:
+        session_start, user_start = timelines.offsets_of(session_ids)
+        end = session_start[session] + within
+        start = user_start[session] if user_history else session_start[session]
+    else:
+        end, start = position, steps.offsets[session]
+    return Targets(
+        steps=steps,
+        position=position.astype(np.int64),
+        session=session,
+        max_len=max_len,
+        timeline_end=end.astype(np.int64),
+        history_start=start.astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """Everything the baselines fit on the train split."""
+
+    counts: SequenceBaselines
+    sessions: SessionIndex
+    item_similarity: sp.csr_matrix
+    timeline_items: np.ndarray
+    config: BaselineConfig
+
+
+def _fit_all(dataset: PreparedDataset, config: BaselineConfig, timelines: UserTimelines) -> _Fitted:
+    train_sessions = dataset.sessions("train")
+    train = collapse_repeats(train_sessions)
+    ends = train_sessions.offsets[1:] - 1
+    session_end = train_sessions.timestamps[ends] if len(ends) else np.zeros(0, dtype=np.int64)
+    return _Fitted(
+        counts=fit_baselines(train, dataset.n_items, dataset.n_categories, dataset.item_category),
+        sessions=fit_session_index(train, session_end, dataset.n_items),
+        item_similarity=fit_item_knn(train, dataset.n_items, config.item_knn_shrinkage),
+        timeline_items=timelines.items,
+        config=config,
+    )
+
+
+def _scores(
+    fitted: _Fitted,
+    name: str,
+    params: dict[str, int],
+    targets: Targets,
+    rows: slice,
+    candidates: KnnCandidates | None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One baseline's item and category scores for a slice of targets (protocol applied)."""
+    last_items = targets.last_items[rows]
+    counts = fitted.counts
+    if name in TUNED_BASELINES:
+        if name in ("sknn", "vsknn"):
+            assert candidates is not None
+            votes = session_knn_scores(
+                fitted.sessions,
+                candidates,
+                name,
+                params["k"],
+                params["sample_size"],
+                fitted.config.vsknn_idf_weight,
+            )
+        elif name == "item_knn":
+            votes = item_knn_scores(
+                fitted.item_similarity, last_items, params["k"], counts.item_counts
+            )
+        else:
+            votes = revisit_scores(
+                fitted.timeline_items,
+                targets.timeline_end[rows],
+                targets.history_start[rows],
+                params["window"],
+                counts.n_items,
+            )
+        # Voted items above all others, in vote order; the rest by popularity, in [0, 0.5).
+        top = np.maximum(votes.max(axis=1, keepdims=True), 1e-300)
+        item_pop = 0.5 * counts.item_counts / max(counts.item_counts.max(), 1.0)
+        items: np.ndarray | None = np.where(votes > 0, 1.0 + votes / top, item_pop)
+        cats = None
+    else:
+        items, cats = baseline_scores(counts, name, last_items, targets.last_categories[rows])
+    if items is not None:
+        # The current item is never the target (repeats are collapsed): rank it last.
+        items[np.arange(len(last_items)), last_items] = -np.inf
+    return items, cats
+
+
+def _rank(
+    fitted: _Fitted,
+    runs: Sequence[tuple[str, dict[str, int]]],
+    targets: Targets,
+    chunk: int,
+) -> list[dict[str, np.ndarray]]:
+    """Item and category ranks of every ``(baseline, params)`` run over all targets."""
+    out: list[dict[str, list[np.ndarray]]] = [{"item": [], "category": []} for _ in runs]
+    needs_knn = any(name in ("sknn", "vsknn") for name, _ in runs)
+    for lo in range(0, len(targets), chunk):
+        rows = slice(lo, min(lo + chunk, len(targets)))
+        candidates = knn_candidates(fitted.sessions, targets.prefixes(rows)) if needs_knn else None
+        for run, (name, params) in zip(out, runs, strict=True):
+            items, cats = _scores(fitted, name, params, targets, rows, candidates)
+            if items is not None:
+                run["item"].append(target_ranks(items, targets.items[rows]))
+            if cats is not None:
+                run["category"].append(target_ranks(cats, targets.categories[rows]))
+    return [{kind: _concat(parts) for kind, parts in run.items()} for run in out]
+
+
+def _tune(fitted: _Fitted, targets: Targets, chunk: int) -> dict[str, dict[str, Any]]:
+    """Choose each tuned baseline's neighbourhood size on ``targets`` (the valid split)."""
+    config = fitted.config
+    runs = [(name, params) for name in TUNED_BASELINES for params in config.grid(name)]
+    if len(targets) == 0:
+        return {
+            name: {**config.grid(name)[0], "chosen_by": "default: no valid targets"}
+            for name in TUNED_BASELINES
+        }
+    ranks = _rank(fitted, runs, targets, chunk)
+    chosen: dict[str, dict[str, Any]] = {}
+    for name in TUNED_BASELINES:
+        tried = []
+        for (run_name, params), r in zip(runs, ranks, strict=True):
+            if run_name == name:
+                m = item_ranking_metrics(r["item"])
+                tried.append({**params, "valid_ndcg@10": m["ndcg@10"], "valid_mrr": m["mrr"]})
+        # Best NDCG@10, then MRR; max() keeps the first of equals (the grid's order).
+        best = max(tried, key=lambda t: (t["valid_ndcg@10"], t["valid_mrr"]))
+        chosen[name] = {
+            **{k: best[k] for k in TUNED_BASELINES[name]},
+            "valid_ndcg@10": best["valid_ndcg@10"],
+            "chosen_by": "valid ndcg@10",
+            "grid": tried,
+        }
+    return chosen
+
+
+def protocol(
+    split: str,
+    max_len: int,
+    n_targets: int,
+    n_sessions: int,
+    user_history: bool = True,
+    encoder_context: str = "session",
+) -> dict[str, Any]:
+    """The evaluation protocol as a JSON-friendly mapping, with a one-paragraph description.
+
+    Args:
+        split: The evaluated split.
+        max_len: Prefix length (steps) of the encoder and the session baselines.
+        n_targets: Number of targets.
+        n_sessions: Number of sessions of the split.
+        user_history: Whether ``revisit`` saw the user's earlier sessions.
+        encoder_context: What the encoder saw: ``session`` (the current session's prefix)
+            or ``user`` (the user's history up to the target).
+    """
+    revisit_context = "user" if user_history else "session"
+    context = {name: "session" for name in BASELINES}
+    context["revisit"] = revisit_context
+    context["encoder"] = encoder_context
+    seers = " and ".join(n for n in ("revisit", "the encoder") if context[n.split()[-1]] == "user")
+    history = (
+        f"{seers} also see{'s' if ' and ' not in seers else ''} the user's earlier sessions "
+        "(any split, all before the target)"
+        if seers
+        else "no method sees the user's earlier sessions"
+    )
     return {
         "split": split,
         "targets": n_targets,
@@ -213,12 +565,17 @@ def protocol(split: str, max_len: int, n_targets: int, n_sessions: int) -> dict[
         "collapse_repeats": True,
         "ranking": "full",
         "baselines_fitted_on": "train",
+        "baselines_tuned_on": "valid",
+        "current_item": "ranked last by every baseline",
+        "user_history": user_history,
+        "context": context,
         "description": (
             f"{split} split; consecutive events on one item collapsed into one step; every "
             f"step t>=1 of every session ({n_targets} targets, {n_sessions} sessions) predicted "
             f"from its prefix (last {max_len} steps); full ranking over all items and all "
             "categories, no sampled negatives, ties count half; HR@10, NDCG@10, MRR for the "
-            "next item, accuracy@1/@5 for the next category; baselines fitted on train."
+            "next item, accuracy@1/@5 for the next category; baselines fitted on train, "
+            f"neighbourhood sizes chosen on valid; {history}."
         ),
     }
 
@@ -229,6 +586,7 @@ def evaluate_next_step(
     split: str = "test",
     max_len: int | None = None,
     batch_size: int = 256,
+    config: BaselineConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate an encoder and the baselines on next-step prediction (see module docstring).
 
@@ -238,77 +596,137 @@ def evaluate_next_step(
         split: Split to evaluate (``test``, or ``valid``).
         max_len: History length; defaults to the model's (50 without a model).
         batch_size: Windows per forward pass.
+        config: The tuned baselines' grids and settings (defaults: :class:`BaselineConfig`).
 
     Returns:
         ``{"protocol": {...}, "encoder": {metric: value}, "baselines": {name: {metric:
-        value}}}``; ``encoder`` is absent without a model; each baseline holds the metrics
+        value}}, "baseline_params": {name: {size: value, "valid_ndcg@10": ..., "grid":
+        [...]}}}``; ``encoder`` is absent without a model; each baseline holds the metrics
         it predicts.
     """
     require_items(dataset, "encoder eval")
+    config = config or BaselineConfig()
     if max_len is None:
         max_len = model.config.max_len if model is not None else 50
-    train = collapse_repeats(dataset.sessions("train"))
-    baselines = fit_baselines(train, dataset.n_items, dataset.n_categories, dataset.item_category)
+    timelines = user_timelines(dataset)
+    fitted = _fit_all(dataset, config, timelines)
     steps = collapse_repeats(dataset.sessions(split))
     windows = prefix_windows(steps, max_len)
-    ranks: dict[str, dict[str, list[np.ndarray]]] = {
-        name: {"item": [], "category": []} for name in ("encoder", *BASELINES)
-    }
     # Baselines materialise (B, n_items) score rows: keep a batch of targets to ~4M floats.
     target_rows = max(16, 4_000_000 // max(dataset.n_items, 1))
-    device = next(model.parameters()).device if model is not None else torch.device("cpu")
-    if model is not None:
-        model.eval()
-    for sl, tg in _batches(windows, batch_size):
-        if len(tg.items) == 0:
-            continue
-        if model is not None:
-            with torch.no_grad():
-                items = torch.as_tensor(windows.items[sl], device=device)
-                cats = torch.as_tensor(windows.categories[sl], device=device)
-                full = model(items, cats, causal=True)  # (B, L, d)
-                at = tuple(torch.as_tensor(a, device=device) for a in (tg.rows, tg.cols))
-                hidden = full[at]  # (N, d)
-                pointer = model.pointer(full, items, cats)
-                pointer = pointer[at] if pointer is not None else None  # (N,)
-                for lo in range(0, len(tg.items), target_rows):
-                    part = slice(lo, lo + target_rows)
-                    h = hidden[part]
-                    t_items = torch.as_tensor(tg.items[part], device=device)
-                    t_cats = torch.as_tensor(tg.categories[part], device=device)
-                    # The copy/generate mixture when the encoder has a copy term.
-                    scores = model.next_item_log_probs(
-                        h, pointer[part] if pointer is not None else None
-                    )
-                    ranks["encoder"]["item"].append(target_ranks(scores, t_items))
-                    ranks["encoder"]["category"].append(
-                        target_ranks(model.category_logits(h), t_cats)
-                    )
-        for lo in range(0, len(tg.items), target_rows):
-            part = slice(lo, lo + target_rows)
-            for name in BASELINES:
-                item_scores, cat_scores = baseline_scores(
-                    baselines, name, tg.last_items[part], tg.last_categories[part]
-                )
-                if item_scores is not None:
-                    ranks[name]["item"].append(target_ranks(item_scores, tg.items[part]))
-                if cat_scores is not None:
-                    ranks[name]["category"].append(target_ranks(cat_scores, tg.categories[part]))
 
-    def metrics(name: str) -> dict[str, float]:
+    def targets_of(name: str, part_steps: Steps) -> Targets:
+        return next_step_targets(
+            part_steps,
+            max_len,
+            timelines,
+            split_session_ids(dataset, name),
+            config.user_history,
+        )
+
+    params = _tune(
+        fitted, targets_of("valid", collapse_repeats(dataset.sessions("valid"))), target_rows
+    )
+    targets = targets_of(split, steps)
+    runs = [
+        (name, {k: params[name][k] for k in TUNED_BASELINES.get(name, ())}) for name in BASELINES
+    ]
+    ranks: dict[str, dict[str, np.ndarray]] = dict(
+        zip(BASELINES, _rank(fitted, runs, targets, target_rows), strict=True)
+    )
+    encoder_context = "session"
+    if model is not None:
+        # The encoder reads the user's history where it was trained to and the protocol
+        # allows (not with --session-only), the session's prefix otherwise; same targets.
+        user_context = config.user_history and model.config.sessions
+        encoder_context = "user" if user_context else "session"
+        item_ranks, category_ranks = encoder_ranks(
+            model, dataset, split, max_len, user_context, batch_size, target_rows
+        )
+
+    def metrics(name: str, r: dict[str, np.ndarray]) -> dict[str, float]:
         out: dict[str, float] = {}
-        if name in ("encoder", "popularity", "item_markov", "category_markov"):
-            out.update(item_ranking_metrics(_concat(ranks[name]["item"])))
-        out.update(category_accuracy(_concat(ranks[name]["category"])))
+        if name != "last_category":  # every other model ranks items
+            out.update(item_ranking_metrics(r["item"]))
+        if name in CATEGORY_PREDICTORS:
+            out.update(category_accuracy(r["category"]))
         return out
 
     report: dict[str, Any] = {
-        "protocol": protocol(split, max_len, windows.n_targets, steps.n_sessions),
+        "protocol": protocol(
+            split,
+            max_len,
+            windows.n_targets,
+            steps.n_sessions,
+            config.user_history,
+            encoder_context=encoder_context,
+        ),
     }
     if model is not None:
-        report["encoder"] = metrics("encoder")
-    report["baselines"] = {name: metrics(name) for name in BASELINES}
+        report["encoder"] = metrics(
+            "encoder", {"item": _concat(item_ranks), "category": _concat(category_ranks)}
+        )
+    report["baselines"] = {name: metrics(name, ranks[name]) for name in BASELINES}
+    report["baseline_params"] = params
     return report
+
+
+@torch.no_grad()
+def encoder_ranks(
+    model: SequenceEncoder,
+    dataset: PreparedDataset,
+    split: str,
+    max_len: int,
+    user_history: bool,
+    batch_size: int = 256,
+    target_rows: int = 4096,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Full-catalog ranks of the encoder's next-item and next-category targets on ``split``.
+
+    The hook between the protocol and what the encoder reads: the targets are the session
+    protocol's, and with ``user_history`` each target's window is its user's history up to
+    it, earlier sessions and splits included
+    (:func:`~rlrec.models.sequences.encoder_windows`); else the session's prefix.
+
+    Args:
+        model: The encoder.
+        dataset: Its dataset.
+        split: Split to rank.
+        max_len: History length in steps.
+        user_history: Read user histories (needs ``EncoderConfig.sessions`` to mean much).
+        batch_size: Windows per forward pass.
+        target_rows: Targets scored at once (bounds the (rows, n_items) score matrix).
+
+    Returns:
+        ``(item_ranks, category_ranks)``: lists of (N_i,) rank arrays, one per slice.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    windows = encoder_windows(dataset, split, max_len, user_history)
+    tokens = windows.session_tokens()
+    item_ranks: list[np.ndarray] = []
+    cat_ranks: list[np.ndarray] = []
+    for sl, tg in _batches(windows, batch_size):
+        if len(tg.items) == 0:
+            continue
+        items = torch.as_tensor(windows.items[sl], device=device)
+        cats = torch.as_tensor(windows.categories[sl], device=device)
+        sessions = torch.as_tensor(tokens[sl], device=device)
+        full = model(items, cats, causal=True, sessions=sessions)  # (B, L, d)
+        at = tuple(torch.as_tensor(a, device=device) for a in (tg.rows, tg.cols))
+        hidden = full[at]  # (N, d)
+        pointer = model.pointer(full, items, cats, sessions)
+        pointer = pointer[at] if pointer is not None else None  # (N,)
+        for lo in range(0, len(tg.items), target_rows):
+            part = slice(lo, lo + target_rows)
+            h = hidden[part]
+            p = pointer[part] if pointer is not None else None
+            t_items = torch.as_tensor(tg.items[part], device=device)
+            t_cats = torch.as_tensor(tg.categories[part], device=device)
+            # The copy/generate mixtures when the encoder has copy terms.
+            item_ranks.append(target_ranks(model.next_item_log_probs(h, p), t_items))
+            cat_ranks.append(target_ranks(model.next_category_log_probs(h, p), t_cats))
+    return item_ranks, cat_ranks
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -328,4 +746,10 @@ def format_report(report: dict[str, Any]) -> str:
     for name, m in rows:
         cells = [f"{m[c]:>14.4f}" if c in m else f"{'-':>14}" for c in columns]
         lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    chosen = [
+        f"{name} " + " ".join(f"{k}={p[k]}" for k in TUNED_BASELINES.get(name, ()) if k in p)
+        for name, p in report.get("baseline_params", {}).items()
+    ]
+    if chosen:
+        lines += ["", "chosen on valid: " + "; ".join(chosen)]
     return "\n".join(lines)

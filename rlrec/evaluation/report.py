@@ -670,22 +670,29 @@ def _encoder_section(inputs: ReportInputs) -> Section:
         models["encoder"] = report["encoder"]
     models.update(report.get("baselines", {}))
     metrics = [*ITEM_METRICS, CATEGORY_METRICS[0]]
+    series = {name: [m.get(k) for k in metrics] for name, m in models.items()}
+    title = "Next-step prediction on the test split (full ranking)"
+    history = _encoder_history(inputs.root)
     section.image = plots.png_bytes(
-        plots.grouped_bars(
-            metrics,
-            {name: [m.get(k) for k in metrics] for name, m in models.items()},
-            "Next-step prediction on the test split (full ranking)",
-            "score",
-        )
+        plots.encoder_panels(metrics, series, title, history)
+        if history
+        else plots.grouped_bars(metrics, series, title, "score")
     )
     columns = [*ITEM_METRICS, *CATEGORY_METRICS]
     rows = [[name] + [_fmt(m.get(c), 4) for c in columns] for name, m in models.items()]
     section.table = Table(["model", *columns], rows, 0 if "encoder" in models else None)
     section.caption = (
-        "The pretrained transformer encoder against popularity, item-Markov, category-Markov "
-        "and last-category baselines: "
+        "The pretrained transformer encoder against popularity, item-Markov, category-Markov, "
+        "last-category, item-kNN, session-kNN (SKNN, V-SKNN) and re-visit baselines: "
         + str(report.get("protocol", {}).get("description", ""))
         + " The encoder should lead on NDCG@10; its states are what PPO starts from."
+        + (
+            " Below: its training curves per epoch (encoder/encoder.json; TensorBoard under "
+            "encoder/tensorboard), pretraining then fine-tuning; the kept epoch is the best "
+            "valid NDCG@10."
+            if history
+            else ""
+        )
     )
     return section
 
@@ -704,6 +711,20 @@ def _churn_section(inputs: ReportInputs) -> Section | None:
     section.caption, header, rows = section_parts(Path(payload["dir"]), summary, metrics)
     section.table = Table(header, rows)
     return section
+def _encoder_history(root: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of ``root/encoder/encoder.json``, or [] (absent or malformed)."""
+    path = root / "encoder" / "encoder.json"
+    if not path.is_file():
+        return []
+    try:
+        payload = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return []  # the encoder's own loader names the problem where it matters
+    info = payload.get("info") if isinstance(payload, dict) else None
+    history = info.get("history") if isinstance(info, dict) else None
+    if not isinstance(history, list):
+        return []
+    return [r for r in history if isinstance(r, dict)]
 
 
 SECTIONS: tuple[tuple[str, Callable[[ReportInputs], Section | None]], ...] = (

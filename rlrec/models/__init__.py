@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint, train_encoder
     from rlrec.models.sim_model import SimModel, load_sim_model
     from rlrec.models.synthetic import generate_dataset, generate_events
+    from rlrec.models.transfer import (
+        FinetuneConfig,
+        encoder_return_scores,
+        finetune,
+        finetune_checkpoint,
+        transfer_comparison,
+    )
     from rlrec.models.transition import FitConfig, fit_sim_model, simulate_organic
 
 # Name -> module of every public name (torch and pandas import slowly; load them on use).
@@ -43,6 +50,11 @@ _LAZY: dict[str, str] = {
     "PretrainConfig": "rlrec.models.pretrain",
     "pretrain_checkpoint": "rlrec.models.pretrain",
     "train_encoder": "rlrec.models.pretrain",
+    "FinetuneConfig": "rlrec.models.transfer",
+    "encoder_return_scores": "rlrec.models.transfer",
+    "finetune": "rlrec.models.transfer",
+    "finetune_checkpoint": "rlrec.models.transfer",
+    "transfer_comparison": "rlrec.models.transfer",
     "SimModel": "rlrec.models.sim_model",
     "load_sim_model": "rlrec.models.sim_model",
     "generate_dataset": "rlrec.models.synthetic",
@@ -58,6 +70,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "EncoderConfig",
+    "FinetuneConfig",
     "FitConfig",
     "GroundTruth",
     "PretrainConfig",
@@ -66,6 +79,9 @@ __all__ = [
     "SimModel",
     "StateEncoder",
     "SyntheticConfig",
+    "encoder_return_scores",
+    "finetune",
+    "finetune_checkpoint",
     "fit_sim_model",
     "generate_dataset",
     "generate_events",
@@ -79,4 +95,5 @@ __all__ = [
     "session_satisfaction",
     "simulate_organic",
     "train_encoder",
+    "transfer_comparison",
 ]

@@ -155,9 +155,11 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> EncoderCheckpoint:
     if missing:
         raise UserError(f"{config_file}: missing {', '.join(missing)}; pretrain the encoder again")
     mapping = payload["encoder_config"]
-    if isinstance(mapping, dict) and "copy" not in mapping:
-        # Saved before the copy term existed: its weights have no pointer head.
-        mapping = {**mapping, "copy": False}
+    if isinstance(mapping, dict):
+        # Saved before these parts existed: the weights have no tensors for them.
+        for key in ("copy", "sessions", "category_copy"):
+            if key not in mapping:
+                mapping = {**mapping, key: False}
     config = from_mapping(EncoderConfig, mapping, f"{config_file}:encoder_config")
     for key in ("n_items", "n_categories"):
         value = payload[key]

@@ -32,6 +32,16 @@ Heads:
   and the greedy baseline (``rlrec.agents``) start from the generative head only
   (:meth:`SequenceEncoder.item_logits`, :meth:`SequenceEncoder.item_output_vectors`): the
   simulator's user model does not revisit items, so there is nothing there to copy.
+* category copy (``EncoderConfig.category_copy``): the next category mixes the same pointer's
+  weights, summed per category of the history steps, with the generative category head,
+  through a second learned gate. "Stay in the current category" and "go back to a category
+  of this user" are then one pointer step away instead of a direction the state must encode.
+
+Sessions (``EncoderConfig.sessions``): where the input is a user's history across sessions
+(:func:`rlrec.models.sequences.history_windows`), each step also adds a session embedding
+(its session token: starts a session or continues one), and the copy head gets a learned
+bias for history steps in the query's own session. Without session tokens a window is one
+session (the env's observations, the session protocol).
 
 :class:`StateEncoder` is the frozen, inference-only interface that envs and agents use.
 """
@@ -57,6 +67,7 @@ __all__ = [
     "SequenceEncoder",
     "StateEncoder",
     "category_streak",
+    "session_tokens",
 ]
 
 
@@ -75,6 +86,10 @@ class EncoderConfig:
             streak embedding.
         copy: Add the copy (pointer) term to the next-item head (see the module docstring).
             Checkpoints saved before it existed load with ``copy=False``.
+        sessions: Read session tokens (a session embedding, and a same-session copy bias).
+            Checkpoints saved before it existed load with ``sessions=False``.
+        category_copy: Mix the pointer into the next-category head (no effect without ``copy``).
+            Checkpoints saved before it existed load with ``category_copy=False``.
     """
 
     d_model: int = 64
@@ -85,6 +100,8 @@ class EncoderConfig:
     dropout: float = 0.2
     max_streak: int = 16
     copy: bool = True
+    sessions: bool = True
+    category_copy: bool = True
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.n_layers < 1 or self.n_heads < 1 or self.max_len < 1:
@@ -167,6 +184,11 @@ class Pointer:
         log_gate: (...) log g, the copy share of the mixture (:data:`NEG` without history).
         log_ungate: (...) log (1 - g).
         current: (...) item token of the query step itself (0 at padding).
+        history_categories: (..., K) category token at each history step (0 = padding).
+        log_category_gate: (...) log of the category copy share, or None without
+            ``EncoderConfig.category_copy``.
+        log_category_ungate: (...) log of one minus it, or None.
+        current_category: (...) category token of the query step itself (0 at padding).
     """
 
     log_weights: torch.Tensor
@@ -174,6 +196,10 @@ class Pointer:
     log_gate: torch.Tensor
     log_ungate: torch.Tensor
     current: torch.Tensor
+    history_categories: torch.Tensor
+    log_category_gate: torch.Tensor | None = None
+    log_category_ungate: torch.Tensor | None = None
+    current_category: torch.Tensor | None = None
 
     def __getitem__(self, index: Any) -> Pointer:
         """Select query positions (any index that selects along the leading dimensions)."""
@@ -183,7 +209,27 @@ class Pointer:
             log_gate=self.log_gate[index],
             log_ungate=self.log_ungate[index],
             current=self.current[index],
+            history_categories=self.history_categories[index],
+            log_category_gate=(
+                self.log_category_gate[index] if self.log_category_gate is not None else None
+            ),
+            log_category_ungate=(
+                self.log_category_ungate[index] if self.log_category_ungate is not None else None
+            ),
+            current_category=(
+                self.current_category[index] if self.current_category is not None else None
+            ),
         )
+
+    def copy_category_log_probs(self, n_categories: int) -> torch.Tensor:
+        """Log of the pointer's weight per category: (..., n_categories), NEG where none."""
+        weights = self.log_weights.exp()  # (..., K)
+        index = (self.history_categories - 1).clamp(min=0)
+        probs = torch.zeros(
+            (*weights.shape[:-1], n_categories), dtype=weights.dtype, device=weights.device
+        ).scatter_add_(-1, index, weights)  # (..., C)
+        tiny = torch.finfo(probs.dtype).tiny
+        return torch.where(probs > 0, probs.clamp(min=tiny).log(), torch.full_like(probs, NEG))
 
     def copy_log_probs(self, n_items: int) -> torch.Tensor:
         """Log p_copy over the catalog: (..., n_items), :data:`NEG` for items not in history."""
@@ -237,6 +283,10 @@ class _CopyHead(nn.Module):
         self.same_category_bias = nn.Parameter(torch.zeros(()))
         self.in_streak_bias = nn.Parameter(torch.zeros(()))
         self.repeat_bias = nn.Parameter(torch.zeros(()))
+        # Optional parts: absent from checkpoints saved before they existed.
+        self.same_session_bias = nn.Parameter(torch.zeros(())) if config.sessions else None
+        self.category_gate = nn.Linear(d, 1) if config.category_copy else None
+        self.stay_bias = nn.Parameter(torch.zeros(())) if config.category_copy else None
 
     def bias(self, name: str) -> torch.Tensor:
         """The bias ``name`` (a parameter's name) in logit units."""
@@ -283,6 +333,8 @@ class SequenceEncoder(nn.Module):
         self.position_embedding = nn.Embedding(config.max_len, d)
         # Index 0 is padding; s = 1..max_streak is the streak (longer ones share the last).
         self.streak_embedding = nn.Embedding(config.max_streak + 1, d, padding_idx=0)
+        # Session tokens: 0 = padding, 1 = continues a session, 2 = starts one.
+        self.session_embedding = nn.Embedding(3, d, padding_idx=0) if config.sessions else None
         self.embed_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(d)
@@ -313,6 +365,8 @@ class SequenceEncoder(nn.Module):
             # Start mostly generative (g = 0.12) with uniform pointer weights: the copy term
             # earns its share from the data instead of diluting the head from the first step.
             nn.init.constant_(self.copy_head.gate.bias, -2.0)
+            if self.copy_head.category_gate is not None:
+                nn.init.constant_(self.copy_head.category_gate.bias, -2.0)
 
     @property
     def state_dim(self) -> int:
@@ -320,7 +374,11 @@ class SequenceEncoder(nn.Module):
         return self.config.d_model
 
     def forward(
-        self, items: torch.Tensor, categories: torch.Tensor, causal: bool = True
+        self,
+        items: torch.Tensor,
+        categories: torch.Tensor,
+        causal: bool = True,
+        sessions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden state at every position.
 
@@ -330,17 +388,21 @@ class SequenceEncoder(nn.Module):
             categories: (B, L) category tokens.
             causal: Whether a position may only see itself and earlier positions (True for
                 next-step prediction and every state; False for masked pretraining).
+            sessions: (B, L) session tokens (:data:`rlrec.models.sequences.SESSION_STARTS`
+                etc.); None: each row is one session.
 
         Returns:
             (B, L, d) hidden states; row ``b``, column ``t`` summarises the steps up to ``t``
             (all steps when not causal). Padding columns hold meaningless values.
         """
-        x, allowed = self._embed(items, categories, causal)
+        x, allowed = self._embed(items, categories, causal, sessions)
         for block in self.blocks:
             x = block(x, allowed)
         return self.final_norm(x)  # (B, L, d)
 
-    def encode(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, items: torch.Tensor, categories: torch.Tensor, sessions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """State of each history: the causal hidden state at its most recent step.
 
         Equal to ``forward(items, categories)[:, -1]``, but the last block computes the last
@@ -349,18 +411,23 @@ class SequenceEncoder(nn.Module):
         Args:
             items: (B, L) item tokens, left-padded, most recent last.
             categories: (B, L) category tokens.
+            sessions: (B, L) session tokens, or None (one session per row).
 
         Returns:
             (B, d) states (differentiable; use :class:`StateEncoder` for frozen inference).
         """
-        x, allowed = self._embed(items, categories, causal=True)
+        x, allowed = self._embed(items, categories, True, sessions)
         *inner, last = self.blocks
         for block in inner:
             x = block(x, allowed)
         return self.final_norm(last(x, allowed, last_only=True)[:, -1])  # (B, d)
 
     def _embed(
-        self, items: torch.Tensor, categories: torch.Tensor, causal: bool
+        self,
+        items: torch.Tensor,
+        categories: torch.Tensor,
+        causal: bool,
+        sessions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Step embeddings and the attention mask (see :meth:`forward` for the arguments).
 
@@ -375,6 +442,7 @@ class SequenceEncoder(nn.Module):
         max_len = self.config.max_len
         if items.shape[1] > max_len:
             items, categories = items[:, -max_len:], categories[:, -max_len:]
+            sessions = sessions[:, -max_len:] if sessions is not None else None
         real = items != 0  # (B, L)
         # Positions count real steps from the oldest visible one, so left padding and
         # prefix length do not shift a step's position.
@@ -385,6 +453,8 @@ class SequenceEncoder(nn.Module):
             + self.position_embedding(position)
             + self.streak_embedding(category_streak(categories, self.config.max_streak))
         )  # (B, L, d)
+        if self.session_embedding is not None:
+            x = x + self.session_embedding(session_tokens(items, sessions))
         x = self.embed_drop(x)
         length = items.shape[1]
         allowed = real[:, None, None, :].expand(-1, 1, length, -1)  # (B, 1, L, L) key mask
@@ -413,7 +483,11 @@ class SequenceEncoder(nn.Module):
         return hidden @ self.item_output_vectors().T + self.item_bias
 
     def pointer(
-        self, hidden: torch.Tensor, items: torch.Tensor, categories: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        items: torch.Tensor,
+        categories: torch.Tensor,
+        sessions: torch.Tensor | None = None,
     ) -> Pointer | None:
         """The copy term at every position: pointer weights over the visible steps and gate.
 
@@ -425,6 +499,7 @@ class SequenceEncoder(nn.Module):
             items: (B, L) the item tokens they came from (``L >= K``; the last ``K`` columns
                 are used, as :meth:`forward` truncates to ``max_len``).
             categories: (B, L) the category tokens.
+            sessions: (B, L) session tokens, or None (one session per row).
 
         Returns:
             A (B, K) :class:`Pointer`, or None when the encoder has no copy term.
@@ -434,6 +509,7 @@ class SequenceEncoder(nn.Module):
             return None
         b, length, d = hidden.shape
         items, categories = items[:, -length:], categories[:, -length:]
+        sessions = sessions[:, -length:] if sessions is not None else None
         t = torch.arange(length, device=hidden.device)
         distance = t[:, None] - t[None, :]  # (K, K) query t, key j
         visible = (distance >= 0) & (items != 0)[:, None, :]  # (B, K, K)
@@ -447,17 +523,32 @@ class SequenceEncoder(nn.Module):
             + head.bias("same_category_bias") * (categories[:, :, None] == categories[:, None, :])
             + head.bias("in_streak_bias") * in_streak
         )
+        if head.same_session_bias is not None:
+            session_id = (session_tokens(items, sessions) == 2).long().cumsum(dim=1)  # (B, K)
+            same_session = session_id[:, :, None] == session_id[:, None, :]  # (B, K, K)
+            scores = scores + head.bias("same_session_bias") * same_session
         log_weights = torch.log_softmax(scores.masked_fill(~visible, NEG), dim=-1)
         log_weights = log_weights.masked_fill(~visible, NEG)  # rows without history too
         has_history = visible.any(dim=-1)  # (B, K)
         gate = head.gate(hidden).squeeze(-1)  # (B, K)
         neg = torch.full_like(gate, NEG)
+        log_category_gate = log_category_ungate = None
+        if head.category_gate is not None:
+            category_gate = head.category_gate(hidden).squeeze(-1)  # (B, K)
+            log_category_gate = torch.where(has_history, F.logsigmoid(category_gate), neg)
+            log_category_ungate = torch.where(
+                has_history, F.logsigmoid(-category_gate), torch.zeros_like(category_gate)
+            )
         return Pointer(
             log_weights=log_weights,
             history=items[:, None, :].expand(b, length, length),
             log_gate=torch.where(has_history, F.logsigmoid(gate), neg),
             log_ungate=torch.where(has_history, F.logsigmoid(-gate), torch.zeros_like(gate)),
             current=items,
+            history_categories=categories[:, None, :].expand(b, length, length),
+            log_category_gate=log_category_gate,
+            log_category_ungate=log_category_ungate,
+            current_category=categories,
         )
 
     def repeat_adjustment(self, ids: torch.Tensor, pointer: Pointer | None) -> torch.Tensor:
@@ -475,6 +566,27 @@ class SequenceEncoder(nn.Module):
         same = ids == (pointer.current - 1)[:, None]  # (N, M); padding (-1) matches nothing
         return self.copy_head.bias("repeat_bias") * same
 
+    def with_repeat_bias(self, logits: torch.Tensor, pointer: Pointer | None) -> torch.Tensor:
+        """Full-catalog ``logits`` plus :meth:`repeat_adjustment`, touching one cell per row.
+
+        Equal to ``logits + repeat_adjustment(arange(n_items), pointer)`` without building
+        the (N, n_items) mask and product: on a catalog of thousands of items those dense
+        temporaries cost more than the logits themselves.
+
+        Args:
+            logits: (N, n_items) generative logits.
+            pointer: (N,) :class:`Pointer`, or None (returns ``logits``).
+
+        Returns:
+            (N, n_items) a new tensor.
+        """
+        if pointer is None or self.copy_head is None:
+            return logits
+        current = pointer.current - 1  # (N,), -1 at padding
+        rows = torch.nonzero(current >= 0).squeeze(1)
+        bias = self.copy_head.bias("repeat_bias").expand(len(rows)).to(logits.dtype)
+        return logits.index_put((rows, current[rows]), bias, accumulate=True)
+
     def mix_log_probs(self, logits: torch.Tensor, pointer: Pointer | None) -> torch.Tensor:
         """Next-item log-probabilities of the mixture, from the generative head's logits.
 
@@ -489,8 +601,7 @@ class SequenceEncoder(nn.Module):
         """
         if pointer is None:
             return torch.log_softmax(logits, dim=-1)
-        ids = torch.arange(self.n_items, device=logits.device)
-        log_gen = torch.log_softmax(logits + self.repeat_adjustment(ids, pointer), dim=-1)
+        log_gen = torch.log_softmax(self.with_repeat_bias(logits, pointer), dim=-1)
         return torch.logaddexp(
             pointer.log_gate[:, None] + pointer.copy_log_probs(self.n_items),
             pointer.log_ungate[:, None] + log_gen,
@@ -575,6 +686,51 @@ class SequenceEncoder(nn.Module):
         weights = self.category_embedding.weight[1 : self.n_categories + 1]  # (C, d)
         return hidden @ weights.T + self.category_bias
 
+    def next_category_log_probs(
+        self, hidden: torch.Tensor, pointer: Pointer | None
+    ) -> torch.Tensor:
+        """Next-category log-probabilities: the category copy mixture, or the head alone.
+
+        With ``category_copy`` the generative part also gets the learned ``stay_bias`` on the
+        query's own category.
+
+        Args:
+            hidden: (N, d) query states.
+            pointer: (N,) their :class:`Pointer`, or None (generative head only).
+
+        Returns:
+            (N, n_categories) log-probabilities; what evaluation ranks by and training fits.
+        """
+        logits = self.category_logits(hidden)  # (N, C)
+        head = self.copy_head
+        if pointer is None or pointer.log_category_gate is None or head is None:
+            return torch.log_softmax(logits, dim=-1)
+        assert pointer.log_category_ungate is not None and pointer.current_category is not None
+        assert head.stay_bias is not None
+        # Staying in the current category is the most common move in every log we have seen
+        # (the last-category rule's accuracy); a learned logit bonus hands it to the head.
+        ids = torch.arange(1, self.n_categories + 1, device=logits.device)
+        stay = ids[None, :] == pointer.current_category[:, None]  # (N, C)
+        log_gen = torch.log_softmax(logits + head.bias("stay_bias") * stay, dim=-1)
+        return torch.logaddexp(
+            pointer.log_category_gate[:, None] + pointer.copy_category_log_probs(self.n_categories),
+            pointer.log_category_ungate[:, None] + log_gen,
+        )
+
+
+def session_tokens(items: torch.Tensor, sessions: torch.Tensor | None) -> torch.Tensor:
+    """(B, L) session tokens: ``sessions`` as given, or one session per row when None.
+
+    Mirrors :func:`rlrec.models.sequences.session_tokens`: the first real step of a row
+    starts its session (2), later real steps continue it (1), padding is 0.
+    """
+    if sessions is not None:
+        return sessions.long()
+    real = items != 0
+    before = torch.zeros_like(real)
+    before[:, 1:] = real[:, :-1]
+    return torch.where(real & ~before, 2, real.long())
+
 
 def category_streak(categories: torch.Tensor, max_streak: int) -> torch.Tensor:
     """Streak at every position: consecutive steps in the current category, ending there.
@@ -635,6 +791,20 @@ class StateEncoder:
         """Category vocabulary size (length of a next-category score row)."""
         return self.model.n_categories
 
+    def _sessions(
+        self, sessions: torch.Tensor | np.ndarray | None, items: torch.Tensor
+    ) -> torch.Tensor | None:
+        if sessions is None:
+            return None
+        st = torch.as_tensor(np.asarray(sessions) if not torch.is_tensor(sessions) else sessions)
+        st = st[None] if st.dim() == 1 else st
+        if tuple(st.shape) != tuple(items.shape):
+            raise UserError(
+                f"observation: sessions {tuple(st.shape)} must have the items' shape "
+                f"{tuple(items.shape)}"
+            )
+        return st.long().to(self.device)
+
     def _tokens(
         self, items: torch.Tensor | np.ndarray, categories: torch.Tensor | np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -661,28 +831,37 @@ class StateEncoder:
 
     @torch.no_grad()
     def encode(
-        self, items: torch.Tensor | np.ndarray, categories: torch.Tensor | np.ndarray
+        self,
+        items: torch.Tensor | np.ndarray,
+        categories: torch.Tensor | np.ndarray,
+        sessions: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
         """States of a batch of histories.
 
         Args:
             items: (B, L) item tokens (or (L,) for one history).
             categories: (B, L) category tokens.
+            sessions: (B, L) session tokens of user histories, or None (one session per row).
 
         Returns:
             (B, d) float states on the encoder's device.
         """
-        return self.model.encode(*self._tokens(items, categories))
+        it, ct = self._tokens(items, categories)
+        return self.model.encode(it, ct, self._sessions(sessions, it))
 
     @torch.no_grad()
     def next_item_scores(
-        self, items: torch.Tensor | np.ndarray, categories: torch.Tensor | np.ndarray
+        self,
+        items: torch.Tensor | np.ndarray,
+        categories: torch.Tensor | np.ndarray,
+        sessions: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
         """Next-item log-probabilities over the whole catalog.
 
         Args:
             items: (B, L) item tokens.
             categories: (B, L) category tokens.
+            sessions: (B, L) session tokens, or None (one session per row).
 
         Returns:
             (B, n_items) log-probabilities; column ``i`` is dataset item ``i``. With the copy
@@ -691,24 +870,34 @@ class StateEncoder:
             ``model.item_logits``, which the PPO head starts from) would put them.
         """
         it, ct = self._tokens(items, categories)
-        hidden = self.model(it, ct)  # (B, K, d)
-        pointer = self.model.pointer(hidden, it, ct)
+        st = self._sessions(sessions, it)
+        hidden = self.model(it, ct, sessions=st)  # (B, K, d)
+        pointer = self.model.pointer(hidden, it, ct, st)
         return self.model.next_item_log_probs(
             hidden[:, -1], pointer[:, -1] if pointer is not None else None
         )
 
     @torch.no_grad()
     def next_category_scores(
-        self, items: torch.Tensor | np.ndarray, categories: torch.Tensor | np.ndarray
+        self,
+        items: torch.Tensor | np.ndarray,
+        categories: torch.Tensor | np.ndarray,
+        sessions: torch.Tensor | np.ndarray | None = None,
     ) -> torch.Tensor:
-        """Next-category log-probabilities.
+        """Next-category log-probabilities (the category copy mixture when it has one).
 
         Args:
             items: (B, L) item tokens.
             categories: (B, L) category tokens.
+            sessions: (B, L) session tokens, or None (one session per row).
 
         Returns:
-            (B, n_categories) log-softmax scores; column ``c`` is dataset category ``c``.
+            (B, n_categories) log-probabilities; column ``c`` is dataset category ``c``.
         """
-        state = self.model.encode(*self._tokens(items, categories))
-        return torch.log_softmax(self.model.category_logits(state), dim=-1)
+        it, ct = self._tokens(items, categories)
+        st = self._sessions(sessions, it)
+        hidden = self.model(it, ct, sessions=st)  # (B, K, d)
+        pointer = self.model.pointer(hidden, it, ct, st)
+        return self.model.next_category_log_probs(
+            hidden[:, -1], pointer[:, -1] if pointer is not None else None
+        )

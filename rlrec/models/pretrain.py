@@ -48,14 +48,18 @@ from rlrec.models.sequences import (
     IGNORE,
     Windows,
     collapse_repeats,
+    encoder_windows,
     mask_tokens,
-    prefix_windows,
-    training_windows,
 )
 
 __all__ = [
+    "SIZE_TABLE",
     "PretrainConfig",
     "TrainingResult",
+    "auto_encoder_config",
+    "auto_epochs",
+    "auto_size",
+    "count_train_targets",
     "pretrain_checkpoint",
     "resolve_device",
     "train_encoder",
@@ -70,9 +74,12 @@ class PretrainConfig:
         objective: Self-supervised objective of the pretraining stage: ``causal`` next-item
             prediction (SASRec) or ``masked`` item modelling (BERT4Rec).
         mask_prob: Fraction of steps hidden by the ``masked`` objective.
-        pretrain_epochs: Most epochs of the self-supervised stage (0 skips it).
-        finetune_epochs: Most epochs of the next-item + next-category stage (0 skips it).
-        patience: Epochs without a better valid loss before a stage stops early.
+        pretrain_epochs: Most epochs of the self-supervised stage (0 skips it; None: from the
+            data size, :func:`auto_epochs`).
+        finetune_epochs: Most epochs of the next-item + next-category stage (0 skips it;
+            None: from the data size).
+        patience: Epochs without a better valid NDCG@10 (the masked stage: valid loss) before
+            a stage stops early.
         batch_size: Training windows per step.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases, norms and embeddings).
@@ -89,9 +96,9 @@ class PretrainConfig:
 
     objective: Literal["causal", "masked"] = "causal"
     mask_prob: float = 0.2
-    pretrain_epochs: int = 3
-    finetune_epochs: int = 10
-    patience: int = 2
+    pretrain_epochs: int | None = None
+    finetune_epochs: int | None = None
+    patience: int = 3
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -106,9 +113,10 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError("mask_prob must be in (0, 1)")
-        if min(self.pretrain_epochs, self.finetune_epochs, self.num_threads) < 0:
+        epochs = [e for e in (self.pretrain_epochs, self.finetune_epochs) if e is not None]
+        if min([*epochs, self.num_threads]) < 0:
             raise ValueError("pretrain_epochs, finetune_epochs and num_threads must be >= 0")
-        if self.pretrain_epochs + self.finetune_epochs == 0:
+        if len(epochs) == 2 and sum(epochs) == 0:
             raise ValueError("pretrain_epochs and finetune_epochs cannot both be 0")
         if min(self.patience, self.batch_size, self.n_negatives, self.eval_batch_size) < 1:
             raise ValueError("patience, batch_size, n_negatives and eval_batch_size must be >= 1")
@@ -136,6 +144,8 @@ class TrainingResult:
         best: The best epoch's record of each stage that ran.
         train_sequences_per_s: Training windows processed per second, over all epochs.
         seconds: Wall time of training.
+        max_epochs: The (pretrain, fine-tune) epoch ceilings used (:func:`auto_epochs` where
+            the config left them None).
     """
 
     model: SequenceEncoder
@@ -143,6 +153,59 @@ class TrainingResult:
     best: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_sequences_per_s: float = float("nan")
     seconds: float = 0.0
+    max_epochs: tuple[int, int] = (0, 0)
+
+
+SIZE_TABLE: tuple[tuple[int, int, int, int], ...] = (
+    (100_000, 64, 2, 2),
+    (1_000_000, 128, 2, 4),
+    (10**18, 256, 3, 4),
+)
+"""Width and depth from the data: ``(train targets below, d_model, n_layers, n_heads)``.
+
+A train target is a step ``t >= 1`` of a train session. 64 wide, 2 deep is what the logs we
+measured (a few thousand to ~100k targets) need: wider overfits the small ones (measured on
+the Taobao sample and in the issue's held-out 100k-event log, where d_model 128 with a
+long budget only tied 64). Large logs get the widths SASRec and its reproductions use."""
+
+EPOCH_BUDGET = (100_000, 300_000)
+"""Target visits that :func:`auto_epochs` gives the (pretrain, fine-tune) stages at most."""
+
+
+def count_train_targets(dataset: PreparedDataset) -> int:
+    """Train targets of ``dataset``: steps ``t >= 1`` of its train sessions."""
+    return collapse_repeats(dataset.sessions("train")).n_targets
+
+
+def auto_size(n_train_targets: int) -> dict[str, int]:
+    """``d_model``, ``n_layers`` and ``n_heads`` from :data:`SIZE_TABLE` for a data size."""
+    row = next(row for row in SIZE_TABLE if n_train_targets < row[0])
+    return {"d_model": row[1], "n_layers": row[2], "n_heads": row[3]}
+
+
+def auto_encoder_config(n_train_targets: int, **overrides: Any) -> EncoderConfig:
+    """The encoder's width and depth from :data:`SIZE_TABLE`, then ``overrides`` (set fields).
+
+    Args:
+        n_train_targets: :func:`count_train_targets` of the dataset.
+        **overrides: ``EncoderConfig`` fields to set regardless of the table.
+    """
+    return EncoderConfig(**{**auto_size(n_train_targets), **overrides})
+
+
+def auto_epochs(n_train_targets: int) -> tuple[int, int]:
+    """Most (pretrain, fine-tune) epochs for a train split of ``n_train_targets`` targets.
+
+    Early stopping on valid NDCG@10 ends training when it stops paying; this is the ceiling.
+    The budget is a number of target visits (:data:`EPOCH_BUDGET`), so small logs get many
+    epochs (an undertrained SASRec loses to simple baselines; Klenitskiy & Vasilev 2023) and
+    large ones a few, with at least 3 and 5 and at most 15 and 45: the time grows with the
+    data only up to about 100k targets (measured: about 5 minutes on 2 cores there).
+    """
+    n = max(n_train_targets, 1)
+    pretrain = int(np.clip(round(EPOCH_BUDGET[0] / n), 3, 15))
+    finetune = int(np.clip(round(EPOCH_BUDGET[1] / n), 5, 45))
+    return pretrain, finetune
 
 
 def resolve_device(name: str) -> torch.device:
@@ -173,7 +236,8 @@ def train_encoder(
 
     Args:
         dataset: A PreparedDataset.
-        encoder_config: Model hyperparameters (defaults: 2 layers, 64 dims, 50 steps).
+        encoder_config: Model hyperparameters (None: :func:`auto_encoder_config` of the
+            data size).
         config: Training settings.
         tensorboard_dir: Where to write TensorBoard event files; None writes none.
         progress: Show a tqdm progress bar on stderr.
@@ -186,14 +250,22 @@ def train_encoder(
             more steps.
     """
     require_items(dataset, "encoder pretraining")
-    enc_cfg = encoder_config or EncoderConfig()
     cfg = config or PretrainConfig()
+    n_targets = count_train_targets(dataset)
+    enc_cfg = encoder_config or auto_encoder_config(n_targets)
+    auto_pre, auto_fine = auto_epochs(n_targets)
+    pretrain_epochs = cfg.pretrain_epochs if cfg.pretrain_epochs is not None else auto_pre
+    finetune_epochs = cfg.finetune_epochs if cfg.finetune_epochs is not None else auto_fine
+    if pretrain_epochs + finetune_epochs == 0:
+        raise UserError("pretrain_epochs and finetune_epochs cannot both be 0")
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     train_steps = collapse_repeats(dataset.sessions("train"))
-    train_windows = training_windows(train_steps, enc_cfg.max_len)
-    valid_windows = prefix_windows(collapse_repeats(dataset.sessions("valid")), enc_cfg.max_len)
+    train_windows = encoder_windows(
+        dataset, "train", enc_cfg.max_len, enc_cfg.sessions, training=True
+    )
+    valid_windows = encoder_windows(dataset, "valid", enc_cfg.max_len, enc_cfg.sessions)
     if train_windows.n_targets == 0:
         raise UserError(
             f"{dataset.path}: the train split has no session of two or more steps; "
@@ -217,10 +289,10 @@ def train_encoder(
         trainer = _Trainer(model, cfg, device, rng, writer, progress)
         trainer.set_item_counts(np.bincount(train_steps.items, minlength=dataset.n_items))
         started = time.perf_counter()
-        if cfg.pretrain_epochs:
-            trainer.run_stage("pretrain", train_windows, valid_windows, cfg.pretrain_epochs)
-        if cfg.finetune_epochs:
-            trainer.run_stage("finetune", train_windows, valid_windows, cfg.finetune_epochs)
+        if pretrain_epochs:
+            trainer.run_stage("pretrain", train_windows, valid_windows, pretrain_epochs)
+        if finetune_epochs:
+            trainer.run_stage("finetune", train_windows, valid_windows, finetune_epochs)
         seconds = time.perf_counter() - started
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
@@ -232,6 +304,7 @@ def train_encoder(
         best=trainer.best,
         train_sequences_per_s=trainer.sequences / max(trainer.train_seconds, 1e-9),
         seconds=seconds,
+        max_epochs=(pretrain_epochs, finetune_epochs),
     )
 
 
@@ -270,6 +343,8 @@ def pretrain_checkpoint(
             "seconds": round(result.seconds, 3),
             "train_sequences_per_s": result.train_sequences_per_s,
             "epochs": len(result.history),
+            "max_epochs": list(result.max_epochs),
+            "encoder_config": to_mapping(result.model.config),
             "best": result.best,
         }
         info = {
@@ -333,7 +408,7 @@ class _Trainer:
         )
 
     def run_stage(self, stage: str, train: Windows, valid: Windows, epochs: int) -> None:
-        """Train one stage with early stopping on its valid loss; keep the best weights."""
+        """Train one stage with early stopping on valid NDCG@10 (or loss); keep the best weights."""
         optimizer = self._optimizer()
         n_batches = math.ceil(len(train) / self.cfg.batch_size)
         best_loss, best_state, best_record, waited = math.inf, None, None, 0
@@ -354,7 +429,12 @@ class _Trainer:
                 bar.set_postfix(
                     loss=f"{record['train_loss']:.3f}", valid=f"{record['valid_loss']:.3f}"
                 )
-                valid_loss = record["valid_loss"]
+                # Stop on valid NDCG@10 where the stage ranks (the causal stages): the loss
+                # keeps falling on the many easy targets while the ranking of the hard ones,
+                # what the evaluation measures, has stopped improving (or the reverse). The
+                # fine-tuning stage trains the category head too: its accuracy@1 counts as
+                # much. The masked objective has no ranking on the valid split: its loss.
+                valid_loss = _stopping_loss(stage, record, self.cfg.category_loss_weight)
                 # Without valid targets there is nothing to stop on: keep the last epoch.
                 if math.isnan(valid_loss) or valid_loss < best_loss - 1e-6:
                     best_loss = valid_loss if not math.isnan(valid_loss) else best_loss
@@ -397,6 +477,7 @@ class _Trainer:
                 "categories": windows.categories[idx][:, cols],
                 "target_items": windows.target_items[idx][:, cols],
                 "target_categories": windows.target_categories[idx][:, cols],
+                "sessions": windows.session_tokens()[idx][:, cols],
             }
 
     def _to(self, array: np.ndarray) -> torch.Tensor:
@@ -420,9 +501,9 @@ class _Trainer:
             logits = self.model.item_logits(hidden)  # (N, n_items)
             if pointer is None:
                 return F.cross_entropy(logits, targets), logits
-            ids = torch.arange(self.model.n_items, device=self.device)
-            adjusted = logits + self.model.repeat_adjustment(ids, pointer)
-            log_gen = torch.log_softmax(adjusted, dim=-1).gather(1, targets[:, None])[:, 0]
+            adjusted = self.model.with_repeat_bias(logits, pointer)  # (N, n_items)
+            # log p_gen(target) without materialising the whole log-softmax.
+            log_gen = adjusted.gather(1, targets[:, None])[:, 0] - adjusted.logsumexp(dim=-1)
             log_p = self.model.mix_target_log_prob(log_gen, pointer, targets)  # (N,)
             return -log_p.mean(), logits
         assert self.log_q is not None and self.sampling_cdf is not None
@@ -469,20 +550,24 @@ class _Trainer:
                 model.category_mask_token,
                 rng,
             )
-            hidden = model(self._to(items), self._to(cats), causal=False)  # (B, L, d)
+            hidden = model(
+                self._to(items), self._to(cats), causal=False, sessions=self._to(batch["sessions"])
+            )  # (B, L, d)
             where = self._to(targets != IGNORE)
             loss, _ = self._item_loss(hidden[where], self._to(targets)[where])
             return {"loss": loss, "item_loss": loss}, {}
         item_tokens, cat_tokens = self._to(batch["items"]), self._to(batch["categories"])
-        hidden = model(item_tokens, cat_tokens)  # (B, L, d)
+        sessions = self._to(batch["sessions"])
+        hidden = model(item_tokens, cat_tokens, sessions=sessions)  # (B, L, d)
         where = self._to(batch["target_items"] != IGNORE)  # (B, L)
         h = hidden[where]  # (N, d)
-        pointer = model.pointer(hidden, item_tokens, cat_tokens)
+        pointer = model.pointer(hidden, item_tokens, cat_tokens, sessions)
         pointer = pointer[where] if pointer is not None else None  # (N,)
         target_items = self._to(batch["target_items"])[where]  # (N,)
         target_cats = self._to(batch["target_categories"])[where]  # (N,)
         item_loss, item_logits = self._item_loss(h, target_items, pointer)
-        cat_logits = model.category_logits(h)  # (N, n_categories)
+        # The category copy mixture's log-probabilities (the head's log-softmax without it).
+        cat_logits = model.next_category_log_probs(h, pointer)  # (N, n_categories)
         extra: dict[str, Any] = {
             "h": h,
             "target_items": target_items,
@@ -494,7 +579,7 @@ class _Trainer:
             extra["item_logits"] = item_logits
         if stage == "pretrain":
             return {"loss": item_loss, "item_loss": item_loss}, extra
-        cat_loss = F.cross_entropy(cat_logits, target_cats)
+        cat_loss = F.nll_loss(cat_logits, target_cats)
         losses = {
             "loss": item_loss + self.cfg.category_loss_weight * cat_loss,
             "item_loss": item_loss,
@@ -578,6 +663,16 @@ class _Trainer:
                     group = "charts"
                 self.writer.add_scalar(f"{stage}/{group}/{key}", value, epoch)
         self.writer.flush()
+
+
+def _stopping_loss(stage: str, record: dict[str, Any], category_loss_weight: float) -> float:
+    """What early stopping minimises: minus valid NDCG@10 (+ category acc@1), or the loss."""
+    if "valid_ndcg@10" not in record:
+        return float(record["valid_loss"])
+    score = float(record["valid_ndcg@10"])
+    if stage == "finetune" and category_loss_weight > 0:
+        score += float(record["valid_category_acc@1"])
+    return -score
 
 
 def _markdown_table(mapping: dict[str, Any]) -> str:

@@ -1,15 +1,24 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from rlrec.data.dataset import PreparedDataset, load_dataset, write_dataset
 from rlrec.evaluation.ranking import (
     BASELINES,
+    CATEGORY_METRICS,
+    CATEGORY_PREDICTORS,
+    ITEM_METRICS,
+    TUNED_BASELINES,
+    BaselineConfig,
     baseline_scores,
     category_accuracy,
+    evaluate_next_step,
     fit_baselines,
     format_report,
     item_ranking_metrics,
@@ -128,3 +137,92 @@ def test_format_report_prints_protocol_and_every_row() -> None:
     for name in ("encoder", *BASELINES):
         assert name in text
     assert "0.3000" in text
+
+
+def _write_tiny_log(out: Path) -> PreparedDataset:
+    """Two users, three sessions each (train, valid, test); item i is in category i % 2."""
+    sessions = [  # (user, split, items); session ids in (user, start) order
+        (0, 0, [0, 1, 2]),
+        (0, 1, [3, 1]),
+        (0, 2, [4, 0]),
+        (1, 0, [1, 2]),
+        (1, 1, [2, 1]),
+        (1, 2, [2, 3]),
+    ]
+    start = {0: 0, 1: 100, 2: 200}  # every split after the one before, by time
+    rows = []
+    for sid, (user, split, items) in enumerate(sessions):
+        for step, item in enumerate(items):
+            ts = (start[split] + 10 * user + step) * 1000
+            rows.append((user, sid, step, item, item % 2, 0, ts, split))
+    events = pd.DataFrame(
+        rows,
+        columns=["user", "session", "step", "item", "category", "event", "timestamp", "split"],
+    )
+    users = pd.DataFrame({"user": [0, 1], "raw_id": ["u0", "u1"]})
+    items = pd.DataFrame(
+        {
+            "item": np.arange(5),
+            "raw_id": [f"i{i}" for i in range(5)],
+            "category": np.arange(5) % 2,
+            "count": np.bincount(events["item"], minlength=5),
+        }
+    )
+    categories = pd.DataFrame(
+        {"category": [0, 1], "raw_id": ["c0", "c1"], "count": np.bincount(events["category"])}
+    )
+    return load_dataset(write_dataset(out, events, users, items, categories, {"source": "t"}))
+
+
+def test_revisit_reads_the_users_earlier_sessions_by_hand(tmp_path: Path) -> None:
+    ds = _write_tiny_log(tmp_path / "ds")
+    config = BaselineConfig(revisit_windows=(10,))
+    report = evaluate_next_step(None, ds, config=config)
+    # User 0's target 0 after [4]: history 0 1 2 | 3 1 | 4 votes 1 > 3 > 2 > 0, so rank 3.
+    # User 1's target 3 after [2]: history 1 2 | 2 1 | 2 votes only item 1 (2 is current,
+    # ranked last); then popularity on train: 0 (1) > 3 = 4 (0): rank 2 + 1/2.
+    ranks = np.array([3.0, 2.5])
+    assert report["baselines"]["revisit"] == pytest.approx(item_ranking_metrics(ranks))
+    assert report["protocol"]["context"]["revisit"] == "user"
+    assert report["protocol"]["context"]["sknn"] == "session"
+    assert report["protocol"]["targets"] == 2
+    assert report["baseline_params"]["revisit"]["window"] == 10
+    # Session only: popularity for both, 1 = 2 (2) > 0 (1) > 3 = 4, current item last.
+    alone = evaluate_next_step(None, ds, config=BaselineConfig(user_history=False))
+    assert alone["baselines"]["revisit"] == pytest.approx(
+        item_ranking_metrics(np.array([2.0, 2.5]))
+    )
+    assert alone["protocol"]["user_history"] is False
+
+
+def test_every_baseline_reports_its_metrics_and_chosen_sizes(tmp_path: Path) -> None:
+    ds = _write_tiny_log(tmp_path / "ds")
+    config = BaselineConfig(knn_k=(1, 2), knn_sample_sizes=(2, 5), item_knn_k=(1, 3))
+    report = evaluate_next_step(None, ds, config=config)
+    assert set(report) == {"protocol", "baselines", "baseline_params"}
+    assert set(report["baselines"]) == set(BASELINES)
+    for name, metrics in report["baselines"].items():
+        expected = set()
+        if name != "last_category":
+            expected |= set(ITEM_METRICS)
+        if name in CATEGORY_PREDICTORS:
+            expected |= set(CATEGORY_METRICS)
+        assert set(metrics) == expected, name
+    for name, sizes in TUNED_BASELINES.items():
+        chosen = report["baseline_params"][name]
+        assert {k: chosen[k] for k in sizes} in config.grid(name)
+        assert len(chosen["grid"]) == len(config.grid(name))
+    assert config.grid("sknn") == [
+        {"k": 1, "sample_size": 2},
+        {"k": 2, "sample_size": 2},
+        {"k": 1, "sample_size": 5},
+        {"k": 2, "sample_size": 5},
+    ]
+    assert "chosen on valid: item_knn k=" in format_report(report)
+
+
+def test_baseline_config_rejects_empty_or_non_positive_grids() -> None:
+    with pytest.raises(ValueError, match="knn_k"):
+        BaselineConfig(knn_k=(0, 10))
+    with pytest.raises(ValueError, match="revisit_windows"):
+        BaselineConfig(revisit_windows=())

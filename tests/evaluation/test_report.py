@@ -457,3 +457,25 @@ def _rows_text(page: str, section: str) -> str:
     body = re.search(rf'<section id="{section}">(.*?)</section>', page, re.S)
     assert body is not None
     return html.unescape(body.group(1))
+
+
+def test_encoder_section_draws_the_training_curves(tmp_path: Path) -> None:
+    from rlrec.evaluation.report import _encoder_section, find_inputs
+
+    root = tmp_path / "qs"
+    (root / "encoder").mkdir(parents=True)
+    (root / "encoder_eval.json").write_text(json.dumps(PAYLOADS["encoder_eval.json"]))
+    history = [
+        {"stage": "pretrain", "epoch": 1, "train_loss": 8.0, "valid_loss": 7.5,
+         "valid_ndcg@10": 0.05},
+        {"stage": "finetune", "epoch": 1, "train_loss": 9.0, "valid_loss": 8.5,
+         "valid_ndcg@10": 0.07},
+    ]  # fmt: skip
+    payload = {"info": {"history": history}}
+    (root / "encoder" / "encoder.json").write_text(json.dumps(payload))
+    with_curves = _encoder_section(find_inputs(root))
+    assert with_curves.image is not None and "training curves" in with_curves.caption
+    (root / "encoder" / "encoder.json").write_text("{not json")  # malformed: bars only
+    without = _encoder_section(find_inputs(root))
+    assert without.image is not None and "training curves" not in without.caption
+    assert len(with_curves.image) != len(without.image)

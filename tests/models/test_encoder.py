@@ -469,3 +469,22 @@ def test_checkpoint_without_copy_setting_loads_as_generative(
     new = save_encoder(tmp_path / "new", _dataset_model(tiny_dataset), vocabulary_fingerprint(ds))
     loaded, ckpt = load_encoder(new, ds)
     assert ckpt.config.copy is True and loaded.copy_head is not None
+
+
+def test_with_repeat_bias_is_the_dense_adjustment() -> None:
+    torch.manual_seed(0)
+    model = SequenceEncoder(
+        EncoderConfig(d_model=8, n_layers=1, n_heads=2, max_len=6), 9, 3, np.arange(9) % 3
+    )
+    assert model.copy_head is not None
+    with torch.no_grad():
+        model.copy_head.repeat_bias.fill_(0.3)
+    items = torch.tensor([[0, 0, 2, 5, 7], [1, 4, 4, 9, 3]])
+    cats = torch.where(items > 0, (items - 1) % 3 + 1, 0)
+    hidden = model(items, cats)
+    pointer = model.pointer(hidden, items, cats)
+    assert pointer is not None
+    logits = model.item_logits(hidden).reshape(-1, 9)
+    flat = pointer[torch.ones(2, 5, dtype=torch.bool)]
+    dense = logits + model.repeat_adjustment(torch.arange(9), flat)
+    assert torch.allclose(model.with_repeat_bias(logits, flat), dense)

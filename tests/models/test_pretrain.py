@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,17 @@ from rlrec.errors import UserError
 from rlrec.evaluation.ranking import BASELINES, CATEGORY_METRICS, ITEM_METRICS, evaluate_next_step
 from rlrec.models.checkpoint import load_encoder
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
-from rlrec.models.metrics import item_ranking_metrics, target_ranks
+from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
 from rlrec.models.pretrain import PretrainConfig, resolve_device, train_encoder
-from rlrec.models.sequences import IGNORE, collapse_repeats, mask_tokens, training_windows
+from rlrec.models.sequences import (
+    IGNORE,
+    SESSION_CONTINUES,
+    SESSION_STARTS,
+    collapse_repeats,
+    mask_tokens,
+    training_windows,
+    user_steps,
+)
 
 SMALL = EncoderConfig(d_model=16, n_layers=1, n_heads=2, max_len=12, dropout=0.0)
 QUICK = PretrainConfig(pretrain_epochs=1, finetune_epochs=1, batch_size=64, device="cpu")
@@ -163,7 +172,7 @@ def test_config_checks() -> None:
 def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedDataset) -> None:
     result = train_encoder(small_dataset, SMALL, QUICK, progress=False)
     report = evaluate_next_step(result.model, small_dataset)
-    assert set(report) == {"protocol", "encoder", "baselines"}
+    assert set(report) == {"protocol", "encoder", "baselines", "baseline_params"}
     assert set(report["encoder"]) == {*ITEM_METRICS, *CATEGORY_METRICS}
     assert set(report["baselines"]) == set(BASELINES)
     assert set(report["baselines"]["last_category"]) == set(CATEGORY_METRICS)
@@ -176,31 +185,52 @@ def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedData
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
 
 
+@pytest.mark.parametrize("sessions", [False, True])
 def test_evaluation_ranks_by_the_copy_mixture_of_each_prefix(
-    small_dataset: PreparedDataset,
+    small_dataset: PreparedDataset, sessions: bool
 ) -> None:
     # The batched evaluation (pointer rows picked out of whole windows) must score each
-    # target exactly as StateEncoder.next_item_scores scores its prefix alone.
-    result = train_encoder(small_dataset, SMALL, QUICK, progress=False)
+    # target exactly as StateEncoder scores its history alone: the session's prefix, or with
+    # sessions=True the user's stream before the target (earlier sessions included).
+    enc = dataclasses.replace(SMALL, sessions=sessions)
+    result = train_encoder(small_dataset, enc, QUICK, progress=False)
     model = result.model
     assert model.copy_head is not None
     report = evaluate_next_step(model, small_dataset)
+    assert report["protocol"]["context"]["encoder"] == ("user" if sessions else "session")
     encoder = StateEncoder(model)
-    steps = collapse_repeats(small_dataset.sessions("test"))
-    mixture, generative = [], []
-    for s in range(steps.n_sessions):
-        lo, hi = int(steps.offsets[s]), int(steps.offsets[s + 1])
+    streams = user_steps(small_dataset, "test", history=sessions)
+    mixture, generative, categories = [], [], []
+    for u in range(streams.n_sessions):
+        lo, hi = int(streams.offsets[u]), int(streams.offsets[u + 1])
         for t in range(lo + 1, hi):
-            start = max(lo, t - SMALL.max_len)
-            items = steps.items[start:t][None] + 1
-            cats = steps.categories[start:t][None] + 1
-            target = torch.tensor([steps.items[t]])
-            mixture.append(target_ranks(encoder.next_item_scores(items, cats), target))
-            gen = model.item_logits(encoder.encode(items, cats))
+            if not streams.target[t]:
+                continue
+            start = max(lo, t - enc.max_len)
+            if not sessions:  # the session's prefix only
+                start = max(start, int(np.flatnonzero(streams.starts[: t + 1])[-1]))
+            items = streams.items[start:t][None] + 1
+            cats = streams.categories[start:t][None] + 1
+            starts = streams.starts[start:t].copy()
+            starts[0] = True
+            tokens = np.where(starts, SESSION_STARTS, SESSION_CONTINUES)[None]
+            target = torch.tensor([streams.items[t]])
+            mixture.append(target_ranks(encoder.next_item_scores(items, cats, tokens), target))
+            categories.append(
+                target_ranks(
+                    encoder.next_category_scores(items, cats, tokens),
+                    torch.tensor([streams.categories[t]]),
+                )
+            )
+            gen = model.item_logits(encoder.encode(items, cats, tokens))
             generative.append(target_ranks(gen, target))
     expected = item_ranking_metrics(np.concatenate(mixture))
+    assert report["protocol"]["targets"] == len(mixture)
     for key in ITEM_METRICS:
         assert report["encoder"][key] == pytest.approx(expected[key], abs=1e-9)
+    expected_cat = category_accuracy(np.concatenate(categories))
+    for key in CATEGORY_METRICS:
+        assert report["encoder"][key] == pytest.approx(expected_cat[key], abs=1e-9)
     assert item_ranking_metrics(np.concatenate(generative))["mrr"] != pytest.approx(
         expected["mrr"], abs=1e-6
     )
@@ -217,7 +247,8 @@ def test_encoder_beats_first_order_baselines_on_streak_structure(
     report = evaluate_next_step(result.model, seq_dataset)
     acc = report["encoder"]["category_acc@1"]
     for name, metrics in report["baselines"].items():
-        assert acc > metrics["category_acc@1"] + 0.1, name
+        if "category_acc@1" in metrics:  # the neighbourhood baselines rank items only
+            assert acc > metrics["category_acc@1"] + 0.1, name
 
 
 def test_cli_pretrain_and_eval(

@@ -1088,6 +1088,24 @@ def test_undamaged_encoder_base_evaluates(bases: Bases, capsys: pytest.CaptureFi
     assert run_hostile(["data", "stats", str(bases.dataset)], capsys).kind == "ok"
 
 
+BAD_EVAL_OPTIONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "knn k zero": (["--knn-k", "0"], ("--knn-k", "'0'", "positive")),
+    "knn k negative in a list": (["--knn-k", "50,-3"], ("--knn-k", "-3", "positive")),
+    "knn sample not a number": (["--knn-sample", "many"], ("--knn-sample", "'many'", "integers")),
+    "item-knn k empty item": (["--item-knn-k", "20,,50"], ("--item-knn-k", "integers")),
+    "revisit window float": (["--revisit-window", "2.5"], ("--revisit-window", "'2.5'")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_EVAL_OPTIONS))
+def test_bad_encoder_eval_option_is_one_clear_line(
+    name: str, bases: Bases, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra, needles = BAD_EVAL_OPTIONS[name]
+    argv = ["encoder", "eval", str(bases.encoder), "--data", str(bases.dataset), *extra]
+    assert_clear_error(run_hostile(argv, capsys), *needles)
+
+
 # --------------------------------------------------------------------------- quickstart JSON
 
 REPORT_JSON: list[tuple[str, object]] = [
@@ -1220,3 +1238,161 @@ def test_cache_dir_that_is_a_file(
     assert_clear_error(run_hostile(filled, capsys), str(cache), "is a file")
     assert cache.read_text() == "not a folder\n"
     assert not (tmp_path / "logs").exists()
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def _single_session_dataset(root: Path, categories: int) -> Path:
+    """A PreparedDataset where every user has one session, with ``categories`` categories."""
+    from rlrec.data.dataset import write_dataset
+
+    rows = [
+        (
+            u,
+            u,
+            step,
+            (u + step) % 6,
+            ((u + step) % 6) % categories,
+            0,
+            BASE_MS + 1000 * (u * 10 + step),
+        )
+        for u in range(12)
+        for step in range(4)
+    ]
+    events = pd.DataFrame(
+        rows, columns=["user", "session", "step", "item", "category", "event", "timestamp"]
+    )
+    events["split"] = np.where(events["user"] < 8, 0, np.where(events["user"] < 10, 1, 2))
+    items = pd.DataFrame(
+        {
+            "item": np.arange(6),
+            "raw_id": [f"i{i}" for i in range(6)],
+            "category": np.arange(6) % categories,
+            "count": np.bincount(events["item"], minlength=6),
+        }
+    )
+    raw = ["__unknown__"] if categories == 1 else [f"c{c}" for c in range(categories)]
+    cats = pd.DataFrame(
+        {
+            "category": np.arange(categories),
+            "raw_id": raw,
+            "count": np.bincount(events["category"], minlength=categories),
+        }
+    )
+    users = pd.DataFrame({"user": np.arange(12), "raw_id": [f"u{u}" for u in range(12)]})
+    return write_dataset(root, events, users, items, cats, {"source": "reliability"})
+
+
+FINETUNE_CASES: dict[str, Callable[[Bases, Path], tuple[list[str], tuple[str, ...]]]] = {
+    "encoder from another dataset": lambda b, tmp: (
+        ["finetune", str(b.encoder), "--task", "next_item", "--data", str(b.other_dataset)],
+        ("vocabulary", str(b.encoder), str(b.other_dataset)),
+    ),
+    "labels fraction 0": lambda b, tmp: (
+        [
+            "finetune",
+            str(b.encoder),
+            "--task",
+            "return",
+            "--data",
+            str(b.dataset),
+            "--labels-fraction",
+            "0",
+        ],
+        ("--labels-fraction", "(0, 1]"),
+    ),
+    "labels fraction 1.5": lambda b, tmp: (
+        [
+            "finetune",
+            str(b.encoder),
+            "--task",
+            "return",
+            "--data",
+            str(b.dataset),
+            "--labels-fraction",
+            "1.5",
+        ],
+        ("--labels-fraction",),
+    ),
+    "labels fraction nan": lambda b, tmp: (
+        [
+            "finetune",
+            str(b.encoder),
+            "--task",
+            "return",
+            "--data",
+            str(b.dataset),
+            "--labels-fraction",
+            "nan",
+        ],
+        ("--labels-fraction",),
+    ),
+    "horizon of zero days": lambda b, tmp: (
+        [
+            "finetune",
+            str(b.encoder),
+            "--task",
+            "return",
+            "--data",
+            str(b.dataset),
+            "--horizon-days",
+            "0",
+        ],
+        ("--horizon-days",),
+    ),
+    "next_category without categories": lambda b, tmp: (
+        [
+            "finetune",
+            str(b.encoder),
+            "--task",
+            "next_category",
+            "--data",
+            str(_single_session_dataset(tmp / "nocat", 1)),
+        ],
+        ("next_category", "categories", "nocat"),
+    ),
+    "next_new_category without categories (encoder eval --transfer)": lambda b, tmp: (
+        [
+            "encoder",
+            "eval",
+            str(b.encoder),
+            "--data",
+            str(_single_session_dataset(tmp / "nocat", 1)),
+            "--transfer",
+            "next_new_category",
+        ],
+        ("next_new_category", "categories"),
+    ),
+    "return with single-session users": lambda b, tmp: (
+        [
+            "finetune",
+            str(b.encoder),
+            "--task",
+            "return",
+            "--data",
+            str(_single_session_dataset(tmp / "single", 3)),
+        ],
+        ("return", "two or more sessions", "single"),
+    ),
+    "unknown task for --transfer": lambda b, tmp: (
+        ["encoder", "eval", str(b.encoder), "--data", str(b.dataset), "--transfer", "churn"],
+        ("churn", "next_new_category"),
+    ),
+    "missing encoder": lambda b, tmp: (
+        ["finetune", str(tmp / "nope"), "--task", "next_item", "--data", str(b.dataset)],
+        ("nope", "rlrec pretrain"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FINETUNE_CASES))
+def test_finetune_refusal_is_one_clear_line(
+    name: str, bases: Bases, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, needles = FINETUNE_CASES[name](bases, tmp_path)
+    out = tmp_path / "ft"
+    if argv[0] == "finetune":
+        argv += ["--out", str(out), "--device", "cpu"]
+    assert_clear_error(run_hostile(argv, capsys), *needles)
+    assert not out.exists()
