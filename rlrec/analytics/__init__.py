@@ -1,0 +1,1 @@
+"""Behaviour analytics: interest trends, migration drift, cross-sell and category demand."""
