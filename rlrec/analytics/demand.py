@@ -94,12 +94,9 @@ def demand_series(log: PeriodLog, min_volume: float = 0.1) -> DemandSeries:
             the busiest period's are its edges (a few users still arriving or leaving, as in
             the synthetic log's long tail), not demand to forecast; they are left out.
     """
-    volume = np.bincount(log.period, minlength=log.n_periods)
-    busy = volume >= min_volume * volume.max()
-    edge = np.zeros(log.n_periods, dtype=bool)
-    first_busy, last_busy = np.flatnonzero(busy)[[0, -1]]
-    edge[:first_busy] = True
-    edge[last_busy + 1 :] = True
+    lo_active, hi_active = log.active_range(min_volume)
+    edge = np.ones(log.n_periods, dtype=bool)
+    edge[lo_active : hi_active + 1] = False
     complete = np.flatnonzero(log.complete & ~edge)
     if len(complete) == 0:
         lo, hi = 0, -1

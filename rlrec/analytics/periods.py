@@ -25,6 +25,7 @@ from rlrec.errors import UserError
 from rlrec.models.transition import OTHER_CATEGORY, fold_categories
 
 __all__ = [
+    "ACTIVE_VOLUME",
     "DAY_MS",
     "MIN_PERIODS",
     "PeriodLog",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 DAY_MS = 86_400_000
+ACTIVE_VOLUME = 0.1
+"""Share of the busiest period's events below which a period at either end is an edge."""
 MIN_PERIODS = 4
 """Fewest periods an analysis needs: a trend's slope with a dispersion estimate (two degrees
 of freedom left) and a demand forecast with history before a held-out period."""
@@ -121,6 +124,17 @@ class PeriodLog:
         """Index of ``__other__``, or None when no category was folded."""
         ids = self.category_ids
         return len(ids) - 1 if ids and ids[-1] == OTHER_CATEGORY else None
+
+    def active_range(self, min_volume: float = ACTIVE_VOLUME) -> tuple[int, int]:
+        """``(lo, hi)``: the first and last period with ``min_volume`` of the peak's events.
+
+        Periods outside are the log's edges (a few users still arriving or leaving, as in the
+        synthetic log's long tail): a trend or a forecast there would read a handful of
+        sessions as a shift of the whole population.
+        """
+        volume = np.bincount(self.period, minlength=self.n_periods)
+        busy = np.flatnonzero(volume >= min_volume * volume.max())
+        return int(busy[0]), int(busy[-1])
 
     def period_starts(self) -> list[str]:
         """(T,) ISO 8601 UTC start of each period (a date when periods are whole days)."""

@@ -219,12 +219,23 @@ def segment_counts(log: PeriodLog) -> dict[str, np.ndarray]:
     return out
 
 
-def segment_trends(log: PeriodLog, alpha: float = 0.05) -> pd.DataFrame:
-    """The trend tests of every segment, stacked with a ``segment`` column."""
-    starts = log.period_starts()
+def segment_trends(
+    log: PeriodLog, alpha: float = 0.05, periods: tuple[int, int] | None = None
+) -> pd.DataFrame:
+    """The trend tests of every segment, stacked with a ``segment`` column.
+
+    Args:
+        log: The period log.
+        alpha: False discovery rate per segment.
+        periods: ``(lo, hi)``, the periods tested (inclusive); None for all.
+    """
+    lo, hi = periods if periods is not None else (0, log.n_periods - 1)
+    starts = log.period_starts()[lo : hi + 1]
     frames = []
     for name, counts in segment_counts(log).items():
-        result = category_trends(counts, log.category_ids, starts, alpha, skip=log.other)
+        result = category_trends(
+            counts[lo : hi + 1], log.category_ids, starts, alpha, skip=log.other
+        )
         frames.append(result.tests.assign(segment=name))
     table = pd.concat(frames, ignore_index=True)
     return table[["segment", *[c for c in table.columns if c != "segment"]]]

@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,8 @@ __all__ = [
     "GROUND_TRUTH_NPZ",
     "HOUR_MS",
     "GroundTruth",
+    "PlantedChange",
+    "PlantedTrend",
     "SyntheticConfig",
     "load_ground_truth",
 ]
@@ -35,6 +38,36 @@ GROUND_TRUTH_JSON = "ground_truth.json"
 GROUND_TRUTH_NPZ = "ground_truth.npz"
 HOUR_MS = 3_600_000
 """Milliseconds in an hour (the generator's session gaps are drawn in hours)."""
+
+
+@dataclass(frozen=True)
+class PlantedTrend:
+    """A category whose share grows over the log (ground truth for ``rlrec analyze``).
+
+    Attributes:
+        category: True category index (raw id ``c{category}``).
+        growth: The category's odds, as a session start and as a switch destination, are
+            multiplied by ``exp(growth * tau)``, ``tau`` in [0, 1] the session's position in
+            the log (the share of sessions that started before it).
+    """
+
+    category: int = 0
+    growth: float = 1.0
+
+
+@dataclass(frozen=True)
+class PlantedChange:
+    """A change of the switch matrix at one moment (ground truth for ``rlrec analyze``).
+
+    Attributes:
+        at: Where the change happens, as a share of the log's sessions (0.5: at the median
+            session start); sessions that start later switch by the new matrix.
+        strength: The new matrix is ``(1 - strength) * S + strength * S[sigma][:, sigma]``,
+            ``sigma`` a random permutation of the categories drawn from the seed.
+    """
+
+    at: float = 0.5
+    strength: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +134,12 @@ class SyntheticConfig:
             SimModel defaults. An organic log never shows them: they matter only in the truth
             world (:mod:`rlrec.envs.truth`), where the sim-to-real benchmark draws them.
         seed: Seed of every random draw.
+        trend: A planted trend (:class:`PlantedTrend`), or None (the default: none).
+        change_point: A planted change of the switch matrix (:class:`PlantedChange`), or
+            None (the default: none). Planted effects redraw the categories of the steps
+            (and their items) from a separate stream of the seed once the log's times are
+            drawn; each step keeps its stay-or-switch choice and its funnel outcome, so the
+            per-category funnel rates of the ground truth describe a log without them.
     """
 
     n_users: int = 2000
@@ -135,6 +174,8 @@ class SyntheticConfig:
     max_steps: int = 256
     seed: int = 0
     response: dict[str, float] = field(default_factory=dict)
+    trend: PlantedTrend | None = None
+    change_point: PlantedChange | None = None
 
     def __post_init__(self) -> None:
         from rlrec.models.prior import RESPONSE_PARAMETERS
@@ -167,6 +208,15 @@ class SyntheticConfig:
                 "in-session gaps must stay under 30 min and session gaps over it",
             ),
             (self.max_streak >= 1 and self.max_steps >= 1, "max_streak, max_steps >= 1"),
+            (
+                self.trend is None or 0 <= self.trend.category < self.n_categories,
+                "trend.category must be a category index in 0..n_categories-1",
+            ),
+            (
+                self.change_point is None
+                or (0 < self.change_point.at < 1 and 0 <= self.change_point.strength <= 1),
+                "change_point.at must be in (0, 1) and change_point.strength in [0, 1]",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -209,10 +259,14 @@ class GroundTruth:
             (``c0``..), ``item_ids`` the raw integer item ids, ``category_of_dataset_category``
             the identity over the true categories.
         config: The configuration that generated the log.
+        planted: What the planted effects did (empty without them): ``trend`` (raw
+            category id, growth) and ``change_point`` (``time_ms`` and ISO ``date`` of the
+            change, ``switch_after`` the new (K, K) matrix as nested lists).
     """
 
     model: SimModel
     config: SyntheticConfig
+    planted: dict[str, Any] = field(default_factory=dict)
 
     def to_files(self) -> dict[str, bytes]:
         """``ground_truth.json`` and ``ground_truth.npz`` as bytes, to write beside a dataset."""
@@ -224,6 +278,8 @@ class GroundTruth:
             **{name: float(getattr(self.model, name)) for name in SCALAR_FIELDS},
             "config": to_mapping(self.config),
         }
+        if self.planted:
+            payload["planted"] = self.planted
         return {
             GROUND_TRUTH_JSON: (json.dumps(payload, indent=2) + "\n").encode(),
             GROUND_TRUTH_NPZ: buffer.getvalue(),
@@ -259,4 +315,7 @@ def load_ground_truth(dataset_dir: str | os.PathLike[str]) -> GroundTruth | None
         info={"ground_truth": True},
     )
     config = from_mapping(SyntheticConfig, payload["config"], where=f"{json_file}:config")
-    return GroundTruth(model=model, config=config)
+    planted = payload.get("planted") or {}
+    if not isinstance(planted, dict):
+        raise UserError(f"{json_file}: planted must be a JSON object; generate it again")
+    return GroundTruth(model=model, config=config, planted=planted)

@@ -52,6 +52,7 @@ import pandas as pd
 
 from rlrec.models.calibration import run_positions
 from rlrec.models.ground_truth import HOUR_MS, GroundTruth, SyntheticConfig
+from rlrec.models.planted import plant
 from rlrec.models.sim_model import ARRAY_FIELDS, Provenance, SimModel
 
 if TYPE_CHECKING:
@@ -273,6 +274,7 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
         parts.append(part)
     columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     del parts
+    planted = plant(columns, model, config)  # planted trend / change point; none by default
     kinds = ["view", "fav", "cart", "buy"]
     frame = pd.DataFrame(
         {
@@ -286,7 +288,7 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
             "session": columns["session"],
         }
     )
-    return frame, GroundTruth(model=model, config=config)
+    return frame, GroundTruth(model=model, config=config, planted=planted)
 
 
 def _generate_chunk(
