@@ -221,7 +221,7 @@ class ChangePointResult:
 def change_points(
     counts: np.ndarray,
     alpha: float = 0.01,
-    permutations: int = 499,
+    permutations: int = 199,
     seed: int = 0,
     min_periods: int = 2,
 ) -> ChangePointResult:
@@ -298,7 +298,7 @@ def migration_drift(
     period_starts: list[str],
     alpha: float = 0.01,
     bootstrap: int = 200,
-    permutations: int = 499,
+    permutations: int = 199,
     seed: int = 0,
 ) -> DriftResult:
     """Per-period matrices, distances with bootstrap intervals and change points.

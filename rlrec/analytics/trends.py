@@ -1,23 +1,34 @@
 """Interest trends: each category's share of events per period, and which rise or fade.
 
-For every category ``c`` the events of period ``t`` are ``n_t`` trials of which ``k_t`` fall in
-``c``. A binomial GLM with a logit link, ``logit P(c | t) = a + b * (t - mean t)``, fitted by
-statsmodels, gives the trend ``b`` (change of the log-odds of the share per period). Events
-are not independent trials (one user's session holds many events of one category), so the
-model is quasi-binomial: the scale is Pearson's chi-square over the residual degrees of
-freedom (computed from the fit's ``pearson_chi2``), which widens the standard errors by the
-extra period-to-period variation that the clustering causes. The Wald test of ``b = 0``
-gives a p-value per category (Student's t with the residual degrees of freedom, as ``phi`` is
-estimated from few periods); Benjamini-Hochberg
-(``statsmodels.stats.multitest.multipletests``) controls the false discovery rate over
-categories. Rising categories are those with ``b > 0`` and ``q < alpha``,
-strongest (largest ``b``) first; falling likewise with ``b < 0``.
+**The test is within users.** In a log of a few hundred users, a period's category shares move
+mostly because different users happen to be active (a heavy user of one category shows up for
+two days); a category is *rising* when users' own interest moves toward it. For every category
+``c`` the model is a logistic regression of "this event is in ``c``" on the period ``t`` with
+one intercept per user, ``logit P(c | u, t) = a_u + b * t``, and the test of ``b = 0`` is its
+score test, which has a closed form (the stratified Cochran-Armitage trend test): with
+``n_ut`` a user's events in period ``t``, ``k_ut`` those in ``c``, ``p_u`` the user's overall
+share of ``c`` and ``tbar_u`` the user's event-weighted mean period,
 
-Per-period shares carry Wilson intervals (``proportion_confint``) computed on the effective
-counts ``k / phi`` and ``n / phi`` (``phi`` the category's dispersion, at least 1), so the
-bands are as wide as the clustering makes them. The same analysis runs per user segment: new
-(the user's first period) vs returning events, and high vs low activity users (total events
-at or above the median user's).
+    U = sum_{u,t} (t - tbar_u) k_ut,    V = sum_u p_u (1 - p_u) sum_t n_ut (t - tbar_u)^2,
+
+``z = U / sqrt(phi V)`` and ``b ~ U / V`` (log-odds per period). Events are clustered (a
+session holds many events of one category), so the variance is scaled by the Pearson
+dispersion ``phi`` of the user-period cells (at least 1): a quasi-likelihood score test. It is
+written here in numpy, vectorised over categories, because statsmodels' ``ConditionalLogit``
+fits the same model one category at a time on every event (minutes at 10M events); the tests
+check the statistic against ``ConditionalLogit`` on a small log. P-values are two-sided normal;
+Benjamini-Hochberg (``statsmodels.stats.multitest.multipletests``) controls the false
+discovery rate over categories. **Rising**: ``b > 0`` and ``q < alpha``, the largest gain in
+share (percentage points, last third of the periods against the first third) first, so that a
+big category gaining ground comes before a niche one doubling; **falling** likewise.
+
+Per-period shares carry Wilson intervals (statsmodels ``proportion_confint``) on the
+effective counts ``k / phi_t`` and ``n / phi_t``, ``phi_t`` the category's period-level
+dispersion, so the bands are as wide as the clustering makes them. The same test runs per
+segment: returning (not the user's first period) events, and high vs low activity users (total
+events at or above the median user's). New users' events (each user's first period) hold one
+period per user, where a within-user trend is not defined; their test is the period-level
+quasi-binomial logistic regression of the category's share on ``t`` (statsmodels ``GLM``).
 """
 
 from __future__ import annotations
@@ -34,8 +45,10 @@ __all__ = [
     "SEGMENTS",
     "TrendResult",
     "category_trends",
-    "segment_counts",
+    "period_trend_test",
+    "segment_masks",
     "segment_trends",
+    "within_user_trend",
 ]
 
 SEGMENTS = ("new", "returning", "high_activity", "low_activity")
@@ -51,11 +64,12 @@ class TrendResult:
             ``category``, ``count``, ``total``, ``share``, ``share_low``, ``share_high``
             (95% interval).
         tests: One row per category: ``category``, ``events``, ``slope`` (log-odds per
-            period), ``slope_se``, ``z``, ``p_value``, ``q_value`` (Benjamini-Hochberg),
-            ``dispersion``, ``share_first``, ``share_last`` (mean shares of the first and last
-            thirds of the periods), ``direction`` (rising, falling or flat).
-        rising: Raw ids of the rising categories, strongest first.
-        falling: Raw ids of the falling categories, strongest first.
+            period), ``z``, ``p_value``, ``q_value`` (Benjamini-Hochberg), ``dispersion``,
+            ``share_first``, ``share_last`` (mean shares of the first and last thirds of the
+            periods), ``gain`` (last minus first), ``test`` (``within_user`` or ``period``),
+            ``direction`` (rising, falling or flat).
+        rising: Raw ids of the rising categories, largest gain first.
+        falling: Raw ids of the falling categories, largest loss first.
     """
 
     shares: pd.DataFrame
@@ -64,125 +78,183 @@ class TrendResult:
     falling: list[str]
 
 
-def _trend_test(k: np.ndarray, n: np.ndarray) -> tuple[float, float, float, float]:
-    """Quasi-binomial logit slope over the periods with events.
+def within_user_trend(
+    user: np.ndarray, period: np.ndarray, category: np.ndarray, n_periods: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The user-stratified trend score test of every category (see the module doc).
+
+    Args:
+        user: (E,) user index of each event.
+        period: (E,) period of each event, 0..n_periods-1.
+        category: (E,) category of each event, 0..k-1.
+        n_periods: T.
+        k: K.
 
     Returns:
-        ``slope``, ``se``, ``p_value`` and ``dispersion`` (NaN slope and p-value 1 when the
-        category never or always occurs, where the slope is not identified).
+        ``slope`` (K,) one-step estimate ``U / V`` of the log-odds slope per period, ``z`` (K,)
+        the scaled score statistic (NaN where no user has variation), ``dispersion`` (K,).
+    """
+    n_users = int(user.max()) + 1 if len(user) else 0
+    cell = user * n_periods + period
+    n_ut = np.bincount(cell, minlength=n_users * n_periods).astype(float)  # (U*T,)
+    by_user = n_ut.reshape(n_users, n_periods)
+    n_u = by_user.sum(axis=1)
+    t_grid = np.arange(n_periods, dtype=float)
+    tbar = (by_user * t_grid).sum(axis=1) / np.maximum(n_u, 1.0)  # (U,)
+    keys, k_cnt = np.unique(cell * k + category, return_counts=True)
+    k_cell, k_cat = keys // k, keys % k
+    k_user, k_t = k_cell // n_periods, (k_cell % n_periods).astype(float)
+    k_uc = np.bincount(k_user * k + k_cat, weights=k_cnt, minlength=n_users * k).reshape(-1, k)
+    p = k_uc / np.maximum(n_u, 1.0)[:, None]  # (U, K) the user's share of each category
+    score = np.bincount(k_cat, weights=(k_t - tbar[k_user]) * k_cnt, minlength=k)
+    spread = (by_user * (t_grid[None, :] - tbar[:, None]) ** 2).sum(axis=1)  # (U,)
+    info = (p * (1.0 - p) * spread[:, None]).sum(axis=0)  # (K,) V
+    # Pearson X2 of the null fit n_ut p_u over every cell of the users with 0 < p_u < 1:
+    # sum k^2 / (n p (1-p)) - 2 sum k / (1-p) + sum n p / (1-p), zero cells only in the last.
+    varying = (p > 0) & (p < 1)
+    q = np.where(varying, 1.0 - p, 1.0)
+    pu = p[k_user, k_cat]
+    ok = (pu > 0) & (pu < 1)
+    x2 = np.bincount(
+        k_cat[ok], weights=k_cnt[ok] ** 2 / (n_ut[k_cell[ok]] * pu[ok] * (1 - pu[ok])), minlength=k
+    )
+    x2 += (np.where(varying, -2.0 * k_uc / q + n_u[:, None] * p / q, 0.0)).sum(axis=0)
+    cells = (by_user > 0).sum(axis=1)  # (U,) periods each user is active in
+    df = (varying * cells[:, None]).sum(axis=0) - varying.sum(axis=0) - 1
+    phi = np.maximum(x2 / np.maximum(df, 1), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(info > 0, score / np.sqrt(phi * info), np.nan)
+        slope = np.where(info > 0, score / info, np.nan)
+    return slope, z, phi
+
+
+def period_trend_test(k: np.ndarray, n: np.ndarray) -> tuple[float, float, float]:
+    """Quasi-binomial logit slope of one category's per-period share (statsmodels ``GLM``).
+
+    Args:
+        k: (T,) the category's events per period.
+        n: (T,) all events per period.
+
+    Returns:
+        ``slope`` (log-odds per period), ``z`` and ``dispersion`` (NaN slope and z when the
+        category never or always occurs, or fewer than 3 periods have events).
     """
     import statsmodels.api as sm
-    from scipy import stats
 
     used = n > 0
     k, n = k[used].astype(float), n[used].astype(float)
     if len(k) < 3 or k.sum() == 0 or np.all(k == n):
-        return float("nan"), float("nan"), 1.0, 1.0
+        return float("nan"), float("nan"), 1.0
     t = np.flatnonzero(used).astype(float)
     exog = np.column_stack([np.ones_like(t), t - t.mean()])
     with warnings.catch_warnings():
-        # Separation (a share of 0 in some periods) is handled by the p-value being large;
-        # statsmodels' convergence warnings would only repeat that per category.
+        # Separation (a share of 0 in some periods) shows as a large standard error.
         warnings.simplefilter("ignore")
         fit = sm.GLM(np.column_stack([k, n - k]), exog, family=sm.families.Binomial()).fit()
-    # Quasi-binomial: Pearson's chi-square over the residual degrees of freedom scales the
-    # variance. Computed here, not with ``fit(scale="X2")``, whose scale for the two-column
-    # (successes, failures) form is on the proportion scale in statsmodels 0.15 (about 0.007
-    # where Pearson's X2 / df is 2.2), which would shrink the errors instead of widening them.
-    df = max(int(fit.df_resid), 1)
-    phi = max(float(fit.pearson_chi2) / df, 1.0)
-    slope = float(fit.params[1])
-    se = float(fit.bse[1]) * np.sqrt(phi)
+    # Pearson X2 / df computed here, not by ``fit(scale="X2")``: for the two-column
+    # (successes, failures) form statsmodels 0.15 returns a scale on the proportion scale
+    # (0.007 where X2 / df is 2.2), which would shrink the errors instead of widening them.
+    phi = max(float(fit.pearson_chi2) / max(int(fit.df_resid), 1), 1.0)
+    slope, se = float(fit.params[1]), float(fit.bse[1]) * np.sqrt(phi)
     if not (np.isfinite(slope) and np.isfinite(se) and se > 0):
-        return float("nan"), float("nan"), 1.0, 1.0
-    # Student's t with the residual degrees of freedom: phi is estimated from few periods.
-    p = float(2.0 * stats.t.sf(abs(slope / se), df))
-    return slope, se, p, phi
+        return float("nan"), float("nan"), 1.0
+    return slope, slope / se, phi
+
+
+def _period_dispersion(counts: np.ndarray) -> np.ndarray:
+    """(K,) Pearson dispersion of constant shares over periods (at least 1)."""
+    total = counts.sum(axis=1, keepdims=True).astype(float)
+    p = counts.sum(axis=0) / max(float(total.sum()), 1.0)
+    expected = total * p[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(expected > 0, (counts - expected) ** 2 / (expected * (1 - p)), 0.0)
+    used = int((total[:, 0] > 0).sum())
+    return np.maximum(terms.sum(axis=0) / max(used - 1, 1), 1.0)
 
 
 def category_trends(
-    counts: np.ndarray,
-    category_ids: tuple[str, ...],
-    period_starts: list[str],
+    log: PeriodLog,
+    periods: tuple[int, int] | None = None,
     alpha: float = 0.05,
-    skip: int | None = None,
+    mask: np.ndarray | None = None,
+    within_user: bool = True,
 ) -> TrendResult:
-    """Shares with intervals, and rising and falling categories, from per-period counts.
+    """Shares with intervals, and rising and falling categories.
 
     Args:
-        counts: (T, K) events per period and category.
-        category_ids: (K,) raw category ids.
-        period_starts: (T,) ISO start of each period.
+        log: The period log.
+        periods: ``(lo, hi)``, the periods analysed (inclusive); None for all.
         alpha: False discovery rate of the rising and falling lists.
-        skip: A category index left out of the lists (``__other__``: a fold of many
-            categories is not one a merchandiser can act on); it keeps its row.
+        mask: (E,) bool, the events analysed (a segment); None for all.
+        within_user: The user-stratified test (default); False for the period-level one.
     """
+    from scipy import stats
     from statsmodels.stats.multitest import multipletests
     from statsmodels.stats.proportion import proportion_confint
 
-    counts = np.asarray(counts, dtype=np.int64)
-    n_periods, k = counts.shape
+    lo, hi = periods if periods is not None else (0, log.n_periods - 1)
+    n_periods, k = hi - lo + 1, log.n_categories
+    keep = (log.period >= lo) & (log.period <= hi)
+    if mask is not None:
+        keep &= mask
+    period = log.period[keep] - lo
+    category = log.category[keep]
+    counts = np.bincount(period * k + category, minlength=n_periods * k).reshape(n_periods, k)
     total = counts.sum(axis=1)
-    rows = []
-    share_rows = []
+    if within_user:
+        slope, z, phi = within_user_trend(log.user[keep], period, category, n_periods, k)
+    else:
+        slope, z, phi = (
+            np.array(v)
+            for v in zip(*(period_trend_test(counts[:, c], total) for c in range(k)), strict=True)
+        )
+    p_value = np.where(np.isfinite(z), 2.0 * stats.norm.sf(np.abs(np.nan_to_num(z))), 1.0)
+    q_value = multipletests(p_value, method="fdr_bh")[1]
+    share = counts / np.maximum(total, 1)[:, None]
     third = max(1, n_periods // 3)
-    for c in range(k):
-        slope, se, p, phi = _trend_test(counts[:, c], total)
-        share = np.divide(counts[:, c], total, out=np.zeros(n_periods), where=total > 0)
-        low, high = proportion_confint(
-            counts[:, c] / phi, np.maximum(total, 1) / phi, alpha=0.05, method="wilson"
-        )
-        low, high = np.where(total > 0, low, np.nan), np.where(total > 0, high, np.nan)
-        rows.append(
-            {
-                "category": category_ids[c],
-                "events": int(counts[:, c].sum()),
-                "slope": slope,
-                "slope_se": se,
-                "z": slope / se if se and np.isfinite(se) and se > 0 else float("nan"),
-                "p_value": p,
-                "dispersion": phi,
-                "share_first": float(share[:third].mean()),
-                "share_last": float(share[-third:].mean()),
-            }
-        )
-        for t in range(n_periods):
-            share_rows.append(
-                (
-                    t,
-                    period_starts[t],
-                    category_ids[c],
-                    int(counts[t, c]),
-                    int(total[t]),
-                    float(share[t]),
-                    float(low[t]),
-                    float(high[t]),
-                )
-            )
-    tests = pd.DataFrame(rows)
-    tests["q_value"] = multipletests(tests["p_value"].to_numpy(), method="fdr_bh")[1]
-    significant = (tests["q_value"] < alpha) & tests["slope"].notna()
-    if skip is not None:
-        significant.iloc[skip] = False
-    tests["direction"] = np.where(
-        significant & (tests["slope"] > 0),
-        "rising",
-        np.where(significant & (tests["slope"] < 0), "falling", "flat"),
+    first, last = share[:third].mean(axis=0), share[-third:].mean(axis=0)
+    tests = pd.DataFrame(
+        {
+            "category": list(log.category_ids),
+            "events": counts.sum(axis=0),
+            "slope": slope,
+            "z": z,
+            "p_value": p_value,
+            "q_value": q_value,
+            "dispersion": phi,
+            "share_first": first,
+            "share_last": last,
+            "gain": last - first,
+            "test": "within_user" if within_user else "period",
+        }
     )
-    rising = tests[tests["direction"] == "rising"].sort_values("slope", ascending=False)
-    falling = tests[tests["direction"] == "falling"].sort_values("slope")
+    significant = (q_value < alpha) & np.isfinite(z)
+    if log.other is not None:
+        significant[log.other] = False  # a fold of many categories: nothing to act on
+    tests["direction"] = np.where(
+        significant & (slope > 0), "rising", np.where(significant & (slope < 0), "falling", "flat")
+    )
+    rising = tests[tests["direction"] == "rising"].sort_values("gain", ascending=False)
+    falling = tests[tests["direction"] == "falling"].sort_values("gain")
+
+    # Shares with intervals as wide as the period-to-period clustering makes them.
+    phi_t = _period_dispersion(counts)
+    starts = log.period_starts()[lo : hi + 1]
+    low, high = proportion_confint(
+        counts / phi_t[None, :], np.maximum(total, 1)[:, None] / phi_t[None, :], method="wilson"
+    )
+    empty = total[:, None] == 0
     shares = pd.DataFrame(
-        share_rows,
-        columns=[
-            "period",
-            "start",
-            "category",
-            "count",
-            "total",
-            "share",
-            "share_low",
-            "share_high",
-        ],
+        {
+            "period": np.repeat(np.arange(lo, hi + 1), k),
+            "start": np.repeat(starts, k),
+            "category": np.tile(np.asarray(log.category_ids), n_periods),
+            "count": counts.ravel(),
+            "total": np.repeat(total, k),
+            "share": share.ravel(),
+            "share_low": np.where(empty, np.nan, low).ravel(),
+            "share_high": np.where(empty, np.nan, high).ravel(),
+        }
     )
     return TrendResult(
         shares=shares,
@@ -192,31 +264,27 @@ def category_trends(
     )
 
 
-def segment_counts(log: PeriodLog) -> dict[str, np.ndarray]:
-    """(T, K) event counts of each segment of :data:`SEGMENTS`.
+def segment_masks(log: PeriodLog) -> dict[str, np.ndarray]:
+    """(E,) bool event mask of each segment of :data:`SEGMENTS`.
 
     ``new``: events in the user's first period; ``returning``: the others. ``high_activity``:
     users with at least the median user's total events; ``low_activity``: the others.
     """
     n_users = int(log.user.max()) + 1
-    first = np.full(n_users, np.iinfo(np.int64).max)
-    np.minimum.at(first, log.user, log.period)
+    # Events are sorted by (user, session start): a user's first event is in their first period.
+    users, first_index = np.unique(log.user, return_index=True)
+    first = np.zeros(n_users, dtype=np.int64)
+    first[users] = log.period[first_index]
     is_new = log.period == first[log.user]
     per_user = np.bincount(log.user, minlength=n_users)
-    active = per_user[per_user > 0]
-    high_user = per_user >= np.median(active)
+    high_user = per_user >= np.median(per_user[per_user > 0])
     is_high = high_user[log.user]
-    k = log.n_categories
-    out = {}
-    for name, mask in (
-        ("new", is_new),
-        ("returning", ~is_new),
-        ("high_activity", is_high),
-        ("low_activity", ~is_high),
-    ):
-        flat = np.bincount(log.period[mask] * k + log.category[mask], minlength=log.n_periods * k)
-        out[name] = flat.reshape(log.n_periods, k)
-    return out
+    return {
+        "new": is_new,
+        "returning": ~is_new,
+        "high_activity": is_high,
+        "low_activity": ~is_high,
+    }
 
 
 def segment_trends(
@@ -229,13 +297,10 @@ def segment_trends(
         alpha: False discovery rate per segment.
         periods: ``(lo, hi)``, the periods tested (inclusive); None for all.
     """
-    lo, hi = periods if periods is not None else (0, log.n_periods - 1)
-    starts = log.period_starts()[lo : hi + 1]
     frames = []
-    for name, counts in segment_counts(log).items():
-        result = category_trends(
-            counts[lo : hi + 1], log.category_ids, starts, alpha, skip=log.other
-        )
+    for name, mask in segment_masks(log).items():
+        # New users hold one period each: only a between-period trend is defined for them.
+        result = category_trends(log, periods, alpha, mask, within_user=(name != "new"))
         frames.append(result.tests.assign(segment=name))
     table = pd.concat(frames, ignore_index=True)
     return table[["segment", *[c for c in table.columns if c != "segment"]]]

@@ -75,7 +75,7 @@ class AnalyzeConfig:
     alpha: float = 0.05
     change_alpha: float = 0.01
     bootstrap: int = 200
-    permutations: int = 499
+    permutations: int = 199
     k: int = 10
     min_support: int = 5
     holdout: int = 3
@@ -167,13 +167,7 @@ def run_analysis(
     lo, hi = log.active_range()
     step("periods")
 
-    trends = category_trends(
-        log.event_counts()[lo : hi + 1],
-        log.category_ids,
-        starts[lo : hi + 1],
-        config.alpha,
-        skip=log.other,
-    )
+    trends = category_trends(log, (lo, hi), config.alpha)
     segments = segment_trends(log, config.alpha, (lo, hi))
     step("trends")
 
