@@ -13,11 +13,11 @@ without categories, a period longer than the log, or too few periods to compare.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-import pandas as pd
 
 from rlrec.data.dataset import PreparedDataset
 from rlrec.data.schema import EVENT_CODE, UNKNOWN_CATEGORY
@@ -42,23 +42,22 @@ MIN_PERIODS = 4
 of freedom left) and a demand forecast with history before a held-out period."""
 
 
-def parse_period(text: str) -> int:
-    """A period such as ``1d``, ``1w``, ``12h`` or ``30m`` in milliseconds.
+_UNIT_MS = {"w": 7 * DAY_MS, "d": DAY_MS, "h": 3_600_000, "min": 60_000, "m": 60_000}
 
-    Parsed by :func:`pandas.to_timedelta` (so ``2D``, ``90min`` and ``1 days`` work too).
+
+def parse_period(text: str) -> int:
+    """A period such as ``1d``, ``1w``, ``12h``, ``30m`` (or ``30min``) in milliseconds.
 
     Raises:
-        UserError: If it is not a positive duration.
+        UserError: If it is not a positive number followed by one of w, d, h, m, min.
     """
-    try:
-        delta = pd.to_timedelta(str(text).strip())
-    except (ValueError, TypeError):
-        delta = None
-    if delta is None or pd.isna(delta) or delta.total_seconds() <= 0:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(w|d|h|min|m)\s*", str(text), flags=re.I)
+    ms = int(float(match.group(1)) * _UNIT_MS[match.group(2).lower()]) if match else 0
+    if ms <= 0:
         raise UserError(
             f"--period {text!r}: expected a positive duration such as 1d, 1w, 12h or 30m"
         )
-    return int(delta.total_seconds() * 1000)
+    return ms
 
 
 def format_duration(ms: float) -> str:

@@ -91,6 +91,10 @@ class AnalyzeConfig:
             (self.k >= 1 and self.min_support >= 1, "--k and --min-support must be >= 1"),
             (self.holdout >= 1 and self.horizon >= 1, "--holdout and --horizon must be >= 1"),
             (self.table_format in ("csv", "parquet"), "--format must be csv or parquet"),
+            (
+                1.0 / (self.permutations + 1) < self.change_alpha,
+                "permutations too few for change_alpha: 1 / (permutations + 1) must be below it",
+            ),
         ]
         for ok, message in checks:
             if not ok:
