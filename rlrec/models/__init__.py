@@ -13,7 +13,13 @@ if TYPE_CHECKING:
     from rlrec.models.calibration import log_statistics
     from rlrec.models.checkpoint import load_encoder, save_encoder
     from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
-    from rlrec.models.ground_truth import GroundTruth, SyntheticConfig, load_ground_truth
+    from rlrec.models.ground_truth import (
+        GroundTruth,
+        PlantedChange,
+        PlantedTrend,
+        SyntheticConfig,
+        load_ground_truth,
+    )
     from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint, train_encoder
     from rlrec.models.sim_model import SimModel, load_sim_model
     from rlrec.models.synthetic import generate_dataset, generate_events
@@ -29,6 +35,8 @@ _LAZY: dict[str, str] = {
     "StateEncoder": "rlrec.models.encoder",
     "GroundTruth": "rlrec.models.ground_truth",
     "SyntheticConfig": "rlrec.models.ground_truth",
+    "PlantedChange": "rlrec.models.ground_truth",
+    "PlantedTrend": "rlrec.models.ground_truth",
     "load_ground_truth": "rlrec.models.ground_truth",
     "PretrainConfig": "rlrec.models.pretrain",
     "pretrain_checkpoint": "rlrec.models.pretrain",
@@ -50,6 +58,8 @@ __all__ = [
     "EncoderConfig",
     "FitConfig",
     "GroundTruth",
+    "PlantedChange",
+    "PlantedTrend",
     "PretrainConfig",
     "SequenceEncoder",
     "SimModel",
