@@ -120,7 +120,7 @@ def _taobao(work: Path) -> dict[str, Any]:
         return {"taobao_cross_sell_model_recall@10": None}
     import pandas as pd
 
-    from rlrec.data import prepare
+    from rlrec.data.prepare import prepare
 
     raw = pd.read_csv(TAOBAO, header=None)
     top = raw[2].value_counts().index[0]

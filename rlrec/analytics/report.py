@@ -152,6 +152,9 @@ def demand_figure(demand: DemandResult, n: int = 4) -> Figure:
         ax.plot(rows["period"], rows["last_period"], "--", color=MUTED, lw=1.2, label="last period")
         ax.set_title(str(name))
         ax.set_ylabel("views")
+        periods = rows["period"].to_numpy()
+        ax.set_xticks(periods)
+        ax.set_xticklabels([str(d)[5:10] for d in rows["start"]], rotation=30, ha="right")
         if i == 0:
             ax.legend(loc="best")
     fig.suptitle("Views per period: held-out and future forecasts (95% interval)")
@@ -174,6 +177,8 @@ def _trend_table(trends: TrendResult) -> Table:
                     f"{100 * t['share_first']:.2f}% → {100 * t['share_last']:.2f}%",
                 ]
             )
+    if not rows:
+        rows = [["none", "no category rises or falls at the false discovery rate", "", "", ""]]
     return Table(["direction", "category", "slope (log-odds/period)", "q (BH)", "share"], rows)
 
 

@@ -13,7 +13,8 @@ from rlrec.analytics.cross_sell import (
     ranking_metrics,
 )
 from rlrec.analytics.periods import DAY_MS, period_log
-from rlrec.data import load_dataset, prepare
+from rlrec.data import load_dataset
+from rlrec.data.prepare import prepare
 from tests.analytics.conftest import T0
 
 

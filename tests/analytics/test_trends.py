@@ -10,7 +10,8 @@ import pytest
 
 from rlrec.analytics.periods import DAY_MS, period_log
 from rlrec.analytics.trends import category_trends, segment_trends, within_user_trend
-from rlrec.data import load_dataset, prepare
+from rlrec.data import load_dataset
+from rlrec.data.prepare import prepare
 from tests.analytics.conftest import T0
 
 
