@@ -3,9 +3,10 @@
 **Model** (interest migration at the period scale). A user's interest in period ``p`` is their
 share of events per category, ``a_{u,p}``; in the next period they produce counts
 ``b_{u,p+1}``. The period migration matrix ``G[c, c'] ~ sum_u a_{u,p}[c] b_{u,p+1}[c']``
-(summed over the history's consecutive periods, rows normalised) says where the interest of
-returning users goes; users new to a period (no events in the one before) bring the category
-mix ``n`` that new users brought in the history, a share ``nu`` of the events. The forecast share
+(summed over the history's consecutive periods with weights halving every ``half_life`` = 2
+periods back, so that the model follows a migration that changes; rows normalised) says where
+the interest of returning users goes; users new to a period (no events in the one before) bring the category
+mix ``n`` that new users brought in the history (same weights), a share ``nu`` of the events. The forecast share
 of period ``t`` propagates the current interest distribution ``s_{t-1}``:
 ``s_t = (1 - nu) s_{t-1} G + nu n`` (``h`` periods ahead: ``h`` times). Each event type's
 volume is the last period's total (the same as the last-period baseline, so the comparison
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 EVENT_KINDS = ("view", "cart", "buy")
+HALF_LIFE = 2.0
+"""Periods after which a past period's migration weighs half as much in the forecast."""
 Z95 = 1.959963984540054
 
 
@@ -161,17 +164,22 @@ def _normalise(rows: np.ndarray, fallback: np.ndarray) -> np.ndarray:
 
 
 def _model_forecast(
-    series: DemandSeries, origin: int, horizon: int, funnel_prior: float
+    series: DemandSeries, origin: int, horizon: int, funnel_prior: float, half_life: float
 ) -> np.ndarray:
     """(horizon, K, 3) forecasts of series positions ``origin .. origin + horizon - 1``.
 
-    Only the periods before ``origin`` are read.
+    Only the periods before ``origin`` are read; period ``p``'s migration and new users weigh
+    ``0.5 ** ((origin - 1 - p) / half_life)``, so the model follows a migration that changes.
     """
     hist_events = series.events[:origin].sum(axis=0).astype(float)
     pooled = hist_events / max(hist_events.sum(), 1.0)
-    g = _normalise(series.migration[: max(origin - 1, 0)].sum(axis=0), pooled)
-    new = series.new_events[1:origin]
-    nu = new.sum() / max(series.events[1:origin].sum(), 1.0) if origin > 1 else 0.0
+    age = origin - 1 - np.arange(origin, dtype=float)  # (origin,) periods before the last
+    weight = 0.5 ** (age / half_life)
+    pairs = max(origin - 1, 0)  # migration[p] is the pair (p, p + 1), p + 1 < origin
+    g = _normalise(np.tensordot(weight[1 : pairs + 1], series.migration[:pairs], axes=1), pooled)
+    new = series.new_events[1:origin] * weight[1:origin, None]
+    seen = (series.events[1:origin] * weight[1:origin, None]).sum()
+    nu = new.sum() / max(seen, 1e-12) if origin > 1 else 0.0
     new_mix = _normalise(new.sum(axis=0).astype(float), pooled)
     share = _normalise(series.events[origin - 1].astype(float), pooled)
     hist = series.counts[:origin].sum(axis=0).astype(float)  # (K, 3)
@@ -228,9 +236,21 @@ class DemandResult:
 
 
 def demand_forecast(
-    log: PeriodLog, holdout: int = 3, horizon: int = 2, funnel_prior: float = 50.0
+    log: PeriodLog,
+    holdout: int = 3,
+    horizon: int = 2,
+    funnel_prior: float = 50.0,
+    half_life: float = HALF_LIFE,
 ) -> DemandResult | str:
     """Backtest the model and the baselines, then forecast the next ``horizon`` periods.
+
+    Args:
+        log: The period log.
+        holdout: Last complete periods forecast one step ahead and scored.
+        horizon: Periods forecast after the log.
+        funnel_prior: Pseudo-events pulling each category's event-type rates to the overall.
+        half_life: Periods after which a past period's migration weighs half (see
+            :data:`HALF_LIFE`).
 
     Returns:
         The result, or a one-line reason when the log has too few complete periods (fewer
@@ -249,7 +269,7 @@ def demand_forecast(
     k = log.n_categories
 
     def one_step(origin: int) -> np.ndarray:
-        return _model_forecast(series, origin, 1, funnel_prior)[0]
+        return _model_forecast(series, origin, 1, funnel_prior, half_life)[0]
 
     # Dispersion from the rolling forecasts before the holdout (or the holdout itself when
     # there are none: flagged in ``info``).
@@ -273,7 +293,7 @@ def demand_forecast(
         actual.append(y)
         seasonal.append(sn)
         rows.append(("holdout", t, y, f, lp, sn))
-    future = _model_forecast(series, n, horizon, funnel_prior)
+    future = _model_forecast(series, n, horizon, funnel_prior, half_life)
     for h in range(horizon):
         t = n + h
         sn = series.counts[t - season].astype(float) if season and 0 <= t - season < n else None
