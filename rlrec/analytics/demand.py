@@ -5,14 +5,14 @@ share of events per category, ``a_{u,p}``; in the next period they produce count
 ``b_{u,p+1}``. The period migration matrix ``G[c, c'] ~ sum_u a_{u,p}[c] b_{u,p+1}[c']``
 (summed over the history's consecutive periods with weights halving every ``half_life`` = 2
 periods back, so that the model follows a migration that changes; rows normalised) says where
-the interest of returning users goes; users new to a period (no events in the one before) bring the category
-mix ``n`` that new users brought in the history (same weights), a share ``nu`` of the events. The forecast share
-of period ``t`` propagates the current interest distribution ``s_{t-1}``:
-``s_t = (1 - nu) s_{t-1} G + nu n`` (``h`` periods ahead: ``h`` times). Each event type's
-volume is the last period's total (the same as the last-period baseline, so the comparison
-isolates the category mix) spread over categories by ``s_t`` times the category's rate of that
-event type per event (smoothed toward the overall rate with ``funnel_prior`` pseudo-events, as
-the transition fit smooths its funnel).
+the interest of returning users goes; users new to a period (no events in the one before) bring
+the category mix ``n`` that new users brought in the history (same weights), a share ``nu`` of
+the events. The forecast share of period ``t`` propagates the current interest distribution
+``s_{t-1}``: ``s_t = (1 - nu) s_{t-1} G + nu n`` (``h`` periods ahead: ``h`` times). Each event
+type's volume is the last period's total (the same as the last-period baseline, so the
+comparison isolates the category mix) spread over categories by ``s_t`` times the category's
+rate of that event type per event (smoothed toward the overall rate with ``funnel_prior``
+pseudo-events, as the transition fit smooths its funnel).
 
 **Baselines**: ``last_period`` (each cell as in the period before) and ``seasonal_naive``
 (each cell as one season before: 7 periods for daily periods, 24 for hourly ones; none for
