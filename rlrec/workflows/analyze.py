@@ -164,7 +164,15 @@ def run_analysis(
     period_ms = parse_period(config.period)
     check_output(out, "analysis", force)  # before the work: a refusal costs nothing
     started = time.perf_counter()
-    step = progress or (lambda label: None)
+    stage_seconds: dict[str, float] = {}
+    last = [started]
+
+    def step(label: str) -> None:
+        now = time.perf_counter()
+        stage_seconds[label] = round(stage_seconds.get(label, 0.0) + now - last[0], 2)
+        last[0] = now
+        if progress is not None:
+            progress(label)
     ds = load_dataset(data_dir)
     log = period_log(ds, period_ms, config.top_k_categories)
     starts = log.period_starts()
@@ -287,6 +295,7 @@ def run_analysis(
     }
     if not isinstance(demand, str):
         tables["demand_forecast"] = demand.table
+    summary["stage_seconds"] = stage_seconds
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary = _clean(summary)
     with atomic_directory(out, "analysis", force) as tmp:
