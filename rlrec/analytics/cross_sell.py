@@ -357,7 +357,9 @@ def _walk(task: CrossSellTask, switch: np.ndarray, beta: float) -> np.ndarray:
     return task.interest @ np.linalg.inv(np.eye(len(switch)) - beta * switch)
 
 
-def _features(task: CrossSellTask, fitted: _Fitted, switch: np.ndarray) -> np.ndarray:
+def _features(
+    task: CrossSellTask, fitted: _Fitted, switch: np.ndarray, rules: np.ndarray | None = None
+) -> np.ndarray:
     """(N, K, F) features of every (target, candidate) pair, in the order of FEATURES."""
     n, k = task.allowed.shape
     eps = 1e-6
@@ -365,7 +367,7 @@ def _features(task: CrossSellTask, fitted: _Fitted, switch: np.ndarray) -> np.nd
         np.log(_next_step(task, fitted, switch) + eps),
         np.log(_walk(task, switch, 0.9) + eps),
         np.broadcast_to(np.log(fitted.popularity + eps), (n, k)),
-        np.log(_rule_scores(task.seen, fitted.confidence) + eps),
+        np.log((_rule_scores(task.seen, fitted.confidence) if rules is None else rules) + eps),
     ]
     return np.stack(cols, axis=2)
 
@@ -407,27 +409,32 @@ def _fit_ranker(
 
 
 def _ranker_scores(
-    ranker: np.ndarray | None, task: CrossSellTask, fitted: _Fitted, switch: np.ndarray
+    ranker: np.ndarray | None,
+    task: CrossSellTask,
+    fitted: _Fitted,
+    switch: np.ndarray,
+    rules: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, K) ranker scores (a monotone map of the fitted probabilities)."""
     if ranker is None:
         return _next_step(task, fitted, switch)
-    return _features(task, fitted, switch) @ ranker
+    return _features(task, fitted, switch, rules) @ ranker
 
 
-def _rule_scores(had: np.ndarray, confidence: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def _rule_scores(had: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     """(N, K) best confidence of a rule X -> Y over the X each row had.
+
+    One pass per antecedent X over (N, K) rows (no (N, K, K) intermediate), in float32.
 
     Args:
         had: (N, K) bool, the categories met before.
         confidence: (K, K) rule confidences.
-        chunk: Rows per block (bounds the (chunk, K, K) intermediate).
     """
-    out = np.zeros(had.shape, dtype=float)
-    for lo in range(0, len(had), chunk):
-        block = had[lo : lo + chunk]
-        out[lo : lo + chunk] = np.where(block[:, :, None], confidence[None], 0.0).max(axis=1)
-    return out
+    out = np.zeros(had.shape, dtype=np.float32)
+    conf = confidence.astype(np.float32)
+    for x in np.flatnonzero(had.any(axis=0)):
+        np.maximum(out, np.where(had[:, x, None], conf[x][None, :], np.float32(0.0)), out=out)
+    return out.astype(float)
 
 
 def _masked(scores: np.ndarray, task: CrossSellTask, popularity: np.ndarray) -> np.ndarray:
@@ -517,9 +524,10 @@ def evaluate_next_category(
     task = _task(log, steps, test_cut, end)
     fitted = _fit(log, steps, test_cut)
     switch = smoothed_switch_matrix(fitted.switch_counts, alpha)
+    rules = _rule_scores(task.seen, fitted.confidence)  # a baseline and a model feature
     methods: dict[str, np.ndarray] = {
-        MODEL: _ranker_scores(ranker, task, fitted, switch),
-        "association_rules": _rule_scores(task.seen, fitted.confidence),
+        MODEL: _ranker_scores(ranker, task, fitted, switch, rules),
+        "association_rules": rules,
         "markov": switch[task.previous],
         "popular": np.broadcast_to(fitted.popularity, task.allowed.shape).copy(),
     }

@@ -41,6 +41,7 @@ __all__ = [
     "DriftResult",
     "MigrationMatrix",
     "change_points",
+    "consecutive_tv",
     "migration_drift",
     "period_switch_counts",
     "total_variation",
@@ -170,15 +171,27 @@ def total_variation(a: np.ndarray, b: np.ndarray) -> float:
         a: (K, K) switch counts.
         b: (K, K) switch counts.
     """
-    ra, rb = a.sum(axis=1), b.sum(axis=1)
-    both = (ra > 0) & (rb > 0)
-    if not both.any():
-        return float("nan")
-    pa = a[both] / ra[both, None]
-    pb = b[both] / rb[both, None]
-    w = (ra + rb)[both]
-    tv = 0.5 * np.abs(pa - pb).sum(axis=1)
-    return float((w * tv).sum() / w.sum())
+    return float(consecutive_tv(np.stack([a, b]))[0])
+
+
+def consecutive_tv(counts: np.ndarray) -> np.ndarray:
+    """(T - 1,) :func:`total_variation` between each period and the one before, vectorised.
+
+    Args:
+        counts: (T, K, K) switch counts per period.
+
+    Returns:
+        NaN where no row has switches in both periods.
+    """
+    rows = counts.sum(axis=2)  # (T, K)
+    p = counts / np.where(rows > 0, rows, 1.0)[:, :, None]
+    a, b = p[:-1], p[1:]
+    both = (rows[:-1] > 0) & (rows[1:] > 0)  # (T-1, K)
+    w = np.where(both, rows[:-1] + rows[1:], 0.0)
+    tv = 0.5 * np.abs(a - b).sum(axis=2)  # (T-1, K)
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (w * tv).sum(axis=1) / np.where(total > 0, total, 1.0), np.nan)
 
 
 def _loglik(counts: np.ndarray) -> np.ndarray:
@@ -306,9 +319,10 @@ def migration_drift(
     category_ids: tuple[str, ...],
     period_starts: list[str],
     alpha: float = 0.01,
-    bootstrap: int = 200,
+    bootstrap: int = 100,
     permutations: int = 199,
     seed: int = 0,
+    active: tuple[int, int] | None = None,
 ) -> DriftResult:
     """Per-period matrices, distances with bootstrap intervals and change points.
 
@@ -323,10 +337,12 @@ def migration_drift(
         bootstrap: Poisson-bootstrap replicates of the distances.
         permutations: Shuffles per change-point test.
         seed: Seed of the bootstrap and the shuffles.
+        active: ``(lo, hi)``, the periods searched for change points (inclusive; the log's
+            edges, a handful of users, only add noise to the tests); None for all.
     """
     k, n_periods = len(category_ids), len(period_starts)
     counts = period_switch_counts(period, current, following, n_periods, k)
-    tv = np.array([total_variation(counts[t - 1], counts[t]) for t in range(1, n_periods)])
+    tv = consecutive_tv(counts)
     rng = np.random.default_rng([seed, 1])
     # Sessions renumbered 0..S-1 so that one weight array serves every switch.
     _, session_index = np.unique(session, return_inverse=True)
@@ -335,7 +351,7 @@ def migration_drift(
     for b in range(bootstrap):
         w = rng.poisson(1.0, n_sessions).astype(float)[session_index]
         rep = period_switch_counts(period, current, following, n_periods, k, weights=w)
-        boot[b] = [total_variation(rep[t - 1], rep[t]) for t in range(1, n_periods)]
+        boot[b] = consecutive_tv(rep)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no switches
         q_low, q_high, mean = (
@@ -361,7 +377,18 @@ def migration_drift(
             "tv_high": np.clip(2 * tv - q_low, 0.0, 1.0),
         }
     )
-    cps = change_points(counts, alpha=alpha, permutations=permutations, seed=seed)
+    lo, hi = active if active is not None else (0, n_periods - 1)
+    cps = change_points(counts[lo : hi + 1], alpha=alpha, permutations=permutations, seed=seed)
+    if lo:  # back to the log's period indices
+        cps = ChangePointResult(
+            periods=[p + lo for p in cps.periods],
+            tests=cps.tests.assign(
+                start=cps.tests["start"] + lo,
+                stop=cps.tests["stop"] + lo,
+                split=cps.tests["split"] + lo,
+            ),
+            stationarity_p=cps.stationarity_p,
+        )
     return DriftResult(
         matrix=MigrationMatrix(tuple(category_ids), counts.sum(axis=0)),
         period_counts=counts,

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--k", type=int, default=10, help="cut-off of cross-sell recall@k, NDCG@k")
     p.add_argument("--holdout", type=int, default=3, help="periods held out for demand")
     p.add_argument("--horizon", type=int, default=2, help="periods forecast after the log")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of drift")
+    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap replicates of drift")
     p.add_argument(
         "--format",
         dest="table_format",

@@ -74,7 +74,7 @@ class AnalyzeConfig:
     top_k_categories: int = 50
     alpha: float = 0.05
     change_alpha: float = 0.01
-    bootstrap: int = 200
+    bootstrap: int = 100
     permutations: int = 199
     k: int = 10
     min_support: int = 5
@@ -173,6 +173,7 @@ def run_analysis(
         last[0] = now
         if progress is not None:
             progress(label)
+
     ds = load_dataset(data_dir)
     log = period_log(ds, period_ms, config.top_k_categories)
     starts = log.period_starts()
@@ -195,6 +196,7 @@ def run_analysis(
         bootstrap=config.bootstrap,
         permutations=config.permutations,
         seed=config.seed,
+        active=(lo, hi),
     )
     step("drift")
 
