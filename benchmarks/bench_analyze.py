@@ -2,16 +2,16 @@
 
 For each seed, generates a synthetic log (``--events``, default 10M; 300k with ``--quick``)
 with a planted trend (category c10, odds growing by e^1.5) and a planted change of the switch
-matrix (strength 0.6 at the median session start), then runs ``rlrec analyze`` in a
-subprocess, as a user runs it, and records flat, unit-named keys: ``analyze_seconds``,
+matrix (strength 0.6 at the median session start), then runs ``rlrec analyze`` in a subprocess,
+as a user runs it, and records flat, unit-named keys: ``analyze_seconds``,
 ``analyze_cpu_seconds`` (its user + system time) and ``analyze_peak_rss_mb`` (the child's peak
-resident memory; targets at 10M events: <= 120 s and <= 4096 MB on 2 cores), whether the planted trend is among the top 3 rising
-(``trend_rank``), the distance in periods from the planted to the nearest found change point,
-cross-sell recall@10 of the model and the baselines, and demand WAPE of the model and the
-baselines. With ``../shared/data`` present it adds the Taobao sample's figures
-(``taobao_*``: cross-sell recall@10, and the rank of a trend injected by duplicating the most
-frequent category's second-half events). Machine facts: CPU count, load average at the start
-and the end of each run.
+resident memory; targets at 10M events: <= 120 s and <= 4096 MB on 2 cores), whether the
+planted trend is among the top 3 rising (``trend_rank``), the distance in periods from the
+planted to the nearest found change point, cross-sell recall@10 of the model and the baselines,
+and demand WAPE of the model and the baselines. With ``../shared/data`` present it adds the
+Taobao sample's figures (``taobao_*``: cross-sell recall@10, and the rank of a trend injected
+by duplicating the most frequent category's second-half events). Machine facts: CPU count, load
+average at the start and the end of each run.
 
     python benchmarks/bench_analyze.py --out bench_analyze.json              # 10M events
     python benchmarks/bench_analyze.py --quick --seeds 0 1 2 --out quick.json
