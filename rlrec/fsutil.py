@@ -78,12 +78,16 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     "encoder": ArtifactKind("an encoder checkpoint", (("encoder.json", "model.safetensors"),)),
     "run": ArtifactKind("a training run", (("config.yaml", "tensorboard"),)),
     "churn": ArtifactKind("a churn output", (("churn.json", "predictions.csv"),)),
+    "analysis": ArtifactKind(
+        "an analysis", (("summary.json", "trends.csv", "drift_distance.csv"),)
+    ),
     "quickstart": ArtifactKind(
         "a quickstart output", (("summary.json", "env.yaml"), ("env.yaml", "data", "sim"))
     ),
 }
 """Kind name -> label and legacy signatures (the file names of ``rlrec.data.dataset``,
-``rlrec.models.sim_model``, ``rlrec.models.checkpoint``, a run and ``rlrec quickstart``)."""
+``rlrec.models.sim_model``, ``rlrec.models.checkpoint``, a run, ``rlrec quickstart`` and
+``rlrec analyze``)."""
 
 # Lock path -> (file descriptor, depth): a process that already holds an output's lock (the
 # quickstart around its stages, generate_dataset around prepare) takes it again for free;

@@ -18,6 +18,7 @@ PACKAGES = (
     "rlrec.models",
     "rlrec.envs",
     "rlrec.evaluation",
+    "rlrec.analytics",
     "rlrec.agents",
     "rlrec.workflows",
 )

@@ -1,4 +1,4 @@
-"""One-way imports: data -> models -> envs -> evaluation -> agents -> workflows -> cli."""
+"""One-way imports: data -> models -> envs -> evaluation -> analytics -> agents -> workflows."""
 
 import ast
 from pathlib import Path
@@ -12,9 +12,10 @@ ALLOWED = {
     "data": set(),
     "models": {"data"},
     "envs": {"data", "models"},
-    "agents": {"data", "models", "envs", "evaluation"},
+    "agents": {"data", "models", "envs", "evaluation", "analytics"},
     "evaluation": {"data", "models", "envs"},
-    "workflows": {"data", "models", "envs", "evaluation", "agents"},
+    "analytics": {"data", "models", "envs", "evaluation"},
+    "workflows": {"data", "models", "envs", "evaluation", "analytics", "agents"},
 }
 
 

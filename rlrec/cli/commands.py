@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from rlrec.cli import agent as agent_cli
+from rlrec.cli import analyze as analyze_cli
 from rlrec.cli import churn as churn_cli
 from rlrec.cli import convert as convert_cli
 from rlrec.cli import data
@@ -27,6 +28,7 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 # One line per verb group; each group's module owns its options and handlers.
 REGISTRY: list[Registrar] = [
     agent_cli.register,
+    analyze_cli.register,
     churn_cli.register,
     convert_cli.register,
     data.register,

@@ -17,12 +17,13 @@ encoder ranking     ``encoder_eval.json``                        ``encoder.png``
 ==================  ===========================================  ==========================
 
 A section whose input is missing says so on the page, except the two optional ones (fitted vs
-truth, sensitivity), which appear only when their file exists. Images are embedded as base64
-PNG and the CSS is inline, so ``report.html`` opens anywhere on its own; the same PNGs are
-written to ``plots/``. A headline at the top gives the key numbers: PPO against greedy (return
-ratio), the agent against the best non-oracle baseline in the truth world (when there is one),
-the encoder's NDCG@10 against its best baseline, the simulator's fidelity (KS, JS) and the most
-accurate OPE estimator's error.
+truth, sensitivity), which appear only when their file exists. An ``rlrec analyze`` output
+saved as ``analysis/`` in the folder gets a link to its page in the navigation. Images are
+embedded as base64 PNG and the CSS is inline, so ``report.html`` opens anywhere on its own; the
+same PNGs are written to ``plots/``. A headline at the top gives the key numbers: PPO against
+greedy (return ratio), the agent against the best non-oracle baseline in the truth world (when
+there is one), the encoder's NDCG@10 against its best baseline, the simulator's fidelity (KS,
+JS) and the most accurate OPE estimator's error.
 
 This module only reads inputs and renders: the page is a Jinja2 template
 (``templates/report.html.j2``, autoescaped), the numbers it draws are computed in
@@ -37,7 +38,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from rlrec.errors import UserError, quote_value
 from rlrec.evaluation.fidelity import migration_matrix
 
 __all__ = [
+    "ANALYSIS_DIR",
     "REPORT_FILE",
     "Card",
     "ReportInputs",
@@ -66,6 +68,8 @@ __all__ = [
 ]
 
 REPORT_FILE = "report.html"
+ANALYSIS_DIR = "analysis"
+"""Folder of an ``rlrec analyze`` output that the report links to when it holds a page."""
 SENS = "sensitivity.json"
 TRUTH_EVAL = "eval_truth.json"
 PLOTS_DIR = "plots"
@@ -711,6 +715,8 @@ def _churn_section(inputs: ReportInputs) -> Section | None:
     section.caption, header, rows = section_parts(Path(payload["dir"]), summary, metrics)
     section.table = Table(header, rows)
     return section
+
+
 def _encoder_history(root: Path) -> list[dict[str, Any]]:
     """The per-epoch records of ``root/encoder/encoder.json``, or [] (absent or malformed)."""
     path = root / "encoder" / "encoder.json"
@@ -901,12 +907,29 @@ def headline_cards(h: Mapping[str, Any]) -> list[Card]:
 
 
 def render_html(
-    title: str, subtitle: str, headline: Mapping[str, Any], sections: list[Section]
+    title: str,
+    subtitle: str,
+    headline: Mapping[str, Any],
+    sections: list[Section],
+    *,
+    cards: list[Card] | None = None,
+    links: Sequence[tuple[str, str]] = (),
+    writer: str = "rlrec report",
 ) -> str:
     """The self-contained page: inline CSS, base64 images, no external reference.
 
     Rendered from ``templates/report.html.j2`` with autoescape on: every string from the
     inputs (policy names, captions, table cells) is escaped by Jinja2, none by hand.
+
+    Args:
+        title: Page title.
+        subtitle: Line under the title.
+        headline: :func:`headline_numbers` (ignored when ``cards`` is given).
+        sections: The sections, in order.
+        cards: Headline cards of another page (``rlrec analyze``), instead of the run's.
+        links: ``(label, relative href)`` pairs added to the navigation (e.g. the analysis
+            page beside a run's report).
+        writer: The command named in the footer.
     """
     import jinja2
 
@@ -931,9 +954,11 @@ def render_html(
     return env.get_template(TEMPLATE).render(
         title=title,
         subtitle=subtitle,
-        cards=headline_cards(headline),
+        cards=headline_cards(headline) if cards is None else cards,
         sections=views,
         plots_dir=PLOTS_DIR,
+        links=list(links),
+        writer=writer,
     )
 
 
@@ -1040,7 +1065,12 @@ def write_report(
             written.append(path)
     headline = _headline(inputs)
     what = "quickstart output" if (inputs.root / "run").is_dir() else "run directory"
-    page = render_html("rlrec report", f"{what} {inputs.root.resolve()}", headline, sections)
+    # An ``rlrec analyze`` output saved as ANALYSIS_DIR inside the report's folder gets a link.
+    analysis = inputs.root / ANALYSIS_DIR / REPORT_FILE
+    links = [("Behaviour analytics", f"{ANALYSIS_DIR}/{REPORT_FILE}")] if analysis.is_file() else []
+    page = render_html(
+        "rlrec report", f"{what} {inputs.root.resolve()}", headline, sections, links=links
+    )
     html_path = target / REPORT_FILE
     tmp = html_path.with_name(f".{html_path.name}.tmp{os.getpid()}")
     tmp.write_text(page, encoding="utf-8")

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
     from rlrec.models.ground_truth import (
         GroundTruth,
+        PlantedChange,
+        PlantedTrend,
         ReturnTruthConfig,
         SyntheticConfig,
         load_ground_truth,
@@ -43,6 +45,8 @@ _LAZY: dict[str, str] = {
     "StateEncoder": "rlrec.models.encoder",
     "GroundTruth": "rlrec.models.ground_truth",
     "SyntheticConfig": "rlrec.models.ground_truth",
+    "PlantedChange": "rlrec.models.ground_truth",
+    "PlantedTrend": "rlrec.models.ground_truth",
     "load_ground_truth": "rlrec.models.ground_truth",
     "oracle_return": "rlrec.models.ground_truth",
     "ReturnTruthConfig": "rlrec.models.ground_truth",
@@ -73,6 +77,8 @@ __all__ = [
     "FinetuneConfig",
     "FitConfig",
     "GroundTruth",
+    "PlantedChange",
+    "PlantedTrend",
     "PretrainConfig",
     "ReturnTruthConfig",
     "SequenceEncoder",

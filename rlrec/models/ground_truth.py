@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,8 @@ __all__ = [
     "SATISFACTION_SCALE",
     "SATISFACTION_WEIGHTS",
     "GroundTruth",
+    "PlantedChange",
+    "PlantedTrend",
     "ReturnTruthConfig",
     "SyntheticConfig",
     "expected_sessions_per_user",
@@ -192,6 +194,36 @@ class ReturnTruthConfig:
 
 
 @dataclass(frozen=True)
+class PlantedTrend:
+    """A category whose share grows over the log (ground truth for ``rlrec analyze``).
+
+    Attributes:
+        category: True category index (raw id ``c{category}``).
+        growth: The category's odds, as a session start and as a switch destination, are
+            multiplied by ``exp(growth * tau)``, ``tau`` in [0, 1] the session's position in
+            the log (the share of sessions that started before it).
+    """
+
+    category: int = 0
+    growth: float = 1.0
+
+
+@dataclass(frozen=True)
+class PlantedChange:
+    """A change of the switch matrix at one moment (ground truth for ``rlrec analyze``).
+
+    Attributes:
+        at: Where the change happens, as a share of the log's sessions (0.5: at the median
+            session start); sessions that start later switch by the new matrix.
+        strength: The new matrix is ``(1 - strength) * S + strength * S[sigma][:, sigma]``,
+            ``sigma`` a random permutation of the categories drawn from the seed.
+    """
+
+    at: float = 0.5
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     """Parameters of the synthetic world.
 
@@ -261,6 +293,12 @@ class SyntheticConfig:
             session (:class:`ReturnTruthConfig`). The defaults give about 14 sessions per user
             over 9 days, near the Taobao sample's 14.9.
         seed: Seed of every random draw.
+        trend: A planted trend (:class:`PlantedTrend`), or None (the default: none).
+        change_point: A planted change of the switch matrix (:class:`PlantedChange`), or
+            None (the default: none). Planted effects redraw the categories of the steps
+            (and their items) from a separate stream of the seed once the log's times are
+            drawn; each step keeps its stay-or-switch choice and its funnel outcome, so the
+            per-category funnel rates of the ground truth describe a log without them.
     """
 
     n_users: int = 2000
@@ -296,6 +334,8 @@ class SyntheticConfig:
     seed: int = 0
     response: dict[str, float] = field(default_factory=dict)
     returns: ReturnTruthConfig = field(default_factory=ReturnTruthConfig)
+    trend: PlantedTrend | None = None
+    change_point: PlantedChange | None = None
 
     def __post_init__(self) -> None:
         from rlrec.models.prior import RESPONSE_PARAMETERS
@@ -331,6 +371,15 @@ class SyntheticConfig:
             (
                 not self.returns.enabled or self.start_spread_days < self.returns.observation_days,
                 "start_spread_days must be < returns.observation_days",
+            ),
+            (
+                self.trend is None or 0 <= self.trend.category < self.n_categories,
+                "trend.category must be a category index in 0..n_categories-1",
+            ),
+            (
+                self.change_point is None
+                or (0 < self.change_point.at < 1 and 0 <= self.change_point.strength <= 1),
+                "change_point.at must be in (0, 1) and change_point.strength in [0, 1]",
             ),
         ]
         for ok, message in checks:
@@ -381,11 +430,15 @@ class GroundTruth:
         activity: (n_users,) each user's true activity rate ``a_u`` (per day), indexed by the
             raw user id (the generator's users are 0..n_users - 1); None when the return
             process is off.
+        planted: What the planted effects did (empty without them): ``trend`` (raw
+            category id, growth) and ``change_point`` (``time_ms`` and ISO ``date`` of the
+            change, ``switch_after`` the new (K, K) matrix as nested lists).
     """
 
     model: SimModel
     config: SyntheticConfig
     activity: np.ndarray | None = None
+    planted: dict[str, Any] = field(default_factory=dict)
 
     def to_files(self) -> dict[str, bytes]:
         """``ground_truth.json`` and ``ground_truth.npz`` as bytes, to write beside a dataset."""
@@ -399,6 +452,8 @@ class GroundTruth:
             **{name: float(getattr(self.model, name)) for name in SCALAR_FIELDS},
             "config": to_mapping(self.config),
         }
+        if self.planted:
+            payload["planted"] = self.planted
         return {
             GROUND_TRUTH_JSON: (json.dumps(payload, indent=2) + "\n").encode(),
             GROUND_TRUTH_NPZ: buffer.getvalue(),
@@ -470,7 +525,10 @@ def load_ground_truth(dataset_dir: str | os.PathLike[str]) -> GroundTruth | None
         activity = np.asarray(activity, dtype=np.float64)
     else:
         activity = None
-    return GroundTruth(model=model, config=config, activity=activity)
+    planted = payload.get("planted") or {}
+    if not isinstance(planted, dict):
+        raise UserError(f"{json_file}: planted must be a JSON object; generate it again")
+    return GroundTruth(model=model, config=config, activity=activity, planted=planted)
 
 
 def true_model(config: SyntheticConfig) -> SimModel:

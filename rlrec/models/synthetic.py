@@ -66,6 +66,7 @@ from rlrec.models.ground_truth import (
     satisfaction_of,
     true_model,
 )
+from rlrec.models.planted import plant
 from rlrec.models.session_draw import draw_sessions, simulate_organic_categories
 from rlrec.models.sim_model import SimModel
 
@@ -114,6 +115,7 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
         parts.append(part)
     columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     del parts
+    planted = plant(columns, model, config)  # planted trend / change point; none by default
     kinds = ["view", "fav", "cart", "buy"]
     frame = pd.DataFrame(
         {
@@ -128,7 +130,10 @@ def generate_events(config: SyntheticConfig) -> tuple[pd.DataFrame, GroundTruth]
         }
     )
     truth = GroundTruth(
-        model=model, config=config, activity=np.concatenate(activity) if activity else None
+        model=model,
+        config=config,
+        planted=planted,
+        activity=np.concatenate(activity) if activity else None,
     )
     return frame, truth
 

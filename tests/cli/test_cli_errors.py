@@ -181,6 +181,7 @@ def test_every_verb_is_found() -> None:
         "report",
         "convert-run",
         "sensitivity",
+        "analyze",
     }
     assert verbs <= set(LEAVES)
     assert len(LEAVES) == 19
