@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,17 +34,27 @@ def require_serve_extra() -> None:
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Runs ``a`` (seed 0) and ``b`` (seed 1, more steps) and their exports."""
+    """Runs ``a`` and ``b`` and their exports.
+
+    ``a`` barely moved from the encoder's softmax (128 steps); ``b`` trained 2,048 steps at a
+    higher learning rate, enough to be a different policy (first-step value ~0.21 against
+    ~0.14 in the tiny world), so that an offline estimate of ``b`` from ``a``'s traffic can be
+    told apart from ``a``'s own value.
+    """
     root = tmp_path_factory.mktemp("serving")
     env = write_yaml(root / "env.yaml", TINY_ENV)
     agent = load_agent_config(write_yaml(root / "agent.yaml", TINY_AGENT))
+    fast = dataclasses.replace(agent, learning_rate=3e-3, ent_coef=0.0)
     out = {"root": root, "env": env, "cache": root / "cache"}
-    for name, seed, steps in (("a", 0, 128), ("b", 1, 256)):
+    for name, config, seed, steps in (("a", agent, 0, 128), ("b", fast, 1, 2048)):
         run = root / f"run_{name}"
-        train_agent(env, agent, run, timesteps=steps, seed=seed, cache_dir=root / "cache")
+        train_agent(env, config, run, timesteps=steps, seed=seed, cache_dir=root / "cache")
         out[f"run_{name}"] = run
         out[f"export_{name}"] = export_run(run, root / f"export_{name}").out
     return out
+
+
+RLREC = [sys.executable, "-c", "import sys; from rlrec.cli import main; sys.exit(main())"]
 
 
 def free_port() -> int:
@@ -58,6 +70,7 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     log: Path | None
+    live: Path | None = None
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -74,7 +87,7 @@ def start_server(export: Path, *extra: str, log: Path | None = None) -> Server:
     import httpx
 
     port = free_port()
-    argv = [sys.executable, "-m", "rlrec.cli", "serve", str(export), "--port", str(port)]
+    argv = [*RLREC, "serve", str(export), "--port", str(port)]
     if log is not None:
         argv += ["--log", str(log)]
     process = subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -94,11 +107,21 @@ def start_server(export: Path, *extra: str, log: Path | None = None) -> Server:
     raise AssertionError("rlrec serve was not ready within 120 s")
 
 
-@pytest.fixture(scope="module")
+ADMIN_TOKEN = "test-token"
+
+
+@pytest.fixture(scope="session")
 def server(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server of export ``a`` with a traffic log (one per test module)."""
+    """One server for the session: a copy of export ``a`` in ``live/``, a log, a token.
+
+    Starting a server costs seconds (torch and stable-baselines3 import), so the HTTP tests
+    share it; the swap test puts model ``a`` back when it is done.
+    """
     require_serve_extra()
-    log = tmp_path_factory.mktemp("traffic") / "traffic.jsonl"
-    running = start_server(world["export_a"], log=log)
+    root = tmp_path_factory.mktemp("server")
+    live = root / "live"
+    shutil.copytree(world["export_a"], live)
+    running = start_server(live, "--admin-token", ADMIN_TOKEN, log=root / "traffic.jsonl")
+    running.live = live
     yield running
     running.stop()

@@ -87,8 +87,9 @@ def test_sample_mode_propensities_are_the_plackett_luce_draw_probabilities(score
     assert a.position_propensities[0] == pytest.approx(p[first])
     assert a.position_propensities[1] == pytest.approx(p[second] / (1 - p[first]))
     # The first item's frequency over many draws is p (5 sigma on the most likely action).
-    draws = scorer.recommend([SlateRequest(request.history, 1, True, "sample")] * 4000,
-                             np.random.default_rng(5))
+    draws = scorer.recommend(
+        [SlateRequest(request.history, 1, True, "sample")] * 4000, np.random.default_rng(5)
+    )
     counts = np.bincount([d.actions[0] for d in draws], minlength=scorer.n_actions)
     top = int(np.argmax(p))
     assert abs(counts[top] / 4000 - p[top]) < 5 * np.sqrt(p[top] * (1 - p[top]) / 4000)
@@ -117,7 +118,7 @@ def test_a_changed_export_file_is_refused_naming_it(world, tmp_path):
     copy = tmp_path / "export"
     shutil.copytree(world["export_a"], copy)
     shutil.copyfile(world["export_b"] / "policy.safetensors", copy / "policy.safetensors")
-    with pytest.raises(UserError, match="policy.safetensors: does not match manifest"):
+    with pytest.raises(UserError, match=r"policy\.safetensors: does not match manifest"):
         Scorer.load(copy)
     (copy / MANIFEST_FILE).unlink()
     with pytest.raises(UserError, match="not an export"):
