@@ -19,6 +19,7 @@ PACKAGES = (
     "rlrec.envs",
     "rlrec.evaluation",
     "rlrec.agents",
+    "rlrec.serving",
     "rlrec.workflows",
 )
 

@@ -1,4 +1,4 @@
-"""One-way imports: data -> models -> envs -> evaluation -> agents -> workflows -> cli."""
+"""One-way imports: data -> models -> envs -> evaluation -> agents -> serving -> workflows -> cli."""
 
 import ast
 from pathlib import Path
@@ -14,7 +14,8 @@ ALLOWED = {
     "envs": {"data", "models"},
     "agents": {"data", "models", "envs", "evaluation"},
     "evaluation": {"data", "models", "envs"},
-    "workflows": {"data", "models", "envs", "evaluation", "agents"},
+    "serving": {"data", "models", "envs", "evaluation", "agents"},
+    "workflows": {"data", "models", "envs", "evaluation", "agents", "serving"},
 }
 
 

@@ -1,8 +1,9 @@
 """Serving a trained policy: export, the HTTP server, and the traffic log for the next OPE.
 
 Layer: after ``agents`` (it scores with a trained agent) and before ``workflows``. FastAPI and
-uvicorn (the ``serve`` extra) are imported only by :mod:`rlrec.serving.app`; the export, the
-scorer and the traffic log work without them. Every name loads on first use.
+uvicorn (the ``serve`` extra) are imported only by :mod:`rlrec.serving.app` (import
+``ServeConfig`` and ``create_app`` from there); the export, the scorer and the traffic log,
+which this package exports, work without them. Every name loads on first use.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import TYPE_CHECKING
 from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from rlrec.serving.app import ServeConfig, create_app
     from rlrec.serving.export import ExportResult, export_run, verify_export
     from rlrec.serving.scorer import Recommendation, Scorer, SlateRequest
     from rlrec.serving.traffic_log import (
@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     )
 
 _LAZY: dict[str, str] = {
-    "ServeConfig": "rlrec.serving.app",
-    "create_app": "rlrec.serving.app",
     "ExportResult": "rlrec.serving.export",
     "export_run": "rlrec.serving.export",
     "verify_export": "rlrec.serving.export",
@@ -41,10 +39,8 @@ __all__ = [
     "ExportResult",
     "Recommendation",
     "Scorer",
-    "ServeConfig",
     "SlateRequest",
     "TrafficLogWriter",
-    "create_app",
     "evaluate_traffic",
     "export_run",
     "read_traffic_log",
