@@ -1,4 +1,4 @@
-"""One-way imports: data -> models -> envs -> evaluation -> agents -> serving -> workflows -> cli."""
+"""One-way imports: data -> models -> envs -> evaluation -> agents -> serving -> workflows."""
 
 import ast
 from pathlib import Path

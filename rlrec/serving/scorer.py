@@ -27,7 +27,7 @@ of them is the propensity of the slate's first item, the one ``rlrec ope served`
 
 from __future__ import annotations
 
-import math
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -243,20 +243,22 @@ class Scorer:
 
     def context(self, history: Sequence[tuple[str, float]]) -> Context:
         """The policy's view of one history (see the module docstring)."""
-        order = sorted(range(len(history)), key=lambda i: history[i][1])  # stable
+        events: Sequence[tuple[str, float]] = history
+        times = [t for _, t in history]
+        if any(later < earlier for earlier, later in itertools.pairwise(times)):
+            events = sorted(history, key=lambda event: event[1])  # stable: ties keep order
+        lookup = self.index_of.get
         known: list[int] = []
         unknown: dict[str, None] = {}
-        for i in order:
-            raw = history[i][0]
-            index = self.index_of.get(raw)
+        for raw, _ in events:
+            index = lookup(raw)
             if index is None:
                 unknown.setdefault(raw)
-            else:
+            elif not known or known[-1] != index:
+                # Steps: runs of one item collapsed, as rlrec.models.sequences.collapse_repeats
+                # does for whole datasets (one short list needs no CSR arrays).
                 known.append(index)
-        # Steps: runs of one item collapsed (rlrec.models.sequences.collapse_repeats does
-        # this for whole datasets; one short list needs no CSR arrays).
-        steps = [item for j, item in enumerate(known) if j == 0 or item != known[j - 1]]
-        recent = np.asarray(steps[-self.history_length :], dtype=np.int64)
+        recent = np.asarray(known[-self.history_length :], dtype=np.int64)
         items = np.zeros(self.history_length, dtype=np.int64)
         categories = np.zeros(self.history_length, dtype=np.int64)
         if len(recent):
@@ -265,8 +267,8 @@ class Scorer:
         return Context(
             items=items,
             categories=categories,
-            step=len(steps),
-            seen=np.unique(np.asarray(known, dtype=np.int64)),
+            step=len(known),
+            seen=np.fromiter(set(known), dtype=np.int64, count=-1),
             unknown=list(unknown),
         )
 
@@ -308,6 +310,10 @@ class Scorer:
     ) -> list[Recommendation]:
         """Score a batch of requests in one forward pass and choose each slate.
 
+        The slates are chosen for the whole batch at once (one (B, A) pass for the eligible
+        mask, the normalisation, the Gumbel keys and the top k): per-request Python work is
+        only the history's parsing and the answer's lists.
+
         Args:
             requests: The requests.
             rng: The server's generator, for ``sample`` requests without their own seed.
@@ -315,33 +321,54 @@ class Scorer:
         Returns:
             One recommendation per request, in order.
         """
+        if not requests:
+            return []
         contexts = [self.context(r.history) for r in requests]
-        probs = self.probabilities(contexts)
+        probs = self.probabilities(contexts)  # (B, A)
+        n, n_actions = probs.shape
+        eligible = np.ones((n, n_actions), dtype=bool)
+        for i, (request, context) in enumerate(zip(requests, contexts, strict=True)):
+            if request.exclude_seen and len(context.seen):
+                actions = self.action_of_item[context.seen]
+                eligible[i, actions[actions >= 0]] = False
+        p = np.where(eligible, probs, 0.0)
+        totals = p.sum(axis=1, keepdims=True)
+        p = np.divide(p, totals, out=np.zeros_like(p), where=totals > 0)
+        sizes = np.minimum([r.k for r in requests], np.count_nonzero(p, axis=1))
+        with np.errstate(divide="ignore"):
+            keys = np.log(p)  # (B, A); -inf where p = 0: never chosen
+        sample = np.array([r.mode == "sample" for r in requests])
+        shared = sample & np.array([r.seed is None for r in requests])
+        if shared.any():
+            keys[shared] += rng.gumbel(size=(int(shared.sum()), n_actions))
+        for row in np.flatnonzero(sample & ~shared).tolist():
+            keys[row] += np.random.default_rng(requests[row].seed).gumbel(size=n_actions)
+        order = _top_k(keys, int(sizes.max()))  # (B, kmax) by key, ties to the lower index
+        rows = np.arange(n)[:, None]
+        chosen_p = p[rows, order]  # (B, kmax)
+        taken = np.cumsum(chosen_p, axis=1) - chosen_p
+        # Sample mode: p(a_j) / (1 - sum_{i<j} p(a_i)), the j-th draw given the earlier ones
+        # (the remaining mass is > 0 while positive-probability draws remain); greedy: 1.
+        position = np.where(
+            sample[:, None],
+            np.minimum(chosen_p / np.maximum(1.0 - taken, np.finfo(float).tiny), 1.0),
+            1.0,
+        )
+        with np.errstate(divide="ignore"):
+            scores = np.log(probs[rows, order])
+        scores = np.where(np.isfinite(scores), scores, -1e30)
         out = []
-        for request, context, row in zip(requests, contexts, probs, strict=True):
-            p = self.served_distribution(row, self.eligible(context, request.exclude_seen))
-            positive = int(np.count_nonzero(p))
-            k = min(request.k, positive)
-            if request.mode == "sample":
-                generator = rng if request.seed is None else np.random.default_rng(request.seed)
-                actions = _plackett_luce(p, k, generator)
-                taken = np.concatenate([[0.0], np.cumsum(p[actions])[:-1]])
-                # p(a_j) / (1 - sum_{i<j} p(a_i)); the remaining mass is > 0 while draws remain.
-                position = p[actions] / np.maximum(1.0 - taken, np.finfo(float).tiny)
-            else:
-                # Stable sort on -p: ties go to the lower action index.
-                actions = np.argsort(-p, kind="stable")[:k]
-                position = np.ones(k)
-            with np.errstate(divide="ignore"):
-                scores = np.log(row[actions])
+        for i, context in enumerate(contexts):
+            k = int(sizes[i])
+            actions = order[i, :k]
             out.append(
                 Recommendation(
                     items=[self.action_raw[a] for a in actions],
                     actions=actions.astype(np.int64),
                     categories=[self.action_category_raw[a] for a in actions],
-                    scores=[float(s) if math.isfinite(s) else -1e30 for s in scores],
-                    propensities=[float(x) for x in p[actions]],
-                    position_propensities=[float(min(x, 1.0)) for x in position],
+                    scores=scores[i, :k].tolist(),
+                    propensities=chosen_p[i, :k].tolist(),
+                    position_propensities=position[i, :k].tolist(),
                     unknown_items=context.unknown,
                     history_steps=int(min(context.step, self.history_length)),
                 )
@@ -349,11 +376,24 @@ class Scorer:
         return out
 
 
-def _plackett_luce(p: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """(k,) sequential draws without replacement from ``p`` (Gumbel top-k; exact PL)."""
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    with np.errstate(divide="ignore"):
-        keys = np.log(p) + rng.gumbel(size=len(p))  # -inf where p = 0: never drawn
-    top = np.argpartition(-keys, k - 1)[:k]
-    return top[np.argsort(-keys[top], kind="stable")].astype(np.int64)
+def _top_k(keys: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) indices of each row's k largest keys, largest first, ties to the lower index.
+
+    With Gumbel-perturbed log-probabilities as keys, the top k in order are exactly k
+    sequential draws without replacement (Plackett-Luce); with plain log-probabilities,
+    the k most probable actions.
+    """
+    n, width = keys.shape
+    if k <= 0:
+        return np.zeros((n, 0), dtype=np.int64)
+    if 4 * k < width:
+        # Partition first: O(A) per row instead of a full sort. Boundary ties are settled by
+        # lexsort below only among the kept candidates, so keep a margin of equal keys.
+        candidates = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+        threshold = np.take_along_axis(keys, candidates, axis=1).min(axis=1, keepdims=True)
+        if not np.any((keys == threshold).sum(axis=1) > 1):
+            values = np.take_along_axis(keys, candidates, axis=1)
+            order = np.lexsort((candidates, -values), axis=1)
+            return np.take_along_axis(candidates, order, axis=1).astype(np.int64)
+    # Stable sort on -keys: equal keys keep the lower index first.
+    return np.argsort(-keys, axis=1, kind="stable")[:, :k].astype(np.int64)
