@@ -9,11 +9,14 @@ cell's fixed request count is reached or its time limit passes. Two request kind
 * ``batch64``: ``POST /recommend/batch`` with 64 histories.
 
 Per cell: p50 and p99 latency (ms, from send to parsed answer), HTTP requests per second and
-recommendations per second (64 per batch request) over the cell's wall-clock time, and the
-number of failed requests (anything but 200; the target is 0). Histories are the simulator's
-warm starts (logged prefixes, 1 to 10 steps) of the served run's env, seeded. Before the HTTP
-cells, ``scorer_*_ms`` time the scorer in-process (no HTTP): what the server's per-request path
-costs beyond parsing and networking.
+recommendations per second (64 per batch request) over the cell's wall-clock time, the number
+of failed requests (anything but 200; the target is 0), and the CPU time the server's
+processes spent per request (``server_cpu_ms_per_request``, from ``psutil``): on a machine
+shared with other work the wall-clock figures measure the share of the cores the server got,
+while ``1000 / server_cpu_ms_per_request`` is what one idle core would serve. Histories are
+the simulator's warm starts (logged prefixes, 1 to 10 steps) of the served run's env, seeded.
+Before the HTTP cells, ``scorer_*_ms`` (wall) and ``scorer_*_cpu_ms`` time the scorer
+in-process (no HTTP): what the server's per-request path costs beyond parsing and networking.
 
 The client and the server share the machine (2 cores here, with other work on them: the 1-min
 load average is recorded at the start and end). The server runs with ``--workers`` (default
@@ -146,13 +149,16 @@ def scorer_timings(export: Path, bodies: list[list[dict[str, Any]]], repeats: in
     rng = np.random.default_rng(SEED)
     out = {}
     for label, size in (("single", 1), ("batch64", BATCH)):
-        times = []
+        times, cpu = [], []
         for r in range(repeats):
             chunk = [requests[(r * size + j) % len(requests)] for j in range(size)]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             scorer.recommend(chunk, rng)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         out[f"scorer_{label}_ms"] = float(np.median(times[repeats // 10 :]) * 1e3)
+        # CPU time is what a loaded machine distorts least (wall time includes waiting).
+        out[f"scorer_{label}_cpu_ms"] = float(np.mean(cpu[repeats // 10 :]) * 1e3)
     return out
 
 
@@ -189,7 +195,23 @@ def start_server(export: Path, port: int, workers: int) -> subprocess.Popen[byte
     raise SystemExit("rlrec serve was not ready within 300 s")
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the server process and its workers so far."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 async def cell(
+    pid: int,
     url: str,
     bodies: list[Any],
     path: str,
@@ -209,6 +231,7 @@ async def cell(
         await asyncio.gather(*(client.post(path, json=bodies[i]) for i in range(concurrency)))
         start = time.perf_counter()
         deadline = start + time_limit
+        cpu_start = server_cpu_seconds(pid)
 
         async def task() -> None:
             nonlocal sent, failures
@@ -224,6 +247,7 @@ async def cell(
 
         await asyncio.gather(*(task() for _ in range(concurrency)))
         wall = time.perf_counter() - start
+        server_cpu = server_cpu_seconds(pid) - cpu_start
     ms = np.asarray(latencies) * 1e3
     return {
         "requests": len(latencies),
@@ -232,6 +256,7 @@ async def cell(
         "p99_ms": float(np.percentile(ms, 99)),
         "requests_per_s": len(latencies) / wall,
         "failed": failures,
+        "server_cpu_ms_per_request": server_cpu / max(len(latencies), 1) * 1e3,
     }
 
 
@@ -290,20 +315,24 @@ def main(argv: list[str] | None = None) -> int:
                 ("batch64", "/recommend/batch", batches, n_batch),
             ):
                 for c in CONCURRENCY:
-                    stats = asyncio.run(cell(url, bodies, path, c, count, time_limit))
+                    stats = asyncio.run(cell(server.pid, url, bodies, path, c, count, time_limit))
                     prefix = f"{kind}_c{c}"
                     result[f"{prefix}_p50_ms"] = stats["p50_ms"]
                     result[f"{prefix}_p99_ms"] = stats["p99_ms"]
                     result[f"{prefix}_requests_per_s"] = stats["requests_per_s"]
                     result[f"{prefix}_requests"] = stats["requests"]
                     result[f"{prefix}_failed"] = stats["failed"]
+                    result[f"{prefix}_server_cpu_ms_per_request"] = stats[
+                        "server_cpu_ms_per_request"
+                    ]
                     per_request = BATCH if kind == "batch64" else 1
                     result[f"{prefix}_recommendations_per_s"] = (
                         stats["requests_per_s"] * per_request
                     )
                     print(
                         f"{prefix}: p50 {stats['p50_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms, "
-                        f"{stats['requests_per_s']:.0f} req/s, {stats['failed']} failed "
+                        f"{stats['requests_per_s']:.0f} req/s, {stats['failed']} failed, "
+                        f"server {stats['server_cpu_ms_per_request']:.2f} CPU ms/req "
                         f"(load {os.getloadavg()[0]:.1f})",
                         file=sys.stderr,
                     )
