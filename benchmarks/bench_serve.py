@@ -223,6 +223,7 @@ async def cell(
     import httpx
 
     latencies: list[float] = []
+    errors: dict[str, int] = {}
     failures = 0
     sent = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -239,8 +240,13 @@ async def cell(
                 body = bodies[sent % len(bodies)]
                 sent += 1
                 t0 = time.perf_counter()
-                response = await client.post(path, json=body)
-                response.json()  # a client reads the answer: parsing is part of the latency
+                try:
+                    response = await client.post(path, json=body)
+                    response.json()  # a client reads the answer: parsing is part of the latency
+                except httpx.TransportError as exc:
+                    failures += 1
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
                 latencies.append(time.perf_counter() - t0)
                 if response.status_code != 200:
                     failures += 1
@@ -256,6 +262,7 @@ async def cell(
         "p99_ms": float(np.percentile(ms, 99)),
         "requests_per_s": len(latencies) / wall,
         "failed": failures,
+        "transport_errors": errors,
         "server_cpu_ms_per_request": server_cpu / max(len(latencies), 1) * 1e3,
     }
 
@@ -322,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                     result[f"{prefix}_requests_per_s"] = stats["requests_per_s"]
                     result[f"{prefix}_requests"] = stats["requests"]
                     result[f"{prefix}_failed"] = stats["failed"]
+                    if stats["transport_errors"]:
+                        result[f"{prefix}_transport_errors"] = stats["transport_errors"]
                     result[f"{prefix}_server_cpu_ms_per_request"] = stats[
                         "server_cpu_ms_per_request"
                     ]

@@ -20,6 +20,10 @@ __all__ = [
 ]
 
 SERVE_EXTRA = "pip install 'rlrec[serve]'"
+KEEP_ALIVE_S = 30
+"""Seconds an idle keep-alive connection stays open (uvicorn's default of 5 closes pooled
+client connections under them while a slow batch is answered elsewhere: a spurious
+connection error on the client's next request)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -180,6 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             access_log=False,
             log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     else:
         # Workers are separate processes: they read the configuration from the environment.
@@ -192,6 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             access_log=False,
             log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     return 0
 

@@ -70,7 +70,7 @@ def start_server(export: Path, *extra: str, log: Path | None = None) -> Server:
         argv += ["--log", str(log)]
     process = subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # importing torch and SB3 is slow on a loaded machine
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = process.stdout.read().decode() if process.stdout else ""
@@ -82,7 +82,7 @@ def start_server(export: Path, *extra: str, log: Path | None = None) -> Server:
             pass
         time.sleep(0.2)
     process.kill()
-    raise AssertionError("rlrec serve was not ready within 120 s")
+    raise AssertionError("rlrec serve was not ready within 300 s")
 
 
 ADMIN_TOKEN = "test-token"
