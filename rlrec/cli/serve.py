@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument(
         "--max-batch", type=int, default=64, help="requests scored in one forward pass at most"
     )
+    serve.add_argument(
+        "--json", action="store_true", help="print the startup record (version, URL) as JSON"
+    )
     serve.set_defaults(handler=_serve)
 
 
@@ -170,12 +173,17 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         background_load=args.workers == 1,
     )
-    print(
-        f"rlrec serve: {scorer.model_version} from {args.export_dir} on "
-        f"http://{args.host}:{args.port} ({args.workers} worker(s); API docs at /docs)",
-        file=sys.stderr,
-        flush=True,
-    )
+    url = f"http://{args.host}:{args.port}"
+    if args.json:
+        record = {"model_version": scorer.model_version, "url": url, "workers": args.workers}
+        print(json.dumps({**record, "export_dir": config.export_dir}), flush=True)
+    else:
+        print(
+            f"rlrec serve: {scorer.model_version} from {args.export_dir} on {url} "
+            f"({args.workers} worker(s); API docs at {url}/docs)",
+            file=sys.stderr,
+            flush=True,
+        )
     del scorer
     if args.workers == 1:
         uvicorn.run(

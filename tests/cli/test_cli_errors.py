@@ -181,9 +181,12 @@ def test_every_verb_is_found() -> None:
         "report",
         "convert-run",
         "sensitivity",
+        "export",
+        "serve",
+        "ope served",
     }
     assert verbs <= set(LEAVES)
-    assert len(LEAVES) == 18
+    assert len(LEAVES) == 21
 
 
 @pytest.mark.parametrize("verb", sorted(LEAVES))
