@@ -42,3 +42,11 @@ def diginetica_csv() -> Path:
 def obd_dir() -> Path:
     """The Open Bandit Dataset sample folder (random.csv, bts.csv, reference results)."""
     return shared_data("obd_all")
+
+
+@pytest.fixture(scope="session")
+def serving_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny trained runs and their serving exports (``tests/serving/fixtures.py``)."""
+    from tests.serving.fixtures import build_world  # torch and SB3 load only when used
+
+    return build_world(tmp_path_factory.mktemp("serving"))

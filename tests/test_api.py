@@ -20,6 +20,7 @@ PACKAGES = (
     "rlrec.evaluation",
     "rlrec.analytics",
     "rlrec.agents",
+    "rlrec.serving",
     "rlrec.workflows",
 )
 

@@ -1,4 +1,5 @@
-"""One-way imports: data -> models -> envs -> evaluation -> analytics -> agents -> workflows."""
+"""One-way imports: data -> models -> envs -> evaluation -> analytics -> agents -> serving
+-> workflows."""
 
 import ast
 from pathlib import Path
@@ -15,7 +16,8 @@ ALLOWED = {
     "agents": {"data", "models", "envs", "evaluation", "analytics"},
     "evaluation": {"data", "models", "envs"},
     "analytics": {"data", "models", "envs", "evaluation"},
-    "workflows": {"data", "models", "envs", "evaluation", "analytics", "agents"},
+    "serving": {"data", "models", "envs", "evaluation", "analytics", "agents"},
+    "workflows": {"data", "models", "envs", "evaluation", "analytics", "agents", "serving"},
 }
 
 

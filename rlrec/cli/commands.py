@@ -16,6 +16,7 @@ from rlrec.cli import ope as ope_cli
 from rlrec.cli import quickstart as quickstart_cli
 from rlrec.cli import report as report_cli
 from rlrec.cli import sensitivity as sensitivity_cli
+from rlrec.cli import serve as serve_cli
 from rlrec.cli import sim as sim_cli
 
 __all__ = [
@@ -38,5 +39,6 @@ REGISTRY: list[Registrar] = [
     quickstart_cli.register,
     report_cli.register,
     sensitivity_cli.register,
+    serve_cli.register,
     sim_cli.register,
 ]

@@ -1,4 +1,4 @@
-"""``rlrec ope``: off-policy evaluation from logged data (``bandit``, ``sessions``, ``replay``)."""
+"""``rlrec ope``: off-policy evaluation from logged data (bandit, sessions, replay, served)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     add_sessions_parser(verbs)
     add_replay_parser(verbs)
+
+    from rlrec.cli.serve import add_served_parser
+
+    add_served_parser(verbs)
 
 
 def _bandit(args: argparse.Namespace) -> int:

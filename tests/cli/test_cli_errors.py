@@ -182,9 +182,12 @@ def test_every_verb_is_found() -> None:
         "convert-run",
         "sensitivity",
         "analyze",
+        "export",
+        "serve",
+        "ope served",
     }
     assert verbs <= set(LEAVES)
-    assert len(LEAVES) == 19
+    assert len(LEAVES) == 22
 
 
 @pytest.mark.parametrize("verb", sorted(LEAVES))

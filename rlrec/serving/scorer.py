@@ -1,0 +1,399 @@
+r"""Score histories with an exported policy: raw ids in, a slate with propensities out.
+
+A request's history is a list of events ``(item, time, event)`` with the log's raw item ids.
+It becomes the policy's observation exactly as the simulator builds one: events sorted by time
+(stable: ties keep their order), items the export does not know ignored (and reported),
+consecutive events on one item collapsed into one **step**, the last ``history_length`` steps
+as left-padded item and category tokens (dataset index + 1), ``step`` = the number of steps.
+
+The policy's distribution over its catalog, :math:`\pi(a \mid s)`, is what the trained agent
+computes in the simulator (:meth:`rlrec.agents.policy.AgentPolicy.action_probabilities`:
+frozen-encoder features, the plan's prior, the recent-item mask, all as trained). The served
+distribution restricts it to the **eligible** actions :math:`E` (with ``exclude_seen``: not
+an item of the history) and renormalises: :math:`p(a) = \pi(a \mid s) / \sum_{b \in E}
+\pi(b \mid s)` on :math:`E`. The slate has ``min(k, |{a in E: p(a) > 0}|)`` items:
+
+* ``greedy``: the ``k`` most probable actions (ties: the lower action index first);
+* ``sample``: ``k`` sequential draws without replacement from :math:`p` (Plackett-Luce,
+  drawn by Gumbel top-k with the server's seeded generator or the request's ``seed``).
+
+Returned per item: ``score`` :math:`= \log \pi(a \mid s)` (the unrestricted policy) and
+``propensity`` :math:`= p(a)` (its probability of being the first item shown). What the
+traffic log records for OPE is the probability of what was actually served:
+``position_propensities[j]`` :math:`= p(a_j) / (1 - \sum_{i<j} p(a_i))` (the j-th draw given
+the earlier ones) in ``sample`` mode, and 1 in ``greedy`` mode (deterministic); the first
+of them is the propensity of the slate's first item, the one ``rlrec ope served`` weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rlrec.agents.artifacts import POLICY_NAME, load_policy
+from rlrec.agents.features import CategoryPrior
+from rlrec.agents.planner import PlanTable
+from rlrec.agents.policy import AgentPolicy, token_to_action_table
+from rlrec.agents.train import ENCODER_DIR, PLAN_FILE
+from rlrec.data.dataset import PreparedDataset
+from rlrec.errors import UserError
+from rlrec.models.checkpoint import load_encoder, vocabulary_fingerprint
+from rlrec.serving.export import (
+    CATEGORIES_FILE,
+    ITEMS_FILE,
+    ServingSpec,
+    read_serving_spec,
+    verify_export,
+)
+
+__all__ = [
+    "MODES",
+    "Context",
+    "Recommendation",
+    "Scorer",
+    "SlateRequest",
+]
+
+MODES = ("greedy", "sample")
+
+
+@dataclass(frozen=True)
+class SlateRequest:
+    """One recommendation request, already validated for types and sizes.
+
+    Attributes:
+        history: ``(raw item id, time)`` of each event, in any order.
+        k: Slate size asked for.
+        exclude_seen: Never show an item of the history.
+        mode: ``greedy`` or ``sample``.
+        seed: Seed of this request's draws (``sample``); None: the server's generator.
+    """
+
+    history: Sequence[tuple[str, float]]
+    k: int = 10
+    exclude_seen: bool = True
+    mode: str = "greedy"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """A history as the policy sees it.
+
+    Attributes:
+        items: (L,) int64 item tokens, left-padded, most recent last.
+        categories: (L,) int64 category tokens.
+        step: Number of steps in the history.
+        seen: Dataset indices of every known item of the history (all steps, not just L).
+        unknown: Raw ids the export does not know, each once, in order of appearance.
+    """
+
+    items: np.ndarray
+    categories: np.ndarray
+    step: int
+    seen: np.ndarray
+    unknown: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A served slate (see the module docstring for each quantity).
+
+    Attributes:
+        items: Raw item ids, in slate order.
+        actions: (k,) the policy's catalog actions of those items.
+        categories: Raw category id of each item.
+        scores: ``log pi(a | s)`` of each item.
+        propensities: ``p(a)``, each item's probability as the first item shown.
+        position_propensities: Probability of each position's item given the earlier ones,
+            under the mode that chose it (1 for ``greedy``).
+        unknown_items: Raw ids of the history the export does not know.
+        history_steps: Steps of the history the policy read (after collapsing; <= L).
+    """
+
+    items: list[str]
+    actions: np.ndarray
+    categories: list[str]
+    scores: list[float]
+    propensities: list[float]
+    position_propensities: list[float]
+    unknown_items: list[str]
+    history_steps: int
+
+
+class Scorer:
+    """An export's policy behind :meth:`recommend` (load once, score many).
+
+    Build it with :meth:`load`. Instances are immutable after loading and safe to share
+    between threads: scoring only reads them (torch releases the GIL inside its kernels).
+
+    Args:
+        policy: The trained agent behind the policy protocol.
+        spec: The export's scoring settings.
+        item_raw: (N,) raw id of each dataset item.
+        item_category: (N,) dataset category of each item.
+        category_raw: (C,) raw id of each category.
+        model_version: The version reported with every answer.
+        manifest: The export's manifest (for ``/metadata``).
+    """
+
+    def __init__(
+        self,
+        policy: AgentPolicy,
+        spec: ServingSpec,
+        item_raw: np.ndarray,
+        item_category: np.ndarray,
+        category_raw: np.ndarray,
+        model_version: str,
+        manifest: dict[str, Any],
+    ) -> None:
+        self.policy = policy
+        self.spec = spec
+        self.model_version = model_version
+        self.manifest = manifest
+        self.item_raw = item_raw
+        self.index_of = {str(raw): i for i, raw in enumerate(item_raw.tolist())}
+        self.category_token = np.asarray(item_category, dtype=np.int64) + 1
+        self.catalog = np.asarray(spec.catalog, dtype=np.int64)
+        self.n_actions = len(self.catalog)
+        # Precomputed per-action answers: raw ids and categories of the catalog.
+        self.action_raw = [str(item_raw[i]) for i in self.catalog]
+        self.action_category_raw = [str(category_raw[int(item_category[i])]) for i in self.catalog]
+        self.action_of_item = token_to_action_table(self.catalog, len(item_raw) + 1)[1:]
+        self.history_length = spec.history_length
+
+    @classmethod
+    def load(cls, export_dir: str | os.PathLike[str]) -> Scorer:
+        """Load and check an export written by :func:`rlrec.serving.export.export_run`.
+
+        Raises:
+            UserError: Naming the file that is missing, changed or inconsistent.
+        """
+        root = Path(export_dir)
+        manifest = verify_export(root)
+        spec, fingerprint = read_serving_spec(root)
+        try:
+            items = pd.read_parquet(root / ITEMS_FILE, columns=["item", "raw_id", "category"])
+            categories = pd.read_parquet(root / CATEGORIES_FILE, columns=["category", "raw_id"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(
+                f"{root}: unreadable vocabulary ({str(exc)[:80]}); export again"
+            ) from None
+        item_raw = items["raw_id"].astype(str).to_numpy()
+        item_category = items["category"].to_numpy(dtype=np.int64)
+        category_raw = categories["raw_id"].astype(str).to_numpy()
+        if (
+            not np.array_equal(items["item"].to_numpy(), np.arange(len(items)))
+            or item_category.min(initial=0) < 0
+            or item_category.max(initial=0) >= len(category_raw)
+            or max(spec.catalog) >= len(items)
+        ):
+            raise UserError(f"{root / ITEMS_FILE}: indices out of range; export the run again")
+        # The fingerprint of rlrec.models.checkpoint, computed from the exported tables (it
+        # reads only these three attributes of a dataset).
+        tables = SimpleNamespace(items=items, item_category=item_category, categories=categories)
+        if vocabulary_fingerprint(cast(PreparedDataset, tables)) != fingerprint:
+            raise UserError(f"{root}: vocabulary tables differ from serving.json; export again")
+        encoder, ckpt = load_encoder(root / ENCODER_DIR)
+        if (ckpt.n_items, ckpt.n_categories) != (len(items), len(categories)):
+            raise UserError(f"{root / ENCODER_DIR}: vocabulary sizes differ; export again")
+        model = load_policy(root / f"{POLICY_NAME}.json")
+        if int(getattr(model.action_space, "n", -1)) != len(spec.catalog):
+            raise UserError(f"{root}: the policy's actions differ from the catalog; export again")
+        prior = None
+        if spec.planner:
+            plan = PlanTable.load(root / PLAN_FILE)
+            prior = CategoryPrior.for_catalog(
+                plan,
+                encoder,
+                np.asarray(spec.catalog),
+                np.asarray(spec.category_of_dataset_category),
+                spec.prior_temperature,
+            )
+        table = token_to_action_table(np.asarray(spec.catalog), len(items) + 1)
+        policy = AgentPolicy(
+            model,
+            encoder=encoder if spec.encoder == "frozen" else None,
+            token_to_action=table if spec.mask_recent > 0 else None,
+            mask_recent=spec.mask_recent,
+            batch_size=spec.encoder_batch_size,
+            prior=prior,
+        )
+        model.policy.set_training_mode(False)
+        return cls(
+            policy,
+            spec,
+            item_raw,
+            item_category,
+            category_raw,
+            str(manifest["model_version"]),
+            manifest,
+        )
+
+    # ------------------------------------------------------------------ contexts
+
+    def context(self, history: Sequence[tuple[str, float]]) -> Context:
+        """The policy's view of one history (see the module docstring)."""
+        events: Sequence[tuple[str, float]] = history
+        times = [t for _, t in history]
+        if any(later < earlier for earlier, later in itertools.pairwise(times)):
+            events = sorted(history, key=lambda event: event[1])  # stable: ties keep order
+        lookup = self.index_of.get
+        known: list[int] = []
+        unknown: dict[str, None] = {}
+        for raw, _ in events:
+            index = lookup(raw)
+            if index is None:
+                unknown.setdefault(raw)
+            elif not known or known[-1] != index:
+                # Steps: runs of one item collapsed, as rlrec.models.sequences.collapse_repeats
+                # does for whole datasets (one short list needs no CSR arrays).
+                known.append(index)
+        recent = np.asarray(known[-self.history_length :], dtype=np.int64)
+        items = np.zeros(self.history_length, dtype=np.int64)
+        categories = np.zeros(self.history_length, dtype=np.int64)
+        if len(recent):
+            items[-len(recent) :] = recent + 1
+            categories[-len(recent) :] = self.category_token[recent]
+        return Context(
+            items=items,
+            categories=categories,
+            step=len(known),
+            seen=np.fromiter(set(known), dtype=np.int64, count=-1),
+            unknown=list(unknown),
+        )
+
+    def probabilities(self, contexts: Sequence[Context]) -> np.ndarray:
+        """(B, A) float64 pi(a | s) of the policy for each context."""
+        if not contexts:
+            return np.zeros((0, self.n_actions))
+        obs = {
+            "item_history": np.stack([c.items for c in contexts]),
+            "category_history": np.stack([c.categories for c in contexts]),
+            "step": np.array([[c.step] for c in contexts], dtype=np.int64),
+        }
+        with torch.inference_mode():
+            probs = np.asarray(self.policy.action_probabilities(obs), dtype=np.float64)
+        probs = np.clip(probs, 0.0, None)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def eligible(self, context: Context, exclude_seen: bool) -> np.ndarray:
+        """(A,) bool: the actions a slate may hold."""
+        mask = np.ones(self.n_actions, dtype=bool)
+        if exclude_seen and len(context.seen):
+            actions = self.action_of_item[context.seen]
+            mask[actions[actions >= 0]] = False
+        return mask
+
+    def served_distribution(self, probs: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+        """(A,) the served distribution ``p``: ``probs`` on the eligible actions, renormalised.
+
+        All zeros when no eligible action has positive probability.
+        """
+        p = np.where(eligible, probs, 0.0)
+        total = p.sum()
+        return p / total if total > 0 else p
+
+    # ------------------------------------------------------------------ slates
+
+    def recommend(
+        self, requests: Sequence[SlateRequest], rng: np.random.Generator
+    ) -> list[Recommendation]:
+        """Score a batch of requests in one forward pass and choose each slate.
+
+        The slates are chosen for the whole batch at once (one (B, A) pass for the eligible
+        mask, the normalisation, the Gumbel keys and the top k): per-request Python work is
+        only the history's parsing and the answer's lists.
+
+        Args:
+            requests: The requests.
+            rng: The server's generator, for ``sample`` requests without their own seed.
+
+        Returns:
+            One recommendation per request, in order.
+        """
+        if not requests:
+            return []
+        contexts = [self.context(r.history) for r in requests]
+        probs = self.probabilities(contexts)  # (B, A)
+        n, n_actions = probs.shape
+        eligible = np.ones((n, n_actions), dtype=bool)
+        for i, (request, context) in enumerate(zip(requests, contexts, strict=True)):
+            if request.exclude_seen and len(context.seen):
+                actions = self.action_of_item[context.seen]
+                eligible[i, actions[actions >= 0]] = False
+        p = np.where(eligible, probs, 0.0)
+        totals = p.sum(axis=1, keepdims=True)
+        p = np.divide(p, totals, out=np.zeros_like(p), where=totals > 0)
+        sizes = np.minimum([r.k for r in requests], np.count_nonzero(p, axis=1))
+        with np.errstate(divide="ignore"):
+            keys = np.log(p)  # (B, A); -inf where p = 0: never chosen
+        sample = np.array([r.mode == "sample" for r in requests])
+        shared = sample & np.array([r.seed is None for r in requests])
+        if shared.any():
+            keys[shared] += rng.gumbel(size=(int(shared.sum()), n_actions))
+        for row in np.flatnonzero(sample & ~shared).tolist():
+            keys[row] += np.random.default_rng(requests[row].seed).gumbel(size=n_actions)
+        order = _top_k(keys, int(sizes.max()))  # (B, kmax) by key, ties to the lower index
+        rows = np.arange(n)[:, None]
+        chosen_p = p[rows, order]  # (B, kmax)
+        taken = np.cumsum(chosen_p, axis=1) - chosen_p
+        # Sample mode: p(a_j) / (1 - sum_{i<j} p(a_i)), the j-th draw given the earlier ones
+        # (the remaining mass is > 0 while positive-probability draws remain); greedy: 1.
+        position = np.where(
+            sample[:, None],
+            np.minimum(chosen_p / np.maximum(1.0 - taken, np.finfo(float).tiny), 1.0),
+            1.0,
+        )
+        with np.errstate(divide="ignore"):
+            scores = np.log(probs[rows, order])
+        scores = np.where(np.isfinite(scores), scores, -1e30)
+        out = []
+        for i, context in enumerate(contexts):
+            k = int(sizes[i])
+            actions = order[i, :k]
+            out.append(
+                Recommendation(
+                    items=[self.action_raw[a] for a in actions],
+                    actions=actions.astype(np.int64),
+                    categories=[self.action_category_raw[a] for a in actions],
+                    scores=scores[i, :k].tolist(),
+                    propensities=chosen_p[i, :k].tolist(),
+                    position_propensities=position[i, :k].tolist(),
+                    unknown_items=context.unknown,
+                    history_steps=int(min(context.step, self.history_length)),
+                )
+            )
+        return out
+
+
+def _top_k(keys: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) indices of each row's k largest keys, largest first, ties to the lower index.
+
+    With Gumbel-perturbed log-probabilities as keys, the top k in order are exactly k
+    sequential draws without replacement (Plackett-Luce); with plain log-probabilities,
+    the k most probable actions.
+    """
+    n, width = keys.shape
+    if k <= 0:
+        return np.zeros((n, 0), dtype=np.int64)
+    if 4 * k < width:
+        # Partition first: O(A) per row instead of a full sort. Boundary ties are settled by
+        # lexsort below only among the kept candidates, so keep a margin of equal keys.
+        candidates = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+        threshold = np.take_along_axis(keys, candidates, axis=1).min(axis=1, keepdims=True)
+        if not np.any((keys == threshold).sum(axis=1) > 1):
+            values = np.take_along_axis(keys, candidates, axis=1)
+            order = np.lexsort((candidates, -values), axis=1)
+            return np.take_along_axis(candidates, order, axis=1).astype(np.int64)
+    # Stable sort on -keys: equal keys keep the lower index first.
+    return np.argsort(-keys, axis=1, kind="stable")[:, :k].astype(np.int64)
