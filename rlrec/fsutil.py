@@ -77,6 +77,7 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     "sim": ArtifactKind("a SimModel", (("sim_model.json", "arrays.npz"),)),
     "encoder": ArtifactKind("an encoder checkpoint", (("encoder.json", "model.safetensors"),)),
     "run": ArtifactKind("a training run", (("config.yaml", "tensorboard"),)),
+    "sweep": ArtifactKind("a sweep", (("sweep.json", "trials"),)),
     "quickstart": ArtifactKind(
         "a quickstart output", (("summary.json", "env.yaml"), ("env.yaml", "data", "sim"))
     ),

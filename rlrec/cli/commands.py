@@ -15,6 +15,7 @@ from rlrec.cli import quickstart as quickstart_cli
 from rlrec.cli import report as report_cli
 from rlrec.cli import sensitivity as sensitivity_cli
 from rlrec.cli import sim as sim_cli
+from rlrec.cli import sweep as sweep_cli
 
 __all__ = [
     "REGISTRY",
@@ -35,4 +36,5 @@ REGISTRY: list[Registrar] = [
     report_cli.register,
     sensitivity_cli.register,
     sim_cli.register,
+    sweep_cli.register,
 ]
