@@ -149,6 +149,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from rlrec.errors import UserError
     from rlrec.workflows.sweep import RESULTS_MD, run_sweep
 
+    if args.resume and args.force:
+        raise UserError("--resume and --force: pick one (continue the sweep, or start over)")
     if args.num_cpus is not None and args.num_cpus < 1:
         raise UserError(f"--num-cpus: {args.num_cpus}, expected >= 1")
     config = _config(args)

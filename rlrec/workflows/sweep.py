@@ -652,6 +652,9 @@ def parallel_map(
     # Ray Tune's console output (a configuration box, result tables, hints) would bury the
     # sweep's own one line per trial; the legacy reporter at verbosity 0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune starts each trial in its own folder by default; keep the caller's working
+    # directory so that relative paths mean the same in a trial (on this machine).
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     started = _init_ray(address, num_cpus)
     try:
         from ray import tune
@@ -930,6 +933,10 @@ def run_sweep(
     )
     configs, trials, derived = plan_trials(config, root, cache_dir)
     spec = _spec_payload(config, configs, trials)
+    # Before anything is written or built: Ray is there, and so is the cluster.
+    _import_ray()
+    if address is not None:
+        check_address(address)
     with output_lock(root):
         if resume:
             _check_resume(root, spec)
