@@ -574,13 +574,22 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     }
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    # 'local' starts a Ray of our own: a bare ray.init() would join a cluster that happens to
+    # run on this machine (started by 'ray start'), and refuse num_cpus there.
     try:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "start a cluster with 'ray start --head' or fix the address"
+        if address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ:
+            # Ray 2.60's 'ray start' turns token authentication on, and a driver given an
+            # explicit address sends its token only in token mode ('auto' switches it on).
+            hint += (
+                "; if the cluster uses token authentication (the default of 'ray start'), "
+                "set RAY_AUTH_MODE=token with its token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+            )
         raise UserError(
-            f"--address {address}: could not connect to Ray ({first}); start a cluster with "
-            "'ray start --head' or fix the address"
+            f"--address {address or 'local'}: could not connect to Ray ({first}); {hint}"
         ) from None
     return True
 
