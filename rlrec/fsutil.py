@@ -83,7 +83,8 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     ),
 }
 """Kind name -> label and legacy signatures (the file names of ``rlrec.data.dataset``,
-``rlrec.models.sim_model``, ``rlrec.models.checkpoint``, a run and ``rlrec quickstart``)."""
+``rlrec.models.sim_model``, ``rlrec.models.checkpoint``, a run, ``rlrec sweep`` and
+``rlrec quickstart``)."""
 
 # Lock path -> (file descriptor, depth): a process that already holds an output's lock (the
 # quickstart around its stages, generate_dataset around prepare) takes it again for free;
