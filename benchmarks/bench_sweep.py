@@ -89,7 +89,7 @@ def ray_start_seconds(num_cpus: int) -> float:
     import ray
 
     t = time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init("local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     ray.shutdown()
     return time.perf_counter() - t
 
