@@ -5,6 +5,11 @@ Usage::
     python benchmarks/bench_sweep.py --out bench_sweep.json            # two real trials
     python benchmarks/bench_sweep.py --quick --out /tmp/sweep.json     # two tiny trials
 
+The full run trains the default agent (``ppo_frozen``) on the synthetic preset for 16,384
+steps with a smaller plan selection (``--selection-draws 2``, 300 users per validation world)
+and evaluates on 500 users; ``--quick`` trains a tiny agent in a tiny world (8,192 steps, so
+Ray's fixed costs dominate: a lower bound of the speed-up).
+
 Both paths run the same two trials (seeds 0 and 1 of one configuration; each a full
 ``rlrec train`` + ``rlrec evaluate`` through :func:`rlrec.workflows.sweep.run_trial`): first
 sequentially in this process (what the benchmarks did before ``--ray``), then with
@@ -103,6 +108,9 @@ def main() -> int:
     parser.add_argument("--timesteps", type=int, help="training steps per trial")
     parser.add_argument("--episodes", type=int, help="evaluation users per policy")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument(
+        "--selection-draws", type=int, default=2, help="the agent's plan selection draws (full)"
+    )
     parser.add_argument("--cache-dir", default=str(ROOT / "logs" / "cache"))
     parser.add_argument("--work", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -114,12 +122,21 @@ def main() -> int:
         env, agent = str(work / "env.yaml"), str(work / "agent.yaml")
         timesteps, episodes = args.timesteps, args.episodes or 200
         cache = str(work / "cache")
+        grid: dict[str, list[Any]] = {}
     else:
         env, agent = args.env, args.agent
-        timesteps, episodes = args.timesteps or 30_000, args.episodes or 500
+        timesteps, episodes = args.timesteps or 16_384, args.episodes or 500
         cache = args.cache_dir
+        # The default agent's plan selection at a smaller size (2 prior draws, 300 users per
+        # world) so that one trial is minutes, not tens of minutes, on a shared machine.
+        grid = {"selection_draws": [args.selection_draws], "selection_episodes": [300]}
     config = SweepConfig(
-        env_preset=env, agent_preset=agent, seeds=(0, 1), timesteps=timesteps, episodes=episodes
+        env_preset=env,
+        agent_preset=agent,
+        seeds=(0, 1),
+        grid=grid,
+        timesteps=timesteps,
+        episodes=episodes,
     )
     out: dict[str, Any] = {
         "quick": args.quick,
@@ -127,6 +144,7 @@ def main() -> int:
         "agent": agent if not args.quick else "tiny (bench_sweep.TINY_AGENT)",
         "seeds": list(config.seeds),
         "timesteps_per_trial": timesteps,
+        "grid": grid,
         "eval_episodes": episodes,
         "num_cpus": args.num_cpus,
         "cpu_count": psutil.cpu_count(),
