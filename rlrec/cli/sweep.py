@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "interval), trials.csv, best_agent.yaml (the best configuration as an agent "
             "preset) and each trial's run directory with its TensorBoard logs under "
             "DIR/trials. A failed trial is reported and the others go on; --resume reruns "
-            "only the trials without a completion record. Exit 1 when a trial failed."
+            "only the trials without a completion record. Exit 1 when a trial failed or did "
+            "not finish."
         ),
         formatter_class=HelpFormatter,
     )
@@ -175,6 +176,7 @@ def _sweep(args: argparse.Namespace) -> int:
         "ran": result.ran,
         "ok": result.ok,
         "failed": result.failed,
+        "unfinished": result.unfinished,
         "best": result.best,
         "seconds": round(result.seconds, 1),
     }
@@ -194,4 +196,9 @@ def _sweep(args: argparse.Namespace) -> int:
                 f"{len(result.failed)} trial(s) failed (errors in results.md and each "
                 f"trials/<trial>/result.json); rerun them with --resume"
             )
-    return 1 if result.failed else 0
+        if result.unfinished:
+            print(
+                f"{len(result.unfinished)} trial(s) did not finish (interrupted); run them "
+                "with --resume"
+            )
+    return 1 if result.failed or result.unfinished else 0

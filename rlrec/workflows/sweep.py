@@ -61,7 +61,13 @@ from rlrec.config import from_mapping, load_yaml, to_mapping
 from rlrec.envs.config import EnvConfig
 from rlrec.envs.presets import preset_path
 from rlrec.errors import UserError, quote_value
-from rlrec.fsutil import check_output, output_lock, write_json_atomic, write_marker
+from rlrec.fsutil import (
+    artifact_kind,
+    check_output,
+    output_lock,
+    write_json_atomic,
+    write_marker,
+)
 
 __all__ = [
     "BEST_AGENT_FILE",
@@ -206,6 +212,8 @@ class SweepResult:
         ran: Trials run by this call (the others had an ``ok`` record already).
         ok: Trials with an ``ok`` record.
         failed: Name -> one-line error of the failed trials.
+        unfinished: Trials with no record after this call (the sweep was interrupted, e.g.
+            by Ctrl-C: Ray Tune stops its trials); ``--resume`` runs them.
         table: Per-configuration rows of ``results.csv``, best first.
         best: The best row (None when no trial succeeded).
         seconds: Wall time of this call.
@@ -216,6 +224,7 @@ class SweepResult:
     ran: int
     ok: int
     failed: dict[str, str]
+    unfinished: list[str]
     table: list[dict[str, Any]]
     best: dict[str, Any] | None
     seconds: float
@@ -950,6 +959,11 @@ def run_sweep(
         if resume:
             _check_resume(root, spec)
         else:
+            if artifact_kind(root) == "sweep" and not force:
+                raise UserError(
+                    f"{root}: already holds a sweep; pass --resume to continue it, --force to "
+                    "start over, or choose another --out"
+                )
             check_output(root, "sweep", force)
             if root.exists():
                 shutil.rmtree(root)  # check_output allowed it: an earlier sweep, with --force
@@ -1025,6 +1039,7 @@ def run_sweep(
         ran=len(pending),
         ok=sum(r.get("status") == "ok" for r in records.values()),
         failed=failed,
+        unfinished=[n for n in names if n not in records],
         table=table,
         best=best,
         seconds=time.perf_counter() - started,

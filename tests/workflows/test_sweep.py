@@ -304,7 +304,7 @@ def test_resume_with_other_settings_and_a_second_start_are_refused(finished_swee
     assert main(["sweep", "--resume", "--seeds", "0,1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "seeds differ" in err and err.count("\n") == 1
-    with pytest.raises(UserError, match="pass --force"):
+    with pytest.raises(UserError, match="pass --resume to continue it, --force"):
         run_sweep(load_agent_sweep(out), out)
 
 
