@@ -221,6 +221,27 @@ def test_a_folder_that_is_not_a_sweep_is_never_replaced(tiny_presets, tmp_path) 
 # --------------------------------------------------------------------------- on Ray
 
 
+def _square_or_fail(x: int) -> int:
+    if x == 2:
+        raise ValueError("two is refused")
+    return x * x
+
+
+def test_parallel_map_keeps_order_and_reports_errors_per_item(ray_session, tmp_path) -> None:
+    from rlrec.workflows.sweep import parallel_map
+
+    seen = []
+    outcomes = parallel_map(
+        _square_or_fail, [3, 2], num_cpus=2, storage_path=tmp_path, on_outcome=seen.append
+    )
+    assert [o.index for o in outcomes] == [0, 1]
+    assert [o.value for o in outcomes] == [9, None]
+    assert outcomes[1].error == "ValueError: two is refused"
+    assert "Traceback" in (outcomes[1].traceback or "")
+    assert sorted(o.index for o in seen) == [0, 1]  # each reported once, as it finished
+    assert parallel_map(_square_or_fail, []) == []
+
+
 @pytest.fixture(scope="module")
 def finished_sweep(ray_session, tiny_presets, tmp_path_factory):
     """A sweep of 2 tiny trials through the CLI on the module's Ray; one of them fails."""
