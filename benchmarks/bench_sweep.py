@@ -22,9 +22,10 @@ machine may be shared: the load average is recorded at the start and end of each
 ``results_identical`` checks that the two paths gave the same ratios (same seeds, same result).
 
 Keys: ``sequential_seconds``, ``ray_seconds``, ``speedup``, ``target_met``,
-``sequential_trial_seconds`` (each trial's train + evaluate), ``ray_start_seconds`` (a bare
-``ray.init`` + ``shutdown``), ``results_identical``, the trial settings, ``cpu_count`` and the
-``load_avg_1min_*`` figures.
+``sequential_trial_seconds`` (each trial's train + evaluate), ``sequential_trial_cpu_seconds``
+and ``ray_trial_cpu_seconds`` (each trial's CPU time: the work, load aside),
+``ray_start_seconds`` (a bare ``ray.init`` + ``shutdown``), ``results_identical``, the trial
+settings, ``cpu_count`` and the ``load_avg_1min_*`` figures.
 """
 
 from __future__ import annotations
@@ -185,6 +186,9 @@ def main() -> int:
     out["ratios_ray"] = [r.get("ratio_to_best_baseline") for r in ray_records]
     out["results_identical"] = out["ratios_sequential"] == out["ratios_ray"]
     out["ray_trial_train_seconds"] = [r.get("train_seconds") for r in ray_records]
+    # CPU seconds of each trial's process: the same work on both paths, whatever the load.
+    out["sequential_trial_cpu_seconds"] = [r["cpu_seconds"] for r in sequential]
+    out["ray_trial_cpu_seconds"] = [r.get("cpu_seconds") for r in ray_records]
     out["load_avg_1min_end"] = os.getloadavg()[0]
     write_json_atomic(args.out, out)
     print(json.dumps(out, indent=2))

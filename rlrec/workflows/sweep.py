@@ -485,7 +485,7 @@ def run_trial(spec: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
         The record: ``trial``, ``config_id``, ``seed``, ``overrides``, ``status`` (``ok``),
         the evaluation's ``ratio_to_best_baseline``, ``ratio_ci95``, ``best_baseline``,
         ``win``, the agent's and best baseline's mean returns, ``timesteps``,
-        ``train_seconds``, ``eval_seconds``, ``host`` and ``run_dir``.
+        ``train_seconds``, ``eval_seconds``, ``cpu_seconds``, ``host`` and ``run_dir``.
     """
     import torch
 
@@ -498,7 +498,7 @@ def run_trial(spec: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
     run_dir = Path(s.trial_dir) / RUN_SUBDIR
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = train_agent(
         s.env_preset, agent, run_dir, timesteps=s.timesteps, seed=s.seed, cache_dir=s.cache_dir
     )
@@ -522,6 +522,8 @@ def run_trial(spec: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
         "timesteps": result.timesteps,
         "train_seconds": round(t1 - t0, 3),
         "eval_seconds": round(t2 - t1, 3),
+        # CPU time of the trial's process (all its threads): the work, whatever the load.
+        "cpu_seconds": round(time.process_time() - cpu0, 3),
         "host": socket.gethostname(),
         "run_dir": str(run_dir),
     }
