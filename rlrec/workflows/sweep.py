@@ -585,6 +585,10 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     }
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        # Ray runs its workers 15 nice levels below the driver by default, so on a busy
+        # machine every other process comes first; a sweep's trials are the work itself, so
+        # they keep the driver's priority (a cluster's nodes keep their own setting).
+        os.environ.setdefault("RAY_worker_niceness", "0")
     # 'local' starts a Ray of our own: a bare ray.init() would join a cluster that happens to
     # run on this machine (started by 'ray start'), and refuse num_cpus there.
     try:
