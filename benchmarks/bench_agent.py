@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_agent.py --out bench_agent.json            # the full benchmark
     python benchmarks/bench_agent.py --quick --out /tmp/bench.json     # a smoke-sized run
     python benchmarks/bench_agent.py --env envs/synthetic_noboredom.yaml --skip-fps --out F
+    python benchmarks/bench_agent.py --ray --skip-fps --out F       # seeds in parallel on Ray
 
 Targets (issue 13): in each preset world the default agent (``agents/ppo_frozen.yaml``) is at
 least 0.98 times the best non-oracle baseline (greedy supervised, popular, category-Markov) in
@@ -145,6 +146,23 @@ def seed_result(args: argparse.Namespace, agent: Any, seed: int, root: Path) -> 
     return out
 
 
+def ray_seeds(args: argparse.Namespace, agent: Any, root: Path) -> list[dict[str, Any]]:
+    """The seeds through rlrec sweep's engine: one Ray Tune trial (1 CPU) per seed."""
+    from rlrec.workflows.sweep import parallel_map
+
+    preset = load_env_preset(args.env)  # built once here, not by every trial at once
+    build_encoder(preset, build_artifacts(preset, args.cache_dir).dataset_dir, args.cache_dir)
+    outcomes = parallel_map(
+        lambda seed: seed_result(args, agent, seed, root), args.seeds, address=args.ray_address
+    )
+    failed = [f"seed {args.seeds[o.index]}: {o.error}" for o in outcomes if o.error]
+    if failed:
+        raise SystemExit("; ".join(failed))
+    for o in outcomes:
+        print(json.dumps(o.value), flush=True)
+    return [o.value for o in outcomes]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -161,6 +179,10 @@ def main() -> int:
     parser.add_argument("--all-baselines", action="store_true", help="evaluate every baseline")
     parser.add_argument("--skip-fps", action="store_true", help="skip the throughput comparison")
     parser.add_argument("--fps-only", action="store_true", help="only the throughput comparison")
+    parser.add_argument(
+        "--ray", action="store_true", help="run the seeds in parallel on Ray (rlrec[ray])"
+    )
+    parser.add_argument("--ray-address", help="a Ray cluster for --ray (default: a local Ray)")
     args = parser.parse_args()
     agent = load_agent_config(args.agent)
     if args.quick:
@@ -192,10 +214,13 @@ def main() -> int:
         print(json.dumps(out, indent=2))
         return 0
     root = Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
-    seeds = []
-    for seed in args.seeds:
-        seeds.append(seed_result(args, agent, seed, root))
-        print(json.dumps(seeds[-1]), flush=True)
+    if args.ray:
+        seeds = ray_seeds(args, agent, root)
+    else:
+        seeds = []
+        for seed in args.seeds:
+            seeds.append(seed_result(args, agent, seed, root))
+            print(json.dumps(seeds[-1]), flush=True)
     out["seeds"] = seeds
     out["train_seconds_max"] = float(max(s["train_seconds"] for s in seeds))
     for world in ("fitted", "truth"):
@@ -210,6 +235,7 @@ def main() -> int:
     out["never_lose_target_met"] = bool(
         out["fitted_ratio_min"] >= 0.98 and out["train_seconds_max"] <= 5 * 60
     )
+    out["ray"] = args.ray
     out["load_avg_1min_end"] = os.getloadavg()[0]
     out["wall_seconds"] = time.perf_counter() - started
     write_json_atomic(args.out, out)

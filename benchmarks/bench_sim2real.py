@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_sim2real.py --out bench_sim2real.json           # 8 truth worlds
     python benchmarks/bench_sim2real.py --quick --out /tmp/s2r.json         # 2 small worlds
     python benchmarks/bench_sim2real.py --worlds 4 --agent agents/ppo_frozen.yaml --out F
+    python benchmarks/bench_sim2real.py --quick --ray --out F      # worlds in parallel on Ray
 
 For each of K truth worlds: a synthetic world with its own organic parameters (generator seed
 ``100 + w``) and its response to recommendations drawn from the prior
@@ -91,6 +92,41 @@ def world_preset(
     return base
 
 
+def train_and_evaluate(
+    args: argparse.Namespace, agent: Any, work: Path, w: int
+) -> tuple[float, dict[str, Any], dict[str, Any]]:
+    """Train on world ``w``'s fitted simulator; evaluate there and in its truth world."""
+    run_dir = work / f"run{w}"
+    t0 = time.perf_counter()
+    train_agent(
+        work / f"world{w}.yaml",
+        agent,
+        run_dir,
+        timesteps=args.timesteps,
+        seed=w,
+        cache_dir=work / "cache",
+    )
+    seconds = time.perf_counter() - t0
+    fit = evaluate_run(run_dir, args.episodes, seed=12345 + w, world="fitted")
+    truth = evaluate_run(run_dir, args.episodes, seed=12345 + w, world="truth")
+    return seconds, fit, truth
+
+
+def ray_worlds(args: argparse.Namespace, agent: Any, work: Path) -> list[Any]:
+    """The worlds through rlrec sweep's engine: one Ray Tune trial (1 CPU) per world."""
+    from rlrec.workflows.sweep import parallel_map
+
+    outcomes = parallel_map(
+        lambda w: train_and_evaluate(args, agent, work, w),
+        list(range(args.worlds)),
+        address=args.ray_address,
+    )
+    failed = [f"world {o.index}: {o.error}" for o in outcomes if o.error]
+    if failed:
+        raise SystemExit("; ".join(failed))
+    return [o.value for o in outcomes]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", type=int, default=8, help="truth worlds K")
@@ -109,6 +145,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the response draws")
     parser.add_argument("--work", default=None, help="keep runs here (default: a temp dir)")
     parser.add_argument("--out", required=True, help="result JSON")
+    parser.add_argument(
+        "--ray", action="store_true", help="run the worlds in parallel on Ray (rlrec[ray])"
+    )
+    parser.add_argument("--ray-address", help="a Ray cluster for --ray (default: a local Ray)")
     args = parser.parse_args()
     args.agent = args.agent or ("ppo_lifecycle" if args.lifecycle else "ppo_frozen")
     if args.quick:
@@ -130,24 +170,19 @@ def main() -> None:
     }
     ratios, fitted, wins, train_s = [], [], [], []
     started = time.perf_counter()
-    for w in range(args.worlds):
-        response = draw_response(w, rng)
-        returns = draw_returns(rng) if args.lifecycle else None
+    responses = [draw_response(w, rng) for w in range(args.worlds)]  # the draws, in order
+    draws = [draw_returns(rng) if args.lifecycle else None for _ in range(args.worlds)]
+    for w, response in enumerate(responses):
         preset_file = work / f"world{w}.yaml"
-        preset_file.write_text(yaml.safe_dump(world_preset(w, response, args.users, returns)))
+        preset_file.write_text(yaml.safe_dump(world_preset(w, response, args.users, draws[w])))
+    ray_done = ray_worlds(args, agent, work) if args.ray else None
+    for w in range(args.worlds):
+        response, returns = responses[w], draws[w]
         run_dir = work / f"run{w}"
-        t0 = time.perf_counter()
-        train_agent(
-            preset_file,
-            agent,
-            run_dir,
-            timesteps=args.timesteps,
-            seed=w,
-            cache_dir=work / "cache",
+        seconds, fit, truth = (
+            ray_done[w] if ray_done is not None else train_and_evaluate(args, agent, work, w)
         )
-        train_s.append(time.perf_counter() - t0)
-        fit = evaluate_run(run_dir, args.episodes, seed=12345 + w, world="fitted")
-        truth = evaluate_run(run_dir, args.episodes, seed=12345 + w, world="truth")
+        train_s.append(seconds)
         ratios.append(truth["ratio_to_best_baseline"])
         fitted.append(fit["ratio_to_best_baseline"])
         wins.append(truth["win"])
@@ -190,6 +225,7 @@ def main() -> None:
             "fitted_mean_ratio": float(np.mean(fitted)),
             "train_s_mean": float(np.mean(train_s)),
             "wall_s": round(time.perf_counter() - started, 1),
+            "ray": args.ray,
             "target_worst_met": bool(np.min(ratios) >= 0.98),
             "target_mean_met": bool(np.mean(ratios) >= 1.10),
             "cpu_count": os.cpu_count(),

@@ -81,14 +81,15 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     "analysis": ArtifactKind(
         "an analysis", (("summary.json", "trends.csv", "drift_distance.csv"),)
     ),
+    "sweep": ArtifactKind("a sweep", (("sweep.json", "trials"),)),
     "quickstart": ArtifactKind(
         "a quickstart output", (("summary.json", "env.yaml"), ("env.yaml", "data", "sim"))
     ),
     "export": ArtifactKind("a serving export", (("manifest.json", "serving.json"),)),
 }
 """Kind name -> label and legacy signatures (the file names of ``rlrec.data.dataset``,
-``rlrec.models.sim_model``, ``rlrec.models.checkpoint``, a run, ``rlrec quickstart`` and
-``rlrec analyze``, ``rlrec export``)."""
+``rlrec.models.sim_model``, ``rlrec.models.checkpoint``, a run, ``rlrec sweep``,
+``rlrec quickstart``, ``rlrec analyze`` and ``rlrec export``)."""
 
 # Lock path -> (file descriptor, depth): a process that already holds an output's lock (the
 # quickstart around its stages, generate_dataset around prepare) takes it again for free;

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Extras whose tests run here (comma list of pyproject extras).
-TEST_EXTRAS="serve"
+TEST_EXTRAS="serve,ray"
 bash scripts/bootstrap.sh "$TEST_EXTRAS"
 .venv/bin/ruff check rlrec tests benchmarks scripts
 .venv/bin/ruff format --check rlrec tests benchmarks scripts

@@ -18,6 +18,7 @@ from rlrec.cli import report as report_cli
 from rlrec.cli import sensitivity as sensitivity_cli
 from rlrec.cli import serve as serve_cli
 from rlrec.cli import sim as sim_cli
+from rlrec.cli import sweep as sweep_cli
 
 __all__ = [
     "REGISTRY",
@@ -41,4 +42,5 @@ REGISTRY: list[Registrar] = [
     sensitivity_cli.register,
     serve_cli.register,
     sim_cli.register,
+    sweep_cli.register,
 ]

@@ -5,7 +5,9 @@
 * :mod:`rlrec.workflows.evaluate`: a run's policy against every baseline, in the fitted
   simulator or the truth world;
 * :mod:`rlrec.workflows.sensitivity`: a run's ratio to the best baseline across the prior of
-  what the log cannot identify.
+  what the log cannot identify;
+* :mod:`rlrec.workflows.sweep`: many runs (a grid of settings, several seeds) in parallel on
+  Ray, on one machine or a cluster.
 
 Workflows may import every layer below them (data, models, envs, evaluation, analytics,
 agents); only the
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from rlrec.workflows.analyze import AnalyzeConfig, AnalyzeResult, run_analysis
     from rlrec.workflows.evaluate import evaluate_run
     from rlrec.workflows.quickstart import QuickstartConfig, QuickstartResult, run_quickstart
+    from rlrec.workflows.sweep import SweepConfig, SweepResult, parallel_map, run_sweep
 
 # Name -> module of every public name (torch loads on use).
 _LAZY: dict[str, str] = {
@@ -32,6 +35,10 @@ _LAZY: dict[str, str] = {
     "QuickstartConfig": "rlrec.workflows.quickstart",
     "QuickstartResult": "rlrec.workflows.quickstart",
     "run_quickstart": "rlrec.workflows.quickstart",
+    "SweepConfig": "rlrec.workflows.sweep",
+    "SweepResult": "rlrec.workflows.sweep",
+    "parallel_map": "rlrec.workflows.sweep",
+    "run_sweep": "rlrec.workflows.sweep",
 }
 
 
@@ -43,7 +50,11 @@ __all__ = [
     "AnalyzeResult",
     "QuickstartConfig",
     "QuickstartResult",
+    "SweepConfig",
+    "SweepResult",
     "evaluate_run",
+    "parallel_map",
     "run_analysis",
     "run_quickstart",
+    "run_sweep",
 ]
