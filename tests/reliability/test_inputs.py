@@ -1220,3 +1220,19 @@ def test_cache_dir_that_is_a_file(
     assert_clear_error(run_hostile(filled, capsys), str(cache), "is a file")
     assert cache.read_text() == "not a folder\n"
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--n-bootstrap", "-1"], "--n-bootstrap"),
+        (["--n-folds", "0"], "--n-folds"),
+        (["--target", "nosuchpolicy"], "nosuchpolicy"),
+        (["--split", "nosuchsplit"], "nosuchsplit"),
+    ],
+)
+def test_ope_sessions_on_real_logs_refuses_bad_flags(
+    flags: list[str], needle: str, bases: Bases, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["ope", "sessions", "--data", str(bases.dataset), "--target", "random", *flags]
+    assert_clear_error(run_hostile(argv, capsys), needle)
