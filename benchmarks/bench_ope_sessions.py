@@ -21,24 +21,50 @@ target (its SPEC with non-alphanumerics as ``_``): ``kl_per_step__T``, ``ess__T`
 ``true_value__T``, ``estimate__T__E``, ``relative_error__T__E`` and ``truth_in_ci95__T__E``
 for each estimator ``E``,
 plus ``default_relative_error_kl_le_1_max`` (the worst default-estimator error over targets
-with KL <= 1 nat) and ``targets`` (the full report).
+with KL <= 1 nat), ``default_relative_error_max`` (over all targets, the farthest at ~3.3
+nats) and ``targets`` (the full report).
+
+Coverage (issue 22), ``--coverage-seeds N``: the benchmark is repeated on N logs (seeds
+``seed .. seed + N - 1``; every log is fitted and bootstrapped afresh) against one truth per
+target (on-policy sessions with seed ``seed + 1``, ``--truth-sessions``, default 4x the logged
+sessions so that the truth's own noise is small beside the intervals). It adds, for every
+estimator ``E`` and target ``T``: ``coverage__T__E`` (share of seeds whose 95% interval holds
+the truth), ``mean_relative_width__T__E`` (interval width / truth), ``mean_relative_error__T__E``
+and ``max_relative_error__T__E``; pooled over the targets within 1 nat per step:
+``coverage_E``, ``coverage_min_kl_le_1_E`` (the worst target's) and ``mean_relative_width_E``;
+``hcope_valid_share`` (share of seed x target whose HCOPE lower bound is below the truth);
+and ``bandit_ipw_relative_width``: the bandit IPW's mean 95%-interval width / true value on
+as many rounds as there are logged sessions (``bench_ope.synthetic_logs``, 80 actions, 3
+positions), the reference of the issue's width target. Seeds run in ``--workers`` processes.
 
 Usage::
 
     python benchmarks/bench_ope_sessions.py --out bench_ope_sessions.json
     python benchmarks/bench_ope_sessions.py --quick --out bench_ope_sessions.json  # 2,000
+    python benchmarks/bench_ope_sessions.py --coverage-seeds 20 --out bench_ope_sessions.json
 """
 
 from __future__ import annotations
 
-import argparse
-import re
-import sys
-import time
-from typing import Any
+import os
 
-from rlrec.agents.policy_specs import run_simulated_check
-from rlrec.data.dataset import write_json_atomic
+# One BLAS thread per process: the coverage workers are the parallelism, and a threaded
+# OpenBLAS on a loaded 2-core machine ran the FQE's small (225, 225) solves 15x slower.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from rlrec.agents.policy_specs import run_simulated_check  # noqa: E402
+from rlrec.data.dataset import write_json_atomic  # noqa: E402
+from rlrec.evaluation.ope.sequential import DEFAULT_ESTIMATOR  # noqa: E402
 
 BEHAVIOUR = "greedy_supervised,tau=1,eps=0.3"
 TARGETS = (
@@ -78,6 +104,148 @@ def flatten(report: dict[str, Any]) -> dict[str, Any]:
             err = t["relative_error"][default]
             worst = err if worst is None else max(worst, err)
     out["default_relative_error_kl_le_1_max"] = worst
+    out["default_relative_error_max"] = max(
+        t["relative_error"][default] for t in report["targets"].values()
+    )
+    return out
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(env: str, behaviour: str, targets: list[str], cache_dir: str) -> None:
+    """Build the simulator and the policies once per worker process."""
+    import torch
+
+    from rlrec.agents.policy_specs import parse_policy_spec, simulator_context
+
+    torch.set_num_threads(1)  # one core per worker: the workers share the machine
+    ctx = simulator_context(env, cache_dir)
+    _WORKER["ctx"] = ctx
+    _WORKER["behaviour"] = ctx.policy(parse_policy_spec(behaviour), 101)
+    # The same policy seeds as run_simulated_check (seed 0): every log sees the same targets.
+    _WORKER["targets"] = {
+        t: ctx.policy(parse_policy_spec(t), 202 + i) for i, t in enumerate(targets)
+    }
+
+
+def _truth(args: tuple[str, int, int]) -> tuple[str, Any]:
+    from rlrec.evaluation.ope.simulated_logging import true_value
+
+    name, sessions, seed = args
+    ctx = _WORKER["ctx"]
+    return name, true_value(_WORKER["targets"][name], ctx.make_env(sessions), seed)
+
+
+def _one_seed(args: tuple[int, int, int, dict[str, Any]]) -> dict[str, Any]:
+    from rlrec.evaluation.ope.fqe import FQEConfig
+    from rlrec.evaluation.ope.simulated_check import (
+        SimulatedCheckSettings,
+        evaluate_logged_targets,
+    )
+    from rlrec.evaluation.ope.simulated_logging import log_sessions
+
+    seed, sessions, n_bootstrap, truths = args
+    ctx = _WORKER["ctx"]
+    log = log_sessions(ctx.make_env(sessions), _WORKER["behaviour"], _WORKER["targets"], seed)
+    settings = SimulatedCheckSettings(
+        n_sessions=sessions, seed=seed, n_bootstrap=n_bootstrap, fqe=FQEConfig(seed=seed)
+    )
+    return evaluate_logged_targets(log, settings, truths)
+
+
+def bandit_ipw_relative_width(n_rounds: int, n_bootstrap: int, seeds: int = 5) -> float:
+    """Mean 95% bootstrap width of bandit IPW over its mean value, on ``n_rounds`` rounds.
+
+    The problem is ``bench_ope.synthetic_logs`` (80 actions, 3 positions), logged ``seeds``
+    times; IPW is unbiased, so the mean of its values stands for the true value.
+    """
+    from bench_ope import synthetic_logs  # the sibling benchmark's logged-bandit problem
+
+    from rlrec.evaluation.ope.bandit import (
+        InverseProbabilityWeighting,
+        estimate_policy_value,
+        prepare_rounds,
+    )
+
+    estimates = []
+    for seed in range(seeds):
+        logs = synthetic_logs(n_rounds, 80, 3, seed)
+        rounds = prepare_rounds(
+            reward=logs["reward"],
+            action=logs["action"],
+            position=logs["position"],
+            pscore=logs["pscore"],
+            action_dist=logs["action_dist"],
+        )
+        ipw = InverseProbabilityWeighting()
+        estimates.append(estimate_policy_value(rounds, [ipw], n_bootstrap, seed=seed)["ipw"])
+    widths = [e.ci95[1] - e.ci95[0] for e in estimates]
+    return float(np.mean(widths) / np.mean([e.value for e in estimates]))
+
+
+def coverage(
+    env: str,
+    behaviour: str,
+    targets: list[str],
+    sessions: int,
+    truth_sessions: int,
+    seed: int,
+    n_seeds: int,
+    n_bootstrap: int,
+    workers: int,
+    cache_dir: str,
+) -> dict[str, Any]:
+    """The ``--coverage-seeds`` figures (see the module docstring)."""
+    import multiprocessing
+
+    say = lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    init = (env, behaviour, targets, cache_dir)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        say(f"true values ({truth_sessions} on-policy sessions per target)")
+        truths = dict(pool.map(_truth, [(t, truth_sessions, seed + 1) for t in targets]))
+        say(f"{n_seeds} logs of {sessions} sessions")
+        runs = []
+        jobs = [(seed + i, sessions, n_bootstrap, truths) for i in range(n_seeds)]
+        for i, run in enumerate(pool.imap(_one_seed, jobs)):
+            runs.append(run)
+            say(f"seed {seed + i} done ({i + 1}/{n_seeds})")
+    out: dict[str, Any] = {"coverage_seeds": n_seeds, "coverage_truth_sessions": truth_sessions}
+    pooled: dict[str, list[tuple[bool, float]]] = {}
+    worst: dict[str, float] = {}
+    hcope = []
+    for spec in targets:
+        k = _key(spec)
+        truth = truths[spec].value
+        kl = float(np.mean([r[spec]["kl_per_step"] for r in runs]))
+        out[f"coverage_true_value__{k}"] = truth
+        out[f"coverage_kl_per_step__{k}"] = kl
+        for est in runs[0][spec]["estimates"]:
+            hits, widths, errors = [], [], []
+            for r in runs:
+                e = r[spec]["estimates"][est]
+                lo, hi = e["ci95"]
+                hits.append(lo is not None and lo <= truth <= hi)
+                widths.append((hi - lo) / abs(truth) if lo is not None else np.nan)
+                errors.append(r[spec]["relative_error"][est])
+            out[f"coverage__{k}__{est}"] = float(np.mean(hits))
+            out[f"mean_relative_width__{k}__{est}"] = float(np.mean(widths))
+            out[f"mean_relative_error__{k}__{est}"] = float(np.mean(errors))
+            out[f"max_relative_error__{k}__{est}"] = float(np.max(errors))
+            if kl <= 1.0:
+                pooled.setdefault(est, []).extend(zip(hits, widths, strict=True))
+                worst[est] = min(worst.get(est, 1.0), float(np.mean(hits)))
+        for r in runs:
+            bound = r[spec]["lower_bound"]["value"]
+            if bound is not None:
+                hcope.append(bound <= truth)
+    for est, pairs in pooled.items():
+        out[f"coverage_{est}"] = float(np.mean([h for h, _ in pairs]))
+        out[f"coverage_min_kl_le_1_{est}"] = worst[est]
+        out[f"mean_relative_width_{est}"] = float(np.mean([w for _, w in pairs]))
+    out["hcope_valid_share"] = float(np.mean(hcope)) if hcope else None
+    out["coverage_runs"] = runs
     return out
 
 
@@ -92,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-bootstrap", type=int, default=200)
     parser.add_argument("--cache-dir", default="logs/cache")
+    parser.add_argument(
+        "--coverage-seeds", type=int, default=0, help="repeat over N logs for coverage"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes for --coverage-seeds")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     args = parser.parse_args(argv)
     sessions = args.sessions or (2_000 if args.quick else 10_000)
@@ -99,6 +271,52 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.target or list(TARGETS)
     started = time.perf_counter()
     cpu_started = time.process_time()
+    load_start = os.getloadavg()[0]
+    if args.coverage_seeds > 0:
+        cov = coverage(
+            args.env,
+            args.behaviour,
+            targets,
+            sessions,
+            args.truth_sessions or 4 * sessions,
+            args.seed,
+            args.coverage_seeds,
+            args.n_bootstrap,
+            args.workers,
+            args.cache_dir,
+        )
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cov["bandit_ipw_relative_width"] = bandit_ipw_relative_width(sessions, args.n_bootstrap)
+        default = DEFAULT_ESTIMATOR
+        result = {
+            "sessions": sessions,
+            "behaviour": args.behaviour,
+            "default_estimator": default,
+            "seed": args.seed,
+            "n_bootstrap": args.n_bootstrap,
+            "workers": args.workers,
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu_started + children.ru_utime,
+            "load_average_1min_start": load_start,
+            "load_average_1min_end": os.getloadavg()[0],
+            "cpu_count": os.cpu_count(),
+            **cov,
+        }
+        write_json_atomic(args.out, result)
+        for spec in targets:
+            k = _key(spec)
+            print(
+                f"{spec}: KL {cov[f'coverage_kl_per_step__{k}']:.2f}; {default} coverage "
+                f"{cov[f'coverage__{k}__{default}']:.2f}, width "
+                f"{cov[f'mean_relative_width__{k}__{default}']:.3f}, max error "
+                f"{cov[f'max_relative_error__{k}__{default}']:.3f}"
+            )
+        print(
+            f"bandit IPW relative width {cov['bandit_ipw_relative_width']:.3f}; "
+            f"{result['seconds']:.1f} s (load {load_start:.1f} -> "
+            f"{result['load_average_1min_end']:.1f}); written to {args.out}"
+        )
+        return 0
     report = run_simulated_check(
         args.env,
         args.behaviour,
@@ -115,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     result["seconds"] = time.perf_counter() - started
     result["cpu_seconds"] = time.process_time() - cpu_started
     result["seed"] = args.seed
+    result["load_average_1min_start"] = load_start
+    result["load_average_1min_end"] = os.getloadavg()[0]
     result["behaviour_q_calibration"] = report.get("behaviour_q_calibration")
     result["targets"] = report["targets"]
     write_json_atomic(args.out, result)

@@ -38,7 +38,10 @@ def add_sessions_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
             "Estimate a target policy's expected session return from logged sessions with "
             "trajectory-wise and per-decision importance sampling (IS, WIS, PDIS, WPDIS), the "
             "cross-fitted fitted-Q direct method (DM) and step-wise doubly robust estimators "
-            "(DR, weighted DR), each with a session-bootstrap 95% interval. With --simulate, "
+            "(DR, weighted DR) and their blend MAGIC (the default), each with a 95% interval "
+            "(session bootstrap; for the estimators that read the Q-model, a bootstrap that "
+            "refits it on every resample), an HCOPE lower bound and a verdict against the "
+            "logging policy. With --simulate, "
             "sessions are logged in the simulator under a known behaviour policy and every "
             "estimate is compared with the target's on-policy value (relative error, per-step "
             "KL). With --data, real logged sessions are used and the behaviour policy is "
@@ -102,16 +105,51 @@ def format_simulated(report: dict[str, Any]) -> str:
             f"target {name}: true value {t['true_value']:.3f} [{lo:.3f}, {hi:.3f}], KL per step "
             f"{t['kl_per_step']:.3f} nats, trajectory ESS {t['ess']:.0f}"
         )
-        lines.append(f"  {'estimator':<10} {'estimate':>9} {'95% interval':>22} {'rel. error':>10}")
+        lines.append(
+            f"  {'estimator':<10} {'estimate':>9} {'95% interval':>22} {'KL/step':>8} "
+            f"{'rel. error':>10}  interval method"
+        )
         for est, e in t["estimates"].items():
             ci = e["ci95"]
             ci_text = "-" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
             value = "nan" if e["value"] is None else f"{e['value']:.3f}"
             rel = t["relative_error"][est]
             mark = " (default)" if est == report["default_estimator"] else ""
-            lines.append(f"  {est:<10} {value:>9} {ci_text:>22} {rel:>10.3f}{mark}")
+            lines.append(
+                f"  {est:<10} {value:>9} {ci_text:>22} {t['kl_per_step']:>8.3f} {rel:>10.3f}"
+                f"  {_method(e)}{mark}"
+            )
+        lines += _decision_lines(t)
         lines.append(f"  {bootstrap_note(t['bootstrap'])}")
     return "\n".join(lines)
+
+
+def _method(estimate: dict[str, Any]) -> str:
+    """The short name of an estimate's interval method."""
+    method = str(estimate.get("interval_method", ""))
+    if "refitted" in method:
+        return "Q-refit bootstrap"
+    return "session bootstrap" if method else "-"
+
+
+def _decision_lines(t: dict[str, Any]) -> list[str]:
+    """The verdict, HCOPE's bound and the measured coverage of one target's entry."""
+    lines = [f"  verdict: {t['verdict']}"] if "verdict" in t else []
+    bound = t.get("lower_bound") or {}
+    if bound.get("value") is not None:
+        lines.append(
+            f"  {100 * bound['confidence']:.0f}% lower bound (HCOPE, concentration inequality): "
+            f"{bound['value']:.4g}"
+        )
+    elif bound.get("note"):
+        lines.append(f"  HCOPE lower bound: none ({bound['note']})")
+    coverage = t.get("measured_coverage") or {}
+    if coverage:
+        text = ", ".join(
+            f"{name} {100 * c['coverage']:.0f}%" for name, c in coverage.items() if "coverage" in c
+        )
+        lines.append(f"  measured coverage of the 95% intervals (benchmark): {text}")
+    return lines
 
 
 def _sessions(args: argparse.Namespace) -> int:
@@ -190,14 +228,24 @@ def format_real(report: dict[str, Any]) -> str:
             f"  meaning: {t['meaning']}",
             f"  KL per step from the estimated behaviour {t['kl_per_step']:.3f} nats, "
             f"trajectory ESS {t['ess']:.1f}",
-            f"  {'estimator':<10} {'estimate':>10} {'95% interval':>24}",
         ]
+        features = t.get("q_features") or {}
+        for name, why in (features.get("unavailable") or {}).items():
+            lines.append(f"  Q-model feature {name}: {why}")
+        lines.append(
+            f"  {'estimator':<10} {'estimate':>10} {'95% interval':>24} {'KL/step':>8}  "
+            "interval method"
+        )
         for est, e in t["estimates"].items():
             ci = e["ci95"]
             ci_text = "-" if ci[0] is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
             value = "nan" if e["value"] is None else f"{e['value']:.4g}"
             mark = " (default)" if est == t["default_estimator"] else ""
-            lines.append(f"  {est:<10} {value:>10} {ci_text:>24}{mark}")
+            lines.append(
+                f"  {est:<10} {value:>10} {ci_text:>24} {t['kl_per_step']:>8.3f}  "
+                f"{_method(e)}{mark}"
+            )
+        lines += _decision_lines(t)
         lines.append(f"  {bootstrap_note(t['bootstrap'])}")
     return "\n".join(lines)
 

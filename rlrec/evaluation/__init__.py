@@ -20,11 +20,14 @@ if TYPE_CHECKING:
     from rlrec.evaluation.ope.bandit_report import run_bandit_ope
     from rlrec.evaluation.ope.base import Estimate
     from rlrec.evaluation.ope.fqe import fitted_q_evaluation
+    from rlrec.evaluation.ope.high_confidence import hcope_lower_bound
+    from rlrec.evaluation.ope.refit_bootstrap import refit_bootstrap
     from rlrec.evaluation.ope.sequential import (
         LoggedSessions,
         estimate_session_value,
         prepare_sessions,
     )
+    from rlrec.evaluation.ope.session_verdict import session_estimates
     from rlrec.evaluation.ranking import BaselineConfig, evaluate_next_step
     from rlrec.evaluation.report import write_report
     from rlrec.evaluation.rollout import EpisodeStats, evaluate_policies, summarize
@@ -40,10 +43,13 @@ _LAZY: dict[str, str] = {
     "run_bandit_ope": "rlrec.evaluation.ope.bandit_report",
     "Estimate": "rlrec.evaluation.ope.base",
     "fitted_q_evaluation": "rlrec.evaluation.ope.fqe",
+    "hcope_lower_bound": "rlrec.evaluation.ope.high_confidence",
+    "refit_bootstrap": "rlrec.evaluation.ope.refit_bootstrap",
     "LoggedSessions": "rlrec.evaluation.ope.sequential",
     "estimate_session_value": "rlrec.evaluation.ope.sequential",
     "prepare_sessions": "rlrec.evaluation.ope.sequential",
     "BaselineConfig": "rlrec.evaluation.ranking",
+    "session_estimates": "rlrec.evaluation.ope.session_verdict",
     "evaluate_next_step": "rlrec.evaluation.ranking",
     "write_report": "rlrec.evaluation.report",
     "EpisodeStats": "rlrec.evaluation.rollout",
@@ -67,9 +73,12 @@ __all__ = [
     "evaluate_policies",
     "fidelity_distributions",
     "fitted_q_evaluation",
+    "hcope_lower_bound",
     "prepare_rounds",
     "prepare_sessions",
+    "refit_bootstrap",
     "run_bandit_ope",
+    "session_estimates",
     "summarize",
     "validate_fidelity",
     "write_report",

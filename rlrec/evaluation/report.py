@@ -632,32 +632,62 @@ def _ope_section(inputs: ReportInputs) -> Section:
     default = payload.get("default_estimator", "")
     section.image = plots.png_bytes(plots.ope_estimates(targets, default))
     rows = []
+    verdicts = []
     for name, t in targets.items():
+        coverage = t.get("measured_coverage") or {}
         for est, e in t["estimates"].items():
             rel = (t.get("relative_error") or {}).get(est)
             covers = (t.get("truth_in_ci95") or {}).get(est)
+            measured = (coverage.get(est) or {}).get("coverage")
             rows.append(
                 [
                     name,
                     est + (" (default)" if est == default else ""),
                     _fmt(e["value"]),
                     _ci(e["ci95"]),
+                    _fmt(t.get("kl_per_step")),
+                    _ope_method(e.get("interval_method", "")),
+                    _fmt(measured),
                     _fmt(t.get("true_value")),
                     _fmt(rel),
                     _fmt(covers),
                 ]
             )
+        if "verdict" in t:
+            verdicts.append(f"{name}: {t['verdict']}.")
     section.table = Table(
-        ["target", "estimator", "estimate", "95% CI", "true", "rel. error", "covers"], rows
+        [
+            "target",
+            "estimator",
+            "estimate",
+            "95% CI",
+            "KL/step",
+            "interval",
+            "measured coverage",
+            "true",
+            "rel. error",
+            "covers",
+        ],
+        rows,
     )
     section.caption = (
         f"{payload.get('sessions', 0):,} sessions logged in the simulator by "
         f"{payload.get('behaviour', '?')}; each target's value estimated from "
         "them alone, beside its true on-policy value (red line and band). Good estimators sit "
         "on the red line with intervals that cover it; IS-type estimators widen as the target "
-        "moves away from the behaviour (KL), DM is narrow but can be biased."
+        "moves away from the behaviour (KL per step, nats), DM can be biased. Intervals of "
+        "the estimators that read the Q-model refit it on every resample; 'measured "
+        "coverage' is the share of benchmark seeds whose interval held the truth "
+        "(docs/ope.md). " + " ".join(verdicts)
     )
     return section
+
+
+def _ope_method(method: str) -> str:
+    """Short name of an OPE interval method for the table."""
+    if "refitted" in method:
+        return "Q-refit bootstrap"
+    return "session bootstrap" if method else "-"
 
 
 def _encoder_section(inputs: ReportInputs) -> Section:

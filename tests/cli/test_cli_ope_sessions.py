@@ -69,8 +69,12 @@ def test_simulate_json_contract(preset, capsys):
         assert tuple(t["estimates"]) == SESSION_ESTIMATOR_NAMES
         assert set(t["relative_error"]) == set(SESSION_ESTIMATOR_NAMES)
         assert t["kl_per_step"] > 0 and t["true_value"] > 0
-        for e in t["estimates"].values():
-            assert set(e) == {"value", "ci95"} and len(e["ci95"]) == 2
+        for name, e in t["estimates"].items():
+            assert set(e) == {"value", "ci95", "interval_method"} and len(e["ci95"]) == 2
+            refit = name in ("dm", "dr", "wdr", "magic")
+            assert ("refitted" in e["interval_method"]) == refit, name
+        assert t["verdict"].startswith(("the new policy", "cannot tell"))
+        assert t["lower_bound"]["method"].startswith("HCOPE")
     # The same seed gives the same report.
     assert main(simulate_args(preset, "--json")) == 0
     assert json.loads(capsys.readouterr().out) == report
@@ -82,6 +86,7 @@ def test_simulate_text_output(preset, capsys):
     out = capsys.readouterr().out
     assert "target random: true value" in out and "(default)" in out and "KL per step" in out
     assert "Q-model on the behaviour's held-out returns: first-step Q" in out
+    assert "Q-refit bootstrap" in out and "verdict: " in out and "KL/step" in out
 
 
 @pytest.fixture
@@ -99,8 +104,15 @@ def test_real_sessions_json_says_propensities_are_estimated(data_dir, capsys):
     assert t["propensities"].startswith("estimated (category-conditional counts")
     assert tuple(t["estimates"]) == SESSION_ESTIMATOR_NAMES
     assert t["decisions"] == 7
+    # What the Q-model reads from real logs, and what they cannot show, is in the output.
+    assert "switch_likelihood" in t["q_features"]["used"]
+    assert "dwell_time" in t["q_features"]["used"]
+    assert "no impressions" in t["q_features"]["unavailable"]["consecutive_misses"]
+    assert "verdict" in t and "lower_bound" in t
     assert main([*args, "--target", "random", "--n-bootstrap", "10"]) == 0
-    assert "propensities: estimated" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "propensities: estimated" in out
+    assert "Q-model feature consecutive_misses: unavailable" in out and "verdict: " in out
 
 
 def test_real_sessions_report_the_bootstraps_non_finite_resamples(data_dir, capsys):

@@ -13,6 +13,7 @@ from rlrec.evaluation.ope.logged_sessions import (
     BEHAVIOUR_METHOD,
     estimate_count_behaviour,
     evaluate_real_sessions,
+    item_features,
     replay_metrics,
     session_decisions,
 )
@@ -81,6 +82,27 @@ def test_ope_on_real_sessions_with_the_behaviour_as_target(dataset):
         assert report["estimates"][name]["value"] == pytest.approx(report["logged_value"])
     assert report["kl_per_step"] == pytest.approx(0.0, abs=1e-12)
     assert set(report["estimates"]) == {"is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "magic"}
+    assert "refitted" in report["estimates"]["magic"]["interval_method"]
+    assert set(report["q_features"]["unavailable"]) == {"consecutive_misses"}
+    assert not report["extrapolating"] and report["verdict"]
+
+
+def test_decisions_carry_the_dwell_on_the_previous_item(dataset):
+    d = session_decisions(dataset, "train", history_length=3)
+    first = d.offsets[:-1]
+    # A session's first decision has one previous step: no dwell; later ones have one.
+    assert np.isnan(d.dwell_seconds[first]).all()
+    later = np.setdiff1d(np.arange(d.n_decisions), first)
+    assert np.isfinite(d.dwell_seconds[later]).all() and (d.dwell_seconds[later] >= 0).all()
+    obs = d.feature_observations(slice(None))
+    assert "dwell_seconds" in obs and "dwell_seconds" not in d.observations(slice(None))
+    feat = item_features(dataset)
+    assert feat.dwell_levels
+    basis = feat.state_basis(obs)
+    # The dwell one-hot: no level for "no gap", exactly one for every later decision.
+    dwell_cols = basis[:, -(len(feat.DWELL_EDGES) + 1) :]
+    assert (dwell_cols[first].sum(axis=1) == 0).all()
+    assert (dwell_cols[later].sum(axis=1) == 1).all()
 
 
 def test_replay_metrics(dataset):

@@ -85,9 +85,20 @@ PAYLOADS = {
             "ppo": {
                 "true_value": 5.0,
                 "true_ci95": [4.8, 5.2],
-                "estimates": {"wis": _estimate(5.5), "wdr": _estimate(5.1), "dm": _estimate(4.0)},
+                "estimates": {
+                    "wis": _estimate(5.5),
+                    "wdr": _estimate(5.1),
+                    "dm": {
+                        **_estimate(4.0),
+                        "interval_method": "percentile bootstrap of "
+                        "session groups, Q-model refitted on every resample",
+                    },
+                },
                 "relative_error": {"wis": 0.1, "wdr": 0.02, "dm": -0.2},
                 "truth_in_ci95": {"wis": False, "wdr": True, "dm": False},
+                "kl_per_step": 0.42,
+                "verdict": "the new policy beats the logged one with 95% confidence",
+                "measured_coverage": {"dm": {"coverage": 0.55, "mean_relative_width": 0.1}},
             }
         },
     },
@@ -154,6 +165,15 @@ def test_headline_numbers(full_report: ReportResult) -> None:
     assert (h["best_ope_estimator"], h["best_ope_relative_error"]) == ("wdr", 0.02)
     # The default estimator's error is what a user without the truth gets: shown beside.
     assert (h["default_ope_estimator"], h["default_ope_relative_error"]) == ("dm", 0.2)
+
+
+def test_ope_section_shows_interval_methods_coverage_and_the_verdict(
+    full_report: ReportResult,
+) -> None:
+    page = full_report.html.read_text()
+    assert "ppo: the new policy beats the logged one with 95% confidence." in page
+    assert "Q-refit bootstrap" in page and "measured coverage" in page
+    assert "0.55" in page and "0.42" in page
 
 
 @pytest.mark.parametrize("keep", ["evaluate.json", "fidelity.json", "sim"])

@@ -1396,3 +1396,19 @@ def test_finetune_refusal_is_one_clear_line(
         argv += ["--out", str(out), "--device", "cpu"]
     assert_clear_error(run_hostile(argv, capsys), *needles)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--n-bootstrap", "-1"], "--n-bootstrap"),
+        (["--n-folds", "0"], "--n-folds"),
+        (["--target", "nosuchpolicy"], "nosuchpolicy"),
+        (["--split", "nosuchsplit"], "nosuchsplit"),
+    ],
+)
+def test_ope_sessions_on_real_logs_refuses_bad_flags(
+    flags: list[str], needle: str, bases: Bases, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["ope", "sessions", "--data", str(bases.dataset), "--target", "random", *flags]
+    assert_clear_error(run_hostile(argv, capsys), needle)

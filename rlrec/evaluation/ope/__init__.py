@@ -12,6 +12,9 @@ Modules, by job:
   :mod:`~rlrec.evaluation.ope.bandit_report` (the ``rlrec ope bandit`` run and report);
 * sequential OPE: :mod:`~rlrec.evaluation.ope.sequential` (estimators),
   :mod:`~rlrec.evaluation.ope.fqe` (fitted Q evaluation),
+  :mod:`~rlrec.evaluation.ope.refit_bootstrap` (intervals that refit the Q-model per
+  resample), :mod:`~rlrec.evaluation.ope.high_confidence` (HCOPE lower bounds),
+  :mod:`~rlrec.evaluation.ope.session_verdict` (estimates, bound and verdict of a target),
   :mod:`~rlrec.evaluation.ope.q_features` (its hand features),
   :mod:`~rlrec.evaluation.ope.stochastic_policies` (softened logging and target policies),
   :mod:`~rlrec.evaluation.ope.simulated_logging` (simulated logs and true values),

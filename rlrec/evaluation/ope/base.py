@@ -40,6 +40,8 @@ class Estimate:
         n_nonfinite: Resamples whose estimate was undefined (NaN or infinite, e.g. a
             resample with no weight on the target policy); the interval is over the others,
             so a large count means the interval describes fewer resamples than asked for.
+        method: How the interval was computed, in words (empty: not stated, as for the
+            bandit estimators, whose one method the bandit report names).
     """
 
     name: str
@@ -47,13 +49,17 @@ class Estimate:
     ci95: tuple[float, float]
     n_resamples: int = 0
     n_nonfinite: int = 0
+    method: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"value", "ci95"}`` with NaN (undefined estimate) written as None."""
-        return {
+        """``{"value", "ci95"}`` (plus ``interval_method`` when stated), NaN written as None."""
+        out: dict[str, Any] = {
             "value": _finite_or_none(self.value),
             "ci95": [_finite_or_none(v) for v in self.ci95],
         }
+        if self.method:
+            out["interval_method"] = self.method
+        return out
 
 
 class EstimatorData(Protocol):

@@ -72,6 +72,7 @@ def bootstrap_estimates(
     n_bootstrap: int,
     confidence: float,
     seed: int,
+    method: str = "",
 ) -> dict[str, Estimate]:
     """Point estimates and percentile bootstrap intervals from per-unit terms.
 
@@ -82,6 +83,7 @@ def bootstrap_estimates(
         n_bootstrap: Resamples; 0 gives point estimates with NaN intervals.
         confidence: Interval level in (0, 1).
         seed: Seed of the resampling; the same seed gives the same intervals.
+        method: The interval method in words, recorded on every estimate.
 
     Returns:
         Estimates keyed by name, in the given order, each with the number of its resamples
@@ -115,7 +117,12 @@ def bootstrap_estimates(
                 ci = (float(low), float(high))
         start += k
         out[name] = Estimate(
-            name=name, value=value, ci95=ci, n_resamples=n_bootstrap, n_nonfinite=n_nonfinite
+            name=name,
+            value=value,
+            ci95=ci,
+            n_resamples=n_bootstrap,
+            n_nonfinite=n_nonfinite,
+            method=method if n_bootstrap > 0 else "",
         )
     return out
 
@@ -126,6 +133,7 @@ def estimate_values(
     n_bootstrap: int,
     confidence: float,
     seed: int,
+    method: str = "",
 ) -> dict[str, Estimate]:
     """Every estimator's value on ``data`` with intervals from one shared resampling of units.
 
@@ -137,6 +145,7 @@ def estimate_values(
         n_bootstrap: Resamples; 0 gives point estimates with NaN intervals.
         confidence: Interval level in (0, 1).
         seed: Seed of the resampling.
+        method: The interval method in words, recorded on every estimate.
 
     Returns:
         Estimates keyed by name, in the given order.
@@ -151,6 +160,7 @@ def estimate_values(
         n_bootstrap=n_bootstrap,
         confidence=confidence,
         seed=seed,
+        method=method,
     )
 
 

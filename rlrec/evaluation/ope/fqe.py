@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
 from rlrec.errors import UserError
 
@@ -36,8 +37,10 @@ __all__ = [
     "FQEConfig",
     "FQEResult",
     "fitted_q_evaluation",
+    "fold_of_sessions",
     "q_calibration",
     "returns_to_go",
+    "solve_fqe",
 ]
 
 MAX_RIDGE_RAISES = 6
@@ -101,23 +104,96 @@ def _fit_theta(
     config: FQEConfig,
     max_length: int,
 ) -> tuple[np.ndarray, int, float]:
-    gram = phi.T @ phi  # (d, d)
+    return solve_fqe(phi.T @ phi, gamma * (phi.T @ phi_next), phi.T @ reward, config, max_length)
+
+
+def solve_fqe(
+    gram: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray,
+    config: FQEConfig,
+    max_length: int,
+    start_ridge: float | None = None,
+    check_contraction: bool = True,
+) -> tuple[np.ndarray, int, float]:
+    r"""FQE coefficients from the regression's sufficient statistics.
+
+    The statistics are sums over training steps, so the Q-refit bootstrap
+    (:mod:`rlrec.evaluation.ope.refit_bootstrap`) refits on a resample by summing
+    per-group statistics instead of revisiting the steps.
+
+    Args:
+        gram: (d, d) :math:`\Phi^\top\Phi`.
+        b: (d, d) :math:`\gamma\,\Phi^\top\bar\Phi'`.
+        c: (d,) :math:`\Phi^\top r`.
+        config: FQE settings (ridge, iterations, tolerance).
+        max_length: Longest session (caps the iterations).
+        start_ridge: First relative ridge to try (default ``config.ridge``); a resample
+            starts from the ridge the full data needed, which keeps refits comparable.
+        check_contraction: Check the iteration map's spectral radius before iterating (an
+            eigenvalue problem, most of a refit's cost). Without the check, the iteration
+            runs at ``start_ridge`` and the checked path is taken only if it diverges.
+
+    Returns:
+        ``(theta, iterations, ridge)``: (d,) coefficients, iterations run and the relative
+        ridge used.
+    """
     d = gram.shape[0]
-    b = gamma * (phi.T @ phi_next)  # (d, d)
-    c = phi.T @ reward  # (d,)
     scale = max(float(np.trace(gram)) / d, 1e-12)
+    first = config.ridge if start_ridge is None else start_ridge
+    if not check_contraction:
+        base, step = _iteration_map(gram, b, c, first * scale)
+        if _growth_rate(step) < 1.0:
+            theta, iterations = _iterate(base, step, config, max_length)
+            return theta, iterations, first
     # The iteration map theta -> a_inv (c + b theta) must contract: where the target policy's
     # next-state features point where the logged ones are thin, its spectral radius exceeds 1
     # and the iterates grow geometrically (a sharp PPO policy reached Q ~ 1e5 for returns ~6).
     # Raise the ridge tenfold until it contracts: a biased but finite Q-model.
-    ridge = config.ridge
+    ridge = first
     for attempt in range(MAX_RIDGE_RAISES + 1):
-        ridge = config.ridge * 10.0**attempt
-        a_inv = np.linalg.inv(gram + ridge * scale * np.eye(d))
-        step = a_inv @ b  # theta_{k+1} = a_inv c + step theta_k
+        ridge = first * 10.0**attempt
+        base, step = _iteration_map(gram, b, c, ridge * scale)
         if float(np.max(np.abs(np.linalg.eigvals(step)))) < 1.0:
             break
-    base = a_inv @ c
+    theta, iterations = _iterate(base, step, config, max_length)
+    return theta, iterations, ridge
+
+
+def _growth_rate(step: np.ndarray, n: int = 30) -> float:
+    """The spectral radius of ``step`` as power iteration sees it: the growth per application.
+
+    ``(|step^{2n} x| / |step^n x|)^{1/n}`` from a fixed start: n (d, d) mat-vecs instead of an
+    eigenvalue problem, accurate to a few percent, which is all the contraction test needs
+    (a value near 1 takes the eigenvalue path).
+    """
+    x = np.ones(step.shape[0]) / np.sqrt(step.shape[0])
+    norms = []
+    for _ in range(2 * n):
+        x = step @ x
+        norm = float(np.linalg.norm(x))
+        if not np.isfinite(norm) or norm == 0.0:
+            return 0.0 if norm == 0.0 else float("inf")
+        norms.append(norm)
+        x /= norm  # renormalise; the product of the norms is the growth
+    rate = float(np.exp(np.mean(np.log(norms[n:]))))
+    return rate * 1.05  # a margin: borderline maps take the checked path
+
+
+def _iteration_map(
+    gram: np.ndarray, b: np.ndarray, c: np.ndarray, penalty: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(a_inv c, a_inv b)`` with ``a = gram + penalty I``, by one Cholesky solve."""
+    d = gram.shape[0]
+    factor = cho_factor(gram + penalty * np.eye(d))
+    solved = cho_solve(factor, np.column_stack([c, b]))  # (d, 1 + d)
+    return solved[:, 0], solved[:, 1:]
+
+
+def _iterate(
+    base: np.ndarray, step: np.ndarray, config: FQEConfig, max_length: int
+) -> tuple[np.ndarray, int]:
+    """``theta_{k+1} = base + step theta_k`` from ``base`` until it settles."""
     theta = base.copy()
     iterations = 1
     while iterations < min(config.max_iterations, max_length):
@@ -127,7 +203,7 @@ def _fit_theta(
         iterations += 1
         if moved <= config.tol * max(float(np.max(np.abs(theta))), 1e-12):
             break
-    return theta, iterations, ridge
+    return theta, iterations
 
 
 def fitted_q_evaluation(
@@ -173,9 +249,8 @@ def fitted_q_evaluation(
     phi_next[:-1] = phi_bar[1:]
     phi_next[offsets[1:] - 1] = 0.0
     session_of_step = np.repeat(np.arange(n_sessions), lengths)
-    n_folds = min(config.n_folds, n_sessions)
-    rng = np.random.default_rng(config.seed)
-    fold_of_session = rng.permutation(np.arange(n_sessions) % n_folds)
+    fold_of_session = fold_of_sessions(n_sessions, config)
+    n_folds = int(fold_of_session.max()) + 1
     fold = fold_of_session[session_of_step]  # (n_steps,)
     q = np.empty(n, dtype=np.float64)
     v = np.empty(n, dtype=np.float64)
@@ -201,6 +276,13 @@ def fitted_q_evaluation(
         theta=np.stack(thetas),
         ridges=tuple(ridges),
     )
+
+
+def fold_of_sessions(n_sessions: int, config: FQEConfig) -> np.ndarray:
+    """(S,) the cross-fitting fold of every session: balanced, shuffled with ``config.seed``."""
+    n_folds = min(config.n_folds, n_sessions)
+    rng = np.random.default_rng(config.seed)
+    return rng.permutation(np.arange(n_sessions) % n_folds)
 
 
 def returns_to_go(

@@ -40,19 +40,21 @@ from rlrec.data.schema import EVENT_TYPES
 from rlrec.errors import UserError
 from rlrec.evaluation.ope.bootstrap import bootstrap_summary
 from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
-from rlrec.evaluation.ope.q_features import CatalogFeatures
+from rlrec.evaluation.ope.q_features import CatalogFeatures, category_switch_matrix
 from rlrec.evaluation.ope.sequential import (
     DEFAULT_ESTIMATOR,
     effective_sample_size,
-    estimate_session_value,
     prepare_sessions,
 )
+from rlrec.evaluation.ope.session_verdict import session_estimates
 from rlrec.evaluation.ope.stochastic_policies import kl_divergence
 from rlrec.evaluation.ranking import item_ranking_metrics, target_ranks
 
 __all__ = [
     "BEHAVIOUR_METHOD",
     "EVENT_REWARD",
+    "Q_FEATURES_UNAVAILABLE",
+    "Q_FEATURES_USED",
     "CountBehaviour",
     "Decisions",
     "ItemProbabilities",
@@ -83,6 +85,8 @@ class Decisions(Ragged):
         step: (T, 1) int64 number of previous steps in the session.
         item: (T,) int64 the logged item (dataset index).
         reward: (T,) float64 reward of the step.
+        dwell_seconds: (T,) float64 time between the history's last two steps (the dwell on
+            the previous item), NaN at a session's first decision (one previous step).
     """
 
     item_history: np.ndarray
@@ -90,6 +94,7 @@ class Decisions(Ragged):
     step: np.ndarray
     item: np.ndarray
     reward: np.ndarray
+    dwell_seconds: np.ndarray
 
     @property
     def n_decisions(self) -> int:
@@ -104,9 +109,16 @@ class Decisions(Ragged):
             "step": self.step[rows],
         }
 
+    def feature_observations(self, rows: slice | np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`observations` plus ``dwell_seconds``, for the Q features (not policies)."""
+        return {**self.observations(rows), "dwell_seconds": self.dwell_seconds[rows]}
+
 
 def _step_arrays(sessions: SessionArrays) -> tuple[np.ndarray, ...]:
-    """(offsets, items, categories, rewards) of steps: runs of one item collapsed."""
+    """(offsets, items, categories, rewards, timestamps) of steps: runs of one item collapsed.
+
+    A step's timestamp (ms) is that of its first event.
+    """
     items = sessions.items.astype(np.int64)
     n = len(items)
     start = np.zeros(n, dtype=bool)
@@ -124,6 +136,7 @@ def _step_arrays(sessions: SessionArrays) -> tuple[np.ndarray, ...]:
         items[keep],
         sessions.categories.astype(np.int64)[keep],
         rewards.astype(np.float64),
+        sessions.timestamps.astype(np.int64)[keep],
     )
 
 
@@ -134,7 +147,7 @@ def session_decisions(dataset: PreparedDataset, split: str, history_length: int)
         UserError: If the split has no session with two or more steps.
     """
     require_items(dataset, "ope sessions")
-    offsets, items, cats, rewards = _step_arrays(dataset.sessions(split))
+    offsets, items, cats, rewards, stamps = _step_arrays(dataset.sessions(split))
     lengths = np.diff(offsets)
     keep_session = lengths >= 2
     if not keep_session.any():
@@ -151,6 +164,10 @@ def session_decisions(dataset: PreparedDataset, split: str, history_length: int)
     valid = idx >= lo[:, None]
     safe = np.where(valid, idx, 0)
     counts = (lengths - 1)[keep_session]
+    # The dwell on the previous item: its step's time to the next step's (both in the history).
+    has_gap = position[rows] >= 2
+    dwell = np.full(len(rows), np.nan)
+    dwell[has_gap] = (stamps[rows[has_gap] - 1] - stamps[rows[has_gap] - 2]) / 1000.0
     return Decisions(
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         item_history=np.where(valid, items[safe] + 1, 0),
@@ -158,6 +175,7 @@ def session_decisions(dataset: PreparedDataset, split: str, history_length: int)
         step=position[rows][:, None].astype(np.int64),
         item=items[rows],
         reward=rewards[rows],
+        dwell_seconds=dwell,
     )
 
 
@@ -189,7 +207,7 @@ class CountBehaviour:
 
 def estimate_count_behaviour(dataset: PreparedDataset, smoothing: float = 0.5) -> CountBehaviour:
     """Fit :class:`CountBehaviour` on the train split's consecutive steps."""
-    offsets, items, cats, _ = _step_arrays(dataset.sessions("train"))
+    offsets, items, cats, _, _ = _step_arrays(dataset.sessions("train"))
     n_items, n_cat = dataset.n_items, dataset.n_categories
     item_category = dataset.item_category.astype(np.int64)
     lengths = np.diff(offsets)
@@ -209,15 +227,44 @@ def estimate_count_behaviour(dataset: PreparedDataset, smoothing: float = 0.5) -
     )
 
 
+Q_FEATURES_USED: dict[str, str] = {
+    "session_step": "used (steps so far)",
+    "streak": "used (length of the last category's run in the history)",
+    "switch_likelihood": (
+        "used (P(category | previous category, changed), counted on the train split's steps)"
+    ),
+    "dwell_time": "used (time between the history's last two steps, from the timestamps)",
+    "popularity": "used (logged counts)",
+}
+"""What the Q-model of ``rlrec ope sessions --data`` reads from the logs."""
+
+Q_FEATURES_UNAVAILABLE: dict[str, str] = {
+    "consecutive_misses": (
+        "unavailable: the log has no impressions or recommendations, only engaged items, so a "
+        "missed recommendation leaves no event (the simulator's Q-model counts them)"
+    ),
+}
+"""What the simulator's Q-model reads that real logs cannot show, and why."""
+
+
 def item_features(dataset: PreparedDataset) -> CatalogFeatures:
-    """:class:`CatalogFeatures` over all dataset items (popularity = logged counts)."""
+    """:class:`CatalogFeatures` over all dataset items for real logs (see :data:`Q_FEATURES_USED`).
+
+    Popularity is the logged counts, the switch likelihood comes from the train split's
+    category changes (:func:`~rlrec.evaluation.ope.q_features.category_switch_matrix`) and the
+    state basis adds the dwell levels.
+    """
     counts = dataset.items["count"].to_numpy(np.float64)
+    offsets, _, cats, _, _ = _step_arrays(dataset.sessions("train"))
+    n_category_tokens = dataset.n_categories + 1
     return CatalogFeatures(
         action_item_token=np.arange(dataset.n_items) + 1,
         action_category_token=dataset.item_category.astype(np.int64) + 1,
         action_log_popularity=np.log(np.maximum(counts, 1.0)),
         n_item_tokens=dataset.n_items + 1,
-        n_category_tokens=dataset.n_categories + 1,
+        n_category_tokens=n_category_tokens,
+        category_transition=category_switch_matrix(offsets, cats + 1, n_category_tokens),
+        dwell_levels=True,
     )
 
 
@@ -244,7 +291,11 @@ def evaluate_real_sessions(
 
     Returns:
         ``{"target", "split", "sessions", "decisions", "propensities", "meaning",
-        "logged_value", "kl_per_step", "ess", "default_estimator", "estimates", "bootstrap"}``.
+        "logged_value", "kl_per_step", "ess", "default_estimator", "estimates", "bootstrap",
+        "q_features", "lower_bound", "difference_ci95", "verdict", "extrapolating",
+        "measured_coverage"}``; ``q_features`` says what the Q-model reads and what the logs
+        cannot show (see :data:`Q_FEATURES_UNAVAILABLE`), the rest is
+        :func:`~rlrec.evaluation.ope.session_verdict.session_estimates`'s.
     """
     decisions = session_decisions(dataset, split, history_length)
     behaviour = estimate_count_behaviour(dataset)
@@ -265,8 +316,8 @@ def evaluate_real_sessions(
             )
         pe[sl] = probs[np.arange(len(probs)), decisions.item[sl]]
         kl[sl] = kl_divergence(probs, behaviour.action_probabilities(obs))
-        expected[sl] = feat.expected(obs, probs)
-    features = feat.features(decisions.observations(slice(None)), decisions.item)
+        expected[sl] = feat.expected(decisions.feature_observations(sl), probs)
+    features = feat.features(decisions.feature_observations(slice(None)), decisions.item)
     config = fqe or FQEConfig(seed=seed)
     result = fitted_q_evaluation(
         decisions.offsets, decisions.reward, features, expected, config=config
@@ -279,7 +330,17 @@ def evaluate_real_sessions(
         q_factual=result.q_factual,
         v_target=result.v_target,
     )
-    estimates = estimate_session_value(sessions, n_bootstrap=n_bootstrap, seed=seed)
+    kl_per_step = float(np.mean(kl))
+    estimates, verdict_entry = session_estimates(
+        sessions,
+        features,
+        expected,
+        config,
+        result,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        kl_per_step=kl_per_step,
+    )
     return {
         "target": target_name,
         "split": split,
@@ -293,11 +354,13 @@ def evaluate_real_sessions(
             "target would also choose, not an online return"
         ),
         "logged_value": float(decisions.reward.sum() / sessions.n_sessions),
-        "kl_per_step": float(np.mean(kl)),
+        "kl_per_step": kl_per_step,
         "ess": effective_sample_size(sessions),
         "default_estimator": DEFAULT_ESTIMATOR,
         "estimates": {k: e.to_dict() for k, e in estimates.items()},
         "bootstrap": bootstrap_summary(estimates),
+        "q_features": {"used": dict(Q_FEATURES_USED), "unavailable": dict(Q_FEATURES_UNAVAILABLE)},
+        **verdict_entry,
     }
 
 

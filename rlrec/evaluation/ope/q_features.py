@@ -41,7 +41,12 @@ class CatalogFeatures:
       past a few steps raises the leave hazard (boredom);
     * the consecutive missed recommendations so far, from the logged engaged / missed
       outcomes (levels 0, 1, 2, 3-4, 5-8, 9+, :data:`MISS_EDGES`): the leave hazard grows
-      with every consecutive miss. Without outcomes (``misses=None``) it is 0.
+      with every consecutive miss. Without outcomes (``misses=None``) it is 0;
+    * with ``dwell_levels=True`` (real logs with timestamps), the time the user spent on the
+      previous step (the gap between the history's last two steps, levels
+      :data:`DWELL_EDGES` in seconds, plus a level for "no previous gap"), read from the
+      observation's ``dwell_seconds`` (B,), NaN where there is none: a long dwell marks an
+      engaged user, a burst of short ones a browsing one.
 
     The action basis: a constant, whether the action's category is the last step's, its
     standardised log popularity (engagement is multiplicative in popularity), their product,
@@ -72,6 +77,8 @@ class CatalogFeatures:
         category_transition: (n_category_tokens, n_category_tokens) P(next category token |
             previous one, the category changed), e.g. :func:`category_switch_matrix` of
             logged sessions; None: uniform (the feature is then constant).
+        dwell_levels: Add the dwell levels to the state basis (observations must then
+            carry ``dwell_seconds``).
     """
 
     STEP_EDGES = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -82,6 +89,9 @@ class CatalogFeatures:
 
     MISS_EDGES = (0, 1, 2, 4, 8)
     """Upper bounds of the consecutive-miss levels 0, 1, 2, 3-4, 5-8 (9+ is open)."""
+
+    DWELL_EDGES = (10.0, 60.0, 300.0, 1800.0)
+    """Upper bounds (seconds) of the dwell levels; longer is open, no gap is its own level."""
 
     N_ACTION_BASIS = 9
     SWITCH_EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -98,6 +108,7 @@ class CatalogFeatures:
         recent: int = 5,
         n_popularity_bins: int = 6,
         category_transition: np.ndarray | None = None,
+        dwell_levels: bool = False,
     ) -> None:
         self.n_actions = len(action_item_token)
         self.category = np.asarray(action_category_token, dtype=np.int64)
@@ -141,8 +152,13 @@ class CatalogFeatures:
         self.transition = transition / np.maximum(transition.sum(axis=1, keepdims=True), 1e-12)
         self.transition *= n_used
         # State basis: constant + the non-first levels of step, streak and misses.
+        self.dwell_levels = dwell_levels
         self.n_state_basis = (
-            1 + len(self.STEP_EDGES) + (self.STREAK_LEVELS - 1) + len(self.MISS_EDGES)
+            1
+            + len(self.STEP_EDGES)
+            + (self.STREAK_LEVELS - 1)
+            + len(self.MISS_EDGES)
+            + (len(self.DWELL_EDGES) + 1 if dwell_levels else 0)
         )
         # Switch-probability level of every (previous category, next category) pair; the
         # same category has its own features (same_last), so its row entry is unused.
@@ -188,6 +204,17 @@ class CatalogFeatures:
             np.eye(self.STREAK_LEVELS)[streak_level][:, 1:],
             np.eye(len(self.MISS_EDGES) + 1)[miss_level][:, 1:],
         ]
+        if self.dwell_levels:
+            if "dwell_seconds" not in obs:
+                raise UserError("dwell_seconds: these Q features need it in the observations")
+            dwell = np.asarray(obs["dwell_seconds"], dtype=np.float64).reshape(-1)  # (B,)
+            # Level 0: no previous gap (NaN); then the DWELL_EDGES buckets, the last open.
+            level = np.where(
+                np.isfinite(dwell),
+                1 + np.searchsorted(np.asarray(self.DWELL_EDGES), np.nan_to_num(dwell)),
+                0,
+            )
+            onehots.append(np.eye(len(self.DWELL_EDGES) + 2)[level][:, 1:])
         return np.column_stack([np.ones(b), *onehots])
 
     def _combine(

@@ -71,6 +71,7 @@ __all__ = [
     "effective_sample_size",
     "estimate_session_value",
     "j_step_returns",
+    "magic_weights",
     "prepare_sessions",
     "validate_session_inputs",
 ]
@@ -461,15 +462,27 @@ class WeightedDR(SessionEstimator):
     ) -> np.ndarray:
         h = data.horizon
         residual, control, weight = sums[:, :h], sums[:, h : 2 * h], sums[:, 2 * h :]
-        previous = np.hstack([np.full((sums.shape[0], 1), float(n_units)), weight[:, :-1]])
+        previous = np.hstack([_unit_column(n_units, len(sums)), weight[:, :-1]])
         per_step = ratio(residual, weight, 0.0) + ratio(control, previous, 0.0)  # (B, H)
         return per_step @ data.discount
 
 
+def _unit_column(n_units: np.ndarray | float, rows: int) -> np.ndarray:
+    """(B, 1) the number of sessions of each resample, :math:`W_{-1}` (scalar or (B,))."""
+    return np.broadcast_to(np.asarray(n_units, dtype=np.float64).reshape(-1, 1), (rows, 1))
+
+
 def j_step_returns(
-    sums: np.ndarray, n_sessions: int, horizon: int, discount: np.ndarray, steps: np.ndarray
+    sums: np.ndarray,
+    n_sessions: np.ndarray | float,
+    horizon: int,
+    discount: np.ndarray,
+    steps: np.ndarray,
 ) -> np.ndarray:
     r"""(B, J) off-policy j-step returns from (B, 3H) weighted-DR column sums.
+
+    ``n_sessions`` is the number of sessions the sums are over: a scalar, or (B,) when the
+    resamples differ in size (the Q-refit bootstrap resamples groups of sessions).
 
     With per-step sums :math:`R_t = \sum_i w_{i,t}(r_{i,t} - \hat q_{i,t})`,
     :math:`C_t = \sum_i w_{i,t-1} \hat v_{i,t}`, :math:`W_t = \sum_i w_{i,t}`
@@ -479,7 +492,7 @@ def j_step_returns(
     """
     h = horizon
     residual, control, weight = sums[:, :h], sums[:, h : 2 * h], sums[:, 2 * h :]
-    previous = np.hstack([np.full((sums.shape[0], 1), float(n_sessions)), weight[:, :-1]])
+    previous = np.hstack([_unit_column(n_sessions, len(sums)), weight[:, :-1]])
     per_step = (ratio(residual, weight, 0.0) + ratio(control, previous, 0.0)) * discount
     head = np.hstack([np.zeros((sums.shape[0], 1)), np.cumsum(per_step, axis=1)])  # (B, H+1)
     # Tail after step j: gamma^{j+1} C_{j+1} / W_j, i.e. the control term of step j + 1.
@@ -498,12 +511,40 @@ def _simplex_quadratic_minimum(matrix: np.ndarray) -> np.ndarray:
         start,
         jac=lambda x: 2.0 * (m @ x),
         bounds=[(0.0, 1.0)] * k,
-        constraints=[{"type": "eq", "fun": lambda x: float(np.sum(x) - 1.0)}],
+        # The constraint's gradient given: SLSQP's finite differences of it cost more than
+        # the rest of the solve (MAGIC re-solves this on every Q-refit resample).
+        constraints=[
+            {"type": "eq", "fun": lambda x: float(np.sum(x) - 1.0), "jac": lambda x: np.ones(k)}
+        ],
         method="SLSQP",
         options={"ftol": 1e-12, "maxiter": 500},
     )
     x = np.clip(result.x, 0.0, None)
     return x / x.sum() if x.sum() > 0 else start
+
+
+def magic_weights(point: np.ndarray, resampled: np.ndarray, bias_interval: float) -> np.ndarray:
+    r"""MAGIC's blend weights of the candidate j-step returns (the last one is WDR).
+
+    Args:
+        point: (J,) the candidate returns on the data.
+        resampled: (B, J) the same on bootstrap resamples (non-finite rows are dropped).
+        bias_interval: Level of WDR's percentile interval that bounds each return's bias.
+
+    Returns:
+        (J,) weights on the simplex minimising :math:`x^\top(\hat\Omega + \hat b \hat
+        b^\top)x`; all on WDR when fewer than two resamples are finite.
+    """
+    resampled = resampled[np.all(np.isfinite(resampled), axis=1)]
+    if len(resampled) < 2:
+        weights = np.zeros(len(point))
+        weights[-1] = 1.0
+        return weights
+    tail = 100.0 * (1.0 - bias_interval) / 2.0
+    low, high = np.percentile(resampled[:, -1], [tail, 100.0 - tail])
+    bias = np.maximum(low - point, 0.0) + np.maximum(point - high, 0.0)  # (J,)
+    omega = np.cov(resampled, rowvar=False)  # (J, J)
+    return _simplex_quadratic_minimum(omega + np.outer(bias, bias))
 
 
 @dataclass(frozen=True)
@@ -562,22 +603,13 @@ class BlendedDR(SessionEstimator):
         resampled = g(
             bootstrap_column_sums(terms, self.n_bootstrap, np.random.default_rng(self.seed))
         )
-        resampled = resampled[np.all(np.isfinite(resampled), axis=1)]
-        if len(resampled) < 2:
-            weights = np.zeros(len(steps))
-            weights[-1] = 1.0
-            return steps, weights
-        tail = 100.0 * (1.0 - self.bias_interval) / 2.0
-        low, high = np.percentile(resampled[:, -1], [tail, 100.0 - tail])
-        bias = np.maximum(low - point, 0.0) + np.maximum(point - high, 0.0)  # (J,)
-        omega = np.cov(resampled, rowvar=False)  # (J, J)
-        return steps, _simplex_quadratic_minimum(omega + np.outer(bias, bias))
+        return steps, magic_weights(point, resampled, self.bias_interval)
 
     def combine(  # noqa: D102
         self, sums: np.ndarray, n_units: np.ndarray | int, data: LoggedSessions
     ) -> np.ndarray:
         steps, weights = self.blend(data)
-        g = j_step_returns(sums, int(n_units), data.horizon, data.discount, steps)
+        g = j_step_returns(sums, n_units, data.horizon, data.discount, steps)
         return g @ weights
 
 
@@ -605,6 +637,7 @@ def estimate_session_value(
     n_bootstrap: int = 200,
     confidence: float = 0.95,
     seed: int = 0,
+    method: str = "percentile bootstrap of sessions (Q-model held fixed)",
 ) -> dict[str, Estimate]:
     """Estimate the target policy's expected (discounted) session return with every estimator.
 
@@ -618,6 +651,9 @@ def estimate_session_value(
         n_bootstrap: Resamples; 0 gives point estimates with NaN intervals.
         confidence: Interval level in (0, 1).
         seed: Seed of the resampling.
+        method: The interval method in words, recorded on every estimate. Intervals that
+            include the Q-model's own error come from
+            :func:`rlrec.evaluation.ope.refit_bootstrap.refit_bootstrap`.
 
     Returns:
         Estimates keyed by estimator name, in the given order.
@@ -632,7 +668,12 @@ def estimate_session_value(
             if sessions.has_q_function or not e.requires_model
         ]
     return estimate_values(
-        sessions, estimators, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
+        sessions,
+        estimators,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+        method=method,
     )
 
 

@@ -24,9 +24,9 @@ from rlrec.evaluation.ope.sequential import (
     DEFAULT_ESTIMATOR,
     BlendedDR,
     effective_sample_size,
-    estimate_session_value,
     prepare_sessions,
 )
+from rlrec.evaluation.ope.session_verdict import session_estimates
 from rlrec.evaluation.ope.simulated_logging import (
     SimulatedLog,
     TrueValue,
@@ -105,17 +105,26 @@ def evaluate_logged_targets(
             v_target=fqe.v_target,
             gamma=settings.gamma,
         )
-        estimates = estimate_session_value(
-            sessions, n_bootstrap=settings.n_bootstrap, seed=settings.seed
+        kl = float(np.mean(tl.kl))
+        estimates, verdict_entry = session_estimates(
+            sessions,
+            log.features,
+            tl.expected_features,
+            settings.fqe,
+            fqe,
+            n_bootstrap=settings.n_bootstrap,
+            seed=settings.seed,
+            kl_per_step=kl,
         )
         steps, weights = BlendedDR(seed=settings.seed).blend(sessions)
         entry: dict[str, Any] = {
-            "kl_per_step": float(np.mean(tl.kl)),
+            "kl_per_step": kl,
             "ess": effective_sample_size(sessions),
             "fqe_iterations": list(fqe.iterations),
             "fqe_ridge": list(fqe.ridges),
             "estimates": {k: e.to_dict() for k, e in estimates.items()},
             "bootstrap": bootstrap_summary(estimates),
+            **verdict_entry,
             # MAGIC's blend: weight of each j-step return (j = -1 is DM, the last is WDR).
             "magic_blend": {"steps": steps.tolist(), "weights": weights.tolist()},
         }

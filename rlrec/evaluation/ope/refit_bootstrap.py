@@ -1,0 +1,398 @@
+r"""The Q-refit bootstrap: DM, DR, WDR and MAGIC intervals that include the Q-model's error.
+
+A bootstrap that holds the fitted Q-function fixed (:mod:`rlrec.evaluation.ope.bootstrap`)
+measures only the sampling noise of the sessions the estimate averages over; for DM that is
+almost nothing (the mean of a smooth function of the first states), so its intervals and
+MAGIC's, which leans on DM when the importance weights are wild, were far too narrow and
+never covered the simulator's truth. Here every resample **refits the Q-model** (the same
+cross-fitted linear FQE, :mod:`rlrec.evaluation.ope.fqe`) and, for MAGIC, **re-chooses the
+blend**, so the interval's spread is that of the whole procedure.
+
+Refitting on every resample is made affordable by resampling **groups** of sessions rather
+than single sessions. Sessions are split at random into ``n_groups`` groups nested in the
+cross-fitting folds; a group is a sum of independent sessions, so resampling groups with
+replacement is a bootstrap of the same sums (a resampled sum has the session bootstrap's
+variance). Everything a refit needs is a sum over a group's steps, computed once:
+
+* FQE's sufficient statistics :math:`\Phi_g^\top\Phi_g`, :math:`\gamma\Phi_g^\top\bar\Phi'_g`,
+  :math:`\Phi_g^\top r_g` ((d, d), (d, d), (d,) per group);
+* the weighted-DR sums, linear in the Q coefficients :math:`\theta`: per group and step t,
+  :math:`\sum_i w_{i,t} r_{i,t}`, :math:`\sum_i w_{i,t}\phi_{i,t}`,
+  :math:`\sum_i w_{i,t-1}\bar\phi_{i,t}` and :math:`\sum_i w_{i,t}`, so that
+  :math:`R_t = \sum w r - (\sum w\phi)^\top\theta` and :math:`C_t = (\sum w_{t-1}\bar\phi)^\top
+  \theta`.
+
+A resample is a multinomial count per group; its FQE is a (d, d) solve from count-weighted
+statistics (one per fold, starting from the ridge the full data needed), its DM, DR, WDR and
+j-step returns come from count-weighted (G, 3H) sums, and MAGIC's blend is chosen on it with
+an inner bootstrap of its groups. Nothing scales with the number of steps after the first
+pass. The point estimates are those of the full data (at unit counts the group sums
+reproduce them exactly).
+
+The interval is the percentile interval of the resampled estimates. It covers the Q-model's
+*variance* and the blend's selection; a Q-model's misspecification *bias* is not a sampling
+effect and no bootstrap sees it, which is why DM's coverage stays below nominal where its
+features miss what the dynamics depend on (``docs/ope.md`` has the measured coverage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from rlrec.errors import UserError
+from rlrec.evaluation.ope.base import Estimate, ratio
+from rlrec.evaluation.ope.fqe import FQEConfig, FQEResult, fold_of_sessions, solve_fqe
+from rlrec.evaluation.ope.sequential import (
+    BlendedDR,
+    LoggedSessions,
+    j_step_returns,
+    magic_weights,
+)
+
+__all__ = [
+    "MEASURED_COVERAGE",
+    "REFIT_ESTIMATORS",
+    "REFIT_METHOD",
+    "GroupedLog",
+    "RefitBootstrapConfig",
+    "RefitResult",
+    "group_log",
+    "refit_bootstrap",
+]
+
+REFIT_ESTIMATORS = ("dm", "dr", "wdr", "magic")
+"""The estimators whose intervals the Q-refit bootstrap gives (those that read the Q-model)."""
+
+MEASURED_COVERAGE: dict[str, dict[str, float]] = {
+    "is": {"coverage": 0.4000, "worst_target_coverage": 0.10, "mean_relative_width": 0.627},
+    "wis": {"coverage": 0.3875, "worst_target_coverage": 0.10, "mean_relative_width": 0.476},
+    "pdis": {"coverage": 0.6250, "worst_target_coverage": 0.35, "mean_relative_width": 0.485},
+    "wpdis": {"coverage": 0.5125, "worst_target_coverage": 0.15, "mean_relative_width": 0.381},
+    "dm": {"coverage": 0.9625, "worst_target_coverage": 0.95, "mean_relative_width": 0.266},
+    "dr": {"coverage": 0.9375, "worst_target_coverage": 0.85, "mean_relative_width": 0.750},
+    "wdr": {"coverage": 0.9375, "worst_target_coverage": 0.85, "mean_relative_width": 0.582},
+    "magic": {"coverage": 0.9750, "worst_target_coverage": 0.95, "mean_relative_width": 0.348},
+}
+"""Per estimator, the coverage of its 95% interval as measured by
+``benchmarks/bench_ope_sessions.py --sessions 1000 --truth-sessions 4000 --coverage-seeds 20
+--n-bootstrap 100`` (seeds 0-19, the benchmark's four targets within 1 nat per step, 80 seed x
+target pairs): ``coverage`` is the share of pairs whose interval held the simulator's truth,
+``worst_target_coverage`` the lowest share of one target, ``mean_relative_width`` the mean
+interval width over the truth. Reports show it beside the intervals; ``docs/ope.md`` has the
+per-target table. IS, WIS, PDIS and WPDIS use the session bootstrap, the others the Q-refit
+bootstrap."""
+
+REFIT_METHOD = (
+    "percentile bootstrap of session groups, Q-model refitted (and MAGIC's blend re-chosen) "
+    "on every resample"
+)
+
+
+@dataclass(frozen=True)
+class RefitBootstrapConfig:
+    """Settings of the Q-refit bootstrap.
+
+    Attributes:
+        n_bootstrap: Outer resamples (each refits the Q-model).
+        n_groups: Groups of sessions resampled (capped at the number of sessions); more
+            groups resemble the session bootstrap more closely, and cost (G, d, d) memory.
+        inner_bootstrap: Resamples of a resample's groups that choose MAGIC's blend on it.
+        confidence: Interval level in (0, 1).
+        seed: Seed of the grouping and the resampling.
+    """
+
+    n_bootstrap: int = 200
+    n_groups: int = 50
+    inner_bootstrap: int = 100
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_bootstrap < 0:
+            raise UserError(f"n_bootstrap: expected >= 0 resamples, got {self.n_bootstrap}")
+        if self.n_groups < 2:
+            raise UserError(f"n_groups: expected >= 2 groups of sessions, got {self.n_groups}")
+        if self.inner_bootstrap < 2:
+            raise UserError(f"inner_bootstrap: expected >= 2, got {self.inner_bootstrap}")
+        if not 0 < self.confidence < 1:
+            raise UserError(f"confidence: expected a level in (0, 1), got {self.confidence}")
+
+
+@dataclass(frozen=True)
+class GroupedLog:
+    r"""Per-group sums of one target's log: all a Q refit and the estimates need.
+
+    Attributes:
+        fold: (G,) cross-fitting fold of each group.
+        sizes: (G,) sessions per group.
+        gram: (G, d, d) :math:`\Phi_g^\top\Phi_g`.
+        cross: (G, d, d) :math:`\gamma\,\Phi_g^\top\bar\Phi'_g` (next state's expected
+            features under the target, 0 after a session's end).
+        xr: (G, d) :math:`\Phi_g^\top r_g`.
+        weighted_reward: (G, H) :math:`\sum_{i \in g} w_{i,t} r_{i,t}`.
+        weighted_phi: (G, H, d) :math:`\sum_{i \in g} w_{i,t}\phi_{i,t}`.
+        weighted_phi_bar: (G, H, d) :math:`\sum_{i \in g} w_{i,t-1}\bar\phi_{i,t}`.
+        weight: (G, H) :math:`\sum_{i \in g} w_{i,t}` (ended sessions keep their weight).
+        logged_return: (G,) sum of the groups' discounted logged returns.
+        max_length: Longest session (caps FQE's iterations).
+    """
+
+    fold: np.ndarray
+    sizes: np.ndarray
+    gram: np.ndarray
+    cross: np.ndarray
+    xr: np.ndarray
+    weighted_reward: np.ndarray
+    weighted_phi: np.ndarray
+    weighted_phi_bar: np.ndarray
+    weight: np.ndarray
+    logged_return: np.ndarray
+    max_length: int
+
+    @property
+    def n_groups(self) -> int:
+        """G."""
+        return len(self.sizes)
+
+    def wdr_sums(self, theta: np.ndarray) -> np.ndarray:
+        """(G, 3H) per-group weighted-DR sums ``[R, C, W]`` with per-fold (K, d) ``theta``."""
+        per_group = theta[self.fold]  # (G, d)
+        residual = self.weighted_reward - np.einsum("gtd,gd->gt", self.weighted_phi, per_group)
+        control = np.einsum("gtd,gd->gt", self.weighted_phi_bar, per_group)
+        return np.hstack([residual, control, self.weight])
+
+
+def _groups(fold: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
+    """(S,) group of each session: groups nested in folds, sizes as equal as they can be."""
+    n = len(fold)
+    n_folds = int(fold.max()) + 1
+    group = np.empty(n, dtype=np.int64)
+    start = 0
+    for k in range(n_folds):
+        members = np.flatnonzero(fold == k)
+        share = max(1, min(len(members), round(n_groups * len(members) / n)))
+        group[rng.permutation(members)] = start + np.arange(len(members)) % share
+        start += share
+    return group
+
+
+def group_log(
+    sessions: LoggedSessions,
+    features: np.ndarray,
+    expected_features: np.ndarray,
+    fqe: FQEConfig,
+    n_groups: int,
+    seed: int,
+) -> GroupedLog:
+    """The per-group sums of :class:`GroupedLog` for one target.
+
+    Args:
+        sessions: The prepared sessions (no horizon cut: one grid cell per logged step).
+        features: (n_steps, d) Q features of the logged (state, action).
+        expected_features: (n_steps, d) expected Q features under the target.
+        fqe: The FQE settings of the point estimate (its fold assignment is reused).
+        n_groups: Groups of sessions (capped at the number of sessions).
+        seed: Seed of the grouping.
+
+    Raises:
+        UserError: When the arrays disagree with the sessions.
+    """
+    lengths = sessions.lengths
+    n_steps = int(lengths.sum())
+    if features.shape[0] != n_steps or expected_features.shape != features.shape:
+        raise UserError(
+            f"features: expected ({n_steps}, d) features and expected features for the "
+            f"{n_steps} logged steps, got {features.shape} and {expected_features.shape}"
+        )
+    s, h = sessions.n_sessions, sessions.horizon
+    fold = fold_of_sessions(s, fqe)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 22]))
+    group = _groups(fold, min(n_groups, s), rng)
+    g = int(group.max()) + 1
+    row = np.repeat(np.arange(s), lengths)  # (n_steps,) session of each step
+    col = np.arange(n_steps) - sessions.offsets[row]  # (n_steps,) step within the session
+    phi = np.asarray(features, dtype=np.float64)
+    phi_bar = np.asarray(expected_features, dtype=np.float64)
+    phi_next = np.zeros_like(phi_bar)
+    phi_next[:-1] = phi_bar[1:]
+    phi_next[sessions.offsets[1:] - 1] = 0.0
+    reward = sessions.reward[row, col]
+    d = phi.shape[1]
+    gram = np.empty((g, d, d))
+    cross = np.empty((g, d, d))
+    xr = np.empty((g, d))
+    step_group = group[row]
+    order = np.argsort(step_group, kind="stable")
+    bounds = np.searchsorted(step_group[order], np.arange(g + 1))
+    for k in range(g):
+        idx = order[bounds[k] : bounds[k + 1]]
+        p = phi[idx]
+        gram[k] = p.T @ p
+        cross[k] = sessions.gamma * (p.T @ phi_next[idx])
+        xr[k] = p.T @ reward[idx]
+    w = sessions.weight[row, col]  # (n_steps,) w_{i,t}
+    w_prev = np.where(col > 0, sessions.weight[row, np.maximum(col - 1, 0)], 1.0)
+    cell = step_group * h + col  # (n_steps,) (group, step) cell
+    scatter = sp.csr_matrix(
+        (np.ones(n_steps), (cell, np.arange(n_steps))), shape=(g * h, n_steps)
+    )  # (G * H, n_steps)
+    by_group = sp.csr_matrix((np.ones(s), (group, np.arange(s))), shape=(g, s))  # (G, S)
+    return GroupedLog(
+        fold=np.array([fold[group == k][0] for k in range(g)], dtype=np.int64),
+        sizes=np.bincount(group, minlength=g).astype(np.float64),
+        gram=gram,
+        cross=cross,
+        xr=xr,
+        weighted_reward=(scatter @ (w * reward)).reshape(g, h),
+        weighted_phi=np.asarray(scatter @ (w[:, None] * phi)).reshape(g, h, d),
+        weighted_phi_bar=np.asarray(scatter @ (w_prev[:, None] * phi_bar)).reshape(g, h, d),
+        weight=np.asarray(by_group @ sessions.weight),
+        logged_return=by_group @ (sessions.reward @ sessions.discount),
+        max_length=int(lengths.max()),
+    )
+
+
+def _fold_thetas(
+    grouped: GroupedLog, counts: np.ndarray, fqe: FQEConfig, ridges: Sequence[float]
+) -> np.ndarray:
+    """(K, d) each fold's FQE coefficients refitted on count-weighted groups of other folds."""
+    n_folds = len(ridges)
+    # Each fold's count-weighted sums once (one pass over the (G, d, d) statistics); a fold
+    # trains on the total minus its own (on everything with one fold).
+    per_fold = [
+        [np.tensordot(counts[m], stat[m], axes=1) for stat in (grouped.gram, grouped.cross)]
+        + [counts[m] @ grouped.xr[m]]
+        # Groups are numbered fold by fold, so each fold's groups are a slice (a view).
+        for m in (slice(*np.searchsorted(grouped.fold, [k, k + 1])) for k in range(n_folds))
+    ]
+    total = [sum(parts) for parts in zip(*per_fold, strict=True)]
+    thetas = []
+    for k in range(n_folds):
+        train = [t - f for t, f in zip(total, per_fold[k], strict=True)] if n_folds > 1 else total
+        theta, _, _ = solve_fqe(
+            train[0],
+            train[1],
+            train[2],
+            fqe,
+            grouped.max_length,
+            start_ridge=ridges[k],
+            check_contraction=False,  # the full data's ridge contracted; diverging is caught
+        )
+        thetas.append(theta)
+    return np.stack(thetas)
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    """The Q-refit bootstrap's estimates and what a verdict needs.
+
+    Attributes:
+        estimates: DM, DR, WDR and MAGIC with their refit intervals (point values are the
+            full data's).
+        difference_ci95: Per estimator, the interval of (its estimate minus the logged mean
+            return) over the same resamples: the target against the logging policy.
+        resampled: Per estimator, the (B,) resampled estimates (non-finite ones included).
+    """
+
+    estimates: dict[str, Estimate]
+    difference_ci95: dict[str, tuple[float, float]]
+    resampled: dict[str, np.ndarray]
+
+
+def _estimates_from_sums(
+    sums: np.ndarray, n: np.ndarray, sessions: LoggedSessions, steps: np.ndarray, blend: np.ndarray
+) -> dict[str, np.ndarray]:
+    """(B,) DM, DR, WDR and MAGIC from (B, 3H) weighted-DR sums over (B,) sessions."""
+    h = sessions.horizon
+    discount = sessions.discount
+    g = j_step_returns(sums, n, h, discount, steps)  # (B, J), the last one WDR
+    return {
+        "dm": ratio(sums[:, h], n),
+        "dr": ratio((sums[:, :h] + sums[:, h : 2 * h]) @ discount, n),
+        "wdr": g[:, -1],
+        "magic": g @ blend,
+    }
+
+
+def refit_bootstrap(
+    sessions: LoggedSessions,
+    features: np.ndarray,
+    expected_features: np.ndarray,
+    fqe: FQEConfig,
+    fqe_result: FQEResult,
+    config: RefitBootstrapConfig,
+    magic: BlendedDR | None = None,
+) -> RefitResult:
+    """DM, DR, WDR and MAGIC with Q-refit bootstrap intervals (see the module docstring).
+
+    Args:
+        sessions: Sessions prepared with ``fqe_result``'s Q values (no horizon cut).
+        features: (n_steps, d) Q features of the logged (state, action).
+        expected_features: (n_steps, d) expected features under the target.
+        fqe: The FQE settings ``fqe_result`` was fitted with.
+        fqe_result: The full data's cross-fitted FQE (its ridges start every refit).
+        config: Resamples, groups, level and seed.
+        magic: MAGIC's settings (default :class:`~rlrec.evaluation.ope.sequential.BlendedDR`
+            seeded with ``config.seed``).
+
+    Returns:
+        The estimates with intervals, the intervals of their differences from the logged
+        mean return, and the resampled values.
+    """
+    magic = magic or BlendedDR(seed=config.seed)
+    grouped = group_log(sessions, features, expected_features, fqe, config.n_groups, config.seed)
+    steps, blend = magic.blend(sessions)
+    n = sessions.n_sessions
+    full = _fold_thetas(grouped, np.ones(grouped.n_groups), fqe, fqe_result.ridges)
+    point_sums = np.ones(grouped.n_groups) @ grouped.wdr_sums(full)
+    values = _estimates_from_sums(point_sums[None, :], np.array([n]), sessions, steps, blend)
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 23]))
+    b_total = config.n_bootstrap
+    resampled = {name: np.full(b_total, np.nan) for name in REFIT_ESTIMATORS}
+    differences = {name: np.full(b_total, np.nan) for name in REFIT_ESTIMATORS}
+    g = grouped.n_groups
+    for b in range(b_total):
+        counts = rng.multinomial(g, np.full(g, 1.0 / g)).astype(np.float64)  # (G,)
+        per_group = grouped.wdr_sums(_fold_thetas(grouped, counts, fqe, fqe_result.ridges))
+        sums = counts @ per_group  # (3H,)
+        size = float(counts @ grouped.sizes)
+        # MAGIC's blend on this resample: the same rule, with an inner bootstrap of its groups.
+        inner = rng.multinomial(g, counts / g, size=config.inner_bootstrap).astype(np.float64)
+        h = sessions.horizon
+        g_point = j_step_returns(sums[None, :], size, h, sessions.discount, steps)[0]
+        g_inner = j_step_returns(
+            inner @ per_group, inner @ grouped.sizes, h, sessions.discount, steps
+        )
+        weights = magic_weights(g_point, g_inner, magic.bias_interval)
+        est = _estimates_from_sums(sums[None, :], np.array([size]), sessions, steps, weights)
+        logged_b = float(counts @ grouped.logged_return) / size
+        for name in REFIT_ESTIMATORS:
+            resampled[name][b] = est[name][0]
+            differences[name][b] = est[name][0] - logged_b
+    tail = 100.0 * (1.0 - config.confidence) / 2.0
+    estimates: dict[str, Estimate] = {}
+    difference_ci: dict[str, tuple[float, float]] = {}
+    for name in REFIT_ESTIMATORS:
+        finite = resampled[name][np.isfinite(resampled[name])]
+        ci = (float("nan"), float("nan"))
+        diff = (float("nan"), float("nan"))
+        if finite.size:
+            lo, hi = np.percentile(finite, [tail, 100.0 - tail])
+            ci = (float(lo), float(hi))
+            d_finite = differences[name][np.isfinite(differences[name])]
+            d_lo, d_hi = np.percentile(d_finite, [tail, 100.0 - tail])
+            diff = (float(d_lo), float(d_hi))
+        estimates[name] = Estimate(
+            name=name,
+            value=float(values[name][0]),
+            ci95=ci,
+            n_resamples=b_total,
+            n_nonfinite=int(b_total - finite.size),
+            method=REFIT_METHOD if b_total > 0 else "",
+        )
+        difference_ci[name] = diff
+    return RefitResult(estimates=estimates, difference_ci95=difference_ci, resampled=resampled)
