@@ -212,8 +212,9 @@ def write_analysis_report(
             "Interest trends",
             caption=(
                 "Share of events per period with 95% intervals (Wilson, widened by the "
-                "category's overdispersion). Rising and falling: quasi-binomial logit slope, "
-                f"Benjamini-Hochberg q < {summary['config']['alpha']}."
+                "category's overdispersion). Rising and falling: within-user trend test (logit "
+                "with one intercept per user, Pearson-scaled), Benjamini-Hochberg q < "
+                f"{summary['config']['alpha']}; strongest gain in share first."
             ),
             image=png_bytes(trends_figure(trends)),
             table=_trend_table(trends),
@@ -278,7 +279,7 @@ def write_analysis_report(
             (plots / f"{s.key}.png").write_bytes(s.image)
     head = summary["headline"]
     cards = [
-        Card("Top rising category", head["top_rising"] or "none", "quasi-binomial, BH", None),
+        Card("Top rising category", head["top_rising"] or "none", "within-user test, BH", None),
         Card(
             "Change points",
             str(len(summary["change_points"])),
@@ -308,6 +309,11 @@ def write_analysis_report(
     path = root / REPORT_FILE
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _q(q: float) -> str:
+    """A q-value for the table (``< 1e-16`` below double precision's resolution near 1)."""
+    return "< 1e-16" if q < 1e-16 else f"{q:.2g}"
 
 
 def _better(high: Any, low: Any) -> bool | None:

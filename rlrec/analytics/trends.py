@@ -23,8 +23,9 @@ share (percentage points, last third of the periods against the first third) fir
 big category gaining ground comes before a niche one doubling; **falling** likewise.
 
 Per-period shares carry Wilson intervals (statsmodels ``proportion_confint``) on the
-effective counts ``k / phi_t`` and ``n / phi_t``, ``phi_t`` the category's period-level
-dispersion, so the bands are as wide as the clustering makes them. The same test runs per
+effective counts ``k / phi`` and ``n / phi``, ``phi`` the category's dispersion from its test
+(Pearson, around the fitted model, so a real trend does not widen them), so the bands are as
+wide as the clustering of events makes them. The same test runs per
 segment: returning (not the user's first period) events, and high vs low activity users (total
 events at or above the median user's). New users' events (each user's first period) hold one
 period per user, where a within-user trend is not defined; their test is the period-level
@@ -161,17 +162,6 @@ def period_trend_test(k: np.ndarray, n: np.ndarray) -> tuple[float, float, float
     return slope, slope / se, phi
 
 
-def _period_dispersion(counts: np.ndarray) -> np.ndarray:
-    """(K,) Pearson dispersion of constant shares over periods (at least 1)."""
-    total = counts.sum(axis=1, keepdims=True).astype(float)
-    p = counts.sum(axis=0) / max(float(total.sum()), 1.0)
-    expected = total * p[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(expected > 0, (counts - expected) ** 2 / (expected * (1 - p)), 0.0)
-    used = int((total[:, 0] > 0).sum())
-    return np.maximum(terms.sum(axis=0) / max(used - 1, 1), 1.0)
-
-
 def category_trends(
     log: PeriodLog,
     periods: tuple[int, int] | None = None,
@@ -237,8 +227,9 @@ def category_trends(
     rising = tests[tests["direction"] == "rising"].sort_values("gain", ascending=False)
     falling = tests[tests["direction"] == "falling"].sort_values("gain")
 
-    # Shares with intervals as wide as the period-to-period clustering makes them.
-    phi_t = _period_dispersion(counts)
+    # Shares with intervals as wide as the clustering of events makes them: the test's
+    # dispersion (Pearson, around the fitted model, so a real trend does not widen them).
+    phi_t = np.where(np.isfinite(phi), np.maximum(phi, 1.0), 1.0)
     starts = log.period_starts()[lo : hi + 1]
     low, high = proportion_confint(
         counts / phi_t[None, :], np.maximum(total, 1)[:, None] / phi_t[None, :], method="wilson"
