@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from rlrec.workflows.churn import run_churn
     from rlrec.workflows.evaluate import evaluate_run
     from rlrec.workflows.quickstart import QuickstartConfig, QuickstartResult, run_quickstart
 
 # Name -> module of every public name (torch loads on use).
 _LAZY: dict[str, str] = {
+    "run_churn": "rlrec.workflows.churn",
     "evaluate_run": "rlrec.workflows.evaluate",
     "QuickstartConfig": "rlrec.workflows.quickstart",
     "QuickstartResult": "rlrec.workflows.quickstart",
@@ -36,5 +38,6 @@ __all__ = [
     "QuickstartConfig",
     "QuickstartResult",
     "evaluate_run",
+    "run_churn",
     "run_quickstart",
 ]
