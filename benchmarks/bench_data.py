@@ -12,10 +12,17 @@ Targets for 10M rows on a 2-core machine: prepare under 120 s and 4 GB peak RSS,
 linear in rows (``prepare_scaling_ratio`` = time(rows) / time(rows / 2), about 2; the CPU-time
 ratio is the steadier figure on a shared machine). ``--repeats N`` reports the fastest of N.
 
+A second log, of transactions (``--transaction-rows``, default 1M): ``customer,date,amount``
+with ISO 8601 UTC date-times and a monetary amount, no items, prepared with ``--preset generic
+--columns user=customer,time=date,value=amount --time-unit iso`` (the ``transactions_*``
+figures); ``--only-transactions`` skips the Taobao-format runs. The machine's 1-minute load
+average is recorded beside the timings (``load_average_1m``, at the start and the end).
+
 Usage::
 
     python benchmarks/bench_data.py --rows 10000000 --out bench_data.json
     python benchmarks/bench_data.py --quick --out /tmp/bench_data.json
+    python benchmarks/bench_data.py --only-transactions --out /tmp/bench_tx.json
 """
 
 from __future__ import annotations
@@ -101,6 +108,34 @@ def generate_taobao_csv(path: Path, rows: int, seed: int = 0, chunk_users: int =
             writer.write_table(table)
 
 
+def generate_transactions_csv(path: Path, rows: int, seed: int = 0) -> None:
+    """Write a transaction log with ``rows`` rows: ``customer,date,amount`` (ISO 8601 UTC).
+
+    About 20 purchases per customer, exponential gaps (mean 3 days) from a start spread over
+    a month; log-normal amounts in cents; sorted by customer then time like an export.
+    """
+    rng = np.random.default_rng([seed, 2])
+    n_users = max(1, rows // 20)
+    per_user = rng.multinomial(rows, np.full(n_users, 1.0 / n_users))
+    users = np.repeat(np.arange(1, n_users + 1), per_user)
+    gaps = rng.exponential(3 * 86400, rows).astype(np.int64)
+    total = np.cumsum(gaps)
+    starts = np.cumsum(per_user) - per_user
+    nonempty = per_user > 0
+    base = np.repeat((total[starts[nonempty]] - gaps[starts[nonempty]]), per_user[nonempty])
+    offset = np.repeat(rng.integers(0, 30 * 86400, n_users)[nonempty], per_user[nonempty])
+    ts = (START_SECONDS + offset + (total - base)).astype("datetime64[s]")
+    amount = np.round(rng.lognormal(3.0, 1.0, rows), 2)
+    table = pa.table(
+        {
+            "customer": users,
+            "date": pa.array(np.datetime_as_string(ts, unit="s", timezone="UTC")),
+            "amount": amount,
+        }
+    )
+    pacsv.write_csv(table, str(path), pacsv.WriteOptions(quoting_style="none"))
+
+
 def run_prepare(csv: Path, out: Path) -> None:
     from rlrec.data.prepare import prepare
 
@@ -137,6 +172,14 @@ def run_pandas(csv: Path, out: Path) -> None:
     )
 
 
+def run_transactions(csv: Path, out: Path) -> None:
+    from rlrec.data.prepare import prepare
+    from rlrec.data.readers import ReadOptions
+
+    columns = {"user": "customer", "time": "date", "value": "amount"}
+    prepare([csv], "generic", out, columns=columns, read_options=ReadOptions(time_unit="iso"))
+
+
 def child(kind: str, csv: Path, out: Path) -> None:
     """Run one implementation and print its time and this process's peak RSS as JSON."""
     # Import first, so that the timing covers the work and not the interpreter's start-up.
@@ -146,7 +189,8 @@ def child(kind: str, csv: Path, out: Path) -> None:
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    (run_prepare if kind == "prepare" else run_pandas)(csv, out)
+    runners = {"prepare": run_prepare, "pandas": run_pandas, "transactions": run_transactions}
+    runners[kind](csv, out)
     seconds = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak_kb = usage.ru_maxrss  # KB on Linux; includes the interpreter and imports
@@ -180,7 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs per measurement; the fastest is reported"
     )
-    parser.add_argument("--child", choices=["prepare", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--transaction-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--only-transactions", action="store_true", help="only the transaction (ISO) log"
+    )
+    parser.add_argument(
+        "--child", choices=["prepare", "pandas", "transactions"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -188,8 +238,25 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.input, args.workdir)
         return 0
     rows = 200_000 if args.quick else args.rows
+    tx_rows = 50_000 if args.quick else args.transaction_rows
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_data-") as tmp:
         work = Path(tmp)
+        tx_csv = work / "transactions.csv"
+        generate_transactions_csv(tx_csv, tx_rows, seed=args.seed)
+        tx = measure("transactions", tx_csv, work, args.repeats)
+        tx_figures = {
+            "transactions_rows": tx_rows,
+            "transactions_csv_mb": round(tx_csv.stat().st_size / 2**20, 1),
+            "transactions_prepare_seconds": round(tx["seconds"], 2),
+            "transactions_prepare_cpu_seconds": round(tx["cpu_seconds"], 2),
+            "transactions_peak_rss_mb": round(tx["peak_rss_mb"], 1),
+            "transactions_rows_per_second": round(tx_rows / tx["seconds"]),
+        }
+        if args.only_transactions:
+            return _report(
+                {**tx_figures, "seed": args.seed, "repeats": args.repeats}, load_start, args.out
+            )
         full, half = work / "full.csv", work / "half.csv"
         started = time.perf_counter()
         generate_taobao_csv(full, rows, seed=args.seed)
@@ -220,13 +287,22 @@ def main(argv: list[str] | None = None) -> int:
             figures["pandas_cpu_seconds"] = round(pand["cpu_seconds"], 2)
             figures["pandas_peak_rss_mb"] = round(pand["peak_rss_mb"], 1)
             figures["speedup_vs_pandas"] = round(pand["seconds"] / prep["seconds"], 2)
-        figures["cpu_count"] = os.cpu_count()
-        figures["python"] = platform.python_version()
+        figures.update(tx_figures)
+        figures["seed"] = args.seed
+    return _report(figures, load_start, args.out)
+
+
+def _report(figures: dict[str, object], load_start: float, out: Path | None) -> int:
+    """Add the machine facts, print the figures as JSON and write them to ``out``."""
+    figures["cpu_count"] = os.cpu_count()
+    figures["python"] = platform.python_version()
+    figures["load_average_1m_start"] = round(load_start, 2)
+    figures["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     text = json.dumps(figures, indent=2)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     return 0
 
 

@@ -91,10 +91,17 @@ def _register_prepare(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--columns",
         metavar="MAP",
-        help="generic preset: user=COL,item=COL,time=COL[,category=COL,event=COL,session=COL,"
-        "position=COL,propensity=COL,reward=COL] or a YAML file with the same mapping",
+        help="generic preset: user=COL,time=COL[,item=COL,category=COL,event=COL,session=COL,"
+        "value=COL,position=COL,propensity=COL,reward=COL] or a YAML file with the same "
+        "mapping; without item=COL the dataset has no items (for rlrec churn); value: a "
+        "monetary amount (empty or NaN: unknown; negative: refused)",
     )
-    p.add_argument("--time-unit", choices=("s", "ms", "iso"), help="unit of the time column")
+    p.add_argument(
+        "--time-unit",
+        choices=("s", "ms", "iso"),
+        help="unit of the time column: Unix s or ms, or iso (ISO 8601 date or date-time; "
+        "offsets respected, none means UTC, a date is midnight UTC)",
+    )
     p.add_argument("--delimiter", help="CSV delimiter (e.g. ',', ';', tab)")
     p.add_argument("--no-header", action="store_true", help="CSV files have no header line")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads")
@@ -202,10 +209,18 @@ def _prepare(args: argparse.Namespace) -> int:
         return 0
     rows, vocab = meta["rows"], meta["vocab"]
     dropped = ", ".join(f"{k} {v}" for k, v in rows["dropped"].items() if v) or "none"
+    content = meta.get("content") or {}
+    has = (
+        f"{vocab['items']:,} items, {vocab['categories']:,} categories"
+        if content.get("items", True)
+        else "no items or categories (user and time only: for rlrec churn)"
+    )
+    if "value" in meta:
+        has += f"; value sum {meta['value']['sum']:,.2f} ({meta['value']['missing']:,} missing)"
     print(
         f"{out}: {rows['kept']:,} events kept of {rows['read']:,} read (dropped: {dropped}); "
-        f"{vocab['users']:,} users, {vocab['sessions']:,} sessions, {vocab['items']:,} items, "
-        f"{vocab['categories']:,} categories ({meta['prepare_seconds']:.1f} s)"
+        f"{vocab['users']:,} users, {vocab['sessions']:,} sessions, {has} "
+        f"({meta['prepare_seconds']:.1f} s)"
     )
     values = meta.get("category_values") or {}
     if any(values.values()):
@@ -252,24 +267,42 @@ def _stats(args: argparse.Namespace) -> int:
 def format_stats(stats: dict[str, Any]) -> str:
     """A human-readable table of :func:`rlrec.data.stats.dataset_stats`."""
     lines = [f"dataset  {stats['path']}  (preset {stats.get('preset')})"]
-    for key in ("rows_read", "rows_dropped", "events", "users", "sessions", "items", "categories"):
+    itemless = not stats.get("has_items", True)
+    keys = ("rows_read", "rows_dropped", "events", "users", "sessions")
+    for key in keys if itemless else (*keys, "items", "categories"):
         lines.append(f"  {key:<28}{stats[key]:>14,}")
     for reason, n in stats.get("dropped", {}).items():
         if n:
             lines.append(f"    dropped: {reason:<19}{n:>14,}")
-    rate = stats["category_continuation_rate"]
-    rate_text = "n/a (no known categories)" if rate is None else f"{rate:.3f}"
-    lines.append(f"  {'category_continuation_rate':<28}{rate_text:>14}")
+    span = stats.get("time_range")
+    if span:
+        lines.append(f"  {'time_range':<28}{span[0]} .. {span[1]}")
+    value = stats.get("value")
+    if value:
+        lines.append(
+            f"  {'value':<28}sum {value['sum']:,.2f}, mean {value['mean']:,.2f} over "
+            f"{value['events_with_value']:,} events ({value['missing']:,} missing)"
+        )
+    if itemless:
+        lines.append("  no items or categories (user and time only): fit, pretrain, train and")
+        lines.append("  ope sessions refuse it; rlrec churn reads it")
+    else:
+        rate = stats["category_continuation_rate"]
+        rate_text = "n/a (no known categories)" if rate is None else f"{rate:.3f}"
+        lines.append(f"  {'category_continuation_rate':<28}{rate_text:>14}")
     sl = stats["session_length"]
     if sl:
         parts = "  ".join(f"{k} {v:g}" for k, v in sl.items())
         lines.append(f"  session_length               {parts}")
-    mix = "  ".join(f"{k} {v:.1%}" for k, v in stats["event_mix"].items())
-    lines.append(f"  event_mix                    {mix}")
+    if not itemless:
+        mix = "  ".join(f"{k} {v:.1%}" for k, v in stats["event_mix"].items())
+        lines.append(f"  event_mix                    {mix}")
     for name, split in stats["splits"].items():
         lines.append(
             f"  split {name:<22}{split['events']:>14,} events {split['sessions']:>10,} sessions"
         )
+    if itemless:
+        return "\n".join(lines)
     lines.append("  top categories (raw id: events, share)")
     for top in stats["top_categories"]:
         lines.append(f"    {top['raw_id']:<24}{top['events']:>12,}  {top['share']:.1%}")

@@ -14,6 +14,7 @@ from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from rlrec.data.bandit import BanditFeedback, load_obd
+    from rlrec.data.content import require_categories, require_items
     from rlrec.data.prepare import PrepareConfig, prepare
     from rlrec.data.readers import PRESETS, ReadOptions, Source, open_source
     from rlrec.data.schema import EVENT_TYPES
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "BanditFeedback": "rlrec.data.bandit",
     "load_obd": "rlrec.data.bandit",
+    "require_categories": "rlrec.data.content",
+    "require_items": "rlrec.data.content",
     "PrepareConfig": "rlrec.data.prepare",
     "prepare": "rlrec.data.prepare",
     "PRESETS": "rlrec.data.readers",
@@ -52,4 +55,6 @@ __all__ = [
     "load_obd",
     "open_source",
     "prepare",
+    "require_categories",
+    "require_items",
 ]

@@ -118,6 +118,34 @@ class PreparedDataset:
         """Size of the user vocabulary."""
         return len(self.users)
 
+    def _content(self, key: str, default: bool) -> bool:
+        content = self.meta.get("content")
+        if isinstance(content, dict) and isinstance(content.get(key), bool):
+            return bool(content[key])
+        return default
+
+    @property
+    def has_items(self) -> bool:
+        """Whether the log has items (False: user and time only, one placeholder item).
+
+        A dataset prepared before ``meta.json`` recorded its content has items.
+        """
+        return self._content("items", True)
+
+    @property
+    def has_categories(self) -> bool:
+        """Whether the events carry categories (from the log, or derived from co-occurrence).
+
+        A dataset prepared before ``meta.json`` recorded its content has them unless its
+        ``category_source`` says ``none``.
+        """
+        return self._content("categories", self.meta.get("category_source") != "none")
+
+    @property
+    def has_value(self) -> bool:
+        """Whether ``events`` has a monetary ``value`` column (float64, NaN where unknown)."""
+        return self._content("value", False) and "value" in self.events.columns
+
     @property
     def item_category(self) -> np.ndarray:
         """(n_items,) int32 category index of each item."""
@@ -284,6 +312,10 @@ def _check_tables(root: Path, tables: dict[str, pd.DataFrame], meta: dict[str, A
                 f"{events_file}: column {column!r} holds {int(values.min())}..{int(values.max())}, "
                 f"outside 0..{size - 1} (the vocabulary); {redo}"
             )
+    if "value" in events.columns and not pd.api.types.is_float_dtype(events["value"].dtype):
+        raise UserError(
+            f"{events_file}: column 'value' is {events['value'].dtype}, expected float64; {redo}"
+        )
     item_category = tables["items.parquet"]["category"].to_numpy()
     if len(item_category) and (item_category.min() < 0 or item_category.max() >= sizes["category"]):
         raise UserError(

@@ -217,6 +217,11 @@ def _prepare_locked(
         try:
             _configure(con, config, Path(spill))
             source = open_source(con, paths, preset, columns, read_options)
+            if config.derive_categories and not source.has_items:
+                raise UserError(
+                    "--derive-categories clusters items, and this log has none (no item= in "
+                    "--columns); drop --derive-categories or map an item column"
+                )
             with atomic_directory(final, "dataset", force) as tmp:
                 meta = _run(con, source, config, tmp, progress or _silent)
                 if inputs_label is not None:
@@ -239,6 +244,8 @@ def _configure(con: duckdb.DuckDBPyConnection, config: PrepareConfig, spill: Pat
     # insertion order elsewhere lets it stream and parallelize.
     con.execute("SET preserve_insertion_order = false")
     con.execute("SET enable_progress_bar = false")
+    # ISO times without an offset (and dates) are UTC, whatever the machine's time zone.
+    con.execute("SET TimeZone = 'UTC'")
 
 
 def _silent(stage: str) -> None:
@@ -395,6 +402,14 @@ def _run(
         "time_range_ms": [int(span[0]), int(span[1])],
         "event_types": list(EVENT_TYPES),
         "optional_columns": list(source.optional_columns),
+        # What the log has: stages that need items or categories check these
+        # (rlrec.data.content); a dataset prepared before they existed has items.
+        "content": {
+            "items": source.has_items,
+            "categories": source.has_items and category_source != "none",
+            "value": "value" in source.optional_columns,
+        },
+        **({"value": _value_summary(con)} if "value" in source.optional_columns else {}),
         "vocab": {
             "users": _scalar(con, "SELECT count(*) FROM users"),
             "items": _scalar(con, "SELECT count(*) FROM items"),
@@ -427,6 +442,13 @@ def _materialize(con: duckdb.DuckDBPyConnection, source: Source, order: str) -> 
             f"{', '.join(str(p) for p in source.files)}: DuckDB ran out of memory reading the "
             f"log; raise --memory-limit-mb or free disk space beside --out for spilling"
         ) from None
+
+
+def _value_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Sum and missing count of the kept events' ``value`` (``meta.json`` ``value``)."""
+    row = con.execute("SELECT sum(value), count(*) - count(value) FROM sessd").fetchall()[0]
+    assert row is not None
+    return {"sum": float(row[0] or 0.0), "missing": int(row[1] or 0)}
 
 
 def _iso(ms: int) -> str:
@@ -519,10 +541,12 @@ def _check_source(
             where, source.event_column or "event", [str(v) for v in values]
         )
     if counts["bad_time"]:
-        values, where = _locate(con, source, "time_bad", "NULL")
+        values, where = _locate(con, source, "time_bad", source.time_raw or "NULL")
+        shown = f" {quote_value(values[0])}" if values and values[0] is not None else ""
         raise UserError(
-            f"{where}: unparseable timestamp; expected an ISO 8601 date-time such as "
-            "2019-11-24 00:00:34+00:00 (or pass --time-unit s|ms for numbers); fix the value"
+            f"{where}: unparseable timestamp{shown}; expected an ISO 8601 date or date-time "
+            "such as 2019-11-24 or 2019-11-24 00:00:34+00:00 (or pass --time-unit s|ms for "
+            f"numbers); {counts['bad_time']} row(s) fail; fix the values"
         )
     if counts["negative_time"]:
         values, where = _locate(con, source, "ts < 0", "ts")

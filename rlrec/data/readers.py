@@ -10,7 +10,8 @@ Canonical source columns (the table ``src`` that preparation materializes):
 
 =============== ============================================================================
 ``user``        raw user id (BIGINT or VARCHAR); NULL when missing
-``item``        raw item id (BIGINT or VARCHAR); NULL when missing
+``item``        raw item id (BIGINT or VARCHAR); NULL when missing; the placeholder
+                ``schema.NO_ITEM`` for a log without items (user and time only)
 ``category``    raw category id (VARCHAR or BIGINT); NULL when the event has none
 ``event``       TINYINT code into ``schema.EVENT_TYPES``; a missing value counts as ``view``;
                 NULL marks an unknown event type (an error)
@@ -22,10 +23,14 @@ Canonical source columns (the table ``src`` that preparation materializes):
 ``position``    INTEGER slot of a logged recommendation, or NULL
 ``propensity``  DOUBLE logging propensity, or NULL
 ``reward``      DOUBLE logged reward, or NULL
+``value``       DOUBLE monetary value of the event, or NULL (missing, or NaN in the file)
 =============== ============================================================================
 
 Presets: ``taobao``, ``retailrocket``, ``diginetica``, ``obd``, ``generic`` (a column map)
-and ``canonical`` (columns already named ``user, item, time, ...``; time in ms).
+and ``canonical`` (columns already named ``user, item, time, ...``; time in ms). The generic
+and canonical presets need only ``user`` and ``time``: a log of visits or transactions
+without items (optionally with a monetary ``value``) prepares too, for the stages that need
+no items (``rlrec churn``); value rules: :data:`VALUE_RULES`.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ from rlrec.data.sql import (
     quote_str,
     time_bad_sql,
     time_sql,
+    value_cast_sql,
+    value_sql,
 )
 from rlrec.errors import UserError, quote_value
 
@@ -69,6 +76,7 @@ __all__ = [
     "OPTIONAL_SOURCE_COLUMNS",
     "PRESETS",
     "SOURCE_COLUMNS",
+    "VALUE_RULES",
     "ColumnMapFile",
     "ReadOptions",
     "RowCheck",
@@ -94,10 +102,11 @@ SOURCE_COLUMNS: tuple[str, ...] = (
     "position",
     "propensity",
     "reward",
+    "value",
 )
 """Columns of the canonical source table, in order."""
 
-OPTIONAL_SOURCE_COLUMNS: tuple[str, ...] = ("position", "propensity", "reward")
+OPTIONAL_SOURCE_COLUMNS: tuple[str, ...] = ("position", "propensity", "reward", "value")
 
 NULL_STRINGS: tuple[str, ...] = ("", "NA", "NaN", "nan", "NULL", "null", "None")
 """CSV field values read as missing in generic files."""
@@ -123,6 +132,37 @@ class RowCheck:
     column: str
     bad_sql: str
     expected: str
+
+
+VALUE_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "{c} IS NOT NULL AND {v} IS NULL",
+        "must be a number (a monetary amount such as 12.50; no currency signs or thousands "
+        "separators)",
+    ),
+    ("isinf({v})", "must be finite"),
+    (
+        "{v} < 0",
+        "must be >= 0 (a refund or cancellation: drop the row, or net it into its purchase)",
+    ),
+)
+"""Rules on a mapped ``value`` column (SQL true on an offending row, what a value must be;
+``{c}`` is the raw column, ``{v}`` its value as DOUBLE or NULL).
+
+Refused rather than counted: a negative or infinite amount would silently distort every
+monetary feature and baseline downstream, and only the user knows whether a negative row is a
+refund to net out or an error. A missing value (an empty field, a null marker, NaN) is kept
+as NaN: unknown, not zero.
+"""
+
+
+def _value_checks(column: str, text: bool) -> tuple[RowCheck, ...]:
+    col = quote_ident(column)
+    value = value_cast_sql(col, text)
+    return tuple(
+        RowCheck(column, sql.replace("{c}", col).replace("{v}", value), what)
+        for sql, what in VALUE_RULES
+    )
 
 
 @dataclass(frozen=True)
@@ -183,6 +223,9 @@ class Source:
         optional_columns: Which of ``position, propensity, reward`` the log has.
         notes: Facts recorded in ``meta.json`` (e.g. the guessed time unit).
         row_checks: Rules every raw row must satisfy (e.g. OBD's propensity in (0, 1]).
+        time_raw: SQL expression of the raw time value (quoted in an unparseable-time error),
+            or None.
+        has_items: Whether the log has items (False: user and time only, one placeholder).
     """
 
     preset: str
@@ -196,6 +239,8 @@ class Source:
     optional_columns: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
     row_checks: tuple[RowCheck, ...] = ()
+    time_raw: str | None = None
+    has_items: bool = True
 
     def has(self, column: str) -> bool:
         """Whether the log has this canonical source column (else it is all NULL)."""
@@ -303,8 +348,8 @@ def open_source(
         return _mapped(con, paths, None, options, preset="canonical")
     if not columns:
         raise UserError(
-            "--preset generic needs --columns user=COL,item=COL,time=COL[,category=COL,...] "
-            "(or --columns FILE.yaml)"
+            "--preset generic needs --columns user=COL,time=COL[,item=COL,category=COL,"
+            "value=COL,...] (or --columns FILE.yaml)"
         )
     return _mapped(con, paths, dict(columns), options, preset="generic")
 
@@ -637,7 +682,7 @@ def _resolve_columns(
     if missing:
         raise UserError(
             f"--columns: missing required field(s) {', '.join(missing)}; "
-            "give at least user=COL,item=COL,time=COL"
+            "give at least user=COL,time=COL (and item=COL for the item-level stages)"
         )
     resolved: dict[str, str] = {}
     for name, column in columns.items():
@@ -761,6 +806,9 @@ def _mapped_csv(
         expected=f"the mapped columns with times in {unit}",
         optional_columns=tuple(c for c in OPTIONAL_SOURCE_COLUMNS if c in columns),
         notes={"time_unit": unit, "columns": dict(columns)},
+        row_checks=_value_checks(columns["value"], text=True) if "value" in columns else (),
+        time_raw=quote_ident(time_col),
+        has_items="item" in columns,
     )
 
 
@@ -835,8 +883,14 @@ def _mapped_parquet(
         allowed = ("int",) if name == "position" else ("int", "float", "bool")
         if name in columns and kind(name) not in allowed:
             raise wrong(name, "a number", "cast the column before writing the file")
+    # A value column of text is read like a CSV's: each row is checked (and located).
+    if "value" in columns and kind("value") not in ("int", "float", "str"):
+        raise wrong("value", "a number", "cast the column to a float before writing the file")
     exprs = mapped_exprs(columns, unit, time_numeric=True, event_is_code=event_is_code)
     exprs["ts"] = time_expr
+    value_text = "value" in columns and kind("value") == "str"
+    if "value" in columns:
+        exprs["value"] = value_sql(quote_ident(columns["value"]), text=value_text)
     if unit == "iso":
         exprs["time_bad"] = time_bad_sql(quote_ident(columns["time"]))
     return Source(
@@ -854,6 +908,9 @@ def _mapped_parquet(
             "columns": dict(columns),
             **({"time_unit_source": unit_source} if time_kind in ("int", "float") else {}),
         },
+        row_checks=_value_checks(columns["value"], value_text) if "value" in columns else (),
+        time_raw=quote_ident(columns["time"]),
+        has_items="item" in columns,
     )
 
 

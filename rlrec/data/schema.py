@@ -13,6 +13,7 @@ __all__ = [
     "EVENT_CODE",
     "EVENT_COLUMNS",
     "EVENT_TYPES",
+    "NO_ITEM",
     "OPTIONAL_EVENT_COLUMNS",
     "OPTIONAL_FIELDS",
     "REQUIRED_FIELDS",
@@ -52,8 +53,15 @@ UNKNOWN_CATEGORY = "__unknown__"
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 """Split names; a split's code in ``events.parquet`` is its index here."""
 
-REQUIRED_FIELDS: tuple[str, ...] = ("user", "item", "time")
+NO_ITEM = "__none__"
+"""Raw id of the one placeholder item of a log without items (user and time only): the
+pipeline sessionizes it like any log, but ``PreparedDataset.has_items`` is False, and stages
+that need items refuse it (``rlrec.data.content.require_items``)."""
+
+REQUIRED_FIELDS: tuple[str, ...] = ("user", "time")
 OPTIONAL_FIELDS: tuple[str, ...] = (
+    "item",
+    "value",
     "category",
     "event",
     "session",
@@ -78,4 +86,5 @@ OPTIONAL_EVENT_COLUMNS: dict[str, str] = {
     "position": "int16",
     "propensity": "float64",
     "reward": "float32",
+    "value": "float64",  # monetary value of the event; NaN where the log has none
 }

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from rlrec.data.schema import EVENT_ALIASES, EVENT_CODE, EVENT_TYPES
+from rlrec.data.schema import EVENT_ALIASES, EVENT_CODE, EVENT_TYPES, NO_ITEM
 
 __all__ = [
     "TIME_CLAMP_MS",
@@ -31,6 +31,8 @@ __all__ = [
     "quote_str",
     "time_bad_sql",
     "time_sql",
+    "value_cast_sql",
+    "value_sql",
 ]
 
 TimeUnit = Literal["s", "ms", "iso"]
@@ -134,6 +136,7 @@ def base_exprs() -> dict[str, str]:
         "position": null_sql("INTEGER"),
         "propensity": null_sql("DOUBLE"),
         "reward": null_sql("DOUBLE"),
+        "value": null_sql("DOUBLE"),
         "time_bad": "false",
         "category_bad": "false",
     }
@@ -168,6 +171,25 @@ def time_bad_sql(expr: str) -> str:
     return f"({expr} IS NOT NULL AND TRY_CAST({expr} AS TIMESTAMPTZ) IS NULL)"
 
 
+def value_cast_sql(expr: str, text: bool) -> str:
+    """SQL casting a raw value column to DOUBLE, NULL where it is not a number.
+
+    For text, ``trim`` first: DuckDB pushes a bare ``TRY_CAST`` of a CSV column into the
+    reader as a strict conversion, which fails on the first bad row with a many-line error;
+    a function in between keeps the try semantics, so the row checks can locate the row.
+    """
+    return f"TRY_CAST(trim({expr}) AS DOUBLE)" if text else f"TRY_CAST({expr} AS DOUBLE)"
+
+
+def value_sql(expr: str, text: bool) -> str:
+    """SQL reading a monetary value (a number or its text) as DOUBLE; NaN is missing (NULL).
+
+    Text that is not a number becomes NULL here; the reader's row checks refuse it first.
+    """
+    value = value_cast_sql(expr, text)
+    return f"(CASE WHEN isnan({value}) THEN NULL ELSE {value} END)"
+
+
 def mapped_exprs(
     columns: dict[str, str], unit: TimeUnit, time_numeric: bool, event_is_code: bool
 ) -> dict[str, str]:
@@ -176,7 +198,8 @@ def mapped_exprs(
     exprs = {
         **base_exprs(),
         "user": q["user"],
-        "item": q["item"],
+        # A log without items gets one placeholder item (see schema.NO_ITEM).
+        "item": q["item"] if "item" in q else quote_str(NO_ITEM),
         "ts": time_sql(q["time"], unit, numeric=time_numeric),
         "event": "CAST(0 AS TINYINT)",
     }
@@ -197,4 +220,6 @@ def mapped_exprs(
     ):
         if name in q:
             exprs[name] = f"CAST({q[name]} AS {type_name})"
+    if "value" in q:
+        exprs["value"] = value_sql(q["value"], text=not time_numeric)
     return exprs

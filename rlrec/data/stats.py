@@ -3,7 +3,10 @@
 :func:`dataset_stats` returns a JSON-ready dict with at least the integer keys ``rows_read``,
 ``rows_dropped``, ``events``, ``users``, ``sessions``, ``items``, ``categories`` and
 ``session_length`` (quantiles), ``event_mix``, ``top_categories`` and
-``category_continuation_rate``.
+``category_continuation_rate``; ``has_items``, ``has_categories``, ``has_value``, ``value``
+(sum, mean, counts; None without a value column) and ``time_range`` (ISO 8601 UTC). A log
+without items reports 0 items and categories and no top categories (its one placeholder item
+is not a real one).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from rlrec.data.dataset import PreparedDataset
 from rlrec.data.schema import EVENT_TYPES, SPLITS, UNKNOWN_CATEGORY
@@ -117,6 +121,9 @@ def dataset_stats(ds: PreparedDataset) -> dict[str, Any]:
     rate, transitions = category_continuation_rate(
         session, ev["item"].to_numpy(np.int64), category, unknown
     )
+    if not ds.has_items:
+        # One placeholder item: never shown as a real item, category or transition.
+        top, rate, transitions = [], None, 0
     split_codes = ev["split"].to_numpy(np.int64)
     splits = {}
     for code, name in enumerate(SPLITS):
@@ -132,8 +139,12 @@ def dataset_stats(ds: PreparedDataset) -> dict[str, Any]:
         "events": int(n_events),
         "users": int(ds.n_users),
         "sessions": len(lengths),
-        "items": int(ds.n_items),
-        "categories": int(ds.n_categories),
+        "items": int(ds.n_items) if ds.has_items else 0,
+        "categories": int(ds.n_categories) if ds.has_items else 0,
+        "has_items": ds.has_items,
+        "has_categories": ds.has_categories,
+        "has_value": ds.has_value,
+        "value": _value_stats(ev) if ds.has_value else None,
         "category_source": meta.get("category_source"),
         "session_length": session_length,
         "event_mix": event_mix,
@@ -143,4 +154,27 @@ def dataset_stats(ds: PreparedDataset) -> dict[str, Any]:
         "category_transitions": transitions,
         "splits": splits,
         "time_range_ms": meta.get("time_range_ms"),
+        "time_range": _iso_range(meta.get("time_range_ms")),
     }
+
+
+def _value_stats(ev: pd.DataFrame) -> dict[str, float | int]:
+    """Sum, mean (over events with a value), and counts of the events' monetary value."""
+    value = ev["value"].to_numpy(np.float64)
+    known = ~np.isnan(value)
+    n = int(known.sum())
+    return {
+        "sum": float(value[known].sum()),
+        "mean": float(value[known].mean()) if n else 0.0,
+        "events_with_value": n,
+        "missing": int(len(value) - n),
+    }
+
+
+def _iso_range(span: Any) -> list[str] | None:
+    """``time_range_ms`` as two ISO 8601 UTC date-times, or None."""
+    if not (isinstance(span, list) and len(span) == 2):
+        return None
+    return [
+        pd.Timestamp(int(t), unit="ms", tz="UTC").isoformat().replace("+00:00", "Z") for t in span
+    ]

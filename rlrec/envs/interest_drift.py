@@ -12,6 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rlrec.config import from_mapping
+from rlrec.data.content import require_items
 from rlrec.data.dataset import PreparedDataset, load_dataset
 from rlrec.envs.config import EnvConfig, EnvSpec
 from rlrec.envs.dynamics import UserDynamics, UserState
@@ -70,6 +71,8 @@ def resolve_inputs(
         if dataset is None or isinstance(dataset, PreparedDataset)
         else load_dataset(dataset)
     )
+    if data is not None:
+        require_items(data, "the env")
     return model, data, cfg
 
 

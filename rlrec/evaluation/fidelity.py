@@ -23,6 +23,7 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
+from rlrec.data.content import require_items
 from rlrec.data.dataset import PreparedDataset
 from rlrec.errors import UserError
 from rlrec.models.calibration import streak_lengths
@@ -107,6 +108,7 @@ def validate_fidelity(
     Raises:
         UserError: If the model does not match the dataset or the test split is empty.
     """
+    require_items(ds, "fidelity validation")
     fold = np.asarray(model.category_of_dataset_category)
     if len(fold) != ds.n_categories:
         raise UserError(

@@ -32,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from rlrec.data.content import require_items
 from rlrec.data.dataset import PreparedDataset
 from rlrec.models.encoder import SequenceEncoder
 from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
@@ -243,6 +244,7 @@ def evaluate_next_step(
         value}}}``; ``encoder`` is absent without a model; each baseline holds the metrics
         it predicts.
     """
+    require_items(dataset, "encoder eval")
     if max_len is None:
         max_len = model.config.max_len if model is not None else 50
     train = collapse_repeats(dataset.sessions("train"))

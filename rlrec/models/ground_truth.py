@@ -452,16 +452,19 @@ def load_ground_truth(dataset_dir: str | os.PathLike[str]) -> GroundTruth | None
             f"{json_file}: inconsistent ground truth ({exc}); generate it again"
         ) from None
     if config.returns.enabled:
-        n_users = config.resolved_n_users()
+        # With n_events, the user count comes from a pilot run: not repeated at every load.
+        n_users = config.n_users if config.n_events is None else None
         if (
             activity is None
             or activity.ndim != 1
-            or len(activity) != n_users
+            or len(activity) == 0
+            or (n_users is not None and len(activity) != n_users)
             or not np.all(np.isfinite(activity))
             or np.any(activity <= 0)
         ):
+            count = n_users if n_users is not None else "the users'"
             raise UserError(
-                f"{npz_file}: {RETURN_ACTIVITY} must hold {n_users} positive finite activity "
+                f"{npz_file}: {RETURN_ACTIVITY} must hold {count} positive finite activity "
                 "rates (one per user); generate the dataset again"
             )
         activity = np.asarray(activity, dtype=np.float64)
@@ -681,7 +684,13 @@ def oracle_return(
     last = sessions.groupby("user", sort=True).tail(1)
     user = last["user"].to_numpy().astype(np.int64)
     raw = dataset.users.set_index("user").loc[user, "raw_id"].to_numpy()
-    activity = truth.activity[np.asarray(raw, dtype=np.int64)]
+    raw_index = pd.to_numeric(pd.Series(raw), errors="coerce").to_numpy()
+    if np.isnan(raw_index).any() or raw_index.max() >= len(truth.activity) or raw_index.min() < 0:
+        raise UserError(
+            f"{dataset.path}: its users are not the ground truth's (raw ids 0..."
+            f"{len(truth.activity) - 1}); pass the truth generated with this dataset"
+        )
+    activity = truth.activity[raw_index.astype(np.int64)]
     z = session_satisfaction(
         last["n_events"].to_numpy(),
         last["n_engaged"].to_numpy(),

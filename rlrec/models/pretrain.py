@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rlrec.config import to_mapping
+from rlrec.data.content import require_items
 from rlrec.data.dataset import PreparedDataset, atomic_directory
 from rlrec.errors import UserError
 from rlrec.models.encoder import EncoderConfig, Pointer, SequenceEncoder
@@ -181,8 +182,10 @@ def train_encoder(
         The trained model and its history.
 
     Raises:
-        UserError: If the train split has no session of two or more steps.
+        UserError: If the log has no items, or the train split has no session of two or
+            more steps.
     """
+    require_items(dataset, "encoder pretraining")
     enc_cfg = encoder_config or EncoderConfig()
     cfg = config or PretrainConfig()
     device = resolve_device(cfg.device)
@@ -254,6 +257,7 @@ def pretrain_checkpoint(
     """
     from rlrec.models.checkpoint import vocabulary_fingerprint, write_encoder_files
 
+    require_items(dataset, "encoder pretraining")  # before the output directory is made
     cfg = config or PretrainConfig()
     with atomic_directory(out, "encoder", force) as tmp:
         result = train_encoder(

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from rlrec.data.content import require_categories
 from rlrec.data.dataset import PreparedDataset
 from rlrec.data.ragged import Ragged
 from rlrec.errors import UserError
@@ -344,8 +345,10 @@ def fit_sim_model(ds: PreparedDataset, config: FitConfig | None = None) -> SimMo
         ``info``.
 
     Raises:
-        UserError: If the train split has fewer than 2 categories or no consecutive steps.
+        UserError: If the log has no items or categories, or the train split has fewer than 2
+            categories or no consecutive steps.
     """
+    require_categories(ds, "fit")
     config = config or FitConfig()
     train_frame = ds.split_events("train")
     if len(train_frame) == 0:

@@ -79,7 +79,7 @@ CASES: dict[str, tuple[Case, str]] = {
             "columns": {"user": "u", "item": "i", "time": "t"},
             "read_options": ReadOptions(time_unit="iso"),
         },
-        r"i.csv line 3: unparseable timestamp; expected an ISO 8601",
+        r"i.csv line 3: unparseable timestamp 'not a date'; expected an ISO 8601",
     ),
     "negative timestamp": (
         lambda t: {

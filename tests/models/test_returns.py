@@ -26,7 +26,9 @@ from rlrec.models.ground_truth import (
     ReturnTruthConfig,
     load_ground_truth,
     oracle_return,
+    sample_session_outcomes,
     session_satisfaction,
+    true_model,
 )
 from rlrec.models.synthetic import (
     SyntheticConfig,
@@ -172,6 +174,14 @@ def test_satisfaction_formula() -> None:
     )
 
 
+def test_satisfaction_is_standardized_on_the_default_world() -> None:
+    """The fixed constants are the default world's mean and sd (a fresh seed: within 0.03)."""
+    config = SyntheticConfig(seed=7)
+    z, duration = sample_session_outcomes(GroundTruth(true_model(config), config), 40_000, 7)
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 1.0) < 0.03
+    assert np.all(duration >= 0) and np.all(duration < RETURN_OFFSET_MS * 48)
+
+
 def test_return_config_checks_and_probabilities() -> None:
     config = ReturnTruthConfig()
     z = np.array([-2.0, 0.0, 2.0])
@@ -270,6 +280,9 @@ def test_oracle_window_past_the_log_end_and_bad_input(world_dataset: Path) -> No
     off = replace(truth, config=replace(truth.config, returns=ReturnTruthConfig(enabled=False)))
     with pytest.raises(UserError, match="no return process"):
         oracle_return(off, ds, CUTOFF_S, 1.0)
+    other = replace(truth, activity=truth.activity[:5] if truth.activity is not None else None)
+    with pytest.raises(UserError, match="not the ground truth's"):
+        oracle_return(other, ds, CUTOFF_S, 1.0)
 
 
 def test_ground_truth_keeps_the_return_process(tmp_path: Path) -> None:

@@ -202,7 +202,8 @@ def test_log_without_categories_points_to_derive_categories(
     diginetica_csv: Path, tmp_path: Path
 ) -> None:
     ds = load_dataset(prepare([diginetica_csv], preset="diginetica", out=tmp_path / "dg"))
-    with pytest.raises(UserError, match=r"has 1 category .*--derive-categories"):
+    # Refused at the fit's entry (rlrec.data.content.require_categories), before any counting.
+    with pytest.raises(UserError, match=r"has no category column: fit needs categories.*--derive"):
         fit_sim_model(ds)
 
 

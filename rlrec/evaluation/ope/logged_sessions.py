@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from rlrec.data.content import require_items
 from rlrec.data.dataset import PreparedDataset, SessionArrays
 from rlrec.data.ragged import Ragged
 from rlrec.data.schema import EVENT_TYPES
@@ -132,6 +133,7 @@ def session_decisions(dataset: PreparedDataset, split: str, history_length: int)
     Raises:
         UserError: If the split has no session with two or more steps.
     """
+    require_items(dataset, "ope sessions")
     offsets, items, cats, rewards = _step_arrays(dataset.sessions(split))
     lengths = np.diff(offsets)
     keep_session = lengths >= 2
