@@ -55,8 +55,8 @@ CHURN_FILE = "churn.json"
 METRICS_FILE = "metrics.json"
 RETURN_MODEL_FILE = "return_model.json"
 TOP_AT_RISK = 20
-"""Users listed in churn.json as the most at risk (highest value first among the lowest
-P(return)); the report shows them."""
+"""Users listed in churn.json as the most at risk (lowest P(return) first, ties by raw id);
+the report shows the first ten."""
 
 
 @dataclass(frozen=True)
