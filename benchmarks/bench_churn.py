@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from rlrec.data.dataset import write_json_atomic
-from rlrec.evaluation.churn import ChurnConfig, predict_churn, prepare_sessions
+from rlrec.evaluation.churn import ChurnConfig, churn_sessions, predict_churn
 from rlrec.models.calibration import SESSION_GAP_MS
 from rlrec.models.lifecycle import DAY_MS
 
@@ -104,7 +104,7 @@ def scale(n_users: int, n_events: int, seed: int) -> dict[str, Any]:
     raw_ids = np.array([f"u{i}" for i in range(n_users)], dtype=object)
     load = os.getloadavg()[0]
     c0, t0 = time.process_time(), time.perf_counter()
-    sessions = prepare_sessions(frame, raw_ids, cutoff_ms, SESSION_GAP_MS)
+    sessions = churn_sessions(frame, raw_ids, cutoff_ms, SESSION_GAP_MS)
     result = predict_churn(sessions, cutoff_ms, ChurnConfig(horizon_days=7.0, seed=seed))
     c1, t1 = time.process_time(), time.perf_counter()
     info = result.info

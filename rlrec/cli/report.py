@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "fidelity, the policy comparison, OPE against the true values and the encoder's "
             "ranking metrics; with RUN_DIR/eval_truth.json ('rlrec evaluate --world truth') the "
             "fitted-vs-truth gap per policy, with RUN_DIR/sensitivity.json ('rlrec "
-            "sensitivity') the ratio to the best baseline across the response prior. A section "
-            "whose input is missing says so on the page."
+            "sensitivity') the ratio to the best baseline across the response prior, with "
+            "churn.json ('rlrec churn' output, here or in churn/) the retention and churn "
+            "section. A section whose input is missing says so on the page."
         ),
         formatter_class=HelpFormatter,
     )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from rlrec.evaluation.churn import ChurnConfig, evaluate_churn, predict_churn
     from rlrec.evaluation.fidelity import fidelity_distributions, validate_fidelity
     from rlrec.evaluation.ope.bandit import (
         LoggedRounds,
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 # Name -> module of every public name. A name that is also a submodule's (``rollout``, the
 # function) is left out: importing the submodule would rebind it on the package.
 _LAZY: dict[str, str] = {
+    "ChurnConfig": "rlrec.evaluation.churn",
+    "evaluate_churn": "rlrec.evaluation.churn",
+    "predict_churn": "rlrec.evaluation.churn",
     "fidelity_distributions": "rlrec.evaluation.fidelity",
     "validate_fidelity": "rlrec.evaluation.fidelity",
     "LoggedRounds": "rlrec.evaluation.ope.bandit",
@@ -63,17 +67,20 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = [
     "BaselineConfig",
+    "ChurnConfig",
     "EpisodeStats",
     "Estimate",
     "LoggedRounds",
     "LoggedSessions",
     "estimate_policy_value",
     "estimate_session_value",
+    "evaluate_churn",
     "evaluate_next_step",
     "evaluate_policies",
     "fidelity_distributions",
     "fitted_q_evaluation",
     "hcope_lower_bound",
+    "predict_churn",
     "prepare_rounds",
     "prepare_sessions",
     "refit_bootstrap",

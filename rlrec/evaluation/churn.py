@@ -288,7 +288,7 @@ def _btyd_summary(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nd
     return x, np.maximum(t_x, 0.0), T
 
 
-def prepare_sessions(
+def churn_sessions(
     events: pd.DataFrame, raw_ids: np.ndarray, cutoff_ms: int, gap_ms: int
 ) -> pd.DataFrame:
     """Sessions of events before the cutoff, users ranked by raw id (the output's order).
@@ -329,7 +329,7 @@ def _predict(sessions: pd.DataFrame, cutoff_ms: int, config: ChurnConfig) -> Chu
     """Predict every user's return in ``[cutoff, cutoff + H)`` from sessions before the cutoff.
 
     Args:
-        sessions: From :func:`prepare_sessions` (only sessions starting before the cutoff).
+        sessions: From :func:`churn_sessions` (only sessions starting before the cutoff).
         cutoff_ms: The cutoff (ms).
         config: Horizon and fit settings.
 
@@ -644,7 +644,7 @@ def evaluate_churn(
     Args:
         result: From :func:`predict_churn`.
         all_sessions: Session starts of the whole log: columns ``rank`` (users ranked as in
-            :func:`prepare_sessions`; sessions of users unseen before the cutoff have rank -1)
+            :func:`churn_sessions`; sessions of users unseen before the cutoff have rank -1)
             and ``start_ms``.
         cutoff_ms: The cutoff the predictions were made at.
         oracle: Optional frame with ``p_return`` and ``expected_sessions`` in the rows of

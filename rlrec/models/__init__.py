@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from rlrec.models.btyd import BGNBD, ParetoNBD, fit_bgnbd, fit_pareto_nbd
     from rlrec.models.calibration import log_statistics
     from rlrec.models.checkpoint import load_encoder, save_encoder
     from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
         load_ground_truth,
         oracle_return,
         session_satisfaction,
+    )
+    from rlrec.models.lifecycle import (
+        ReturnModel,
+        ReturnModelConfig,
+        Timelines,
+        build_timelines,
+        fit_return_model,
     )
     from rlrec.models.pretrain import PretrainConfig, pretrain_checkpoint, train_encoder
     from rlrec.models.sim_model import SimModel, load_sim_model
@@ -37,6 +45,15 @@ if TYPE_CHECKING:
 
 # Name -> module of every public name (torch and pandas import slowly; load them on use).
 _LAZY: dict[str, str] = {
+    "BGNBD": "rlrec.models.btyd",
+    "ParetoNBD": "rlrec.models.btyd",
+    "fit_bgnbd": "rlrec.models.btyd",
+    "fit_pareto_nbd": "rlrec.models.btyd",
+    "ReturnModel": "rlrec.models.lifecycle",
+    "ReturnModelConfig": "rlrec.models.lifecycle",
+    "Timelines": "rlrec.models.lifecycle",
+    "build_timelines": "rlrec.models.lifecycle",
+    "fit_return_model": "rlrec.models.lifecycle",
     "log_statistics": "rlrec.models.calibration",
     "load_encoder": "rlrec.models.checkpoint",
     "save_encoder": "rlrec.models.checkpoint",
@@ -73,21 +90,30 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
+    "BGNBD",
     "EncoderConfig",
     "FinetuneConfig",
     "FitConfig",
     "GroundTruth",
+    "ParetoNBD",
     "PlantedChange",
     "PlantedTrend",
     "PretrainConfig",
+    "ReturnModel",
+    "ReturnModelConfig",
     "ReturnTruthConfig",
     "SequenceEncoder",
     "SimModel",
     "StateEncoder",
     "SyntheticConfig",
+    "Timelines",
+    "build_timelines",
     "encoder_return_scores",
     "finetune",
     "finetune_checkpoint",
+    "fit_bgnbd",
+    "fit_pareto_nbd",
+    "fit_return_model",
     "fit_sim_model",
     "generate_dataset",
     "generate_events",

@@ -22,6 +22,7 @@ from rlrec.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from rlrec.workflows.analyze import AnalyzeConfig, AnalyzeResult, run_analysis
+    from rlrec.workflows.churn import run_churn
     from rlrec.workflows.evaluate import evaluate_run
     from rlrec.workflows.quickstart import QuickstartConfig, QuickstartResult, run_quickstart
     from rlrec.workflows.sweep import SweepConfig, SweepResult, parallel_map, run_sweep
@@ -31,6 +32,7 @@ _LAZY: dict[str, str] = {
     "AnalyzeConfig": "rlrec.workflows.analyze",
     "AnalyzeResult": "rlrec.workflows.analyze",
     "run_analysis": "rlrec.workflows.analyze",
+    "run_churn": "rlrec.workflows.churn",
     "evaluate_run": "rlrec.workflows.evaluate",
     "QuickstartConfig": "rlrec.workflows.quickstart",
     "QuickstartResult": "rlrec.workflows.quickstart",
@@ -55,6 +57,7 @@ __all__ = [
     "evaluate_run",
     "parallel_map",
     "run_analysis",
+    "run_churn",
     "run_quickstart",
     "run_sweep",
 ]

@@ -31,9 +31,9 @@ from rlrec.evaluation.churn import (
     ChurnConfig,
     ChurnResult,
     NotEnoughHistory,
+    churn_sessions,
     evaluate_churn,
     predict_churn,
-    prepare_sessions,
 )
 from rlrec.fsutil import atomic_directory, check_output, write_json_atomic
 from rlrec.models.calibration import SESSION_GAP_MS
@@ -55,8 +55,8 @@ CHURN_FILE = "churn.json"
 METRICS_FILE = "metrics.json"
 RETURN_MODEL_FILE = "return_model.json"
 TOP_AT_RISK = 20
-"""Users listed in churn.json as the most at risk (highest value first among the lowest
-P(return)); the report shows them."""
+"""Users listed in churn.json as the most at risk (lowest P(return) first, ties by raw id);
+the report shows the first ten."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def run_churn(
     raw_ids = dataset.users["raw_id"].to_numpy()
     gap_seconds = dataset.meta.get("session_gap_seconds")
     gap_ms = int(gap_seconds * 1000) if isinstance(gap_seconds, int | float) else SESSION_GAP_MS
-    sessions = prepare_sessions(dataset.events, raw_ids, cutoff_ms, gap_ms)
+    sessions = churn_sessions(dataset.events, raw_ids, cutoff_ms, gap_ms)
     if len(sessions) == 0:
         raise UserError(
             f"--cutoff {_iso(cutoff_ms)}: no user has an event before it in {dataset.path}; "

@@ -137,3 +137,36 @@ def test_report_has_the_retention_section(churn_run, tmp_path):
     assert "Retention and churn" in page and "model AUC" in page
     at_risk = json.loads((out / "churn.json").read_text())["most_at_risk"][0]["user"]
     assert str(at_risk) in page
+
+
+def test_user_date_value_log_with_a_classic_split(tmp_path, capsys):
+    # A transaction log (customer, date, amount): exponential gaps, dropout after purchases.
+    rng = np.random.default_rng(0)
+    rows = ["customer,date,amount"]
+    start = pd.Timestamp("2020-01-01")
+    for u in range(300):
+        rate, t = rng.gamma(1.0, 0.05), rng.uniform(0, 60)
+        while t < 365:
+            day = (start + pd.Timedelta(days=int(t))).date().isoformat()
+            rows.append(f"c{u},{day},{rng.lognormal(3, 1):.2f}")
+            if rng.random() < 0.1:
+                break
+            t += rng.exponential(1 / max(rate, 1e-3))
+    (tmp_path / "tx.csv").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "tx"
+    columns = ["--columns", "user=customer,time=date,value=amount", "--time-unit", "iso"]
+    prepare = ["data", "prepare", "--preset", "generic", *columns]
+    assert main([*prepare, "--input", str(tmp_path / "tx.csv"), "--out", str(data)]) == 0
+    capsys.readouterr()
+    argv = ["churn", str(data), "--cutoff", "2020-07-01", "--horizon-days", "183"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    summary = json.loads((tmp_path / "o" / "churn.json").read_text())
+    # A holdout as long as the calibration leaves no pseudo-cutoff: the return model predicts.
+    assert summary["info"]["model"] == "return_model"
+    assert "log_value" in summary["return_model"]["feature_names"]
+    pred = pd.read_csv(tmp_path / "o" / "predictions.csv")
+    assert "monetary" in pred and pred["monetary"].notna().all()
+    for name in ("bgnbd", "pareto_nbd"):
+        assert payload["baselines"][name]["auc"] > 0.6
+    assert payload["model"]["auc"] > 0.6 and "oracle" not in payload

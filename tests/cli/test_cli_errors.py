@@ -182,13 +182,14 @@ def test_every_verb_is_found() -> None:
         "convert-run",
         "sensitivity",
         "analyze",
+        "churn",
         "export",
         "serve",
         "ope served",
         "sweep",
     }
     assert verbs <= set(LEAVES)
-    assert len(LEAVES) == 23
+    assert len(LEAVES) == 24
 
 
 @pytest.mark.parametrize("verb", sorted(LEAVES))
