@@ -255,7 +255,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ds = load_dataset(prepare([TAOBAO], "taobao", work / "taobao"))
-        export_root = Path(args.export_dir) if args.export_dir else work / "recbole"
+        # Absolute: RecBole runs in its own working directory.
+        export_root = (Path(args.export_dir) if args.export_dir else work / "recbole").resolve()
         rows = export_recbole(ds, export_root, "taobao", enc.max_len)
         out.update({f"{split}_targets": n for split, n in rows.items()})
         out["items"] = ds.n_items
