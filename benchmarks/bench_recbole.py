@@ -131,9 +131,20 @@ RUNNER = textwrap.dedent(
 
 
 def run_recbole(
-    python: str, data_path: Path, name: str, max_len: int, epochs: int, seed: int, work: Path
+    python: str,
+    data_path: Path,
+    name: str,
+    max_len: int,
+    epochs: int,
+    seed: int,
+    work: Path,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Train and test RecBole's SASRec on the exported split in its own interpreter."""
+    """Train and test RecBole's SASRec on the exported split in its own interpreter.
+
+    ``threads`` caps torch's CPU threads there (``OMP_NUM_THREADS``), as ``--threads`` does
+    for rlrec's side: on a shared machine, spinning intra-op threads only slow both down.
+    """
     config = {
         "dataset": name,
         "data_path": str(data_path),
@@ -168,9 +179,14 @@ def run_recbole(
         "show_progress": False,
         "checkpoint_dir": str(work / "saved"),
         "log_wandb": False,
-        "state": "WARNING",
+        "state": "INFO",
     }
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    env = {
+        **os.environ,
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
     started = time.perf_counter()
     proc = subprocess.run(
         [python, "-c", RUNNER, json.dumps(config)],
@@ -194,6 +210,7 @@ def run_recbole(
         "ndcg_at_10": test.get("ndcg@10"),
         "mrr_at_10": test.get("mrr@10"),
         "best_valid_ndcg_at_10": result["best_valid_score"],
+        "epochs_max": epochs,
     }
 
 
@@ -208,12 +225,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recbole-python", help="python of a venv with recbole installed")
     parser.add_argument("--export-dir", help="keep the exported atomic files here")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, both sides")
+    parser.add_argument("--recbole-epochs", type=int, default=50, help="RecBole's epoch cap")
     args = parser.parse_args()
     if not TAOBAO.is_file():
         print(f"{TAOBAO} is absent: nothing to compare", file=sys.stderr)
         return 2
     import torch
 
+    torch.set_num_threads(args.threads)
     from rlrec.data.prepare import prepare
     from rlrec.models.encoder import EncoderConfig
     from rlrec.models.pretrain import PretrainConfig, train_encoder
@@ -235,7 +255,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ds = load_dataset(prepare([TAOBAO], "taobao", work / "taobao"))
-        export_root = Path(args.export_dir) if args.export_dir else work / "recbole"
+        # Absolute: RecBole runs in its own working directory.
+        export_root = (Path(args.export_dir) if args.export_dir else work / "recbole").resolve()
         rows = export_recbole(ds, export_root, "taobao", enc.max_len)
         out.update({f"{split}_targets": n for split, n in rows.items()})
         out["items"] = ds.n_items
@@ -251,14 +272,22 @@ def main() -> int:
                 out[f"{model}_{metric.replace('@', '_at_')}"] = value
         assert report["protocol"]["targets"] == rows["test"]
         if args.recbole_python:
-            epochs = 3 if args.quick else 50
+            epochs = 3 if args.quick else args.recbole_epochs
             rb = run_recbole(
-                args.recbole_python, export_root, "taobao", enc.max_len, epochs, args.seed, work
+                args.recbole_python,
+                export_root,
+                "taobao",
+                enc.max_len,
+                epochs,
+                args.seed,
+                work,
+                args.threads,
             )
         else:
             rb = {"status": "not run: pass --recbole-python (a venv with recbole, see docstring)"}
         out["recbole_status"] = rb.pop("status")
-        for key in ("seconds", "hr_at_10", "ndcg_at_10", "mrr_at_10", "best_valid_ndcg_at_10"):
+        keys = ("seconds", "hr_at_10", "ndcg_at_10", "mrr_at_10", "best_valid_ndcg_at_10")
+        for key in (*keys, "epochs_max"):
             out[f"recbole_sasrec_{key}"] = rb.get(key)
     out["load_average_end"] = _load()
     write_json_atomic(args.out, out)

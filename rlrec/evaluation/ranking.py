@@ -614,6 +614,8 @@ def evaluate_next_step(
     windows = prefix_windows(steps, max_len)
     # Baselines materialise (B, n_items) score rows: keep a batch of targets to ~4M floats.
     target_rows = max(16, 4_000_000 // max(dataset.n_items, 1))
+    # Re-visit also materialises (B, window) and the kNN candidates grow with B: cap B.
+    baseline_rows = min(target_rows, 2048)
 
     def targets_of(name: str, part_steps: Steps) -> Targets:
         return next_step_targets(
@@ -625,14 +627,14 @@ def evaluate_next_step(
         )
 
     params = _tune(
-        fitted, targets_of("valid", collapse_repeats(dataset.sessions("valid"))), target_rows
+        fitted, targets_of("valid", collapse_repeats(dataset.sessions("valid"))), baseline_rows
     )
     targets = targets_of(split, steps)
     runs = [
         (name, {k: params[name][k] for k in TUNED_BASELINES.get(name, ())}) for name in BASELINES
     ]
     ranks: dict[str, dict[str, np.ndarray]] = dict(
-        zip(BASELINES, _rank(fitted, runs, targets, target_rows), strict=True)
+        zip(BASELINES, _rank(fitted, runs, targets, baseline_rows), strict=True)
     )
     encoder_context = "session"
     if model is not None:

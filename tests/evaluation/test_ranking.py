@@ -139,16 +139,20 @@ def test_format_report_prints_protocol_and_every_row() -> None:
     assert "0.3000" in text
 
 
-def _write_tiny_log(out: Path) -> PreparedDataset:
+TINY_LOG = [  # (user, split, items); session ids in (user, start) order
+    (0, 0, [0, 1, 2]),
+    (0, 1, [3, 1]),
+    (0, 2, [4, 0]),
+    (1, 0, [1, 2]),
+    (1, 1, [2, 1]),
+    (1, 2, [2, 3]),
+]
+
+
+def _write_tiny_log(
+    out: Path, sessions: list[tuple[int, int, list[int]]] = TINY_LOG
+) -> PreparedDataset:
     """Two users, three sessions each (train, valid, test); item i is in category i % 2."""
-    sessions = [  # (user, split, items); session ids in (user, start) order
-        (0, 0, [0, 1, 2]),
-        (0, 1, [3, 1]),
-        (0, 2, [4, 0]),
-        (1, 0, [1, 2]),
-        (1, 1, [2, 1]),
-        (1, 2, [2, 3]),
-    ]
     start = {0: 0, 1: 100, 2: 200}  # every split after the one before, by time
     rows = []
     for sid, (user, split, items) in enumerate(sessions):
@@ -226,3 +230,13 @@ def test_baseline_config_rejects_empty_or_non_positive_grids() -> None:
         BaselineConfig(knn_k=(0, 10))
     with pytest.raises(ValueError, match="revisit_windows"):
         BaselineConfig(revisit_windows=())
+
+
+def test_without_valid_targets_the_first_grid_values_are_used(tmp_path: Path) -> None:
+    one_step_valid = [(u, sp, items[:1] if sp == 1 else items) for u, sp, items in TINY_LOG]
+    ds = _write_tiny_log(tmp_path / "ds", one_step_valid)
+    report = evaluate_next_step(None, ds, config=BaselineConfig(knn_k=(7, 9)))
+    chosen = report["baseline_params"]["sknn"]
+    assert (chosen["k"], chosen["sample_size"]) == (7, 500)
+    assert chosen["chosen_by"] == "default: no valid targets"
+    assert report["protocol"]["targets"] == 2
