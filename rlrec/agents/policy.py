@@ -731,7 +731,8 @@ class AgentPolicy:
         """(B, A) the policy's action distribution for a batch of raw observations."""
         policy_obs, masks = self._prepare(obs)
         policy = self.model.policy
-        policy.set_training_mode(False)
+        if policy.training:  # the switch walks every submodule: a quarter of a served request
+            policy.set_training_mode(False)
         obs_tensor, _ = policy.obs_to_tensor(policy_obs)
         if masks is not None:
             dist = policy.get_distribution(obs_tensor, action_masks=masks)  # type: ignore[call-arg]

@@ -24,6 +24,10 @@ KEEP_ALIVE_S = 30
 """Seconds an idle keep-alive connection stays open (uvicorn's default of 5 closes pooled
 client connections under them while a slow batch is answered elsewhere: a spurious
 connection error on the client's next request)."""
+WORKER_START_S = 300
+"""Seconds a new worker may take to import torch and load its model when uvicorn's parent
+replaces the workers on SIGHUP; uvicorn's default of 5 s aborts the replacement (the old
+workers keep serving the old model) whenever loading takes longer."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -206,6 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=False,
             log_level="warning",
             timeout_keep_alive=KEEP_ALIVE_S,
+            timeout_worker_healthcheck=WORKER_START_S,
         )
     return 0
 

@@ -29,20 +29,27 @@ def test_two_workers_share_the_log_and_restart_on_sighup(world, tmp_path):
     b_version = Scorer.load(world["export_b"]).model_version
     item = str(Scorer.load(world["export_a"]).item_raw[3])
     results: list[tuple[int, str]] = []
+    resets: list[str] = []
     stop = threading.Event()
 
-    def traffic() -> None:
+    def traffic(thread: int) -> None:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             n = 0
             while not stop.is_set():
-                body = {"history": [{"item": item, "time": 0}], "request_id": f"w-{n}"}
-                response = client.post("/recommend", json=body)
+                body = {"history": [{"item": item, "time": 0}], "request_id": f"w{thread}-{n}"}
+                n += 1
+                try:
+                    response = client.post("/recommend", json=body)
+                except httpx.TransportError as exc:
+                    # A retiring worker closes its idle keep-alive connections: a request sent
+                    # on one at that moment sees a reset (the documented retry case).
+                    resets.append(type(exc).__name__)
+                    continue
                 version = response.json().get("model_version", "") if response.is_success else ""
                 results.append((response.status_code, version))
-                n += 1
 
     try:
-        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        threads = [threading.Thread(target=traffic, args=(i,)) for i in range(4)]
         for thread in threads:
             thread.start()
         time.sleep(2)
@@ -61,6 +68,8 @@ def test_two_workers_share_the_log_and_restart_on_sighup(world, tmp_path):
         server.stop()
     assert results and all(status == 200 for status, _ in results), {s for s, _ in results}
     assert {v for _, v in results} == {a_version, b_version}
+    assert len(resets) <= 8, resets  # at most the connections of the retired workers
     served = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(served) == len(results)  # every answer logged once, no torn or merged lines
-    assert sorted(r["request_id"] for r in served) == sorted({r["request_id"] for r in served})
+    # Every answer logged once, no torn or merged lines (a reset request may have been served).
+    ids = [r["request_id"] for r in served]
+    assert len(ids) == len(set(ids)) and len(results) <= len(ids) <= len(results) + len(resets)
