@@ -225,7 +225,8 @@ def write_analysis_report(
             caption=(
                 "Total variation between consecutive periods' switch matrices (session "
                 "bootstrap 95% intervals); dashed lines: change points (binary segmentation, "
-                f"permutation tests). Stationarity p = {_fmt(cps.stationarity_p)}; mixing time "
+                "within-user permutation tests). "
+                f"Stationarity p = {_fmt(cps.stationarity_p)}; mixing time "
                 f"{summary['migration']['mixing_time']} switches."
             ),
             image=png_bytes(drift_figure(drift, period_starts)),

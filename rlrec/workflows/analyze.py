@@ -61,7 +61,7 @@ class AnalyzeConfig:
         alpha: False discovery rate of the trend lists (Benjamini-Hochberg).
         change_alpha: Significance level of each change-point test.
         bootstrap: Poisson-bootstrap replicates of the drift distances.
-        permutations: Period shuffles per change-point test.
+        permutations: Within-user shuffles of periods per change-point test.
         k: Cut-off of the cross-sell recall@k and NDCG@k.
         min_support: Users a cross-sell pair needs to be listed.
         holdout: Periods held out to evaluate the demand forecasts.
@@ -197,6 +197,7 @@ def run_analysis(
         permutations=config.permutations,
         seed=config.seed,
         active=(lo, hi),
+        user=log.user[index],
     )
     step("drift")
 
