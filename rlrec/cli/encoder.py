@@ -266,11 +266,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     check_out_dir(args.out, "encoder", args.force)
     encoder_map, training_map = _settings(args)
     where = args.config or "flags"
+    # Bad settings fail before the data loads: check the given ones against the defaults.
+    cfg = from_mapping(PretrainConfig, training_map, f"{where}:training")
+    from_mapping(EncoderConfig, encoder_map, f"{where}:encoder")
     dataset = load_dataset(args.data)
     # Width and depth from the data size (SIZE_TABLE) unless the config or a flag sets them.
     auto = auto_size(count_train_targets(dataset))
     enc_cfg = from_mapping(EncoderConfig, {**auto, **encoder_map}, f"{where}:encoder")
-    cfg = from_mapping(PretrainConfig, training_map, f"{where}:training")
     # A progress bar in a log file is noise: draw it only on a terminal.
     progress = not args.no_progress and sys.stderr.isatty()
     summary = pretrain_checkpoint(

@@ -224,8 +224,8 @@ def test_pretrain_help_defaults_are_the_config_defaults() -> None:
             assert shown, action.dest
             if action.dest in AUTO_SIZED:  # chosen from the data (rlrec.models.pretrain)
                 assert shown.group(1).startswith("auto, from the data size"), action.dest
-                continue
-            assert shown.group(1) == str(defaults[action.dest]), action.dest
+            else:
+                assert shown.group(1) == str(defaults[action.dest]), action.dest
             checked += 1
     assert checked == 14
 
