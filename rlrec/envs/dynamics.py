@@ -74,13 +74,16 @@ def return_process_of(model: SimModel, config: EnvConfig) -> ReturnProcess:
     In order: the env's ``return_process`` (set by the user), the SimModel's
     ``info["return_process"]`` (a truth world's), its fitted ``info["return_model"]`` (with
     ``info["session_carryover"]``, written by :func:`rlrec.models.transition.fit_sim_model`).
+    A truth world always returns by its own process: a user's override describes the fitted
+    world, not the one that produced the log.
 
     Raises:
         UserError: If there is none, naming why the fit has none when it says.
     """
-    if config.return_process:
-        return ReturnProcess.from_mapping(config.return_process, "env.return_process")
     info = model.info
+    truth = info.get("world") == "truth" and info.get("return_process") is not None
+    if config.return_process and not truth:
+        return ReturnProcess.from_mapping(config.return_process, "env.return_process")
     if info.get("return_process") is not None:
         return ReturnProcess.from_mapping(info["return_process"], "SimModel return_process")
     if info.get("return_model") is not None:

@@ -264,3 +264,14 @@ def test_fitted_model_converts_with_held_covariates_at_their_mean() -> None:
         process.rate_multiplier(x) * ((t - 0.02) / process.gap_scale_days) ** 0.9,
         model.cumulative_hazard(t, raw),
     )
+
+
+def test_a_truth_world_returns_by_its_own_process_despite_an_override() -> None:
+    from rlrec.envs.dynamics import return_process_of
+
+    own = {**PROCESS, "carryover": 0.0}
+    truth = make_sim_model(info={"world": "truth", "return_process": own})
+    override = EnvConfig(episode="lifecycle", return_process=PROCESS)
+    assert return_process_of(truth, override).carryover == 0.0
+    fitted = make_sim_model(info={"return_process": own})
+    assert return_process_of(fitted, override).carryover == 0.5
