@@ -54,6 +54,11 @@ __all__ = [
 Selection = Literal["safe", "mean"]
 
 
+def _centre(model: SimModel) -> np.ndarray:
+    """(P,) the model's own response parameters (RESPONSE_PARAMETERS): the prior's centre."""
+    return np.array([float(getattr(model, p)) for p in RESPONSE_PARAMETERS])
+
+
 def validation_worlds(model: SimModel, n_random: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """(W, P) response parameters of the validation worlds, and a label for each.
 
@@ -61,7 +66,7 @@ def validation_worlds(model: SimModel, n_random: int, seed: int) -> tuple[np.nda
     (others at the centre), then ``n_random`` prior draws. With nothing unidentified there is
     one world: the model itself.
     """
-    centre = np.array([float(getattr(model, p)) for p in RESPONSE_PARAMETERS])
+    centre = _centre(model)
     rows, labels = [centre], ["centre"]
     names = unidentified(model)
     for name in names:
@@ -230,7 +235,7 @@ def lifecycle_bonus(
     session_env = dataclasses.replace(env, episode="session")
     venv = BatchedInterestDrift(episodes, model, dataset, session_env)
     config = PlannerConfig(seed=seed, iterations=0)
-    centre = np.array([[float(getattr(model, p)) for p in RESPONSE_PARAMETERS]])
+    centre = _centre(model)[None, :]
     bonus: RetentionBonus | None = None
     for _ in range(rounds):
         planner = Planner(model, n_actions, env.reward_weights, config, centre, bonus=bonus)

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from rlrec.config import from_mapping, to_mapping
 from rlrec.errors import UserError
 from rlrec.models.ground_truth import RETURN_OFFSET_MS, ReturnTruthConfig, session_satisfaction
 from rlrec.models.lifecycle import DAY_MS, ReturnModel
@@ -181,42 +182,16 @@ class ReturnProcess:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], where: str = "return_process") -> ReturnProcess:
-        """Build from a JSON/YAML mapping, naming the bad field on error.
+        """Build from a JSON/YAML mapping (:func:`rlrec.config.from_mapping`'s checks).
 
         Raises:
             UserError: For an unknown field, a wrong type or an invalid value.
         """
-        if not isinstance(raw, Mapping):
-            raise UserError(f"{where}: expected a mapping of ReturnProcess fields")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise UserError(f"{where}.{unknown[0]}: unknown field; expected one of {sorted(known)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
-            try:
-                if key == "covariates":
-                    kwargs[key] = tuple(str(v) for v in value)
-                elif key in ("dropout_coef", "gap_coef"):
-                    kwargs[key] = tuple(float(v) for v in value)
-                elif key == "frailty_shape":
-                    kwargs[key] = None if value is None else float(value)
-                elif key == "source":
-                    kwargs[key] = {str(k): str(v) for k, v in dict(value).items()}
-                else:
-                    if isinstance(value, bool):
-                        raise TypeError("bool")
-                    kwargs[key] = float(value)
-            except (TypeError, ValueError):
-                raise UserError(f"{where}.{key}: {value!r} has the wrong type") from None
-        return cls(**kwargs)
+        return from_mapping(cls, raw, where)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping that :meth:`from_mapping` reads back."""
-        out = asdict(self)
-        out["covariates"] = list(self.covariates)
-        out["dropout_coef"] = list(self.dropout_coef)
-        out["gap_coef"] = list(self.gap_coef)
+        out: dict[str, Any] = to_mapping(self)
         return out
 
     def user_rates(self, n: int, rng: np.random.Generator) -> np.ndarray:

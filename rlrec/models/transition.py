@@ -24,6 +24,7 @@ Only numpy: models never import the envs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -638,10 +639,14 @@ def _fit_returns(train: pd.DataFrame, fold: np.ndarray, initial: np.ndarray) -> 
     if train.empty:
         return {"return_model_error": "the train split is empty"}
     end_ms = int(train["timestamp"].max()) + 1
-    table = session_table(train)
-    timelines = timelines_from_sessions(table, end_ms)
-    names = tuple(n for n in _SIMULATED_FEATURES if n in timelines.feature_names)
-    timelines = timelines_from_sessions(table, end_ms, names)
+    timelines = timelines_from_sessions(session_table(train), end_ms)
+    # Keep the covariates a simulator produces, among those the log supports.
+    keep = [j for j, n in enumerate(timelines.feature_names) if n in _SIMULATED_FEATURES]
+    timelines = dataclasses.replace(
+        timelines,
+        features=timelines.features[:, keep],
+        feature_names=tuple(timelines.feature_names[j] for j in keep),
+    )
     if int(timelines.observed.sum()) < _MIN_RETURNS:
         return {
             "return_model_error": f"{int(timelines.observed.sum())} returns in the train split "

@@ -61,8 +61,8 @@ class Uniform:
         ("gap_scale_days", float("nan"), "finite"),
         ("carryover", 1.5, "expected in [0, 1]"),
         ("frailty_shape", -1.0, "frailty_shape"),
-        ("gap_shape", "fast", "wrong type"),
-        ("colour", 1, "unknown field"),
+        ("gap_shape", "fast", "expected a number"),
+        ("colour", 1, "unknown setting"),
     ],
 )
 def test_return_process_refuses_bad_fields(field: str, value: object, message: str) -> None:
