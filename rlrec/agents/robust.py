@@ -21,16 +21,25 @@ The candidates are planners (:mod:`rlrec.agents.planner`): one for the centre, o
 prior (bold), and hedges between the bold plan and the validation world where it loses most
 (that world's own plan, points nearer the centre, and the prior with that world given a
 share of the weight), so the family spans cautious to bold plans.
+
+In lifecycle episodes a user's own sessions show how their world responds, so the family
+also holds *adaptive* plans (:mod:`rlrec.agents.adaptive`): particles spanning the prior (the
+same one-at-a-time design with draws of another seed, so that a particle is never a random
+validation world, plus the hedges' world), each user's posterior over them starting with
+most of its mass on that world. They start as a hedge and turn bold where the user's sessions
+show that boldness pays; the safe rule treats them like any other candidate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from rlrec.agents.adaptive import AdaptivePlan, AdaptivePlanPolicy
 from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
 from rlrec.agents.retention import RetentionBonus, retention_bonus
 from rlrec.data.dataset import PreparedDataset
@@ -42,6 +51,7 @@ from rlrec.models.prior import RESPONSE_PARAMETERS, RESPONSE_PRIOR, prior_draws,
 from rlrec.models.sim_model import SimModel
 
 __all__ = [
+    "ADAPTIVE_PRIOR_MASS",
     "RobustChoice",
     "Selection",
     "lifecycle_bonus",
@@ -52,6 +62,10 @@ __all__ = [
 ]
 
 Selection = Literal["safe", "mean"]
+
+ADAPTIVE_PRIOR_MASS: tuple[float, ...] = (0.6, 0.8, 0.9)
+"""Prior mass on the hedges' world of the adaptive candidates (the rest spread evenly over
+the other particles): how much evidence a user's sessions need before the plan turns bold."""
 
 
 def _centre(model: SimModel) -> np.ndarray:
@@ -91,8 +105,6 @@ def world_model(model: SimModel, theta: np.ndarray) -> SimModel:
     Provenance is left as it is: a validation world is the same fitted model under another
     value of what the fit could not tell.
     """
-    import dataclasses
-
     values = dict(zip(RESPONSE_PARAMETERS, (float(v) for v in theta), strict=True))
     return dataclasses.replace(model, **values)  # type: ignore[arg-type]
 
@@ -109,6 +121,8 @@ class RobustChoice:
         returns: Policy name -> (W,) mean return per world (candidates and baselines).
         ratios: Candidate name -> (W,) ratio to the best baseline per world.
         best_baseline: (W,) name of the best baseline in each world.
+        adaptive: The chosen candidate's adaptive plan when an adaptive one was chosen (the
+            returned planner is then its main particle's: the policy PPO starts from).
     """
 
     chosen: str
@@ -117,6 +131,7 @@ class RobustChoice:
     returns: dict[str, np.ndarray] = field(default_factory=dict)
     ratios: dict[str, np.ndarray] = field(default_factory=dict)
     best_baseline: list[str] = field(default_factory=list)
+    adaptive: AdaptivePlan | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the choice, and each candidate's mean and worst ratio."""
@@ -225,8 +240,6 @@ def lifecycle_bonus(
     Raises:
         UserError: If the env is not in lifecycle mode or has no return process.
     """
-    import dataclasses
-
     if env.episode != "lifecycle":
         from rlrec.errors import UserError
 
@@ -344,7 +357,30 @@ def robust_planner(
         for share in (0.5, 0.75, 0.9):
             weights = np.r_[share, np.full(len(prior), (1.0 - share) / len(prior))]
             plan(f"plan[prior+{share:g} {labels[worst]}]", draws, weights)
-    candidates = {name: PlannerPolicy(p.table, n_actions) for name, p in planners.items()}
+    candidates: dict[str, Any] = {
+        name: PlannerPolicy(p.table, n_actions) for name, p in planners.items()
+    }
+    adaptive: dict[str, AdaptivePlan] = {}
+    if bonus is not None and len(labels) > 1:
+        particles, names = validation_worlds(model, n_random, seed + 1)
+        particles = np.vstack([particles, thetas[worst][None, :]])
+        names = [*names, f"hedge:{labels[worst]}"]
+        if progress is not None:
+            progress(f"adaptive plans ({len(particles)} particles)")
+        single = PlannerConfig(seed=seed, iterations=0)
+        own = [
+            Planner(model, n_actions, env.reward_weights, single, theta[None, :], bonus=bonus)
+            for theta in particles
+        ]
+        tokens = BatchedInterestDrift(1, model, dataset, env).dynamics.item_token
+        for mass in ADAPTIVE_PRIOR_MASS:
+            weights = np.r_[np.full(len(particles) - 1, (1.0 - mass) / (len(particles) - 1)), mass]
+            name = f"adaptive[{mass:g} {labels[worst]}]"
+            adaptive[name] = AdaptivePlan.from_planners(
+                own, weights, tokens, model.item_popularity, model.item_category, names
+            )
+            candidates[name] = AdaptivePlanPolicy(adaptive[name], n_actions)
+            planners[name] = own[-1]  # PPO's start: the hedges' world, the prior's main mass
     choice = select_robust(
         model,
         dataset,
@@ -359,4 +395,6 @@ def robust_planner(
         progress=progress,
         baseline_returns=baseline_returns,
     )
+    if choice.chosen in adaptive:
+        choice = dataclasses.replace(choice, adaptive=adaptive[choice.chosen])
     return planners[choice.chosen], choice

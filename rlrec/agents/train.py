@@ -39,6 +39,7 @@ import yaml
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv
 
+from rlrec.agents.adaptive import AdaptivePlan, AdaptivePlanPolicy
 from rlrec.agents.artifacts import (
     LEGACY_POLICY_FILE,
     POLICY_NAME,
@@ -93,6 +94,8 @@ from rlrec.models.pretrain import PretrainConfig, train_encoder
 from rlrec.models.sim_model import SimModel, load_sim_model
 
 __all__ = [
+    "ADAPTIVE_CANDIDATE_FILE",
+    "ADAPTIVE_FILE",
     "CHECKPOINT_DIR",
     "ENCODER_DIR",
     "PLAN_FILE",
@@ -120,6 +123,10 @@ CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 PLAN_FILE = "plan.npz"
 ROBUST_FILE = "robust.json"
+ADAPTIVE_CANDIDATE_FILE = "adaptive_candidate.npz"
+"""The adaptive plan the robust choice picked, kept while PPO trains from its start."""
+ADAPTIVE_FILE = "adaptive.npz"
+"""Present when the run acts by its adaptive plan (the never-lose check preferred it)."""
 
 
 @dataclass(frozen=True)
@@ -535,6 +542,8 @@ def _train_agent(
                 agent, sim_model, dataset, run.env, baselines, n_actions, seed
             )
             plan.save(root / PLAN_FILE)
+            if choice.adaptive is not None:
+                choice.adaptive.save(root / ADAPTIVE_CANDIDATE_FILE)
             known = {b: choice.returns[b] for b in baselines}
             robust = {"plan": choice.summary()}
             write_json_atomic(root / ROBUST_FILE, robust)
@@ -593,10 +602,15 @@ def _train_agent(
         )
         thetas, labels = validation_worlds(sim_model, agent.selection_draws, seed)
         frozen = copy.deepcopy(encoder)
-        candidates = {
+        candidates: dict[str, Any] = {
             name: AgentPolicy(m, frozen, batch_size=agent.encoder_batch_size, prior=prior)
             for name, m in (("trained", model), ("start", start))
         }
+        adaptive_path = root / ADAPTIVE_CANDIDATE_FILE
+        if adaptive_path.is_file():
+            # The robust choice was adaptive: PPO trained from its start (the plan of the
+            # hedges' world), which cannot adapt; the adaptive plan stays a candidate.
+            candidates["adaptive"] = AdaptivePlanPolicy(AdaptivePlan.load(adaptive_path), n_actions)
         final = select_robust(
             sim_model,
             dataset,
@@ -612,6 +626,13 @@ def _train_agent(
         )
         if final.chosen == "start":
             model.policy.load_state_dict(start.policy.state_dict())
+        elif final.chosen == "adaptive":
+            # The run acts by the adaptive plan; policy.* keeps PPO's start for what needs a
+            # per-step policy (see load_run).
+            model.policy.load_state_dict(start.policy.state_dict())
+            os.replace(adaptive_path, root / ADAPTIVE_FILE)
+        if final.chosen != "adaptive":
+            (root / ADAPTIVE_FILE).unlink(missing_ok=True)  # an earlier check's choice
         robust = {**robust, "final": {**final.summary(), "kept": final.chosen}}
         write_json_atomic(root / ROBUST_FILE, robust)
     policy_path = save_policy(model, root, POLICY_NAME)
@@ -637,6 +658,9 @@ class LoadedRun:
         encoder: The run's encoder checkpoint (the supervised one, for greedy baselines).
         sim_model: The env's SimModel.
         dataset: The env's PreparedDataset.
+        adaptive: The run's adaptive plan policy when the run acts by one (lifecycle runs
+            whose never-lose check preferred it, ``adaptive.npz``); ``policy`` is then PPO's
+            start, for what needs a per-step policy of the history alone.
     """
 
     config: RunConfig
@@ -644,6 +668,25 @@ class LoadedRun:
     encoder: SequenceEncoder
     sim_model: SimModel
     dataset: PreparedDataset
+    adaptive: AdaptivePlanPolicy | None = None
+
+    @property
+    def acting_policy(self) -> Any:
+        """The policy the run acts by in a simulator: the adaptive plan if any, else PPO's."""
+        return self.adaptive if self.adaptive is not None else self.policy
+
+    def require_stateless(self, what: str) -> None:
+        """Refuse ``what`` for a run that acts adaptively (it needs the user's sessions).
+
+        Raises:
+            UserError: If the run has an adaptive plan.
+        """
+        if self.adaptive is not None:
+            raise UserError(
+                f"{what}: this run acts by an adaptive plan (a per-user posterior over its "
+                "sessions, adaptive.npz), which needs each user's own recommendations and "
+                "responses; only simulator evaluation (rlrec evaluate) supports it so far"
+            )
 
 
 def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
@@ -702,8 +745,16 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
         batch_size=agent.encoder_batch_size,
         prior=prior,
     )
+    adaptive = None
+    if agent.planner and (root / ADAPTIVE_FILE).is_file():
+        adaptive = AdaptivePlanPolicy(AdaptivePlan.load(root / ADAPTIVE_FILE), n_actions)
     return LoadedRun(
-        config=run, policy=policy, encoder=encoder, sim_model=sim_model, dataset=dataset
+        config=run,
+        policy=policy,
+        encoder=encoder,
+        sim_model=sim_model,
+        dataset=dataset,
+        adaptive=adaptive,
     )
 
 

@@ -109,7 +109,7 @@ def evaluate_run(
     env_cfg = run.config.env
     n_actions = run.policy.n_actions
     # Every baseline is fitted from the log (the run's SimModel), as a practitioner would.
-    policies: dict[str, Any] = {AGENT: run.policy}
+    policies: dict[str, Any] = {AGENT: run.acting_policy}
     if run.policy.prior is not None:
         policies["planner"] = PlannerPolicy(run.policy.prior.plan, n_actions)
     policies.update(

@@ -239,7 +239,7 @@ def sensitivity_run(
         run.sim_model,
         run.dataset,
         env_cfg,
-        run.policy,
+        run.acting_policy,
         baselines,
         points,
         episodes,
