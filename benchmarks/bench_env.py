@@ -26,7 +26,10 @@ unavailable) a SimModel of the same size is built by hand. Starts are warm (logg
 with the preset's dataset, stationary with the hand-built model.
 
 Targets: the batched env at N = 1024 reaches at least 2,000,000 user-steps/s and at least
-20 times the DummyVecEnv; bytes per user stay flat as N grows.
+20 times the DummyVecEnv; bytes per user stay flat as N grows. Lifecycle episodes (issue 17:
+one user's sessions over 30 days, the return process fitted with the model, or a fixed one
+for the hand-built model) keep at least 1,000,000 user-steps/s at N = 1024
+(``batched_lifecycle_1024_steps_per_s``).
 
 Usage::
 
@@ -57,6 +60,29 @@ from rlrec.models.sim_model import SimModel
 BATCH_SIZES = (1, 64, 1024, 8192)
 TARGET_BATCHED_1024 = 2_000_000.0
 TARGET_RATIO_OVER_DUMMY = 20.0
+TARGET_LIFECYCLE_1024 = 1_000_000.0
+
+# The return process of a model without a fitted one (the hand-built model): users return
+# after about four days, more often after longer sessions with buys.
+FIXED_RETURNS = {
+    "covariates": ["log_events", "n_buys"],
+    "dropout_intercept": -2.0,
+    "dropout_coef": [-0.5, -0.3],
+    "gap_shape": 0.9,
+    "gap_scale_days": 4.0,
+    "gap_coef": [0.3, 0.2],
+    "frailty_shape": 2.0,
+}
+
+
+def lifecycle_config(model: SimModel, config: EnvConfig) -> EnvConfig:
+    """``config`` as 30-day lifecycle episodes, with the model's fitted return process if any."""
+    import dataclasses
+
+    lifecycle = dataclasses.replace(config, episode="lifecycle", horizon_days=30.0)
+    if "return_model" not in model.info:
+        lifecycle = dataclasses.replace(lifecycle, return_process=FIXED_RETURNS)
+    return lifecycle
 
 
 def hand_built_model(k: int = 50, n: int = 1000, seed: int = 0) -> SimModel:
@@ -270,6 +296,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     result["batched_steps_per_s"] = batched
     result["batched_bytes_per_user"] = per_user
+    lifecycle = lifecycle_config(model, config)
+    result["batched_lifecycle_1024_steps_per_s"] = bench_batched(
+        "batched_lifecycle_1024",
+        lambda: BatchedInterestDrift(1024, model, dataset, lifecycle),
+        1024,
+        n_actions,
+        sb3=False,
+        sec=sec,
+        rep=rep,
+    )
+    print(
+        f"batched lifecycle N=1024: {result['batched_lifecycle_1024_steps_per_s']:,.0f} "
+        "user-steps/s",
+        file=sys.stderr,
+    )
     result["sb3_batched_vec_1024_steps_per_s"] = bench_batched(
         "sb3_batched_vec_1024",
         lambda: BatchedVecEnv(1024, model, dataset, config),
@@ -295,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     result["meets_speed_target"] = bool(
         batched["1024"] >= TARGET_BATCHED_1024
         and result["batched_1024_over_dummy_vec"] >= TARGET_RATIO_OVER_DUMMY
+    )
+    result["target_batched_lifecycle_1024_steps_per_s"] = TARGET_LIFECYCLE_1024
+    result["meets_lifecycle_speed_target"] = bool(
+        result["batched_lifecycle_1024_steps_per_s"] >= TARGET_LIFECYCLE_1024
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
