@@ -106,8 +106,12 @@ class TrendResult:
     falling: list[str]
 
     def gainers(self, n: int = 5) -> list[dict[str, object]]:
-        """The ``n`` largest gains in share with their intervals and q-values, tested or not."""
-        top = self.tests.sort_values("gain", ascending=False).head(n)
+        """The ``n`` largest gains in share with their intervals and q-values, tested or not.
+
+        ``__other__`` (a fold of many categories: nothing to act on) is left out.
+        """
+        named = self.tests[self.tests["test"] != "folded"]
+        top = named.sort_values("gain", ascending=False).head(n)
         cols = ["category", "gain", "gain_low", "gain_high", "q_value", "direction"]
         return [
             {k: (str(v) if k == "category" else _plain(v)) for k, v in row.items()}

@@ -145,6 +145,8 @@ def test_trend_injected_into_taobao_is_the_top_gain(taobao_csv: Path, tmp_path: 
     # The largest gain in share, with a user-clustered interval above zero. 44 users carry
     # information on the category's within-user slope, 36 users' events were duplicated: the
     # slope test (p = 0.05) does not pass Benjamini-Hochberg (q = 0.40).
+    assert "__other__" in set(result.tests["category"])
+    assert "__other__" not in {g["category"] for g in result.gainers(60)}
     best = result.gainers(1)[0]
     assert best["category"] == str(top), result.gainers()
     assert best["gain_low"] > 0
