@@ -55,7 +55,8 @@ def test_half_life_chosen_on_earlier_origins_follows_a_changed_migration(
 ) -> None:
     # After a change of the switch matrix a half-life of 2 periods lags: it loses to the last
     # period (WAPE 0.220 against 0.212). Chosen on the origins before each forecast, the
-    # memory is short there and long on the stable default world, and the model wins on both.
+    # memory is short there (0.25-0.5: WAPE 0.202) and long on the stable default world, and
+    # the model wins on both.
     changed = period_log(load_dataset(planted_change), DAY_MS)
     fixed = demand_forecast(changed, half_life=2.0)
     chosen = demand_forecast(changed)
@@ -63,7 +64,7 @@ def test_half_life_chosen_on_earlier_origins_follows_a_changed_migration(
     last = chosen.metrics["last_period"]["wape"]
     assert fixed.metrics["model"]["wape"] > last
     assert chosen.metrics["model"]["wape"] < last
-    assert chosen.info["half_life_holdout"] == [0.5, 0.5, 0.5]
+    assert max(chosen.info["half_life_holdout"]) <= 0.5
     assert set(chosen.info["half_life_validation_wape"]) == {str(h) for h in HALF_LIVES}
     stable = demand_forecast(period_log(load_dataset(default_world), DAY_MS))
     assert isinstance(stable, DemandResult)
