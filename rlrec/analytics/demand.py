@@ -3,7 +3,7 @@
 **Model** (interest migration at the period scale). A user's interest in period ``p`` is their
 share of events per category, ``a_{u,p}``; in the next period they produce counts
 ``b_{u,p+1}``. The period migration matrix ``G[c, c'] ~ sum_u a_{u,p}[c] b_{u,p+1}[c']``
-(summed over the history's consecutive periods with weights halving every ``half_life`` = 2
+(summed over the history's consecutive periods with weights halving every ``half_life``
 periods back, so that the model follows a migration that changes; rows normalised) says where
 the interest of returning users goes; users new to a period (no events in the one before) bring
 the category mix ``n`` that new users brought in the history (same weights), a share ``nu`` of
@@ -13,6 +13,11 @@ type's volume is the last period's total (the same as the last-period baseline, 
 comparison isolates the category mix) spread over categories by ``s_t`` times the category's
 rate of that event type per event (smoothed toward the overall rate with ``funnel_prior``
 pseudo-events, as the transition fit smooths its funnel).
+
+**Memory**: the half-life is chosen per forecast origin among :data:`HALF_LIVES` by the
+WAPE of the one-step forecasts of the :data:`VALIDATION_ORIGINS` origins before it
+(:func:`choose_half_life`): a long memory averages out the noise of a stable mix, a short one
+follows a mix that shifts (a fixed 2 lost to the last period on every planted log).
 
 **Baselines**: ``last_period`` (each cell as in the period before) and ``seasonal_naive``
 (each cell as one season before: 7 periods for daily periods, 24 for hourly ones; none for
