@@ -10,8 +10,11 @@ planted trend is among the top 3 rising (``trend_rank``), the distance in period
 planted to the nearest found change point, cross-sell recall@10 of the model and the baselines,
 and demand WAPE of the model and the baselines. With ``../shared/data`` present it adds the
 Taobao sample's figures (``taobao_*``: cross-sell recall@10, and the rank of a trend injected
-by duplicating the most frequent category's second-half events). Machine facts: CPU count, load
-average at the start and the end of each run.
+by duplicating the most frequent category's second-half events: its rank among the significant
+risers and by gain in share). ``null_*``: default worlds with nothing planted (``--null-seeds``,
+10 by default): the trend test's false flags and p-value rate at 0.05, and demand WAPE of the
+model and the last period. Machine facts: CPU count, load average at the start and the end of
+each run.
 
     python benchmarks/bench_analyze.py --out bench_analyze.json              # 10M events
     python benchmarks/bench_analyze.py --quick --seeds 0 1 2 --out quick.json
@@ -89,6 +92,7 @@ def _figures(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         for name, m in demand["baselines"].items():
             out[f"{prefix}demand_{name}_wape"] = m["wape"]
         out[f"{prefix}demand_interval_coverage"] = demand["interval_coverage"]
+        out[f"{prefix}demand_half_life_future_periods"] = demand["info"]["half_life_future"]
     return out
 
 
@@ -123,6 +127,55 @@ def run_seed(n_events: int, seed: int, work: Path) -> dict[str, Any]:
     }
 
 
+def null_worlds(work: Path, seeds: list[int], n_users: int = 2000) -> dict[str, Any]:
+    """Trend false flags and demand WAPE on default synthetic worlds with nothing planted.
+
+    Every category flagged rising or falling there is a false discovery; the p-values of a
+    calibrated test are uniform, so ``null_p_below_0_05_rate`` should be near 0.05 and the
+    seeds with any discovery near 5% of the seeds (Benjamini-Hochberg at 0.05 under the
+    complete null). The analyses run in process (trends and demand only): the worlds are
+    small and the figures are about correctness, not speed.
+    """
+    import numpy as np
+
+    from rlrec.analytics.demand import DemandResult, demand_forecast
+    from rlrec.analytics.periods import period_log
+    from rlrec.analytics.trends import category_trends
+    from rlrec.data.dataset import load_dataset
+    from rlrec.models.ground_truth import SyntheticConfig
+    from rlrec.models.synthetic import generate_dataset
+
+    flags, tested, p_values, model, last = [], [], [], [], []
+    for seed in seeds:
+        path = generate_dataset(work / f"null-{seed}", SyntheticConfig(n_users=n_users, seed=seed))
+        log = period_log(load_dataset(path), DAY_MS)
+        trends = category_trends(log, log.active_range())
+        flags.append(len(trends.rising) + len(trends.falling))
+        tested.append(int(trends.tests["q_value"].notna().sum()))
+        p_values.append(trends.tests["p_value"][trends.tests["q_value"].notna()].to_numpy())
+        demand = demand_forecast(log)
+        if isinstance(demand, DemandResult):
+            model.append(demand.metrics["model"]["wape"])
+            last.append(demand.metrics["last_period"]["wape"])
+    p = np.concatenate(p_values)
+    return {
+        "null_seeds": seeds,
+        "null_users": n_users,
+        "null_categories_tested": int(sum(tested)),
+        "null_false_flags": int(sum(flags)),
+        "null_false_flags_per_seed_max": int(max(flags)),
+        "null_false_flag_rate": round(sum(flags) / max(sum(tested), 1), 4),
+        "null_seeds_with_a_flag": int(sum(f > 0 for f in flags)),
+        "null_p_below_0_05_rate": round(float(np.mean(p < 0.05)), 4),
+        "null_p_below_0_01_rate": round(float(np.mean(p < 0.01)), 4),
+        "null_demand_model_wape_min": round(min(model), 4),
+        "null_demand_model_wape_max": round(max(model), 4),
+        "null_demand_last_period_wape_min": round(min(last), 4),
+        "null_demand_last_period_wape_max": round(max(last), 4),
+        "null_demand_model_wins": int(sum(m < b for m, b in zip(model, last, strict=True))),
+    }
+
+
 def _taobao(work: Path) -> dict[str, Any]:
     if not TAOBAO.is_file():
         return {"taobao_cross_sell_model_recall@10": None}
@@ -143,10 +196,22 @@ def _taobao(work: Path) -> dict[str, Any]:
         if name == "taobao":
             out.update(_figures(summary, "taobao_"))
         else:
+            # Rank among the significant risers, and by gain in share (the effect size, its
+            # interval and q-value beside it): a correct test may not flag what ranks first.
             rising = summary["rising"]
             out["taobao_injected_trend_rank"] = (
                 rising.index(str(top)) + 1 if str(top) in rising else None
             )
+            gainers = [g["category"] for g in summary["gainers"]]
+            out["taobao_injected_gain_rank"] = (
+                gainers.index(str(top)) + 1 if str(top) in gainers else None
+            )
+            if str(top) in gainers:
+                g = summary["gainers"][gainers.index(str(top))]
+                out["taobao_injected_gain"] = g["gain"]
+                out["taobao_injected_gain_low"] = g["gain_low"]
+                out["taobao_injected_gain_high"] = g["gain_high"]
+                out["taobao_injected_q_value"] = g["q_value"]
     return out
 
 
@@ -156,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="300k events instead of 10M")
     parser.add_argument("--events", type=int, default=None, help="events to generate")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run")
+    parser.add_argument(
+        "--null-seeds",
+        type=int,
+        default=10,
+        help="default worlds with nothing planted (2,000 users each, seeds 0..N-1) for the "
+        "trend test's false flags and the demand forecast; 0 to skip",
+    )
     args = parser.parse_args(argv)
     n_events = args.events or (300_000 if args.quick else 10_000_000)
     with tempfile.TemporaryDirectory(prefix="bench_analyze-") as tmp:
@@ -184,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["change_point_within_one_period"] for r in runs
             )
         result.update(_taobao(Path(tmp)))
+        if args.null_seeds > 0:
+            result.update(null_worlds(Path(tmp), list(range(args.null_seeds))))
     write_json_atomic(args.out, result)
     json.dump(result, sys.stdout, indent=2)
     print()

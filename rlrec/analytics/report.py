@@ -175,11 +175,26 @@ def _trend_table(trends: TrendResult) -> Table:
                     _fmt(float(t["slope"])),
                     f"{float(t['q_value']):.2g}",
                     f"{100 * t['share_first']:.2f}% → {100 * t['share_last']:.2f}%",
+                    f"[{100 * t['gain_low']:+.2f}, {100 * t['gain_high']:+.2f}] pp",
                 ]
             )
     if not rows:
-        rows = [["none", "no category rises or falls at the false discovery rate", "", "", ""]]
-    return Table(["direction", "category", "slope (log-odds/period)", "q (BH)", "share"], rows)
+        rows = [["none", "no category rises or falls at the false discovery rate", "", "", "", ""]]
+        # The largest gains still answer "what grew most", said to be not significant.
+        for g in trends.gainers(3):
+            t = tests.loc[g["category"]]
+            rows.append(
+                [
+                    "largest gain (not significant)",
+                    str(g["category"]),
+                    _fmt(float(t["slope"])),
+                    _fmt(float(t["q_value"]), 2),
+                    f"{100 * t['share_first']:.2f}% → {100 * t['share_last']:.2f}%",
+                    f"[{100 * t['gain_low']:+.2f}, {100 * t['gain_high']:+.2f}] pp",
+                ]
+            )
+    header = ["direction", "category", "slope (log-odds/period)", "q (BH)", "share"]
+    return Table([*header, "gain 95% interval"], rows)
 
 
 def _metrics_table(block: dict[str, Any], keys: list[str]) -> Table:
@@ -211,9 +226,10 @@ def write_analysis_report(
             "trends",
             "Interest trends",
             caption=(
-                "Share of events per period with 95% intervals (Wilson, widened by the "
-                "category's overdispersion). Rising and falling: within-user trend test (logit "
-                "with one intercept per user, Pearson-scaled), Benjamini-Hochberg q < "
+                "Share of events per period with 95% intervals (Wilson on the effective "
+                "count under user clustering). Rising and falling: within-user trend test "
+                "(logit with one intercept per user, user-clustered sandwich, categories "
+                "with 20 users or more), Benjamini-Hochberg q < "
                 f"{summary['config']['alpha']}; strongest gain in share first."
             ),
             image=png_bytes(trends_figure(trends)),

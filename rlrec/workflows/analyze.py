@@ -233,6 +233,7 @@ def run_analysis(
         "categories": list(log.category_ids),
         "rising": trends.rising,
         "falling": trends.falling,
+        "gainers": trends.gainers(),
         "change_points": [starts[p] for p in cps.periods],
         "stationarity_p_value": cps.stationarity_p,
         "migration": {
@@ -331,6 +332,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"({summary['periods']['first']} .. {summary['periods']['last']})",
         f"rising: {', '.join(summary['rising'][:5]) or 'none'}",
         f"falling: {', '.join(summary['falling'][:5]) or 'none'}",
+        "largest gains in share (95% interval): "
+        + ", ".join(
+            f"{g['category']} {100 * g['gain']:+.2f} pp "
+            f"[{100 * g['gain_low']:+.2f}, {100 * g['gain_high']:+.2f}]"
+            for g in summary["gainers"][:3]
+            if g["gain"] is not None and g["gain_low"] is not None and g["gain_high"] is not None
+        ),
         f"change points: {', '.join(summary['change_points']) or 'none'} "
         f"(stationarity p = {summary['stationarity_p_value']})",
         f"cross-sell {recall}: model {_num(cross['model'][recall])}, "

@@ -90,6 +90,16 @@ def planted_trend(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def null_worlds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Four synthetic worlds of 1,500 users with nothing planted (seeds 0-3)."""
+    root = tmp_path_factory.mktemp("analytics-null")
+    return [
+        generate_dataset(root / f"null{seed}", SyntheticConfig(n_users=1500, seed=seed))
+        for seed in range(4)
+    ]
+
+
+@pytest.fixture(scope="session")
 def planted_change(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,500 synthetic users; the switch matrix changes at the median session start."""
     out = tmp_path_factory.mktemp("analytics") / "change"

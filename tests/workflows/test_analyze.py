@@ -39,6 +39,9 @@ def analysis(planted_trend: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_outputs_and_summary(analysis: Path) -> None:
     summary = json.loads((analysis / "summary.json").read_text())
     assert summary["rising"][:3].count("c10") == 1
+    gains = [g["gain"] for g in summary["gainers"]]
+    assert gains == sorted(gains, reverse=True) and len(gains) == 5
+    assert all(g["gain_low"] <= g["gain"] <= g["gain_high"] for g in summary["gainers"])
     assert isinstance(summary["change_points"], list)
     for block in ("cross_sell", "demand"):
         assert set(summary[block]) >= {"model", "baselines"}
