@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.serving.export import export_run
 from rlrec.serving.scorer import Scorer, SlateRequest
 from tests.agents.conftest import TINY_AGENT, write_yaml
+from tests.serving.conftest import require_serve_extra
 from tests.serving.helpers import histories_of
 
 pytestmark = pytest.mark.timeout(300)
@@ -111,3 +115,21 @@ def test_a_trace_that_disagrees_with_the_agent_is_refused(exports, monkeypatch):
 
     monkeypatch.setattr(Scorer, "_actor_probabilities", skewed)
     assert Scorer.load(exports["finetune"]).actor is None
+
+
+def test_a_replaced_model_is_freed_though_the_heap_is_frozen(world, exports):
+    # The server freezes the heap after each load (rlrec.serving.app._settle_heap); a model
+    # it replaces holds reference cycles (SB3), so it must be collected before the refreeze.
+    require_serve_extra()
+    from rlrec.serving.app import ModelHolder
+
+    holder = ModelHolder(str(exports["finetune"]))
+    try:
+        asyncio.run(holder.reload())
+        assert holder.current is not None and gc.get_freeze_count() > 0
+        old = weakref.ref(holder.current.policy.model.policy)
+        asyncio.run(holder.reload(str(world["export_a"])))
+        assert old() is None
+        assert holder.current.actor is None  # the frozen agent now serves
+    finally:
+        gc.unfreeze()
