@@ -1,9 +1,10 @@
 """Benchmark of ``rlrec serve``: latency and throughput of a real server on 127.0.0.1.
 
 A bounded load test, local only: the script exports a trained run, starts ``rlrec serve`` on a
-free port of 127.0.0.1 (never another interface) and drives it with an async httpx client:
-at concurrency 1, 8 and 32, ``c`` client tasks each send requests back to back until the
-cell's fixed request count is reached or its time limit passes. Two request kinds:
+free port of 127.0.0.1 (never another interface) and drives it with an async client (aiohttp,
+or httpx with ``--client httpx``) over a keep-alive pool of ``c`` connections: at concurrency
+1, 8 and 32, ``c`` client tasks each send requests back to back until the cell's fixed
+request count is reached or its time limit passes. Two request kinds:
 
 * ``single``: ``POST /recommend``, one history, ``k = 10``, greedy;
 * ``batch64``: ``POST /recommend/batch`` with 64 histories.
@@ -13,7 +14,10 @@ recommendations per second (64 per batch request) over the cell's wall-clock tim
 of failed requests (anything but 200; the target is 0), and the CPU time the server's
 processes spent per request (``server_cpu_ms_per_request``, from ``psutil``): on a machine
 shared with other work the wall-clock figures measure the share of the cores the server got,
-while ``1000 / server_cpu_ms_per_request`` is what one idle core would serve. Histories are
+while ``1000 / server_cpu_ms_per_request`` is what one idle core would serve. The client's CPU
+per request and both processes' CPU shares (CPU seconds per wall second) say how much of the
+2 cores the load generator took, and ``mean_batch`` (from ``/metadata``) the requests scored
+per forward pass. Histories are
 the simulator's warm starts (logged prefixes, 1 to 10 steps) of the served run's env, seeded.
 Before the HTTP cells, ``scorer_*_ms`` (wall) and ``scorer_*_cpu_ms`` time the scorer
 in-process (no HTTP): what the server's per-request path costs beyond parsing and networking.
@@ -241,7 +245,7 @@ async def cell(
     post = await _poster(client, url + path, concurrency)
     try:
         # Warm-up: open the connections and touch every code path once.
-        await asyncio.gather(*(post(bodies[i]) for i in range(concurrency)))
+        await asyncio.gather(*(post(bodies[i % len(bodies)]) for i in range(concurrency)))
         before = batching(url)
         start = time.perf_counter()
         deadline = start + time_limit
