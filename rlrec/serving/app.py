@@ -31,8 +31,9 @@ Why a batch is scored on the event loop rather than in a thread: the forward pas
 histories is Python-bound (operator dispatch holds the GIL), so a thread runs no faster beside
 the loop; it only adds a hand-off per batch and GIL contention with the loop. Scored inline,
 the requests that arrive during a pass wait in their sockets and are all read before the next
-one, so batches are larger (about 6 rather than 4.5 at concurrency 8 on the bench model) and
-the server spends less CPU per request (docs/serving.md, Performance). The loop yields after
+one, so batches tend to be larger (5.3-6.3 rather than 4.5-4.6 at concurrency 8 on the bench
+model, alternating the two under the same load) and the server spends less CPU per request
+(docs/serving.md, Performance). The loop yields after
 each batch, so a long ``/recommend/batch`` call never holds other requests for more than one
 pass of at most ``max_batch`` histories. Loading a model still runs in a thread.
 """
@@ -347,8 +348,8 @@ def _parse_body(model: type[_M], body: bytes) -> _M:
     Why not FastAPI's body parameter: it decodes the JSON into Python objects first and then
     validates them, and validates and encodes the answer again through the response model;
     pydantic's ``model_validate_json`` does both steps in one pass in Rust, and the answer is
-    encoded once by :func:`pydantic_core.to_json`. The hot endpoints spend about half of
-    their server time in that machinery otherwise (docs/serving.md, Performance).
+    encoded once by :func:`pydantic_core.to_json`. The saving is small (FastAPI's part of a
+    request was about 0.08 ms of CPU either way, docs/serving.md, Performance) but free.
 
     Raises:
         RequestValidationError: Its errors located as FastAPI locates them (``body``, then

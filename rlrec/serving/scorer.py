@@ -57,11 +57,15 @@ from rlrec.serving.export import (
 )
 
 __all__ = [
+    "COMPILED_TOLERANCE",
+    "MASKED_LOGIT",
     "MODES",
+    "Actor",
     "Context",
     "Recommendation",
     "Scorer",
     "SlateRequest",
+    "compile_actor",
 ]
 
 MODES = ("greedy", "sample")
