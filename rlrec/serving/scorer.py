@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,7 +43,7 @@ import torch
 from rlrec.agents.artifacts import POLICY_NAME, load_policy
 from rlrec.agents.features import CategoryPrior
 from rlrec.agents.planner import PlanTable
-from rlrec.agents.policy import AgentPolicy, token_to_action_table
+from rlrec.agents.policy import AgentPolicy, recent_item_mask, token_to_action_table
 from rlrec.agents.train import ENCODER_DIR, PLAN_FILE
 from rlrec.data.dataset import PreparedDataset
 from rlrec.errors import UserError
@@ -56,14 +57,52 @@ from rlrec.serving.export import (
 )
 
 __all__ = [
+    "COMPILED_TOLERANCE",
+    "MASKED_LOGIT",
     "MODES",
+    "Actor",
     "Context",
     "Recommendation",
     "Scorer",
     "SlateRequest",
+    "compile_actor",
 ]
 
 MODES = ("greedy", "sample")
+MASKED_LOGIT = -1e8
+"""Logit of a masked action: what sb3_contrib's MaskableCategorical puts there."""
+COMPILED_TOLERANCE = 1e-6
+"""Largest difference in any probability between the traced actor and the eager policy on
+the probe histories that :func:`compile_actor` accepts."""
+
+Actor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(B, L) item tokens, (B, L) category tokens, (B, 1) steps (float32) -> (B, A) logits."""
+
+
+class _ActorLogits(torch.nn.Module):
+    """The actor's path of SB3's ``get_distribution`` up to the logits, as one module.
+
+    What :meth:`stable_baselines3.common.policies.ActorCriticPolicy.get_distribution`
+    computes (features of ``pi_features_extractor``, ``mlp_extractor.forward_actor``,
+    ``action_net``) without the distribution object, so that it can be traced.
+    """
+
+    def __init__(self, policy: Any) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(
+        self, items: torch.Tensor, categories: torch.Tensor, step: torch.Tensor
+    ) -> torch.Tensor:
+        from stable_baselines3.common.policies import BaseModel
+
+        obs = {"item_history": items, "category_history": categories, "step": step}
+        # BaseModel's extract_features: the actor-critic override ignores the extractor
+        # argument and returns both extractors' features when they are not shared.
+        features = BaseModel.extract_features(self.policy, obs, self.policy.pi_features_extractor)
+        return cast(
+            torch.Tensor, self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
+        )
 
 
 @dataclass(frozen=True)
@@ -170,6 +209,8 @@ class Scorer:
         self.action_category_raw = [str(category_raw[int(item_category[i])]) for i in self.catalog]
         self.action_of_item = token_to_action_table(self.catalog, len(item_raw) + 1)[1:]
         self.history_length = spec.history_length
+        self.actor: Actor | None = compile_actor(self)
+        """The traced actor (None: the eager policy scores; see :func:`compile_actor`)."""
 
     @classmethod
     def load(cls, export_dir: str | os.PathLike[str]) -> Scorer:
@@ -276,15 +317,48 @@ class Scorer:
         """(B, A) float64 pi(a | s) of the policy for each context."""
         if not contexts:
             return np.zeros((0, self.n_actions))
-        obs = {
+        obs = self._observations(contexts)
+        if self.actor is not None:
+            probs = self._actor_probabilities(self.actor, obs)
+        else:
+            probs = self.eager_probabilities(obs)
+        probs = np.clip(probs, 0.0, None)
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    @staticmethod
+    def _observations(contexts: Sequence[Context]) -> dict[str, np.ndarray]:
+        return {
             "item_history": np.stack([c.items for c in contexts]),
             "category_history": np.stack([c.categories for c in contexts]),
             "step": np.array([[c.step] for c in contexts], dtype=np.int64),
         }
+
+    @staticmethod
+    def _actor_inputs(obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+        # SB3 hands token observations to the policy as float32 (exact for token ids).
+        return tuple(
+            torch.from_numpy(np.asarray(obs[key], dtype=np.float32))
+            for key in ("item_history", "category_history", "step")
+        )
+
+    def eager_probabilities(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, A) float64 the policy's distribution through the agent (SB3, eager)."""
         with torch.inference_mode():
-            probs = np.asarray(self.policy.action_probabilities(obs), dtype=np.float64)
-        probs = np.clip(probs, 0.0, None)
-        return probs / probs.sum(axis=1, keepdims=True)
+            return np.asarray(self.policy.action_probabilities(obs), dtype=np.float64)
+
+    def _actor_probabilities(self, actor: Actor, obs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            logits = actor(*self._actor_inputs(obs))
+            if self.policy.mask_recent > 0:
+                assert self.policy.token_to_action is not None
+                allowed = recent_item_mask(
+                    obs["item_history"],
+                    self.policy.token_to_action,
+                    self.n_actions,
+                    self.policy.mask_recent,
+                )
+                logits = torch.where(torch.from_numpy(allowed), logits, MASKED_LOGIT)
+            return torch.softmax(logits, dim=1).numpy().astype(np.float64)
 
     def eligible(self, context: Context, exclude_seen: bool) -> np.ndarray:
         """(A,) bool: the actions a slate may hold."""
@@ -374,6 +448,60 @@ class Scorer:
                 )
             )
         return out
+
+
+def compile_actor(scorer: Scorer) -> Actor | None:
+    """The scorer's actor traced with TorchScript, or None where the eager policy must score.
+
+    Why: a served batch is a handful of histories, so a forward pass costs what its ~100
+    small operators cost to dispatch from Python (modules, hooks, SB3's distribution
+    objects), not arithmetic. The traced and frozen graph runs the same operators without
+    that overhead: 2-2.5x less CPU per batch of 1-8 on the bench model (docs/serving.md,
+    Performance). ``torch.compile`` would need seconds to minutes of compilation per batch
+    shape on a 2-core machine and ``torch.export``'s module runs slower than eager at these
+    sizes; ``torch.jit.trace`` is deprecated in torch 2.13 but present (its warning is
+    silenced here), and where it fails or is gone the eager path scores.
+
+    Only agents whose policy reads tokens (``finetune``: the encoder inside the policy) are
+    traced; ``frozen`` agents compute features in numpy first and stay eager. The traced
+    actor is accepted only if its probabilities equal the eager policy's within
+    :data:`COMPILED_TOLERANCE` on probe histories of several batch sizes (the batch
+    dimension must not have been baked into the graph).
+    """
+    policy = scorer.policy
+    if policy.encoder is not None or os.environ.get("RLREC_SERVE_EAGER") == "1":
+        return None
+    probes = _probe_contexts(scorer)
+    try:
+        module = _ActorLogits(policy.model.policy).eval()
+        example = scorer._actor_inputs(scorer._observations(probes[:2]))
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
+            actor = cast(Actor, traced)
+            for size in (1, 3, len(probes)):
+                obs = scorer._observations(probes[:size])
+                got = scorer._actor_probabilities(actor, obs)
+                if not np.allclose(
+                    got, scorer.eager_probabilities(obs), rtol=0.0, atol=COMPILED_TOLERANCE
+                ):
+                    return None
+    except Exception:  # any failure to trace means scoring eagerly, never a refused export
+        return None
+    return actor
+
+
+def _probe_contexts(scorer: Scorer) -> list[Context]:
+    """Eight histories of different lengths over the catalog (deterministic)."""
+    catalog = scorer.catalog
+    out = []
+    for i in range(8):
+        length = 1 + (3 * i) % (scorer.history_length + 4)
+        picks = catalog[(np.arange(length) * 7 + 13 * i) % len(catalog)]
+        out.append(
+            scorer.context([(str(scorer.item_raw[j]), float(t)) for t, j in enumerate(picks)])
+        )
+    return out
 
 
 def _top_k(keys: np.ndarray, k: int) -> np.ndarray:

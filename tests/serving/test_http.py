@@ -36,8 +36,23 @@ def test_health_ready_metadata_and_openapi(server, httpx_mod, scorer):
     assert ready == {"ready": True, "model_version": scorer.model_version}
     meta = httpx_mod.get(f"{server.url}/metadata").json()
     assert meta["catalog_size"] == scorer.n_actions and meta["history_length"] == 8
-    paths = httpx_mod.get(f"{server.url}/openapi.json").json()["paths"]
+    spec = httpx_mod.get(f"{server.url}/openapi.json").json()
+    paths = spec["paths"]
     assert {"/recommend", "/recommend/batch", "/feedback", "/admin/reload"} <= set(paths)
+    # The hot endpoints read the raw body, yet document their request and response models.
+    for path, request, response in (
+        ("/recommend", "RecommendRequest", "RecommendResponse"),
+        ("/recommend/batch", "BatchRequest", "BatchResponse"),
+    ):
+        post = paths[path]["post"]
+        body = post["requestBody"]["content"]["application/json"]["schema"]
+        answer = post["responses"]["200"]["content"]["application/json"]["schema"]
+        assert body["$ref"].endswith(f"/{request}") and answer["$ref"].endswith(f"/{response}")
+        assert "422" in post["responses"]
+    schemas = spec["components"]["schemas"]
+    assert {"RecommendRequest", "BatchRequest", "HistoryEvent", "RecommendResponse"} <= set(schemas)
+    assert schemas["RecommendRequest"]["properties"]["history"]["maxItems"] == 1000
+    assert meta["batching"]["max_batch"] == 64 and meta["batching"]["batches"] >= 0
 
 
 def test_recommend_answers_what_the_scorer_computes(server, httpx_mod, scorer):
