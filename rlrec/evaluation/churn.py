@@ -85,7 +85,9 @@ class ChurnConfig:
         seed: Seed of the gradient boosting, the user subsample and the Monte Carlo draws.
         max_fit_users: Users (a seeded sample) the parametric and BTYD fits see; their
             parameters are population-level, so a sample keeps a 100k-user fit fast.
-        n_draws: Monte Carlo draws per user for the return model's expected sessions.
+        n_draws: Monte Carlo draws per user for the return model's expected sessions (at
+            least; up to ten times more while users x draws stays within ``max_draws``).
+        max_draws: Budget of Monte Carlo draws over all users.
         max_iter: Boosting iterations of the discriminative model.
         learning_rate: Boosting learning rate.
         min_samples_leaf: Smallest leaf of the boosted trees.
@@ -97,6 +99,7 @@ class ChurnConfig:
             overfit boosted trees.
         stack: Give the classifier BG/NBD's and the return model's predictions as covariates
             (both fitted once, on the calibration period before the cutoff).
+        max_train_rows: Pseudo-cutoff rows (a seeded sample) the boosted trees train on.
         n_threads: OpenMP/BLAS threads of the scikit-learn fits (1: on shared cores the
             spinning OpenMP workers of gradient boosting cost far more than they gain; raise
             it on a dedicated machine).
@@ -112,12 +115,14 @@ class ChurnConfig:
     seed: int = 0
     max_fit_users: int = 20_000
     n_draws: int = 100
+    max_draws: int = 2_000_000
     max_iter: int = 200
     learning_rate: float = 0.05
     min_samples_leaf: int = 20
     baselines: bool = True
     stack: bool = True
     min_train_rows: int = 1000
+    max_train_rows: int = 100_000
     n_threads: int = 1
     blend: bool = True
     min_validation_users: int = 50
@@ -409,9 +414,13 @@ def _fit_candidates(
             [return_model.log_no_return(elapsed, t, X_last, hist) for t in curve], axis=1
         )
         survival["return_model"] = np.exp(log_s)
+        # At least n_draws per user, more while the total stays within the draw budget:
+        # Monte Carlo noise adds to every user's count error, and small logs can afford less.
+        draws = max(config.n_draws, min(10 * config.n_draws, config.max_draws // len(elapsed)))
         rm_n = return_model.expected_sessions(
-            elapsed, H, X_last, hist, seed=config.seed, n_draws=config.n_draws
+            elapsed, H, X_last, hist, seed=config.seed, n_draws=draws
         )
+        info["return_model_draws"] = draws
         preds["return_model"] = (1 - survival["return_model"][:, -1], rm_n)
         p_alive = return_model.p_alive(elapsed, X_last, hist)
         info["return_model_p_alive_mean"] = float(p_alive.mean())
@@ -490,6 +499,15 @@ def _fit_candidates(
         X_now = feats[used].to_numpy(np.float64)
         y_train = np.concatenate(train_y)
         n_train = np.concatenate(train_n)
+        if len(y_train) > config.max_train_rows:
+            # A seeded sample of the rows: beyond ~100k rows of ~20 features the trees'
+            # splits no longer change, and boosting's time grows with the rows.
+            keep = np.sort(
+                np.random.default_rng(config.seed).permutation(len(y_train))[
+                    : config.max_train_rows
+                ]
+            )
+            X_train, y_train, n_train = X_train[keep], y_train[keep], n_train[keep]
         common = {
             "max_iter": config.max_iter,
             "learning_rate": config.learning_rate,
@@ -553,12 +571,16 @@ def choose_blend(
 ) -> dict[str, Any]:
     """Convex weights of the candidates that best predict a validation window.
 
-    ``p_return`` weights maximise the AUC of the blended probability, ``expected_sessions``
-    weights minimise the MAE of the blended count (the two metrics ``rlrec churn`` is judged
-    on), each over the simplex grid with steps of ``1 / steps``. A convex blend of
-    probabilities is a probability and of expectations an expectation, so the blended columns
-    keep their meaning. Ties keep the first weight vector in grid order, so the result is
-    deterministic.
+    ``p_return`` weights minimise the log loss of the blended probability and
+    ``expected_sessions`` weights the MAE of the blended count, each over the simplex grid
+    with steps of ``1 / steps``. Why log loss, not the AUC ``rlrec churn`` is judged on: AUC
+    is flat in the weights wherever the blend's order does not change (a constant candidate
+    never changes it, so it ties everything), and on a few thousand validation users its
+    maximiser jumped between corners of the simplex from seed to seed; the log loss is a
+    proper scoring rule, smooth in the weights, and rewards both ranking and calibration. A
+    convex blend of probabilities is a probability and of expectations an expectation, so
+    the blended columns keep their meaning. Ties keep the first weight vector in grid order,
+    so the result is deterministic.
 
     Args:
         preds: Candidate name -> (``p_return`` (n,), ``expected_sessions`` (n,)) for the
@@ -568,27 +590,34 @@ def choose_blend(
         steps: Grid resolution.
 
     Returns:
-        ``p_weights`` and ``n_weights`` (name -> weight), and the validation ``auc`` and
-        ``mae`` of every candidate and of the blend.
+        ``p_weights`` and ``n_weights`` (name -> weight), and the validation ``auc``,
+        ``log_loss`` and ``mae`` of every candidate and of the blend.
     """
     names = list(preds)
     P = np.stack([preds[n][0] for n in names], axis=1)
     N = np.stack([preds[n][1] for n in names], axis=1)
     W = _simplex(len(names), steps)
-    both = returned.any() and not returned.all()
-    if both:
-        aucs = np.array([sm.roc_auc(returned, P @ w) or 0.5 for w in W])
-        best_p = W[int(np.argmax(aucs))]
-    else:
-        best_p = np.full(len(names), 1.0 / len(names))
+    y = np.asarray(returned, dtype=np.float64)[:, None]
+
+    def log_loss(q: np.ndarray) -> np.ndarray:
+        q = np.clip(q, 1e-6, 1 - 1e-6)
+        return np.asarray(-(y * np.log(q) + (1 - y) * np.log1p(-q)).mean(axis=0))
+
+    losses = log_loss(P @ W.T)
+    best_p = W[int(np.argmin(losses))]
     maes = np.abs(N @ W.T - count[:, None]).mean(axis=0)
     best_n = W[int(np.argmin(maes))]
+    blend_p = P @ best_p
     return {
         "p_weights": {n: float(w) for n, w in zip(names, best_p, strict=True)},
         "n_weights": {n: float(w) for n, w in zip(names, best_n, strict=True)},
         "auc": {
             **{n: sm.roc_auc(returned, P[:, i]) for i, n in enumerate(names)},
-            "blend": sm.roc_auc(returned, P @ best_p),
+            "blend": sm.roc_auc(returned, blend_p),
+        },
+        "log_loss": {
+            **{n: float(log_loss(P[:, i : i + 1])[0]) for i, n in enumerate(names)},
+            "blend": float(log_loss(blend_p[:, None])[0]),
         },
         "mae": {
             **{n: float(np.abs(N[:, i] - count).mean()) for i, n in enumerate(names)},
