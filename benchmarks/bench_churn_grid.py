@@ -184,9 +184,7 @@ def synth_log(n: int, seed: int, gap_shape: float) -> Log:
     from rlrec.models.ground_truth import ReturnTruthConfig, SyntheticConfig
     from rlrec.models.synthetic import generate_events
 
-    config = SyntheticConfig(
-        n_users=n, seed=seed, returns=ReturnTruthConfig(gap_shape=gap_shape)
-    )
+    config = SyntheticConfig(n_users=n, seed=seed, returns=ReturnTruthConfig(gap_shape=gap_shape))
     events, _ = generate_events(config)
     user = events["user"].to_numpy(np.int64)
     ms = events["time"].to_numpy(np.int64)
