@@ -180,7 +180,7 @@ def regular_log(n: int, seed: int) -> Log:
 
 
 def synth_log(n: int, seed: int, gap_shape: float) -> Log:
-    """rlrec's synthetic generator (true return process), reduced to user/time."""
+    """A log from rlrec's synthetic generator (true return process), reduced to user/time."""
     from rlrec.models.ground_truth import ReturnTruthConfig, SyntheticConfig
     from rlrec.models.synthetic import generate_events
 
