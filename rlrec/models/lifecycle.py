@@ -372,7 +372,11 @@ class ReturnModel:
 
     def standardize(self, X: np.ndarray) -> np.ndarray:
         """(n, d) standardised covariates from raw ones (n, d)."""
-        X = np.asarray(X, dtype=np.float64).reshape(-1, len(self.feature_names))
+        X = np.asarray(X, dtype=np.float64)
+        # Keep a 2-D X as it is: reshape(-1, 0) cannot infer the rows of a model without
+        # covariates (a user/time log whose sessions are all one event).
+        if X.ndim != 2:
+            X = X.reshape(-1, len(self.feature_names))
         return (X - self.feature_mean) / self.feature_std
 
     def p_leave(self, X: np.ndarray) -> np.ndarray:
