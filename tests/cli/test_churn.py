@@ -181,6 +181,13 @@ def test_user_date_value_log_with_a_classic_split(tmp_path, capsys):
     assert 30 < blend["horizon_days"] < 183 and blend["users"] > 200
     for name in ("p_weights", "n_weights"):
         assert sum(blend[name].values()) == pytest.approx(1.0)
+    # The printed summary says what the blend is and where it was chosen.
+    from rlrec.workflows.churn import ChurnRun, format_churn
+
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    text = format_churn(ChurnRun(out=tmp_path / "o", summary=summary, metrics=metrics))
+    assert f"blend: p_return {summary['info']['blend_p_return']}" in text
+    assert f"chosen on {blend['cutoff']}" in text
     assert "log_value" in summary["return_model"]["feature_names"]
     pred = pd.read_csv(tmp_path / "o" / "predictions.csv")
     assert "monetary" in pred and pred["monetary"].notna().all()
