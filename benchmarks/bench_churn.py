@@ -118,7 +118,12 @@ def scale(n_users: int, n_events: int, seed: int) -> dict[str, Any]:
         "scale_model_seconds": info["model_seconds"],
         "scale_baseline_seconds": info.get("baseline_seconds"),
         "scale_return_model_fit_seconds": info.get("return_model_fit_seconds"),
+        "scale_btyd_seconds": info.get("btyd_seconds"),
+        "scale_boosting_seconds": info.get("boosting_seconds"),
+        "scale_validation_seconds": info.get("validation_seconds"),
         "scale_predictor": info["model"],
+        "scale_blend_p_return": info.get("blend_p_return"),
+        "scale_blend_expected_sessions": info.get("blend_expected_sessions"),
         "scale_peak_rss_mb": _peak_rss_mb(),
         "scale_load_average_1min_at_start": load,
         "scale_load_average_1min_at_end": os.getloadavg()[0],
@@ -181,6 +186,11 @@ def synthetic(seeds: list[int], n_users: int, work: Path) -> dict[str, Any]:
             ]
         )
         out.update(flat(f"synth_s{seed}", payload))
+        summary = json.loads((work / f"churn{seed}" / "churn.json").read_text())
+        out[f"synth_s{seed}_blend_p_return"] = summary["info"].get("blend_p_return")
+        out[f"synth_s{seed}_blend_expected_sessions"] = summary["info"].get(
+            "blend_expected_sessions"
+        )
         ratios.append(payload["model"]["auc"] / payload["oracle"]["auc"])
     out["synth_cutoff"] = "2017-11-30T12:00"
     out["synth_horizon_days"] = 2.0

@@ -372,7 +372,11 @@ class ReturnModel:
 
     def standardize(self, X: np.ndarray) -> np.ndarray:
         """(n, d) standardised covariates from raw ones (n, d)."""
-        X = np.asarray(X, dtype=np.float64).reshape(-1, len(self.feature_names))
+        X = np.asarray(X, dtype=np.float64)
+        # Keep a 2-D X as it is: reshape(-1, 0) cannot infer the rows of a model without
+        # covariates (a user/time log whose sessions are all one event).
+        if X.ndim != 2:
+            X = X.reshape(-1, len(self.feature_names))
         return (X - self.feature_mean) / self.feature_std
 
     def p_leave(self, X: np.ndarray) -> np.ndarray:
@@ -480,18 +484,23 @@ class ReturnModel:
         Returns:
             ``n_gaps`` (U,) observed gaps, ``load`` (U,) their summed baseline cumulative
             hazard, ``elapsed`` (U,) days since the last session, ``X_last`` (U, d) raw
-            covariates of the last session.
+            covariates of the last session, ``X_mean`` (U, d) their mean over the user's
+            sessions.
         """
         last = timelines.last_index()
         first = np.r_[0, last[:-1] + 1]
         X = self._features_of(timelines)
         hazard = np.where(timelines.observed, self.cumulative_hazard(timelines.gap_days, X), 0.0)
         cumulative = np.r_[0.0, np.cumsum(hazard)]
+        sessions = (last - first + 1).astype(np.float64)
         return {
             "n_gaps": (last - first).astype(np.float64),
             "load": cumulative[last + 1] - cumulative[first],
             "elapsed": timelines.gap_days[last],
             "X_last": X[last],
+            "X_mean": np.add.reduceat(X, first, axis=0) / sessions[:, None]
+            if len(X) and X.shape[1]
+            else X[last],
         }
 
     def _features_of(self, timelines: Timelines) -> np.ndarray:
@@ -551,16 +560,24 @@ class ReturnModel:
         """(n,) expected sessions in the next ``horizon_days``, by seeded Monte Carlo.
 
         Each draw samples "left or alive" and the frailty from their posterior, then
-        simulates gaps; a future session's covariates are taken equal to the last one's (the
-        model does not forecast session content). The same seed and inputs give the same
-        result.
+        simulates gaps. The gap after the last session follows its covariates; the model does
+        not forecast session content, so a future session's covariates are taken as the
+        user's mean over its past sessions (``history["X_mean"]``; the last session's when
+        absent): repeating the last session's content forever over-weights one session, and
+        made the counts of users whose last session was unusually long or short too extreme.
+        The same seed and inputs give the same result.
         """
         elapsed = np.asarray(elapsed_days, dtype=np.float64)
         n = len(elapsed)
         rng = np.random.default_rng(seed)
         log_left, log_alive, n_gaps, load = self._posterior_terms(elapsed, X_last, history)
         alive = np.exp(log_alive - np.logaddexp(log_left, log_alive))
-        X_rep = np.repeat(np.atleast_2d(X_last), n_draws, axis=0)
+        # Per-user hazard multipliers and dropout, computed once (not per draw and step):
+        # standardising (n * n_draws, d) covariates at every step dominated the cost at scale.
+        X_next = np.atleast_2d(history.get("X_mean", X_last))
+        rate_last = np.repeat(self.rate(np.atleast_2d(X_last)), n_draws)
+        rate_next = np.repeat(self.rate(X_next), n_draws)
+        leave_next = np.repeat(self.p_leave(X_next), n_draws)
         is_alive = rng.random((n, n_draws)).reshape(-1) < np.repeat(alive, n_draws)
         if self.frailty_var > 0:
             a = 1.0 / self.frailty_var
@@ -570,7 +587,12 @@ class ReturnModel:
         clock = np.repeat(elapsed, n_draws)
         end = clock + horizon_days
         counts = np.zeros(n * n_draws)
-        gap = self.sample_next(rng, X_rep, u, elapsed_days=clock) - clock
+        k, lam = self.shape, self.scale_days
+        # The gap after the last session, conditional on having lasted ``clock`` already (no
+        # second dropout draw: the posterior P(alive) has it); see :meth:`sample_next`.
+        waited = np.maximum(clock - self.offset_days, 0.0)
+        extra = rng.exponential(size=n * n_draws) / (u * rate_last)
+        gap = self.offset_days + lam * ((waited / lam) ** k + extra) ** (1.0 / k) - clock
         active = is_alive.copy()
         for _ in range(10_000):
             clock = clock + np.where(active, gap, 0.0)
@@ -579,7 +601,9 @@ class ReturnModel:
                 break
             counts += active
             idx = np.flatnonzero(active)
-            step = self.sample_next(rng, X_rep[idx], u[idx])
+            leave = rng.random(len(idx)) < leave_next[idx]
+            extra = rng.exponential(size=len(idx)) / (u[idx] * rate_next[idx])
+            step = np.where(leave, np.inf, self.offset_days + lam * extra ** (1.0 / k))
             gap = np.zeros(n * n_draws)
             gap[idx] = step
             active[idx] &= np.isfinite(step)

@@ -279,6 +279,17 @@ def format_churn(run: ChurnRun) -> str:
         f"({', '.join(f'{k} {v}' for k, v in s['segments'].items())}); "
         f"predictor {s['info'].get('model')}",
     ]
+    blend = s["info"].get("blend") or {}
+    if s["info"].get("blend_p_return"):
+        where = (
+            f"chosen on {blend['cutoff']} + {blend['horizon_days']:g} days"
+            if "users" in blend
+            else blend.get("reason", "no validation")
+        )
+        lines.append(
+            f"blend: p_return {s['info']['blend_p_return']}; expected_sessions "
+            f"{s['info']['blend_expected_sessions']} ({where})"
+        )
     m = run.metrics
     if m is None:
         lines.append(f"the log ends at {s['log_end']}: no outcomes to score against")

@@ -75,7 +75,17 @@ def test_churn_writes_predictions_metrics_and_oracle(churn_run, synth):
     cutoff_ms = pd.Timestamp(CUTOFF, tz="UTC").value // 1_000_000
     assert len(pred) == events.loc[events["timestamp"] < cutoff_ms, "user"].nunique()
     summary = json.loads((out / "churn.json").read_text())
-    assert summary["info"]["model"] == "gradient_boosting"
+    # The default blends the candidates with weights chosen on the last H days before the
+    # cutoff (boosting joins them when it can be trained before that validation cutoff too).
+    info = summary["info"]
+    assert info["model"] == "blend"
+    blend = info["blend"]
+    assert {"return_model", "bgnbd", "pareto_nbd"} <= set(blend["p_weights"])
+    for weights in (blend["p_weights"], blend["n_weights"]):
+        assert sum(weights.values()) == pytest.approx(1.0)
+    assert blend["horizon_days"] == float(HORIZON)
+    assert pd.Timestamp(blend["cutoff"]) < pd.Timestamp(CUTOFF, tz="UTC")
+    assert "gradient_boosting" in payload["baselines"]
     assert summary["most_at_risk"] and summary["survival_by_segment"]
     # A well-specified synthetic log: the model ranks returns far better than chance and
     # within reach of the truth (the >= 95% of the oracle target is checked at scale in
@@ -162,8 +172,22 @@ def test_user_date_value_log_with_a_classic_split(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "o"), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     summary = json.loads((tmp_path / "o" / "churn.json").read_text())
-    # A holdout as long as the calibration leaves no pseudo-cutoff: the return model predicts.
-    assert summary["info"]["model"] == "return_model"
+    # A holdout as long as the calibration leaves no pseudo-cutoff window for boosting: the
+    # blend of the return model and the BTYD models is chosen on the last third of the
+    # calibration period (2020-03-01..07-01 from the first purchases in January).
+    blend = summary["info"]["blend"]
+    assert summary["info"]["model"] == "blend"
+    assert set(blend["p_weights"]) == {"return_model", "bgnbd", "pareto_nbd"}
+    assert 30 < blend["horizon_days"] < 183 and blend["users"] > 200
+    for name in ("p_weights", "n_weights"):
+        assert sum(blend[name].values()) == pytest.approx(1.0)
+    # The printed summary says what the blend is and where it was chosen.
+    from rlrec.workflows.churn import ChurnRun, format_churn
+
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    text = format_churn(ChurnRun(out=tmp_path / "o", summary=summary, metrics=metrics))
+    assert f"blend: p_return {summary['info']['blend_p_return']}" in text
+    assert f"chosen on {blend['cutoff']}" in text
     assert "log_value" in summary["return_model"]["feature_names"]
     pred = pd.read_csv(tmp_path / "o" / "predictions.csv")
     assert "monetary" in pred and pred["monetary"].notna().all()

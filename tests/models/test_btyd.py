@@ -143,3 +143,47 @@ def test_p_no_transaction_matches_simulation():
     bought = is_alive & (first < np.minimum(life, 10.0))
     closed = pn.p_no_transaction(10.0, np.array([2.0]), np.array([20.0]), np.array([38.0]))[0]
     assert closed == pytest.approx(1 - bought.mean(), abs=0.003)
+
+
+def test_curve_matches_the_pointwise_probability():
+    x, t_x, T = np.array([0.0, 3, 3, 12]), np.array([0.0, 35, 5, 30]), np.array([38.0, 38, 38, 39])
+    times = np.array([0.0, 0.5, 10.0, 39.0])
+    for model in (BGNBD(**CDNOW_BGNBD), ParetoNBD(**CDNOW_PARETO)):
+        curve = model.no_transaction_curve(times, x, t_x, T)
+        assert curve.shape == (4, 4)
+        for j, t in enumerate(times):
+            np.testing.assert_allclose(curve[:, j], model.p_no_transaction(t, x, t_x, T))
+
+
+def test_fit_on_distinct_rows_is_the_same_maximum_likelihood():
+    # Dates repeat (x, t_x, T): the fit evaluates each distinct row once, weighted by its
+    # count; the optimum is the plain maximum likelihood of every customer.
+    x, t_x, T = draw_bgnbd(3_000, CDNOW_BGNBD, seed=4)
+    t_x, T = np.floor(t_x), np.floor(T)
+    assert len(np.unique(np.stack([x, t_x, T], 1), axis=0)) < 1_000
+    for fit, cls in ((fit_bgnbd, BGNBD), (fit_pareto_nbd, ParetoNBD)):
+        model = fit(x, t_x, T)
+        params = np.array(list(model.to_dict().values()))
+        total = -cls.negative_log_likelihood(params, BTYDSummary(x, t_x, T))
+        assert model.log_likelihood == pytest.approx(total, rel=1e-9)
+        # A local maximum: moving any parameter by 2% lowers the likelihood.
+        for i in range(4):
+            for step in (0.98, 1.02):
+                moved = params.copy()
+                moved[i] *= step
+                assert -cls.negative_log_likelihood(moved, BTYDSummary(x, t_x, T)) < total
+
+
+def test_pilot_search_reaches_the_full_sample_optimum():
+    # More distinct rows than the pilot: Nelder-Mead on a sample, L-BFGS-B on all of them.
+    from rlrec.models import btyd
+
+    x, t_x, T = draw_pareto(btyd._PILOT_ROWS + 2_000, CDNOW_PARETO, seed=5)
+    model = fit_pareto_nbd(x, t_x, T)
+    params = np.array(list(model.to_dict().values()))
+    total = -ParetoNBD.negative_log_likelihood(params, BTYDSummary(x, t_x, T))
+    for i in range(4):
+        for step in (0.98, 1.02):
+            moved = params.copy()
+            moved[i] *= step
+            assert -ParetoNBD.negative_log_likelihood(moved, BTYDSummary(x, t_x, T)) < total

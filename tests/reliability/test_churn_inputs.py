@@ -78,3 +78,41 @@ def test_missing_dataset_and_foreign_output(tiny, tmp_path, capsys):
     argv = _churn(tiny, foreign, "--cutoff", "2017-11-29", "--horizon-days", "2")
     assert_clear_error(run_hostile(argv, capsys), "mine", "rlrec did not write")
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_user_date_log_without_any_covariate(tmp_path, capsys):
+    # One purchase a day and no value: every session is a single event, so the return model
+    # has no covariate at all. This raised a reshape traceback before; it must just work.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = ["customer,date"]
+    for u in range(80):
+        day = int(rng.integers(0, 20))
+        while day < 120:
+            rows.append(f"c{u},{(pd.Timestamp('2021-01-01') + pd.Timedelta(days=day)).date()}")
+            day += 1 + int(rng.geometric(0.15))
+    (tmp_path / "tx.csv").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "tx"
+    prepare = ["data", "prepare", "--preset", "generic", "--columns", "user=customer,time=date"]
+    assert (
+        main(
+            [
+                *prepare,
+                "--time-unit",
+                "iso",
+                "--input",
+                str(tmp_path / "tx.csv"),
+                "--out",
+                str(data),
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "out"
+    outcome = run_hostile(
+        _churn(data, out, "--cutoff", "2021-03-01", "--horizon-days", "30"), capsys
+    )
+    assert outcome.kind == "ok", outcome.err
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == 80 and predictions["p_return"].between(0, 1).all()

@@ -1,0 +1,137 @@
+"""The default churn predictor's blend: weights on the simplex, chosen on a validation window."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rlrec.evaluation.churn import _simplex, choose_blend
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_simplex_grid_holds_every_weight_vector_once(k):
+    W = _simplex(k, 10)
+    assert W.shape == (math.comb(10 + k - 1, k - 1), k)
+    np.testing.assert_allclose(W.sum(axis=1), 1.0)
+    assert (W >= 0).all()
+    assert len(np.unique(np.round(W * 10).astype(int), axis=0)) == len(W)
+
+
+def _window(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rate = rng.gamma(1.0, 1.0, 2_000)
+    count = rng.poisson(rate).astype(np.float64)
+    return rate, count, count > 0
+
+
+def test_blend_puts_all_weight_on_the_true_predictor():
+    rate, count, returned = _window(0)
+    noise = np.random.default_rng(1)
+    preds = {
+        "truth": (1 - np.exp(-rate), rate),
+        "noisy": (1 - np.exp(-rate * noise.lognormal(0, 1.0, len(rate))), rate * 2.0),
+        "flat": (np.full(len(rate), 0.5), np.full(len(rate), rate.mean())),
+    }
+    blend = choose_blend(preds, returned, count)
+    assert blend["p_weights"]["truth"] >= 0.8
+    assert blend["n_weights"]["truth"] >= 0.8
+    assert blend["auc"]["blend"] >= max(blend["auc"][n] for n in preds) - 1e-12
+    assert blend["mae"]["blend"] <= min(blend["mae"][n] for n in preds) + 1e-12
+    for weights in (blend["p_weights"], blend["n_weights"]):
+        assert sum(weights.values()) == pytest.approx(1.0)
+
+
+def test_blend_of_two_half_informed_predictors_beats_each():
+    # Each predictor sees half of the signal: the blend sees both, and it is chosen.
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=3_000), rng.normal(size=3_000)
+    rate = np.exp(0.8 * a + 0.8 * b - 0.5)
+    count = rng.poisson(rate).astype(np.float64)
+    returned = count > 0
+    preds = {
+        "a": (1 / (1 + np.exp(-a)), np.exp(0.8 * a)),
+        "b": (1 / (1 + np.exp(-b)), np.exp(0.8 * b)),
+    }
+    blend = choose_blend(preds, returned, count)
+    assert 0.2 <= blend["p_weights"]["a"] <= 0.8
+    assert blend["auc"]["blend"] > max(blend["auc"]["a"], blend["auc"]["b"]) + 0.02
+    assert blend == choose_blend(preds, returned, count)  # deterministic
+
+
+def test_blend_when_everyone_returned_still_chooses_weights():
+    # No user without a return: AUC is undefined, the log loss still orders the candidates.
+    rate, count, _ = _window(3)
+    preds = {"x": (np.full(len(rate), 0.3), rate), "y": (np.full(len(rate), 0.6), rate + 1)}
+    blend = choose_blend(preds, np.ones(len(rate), bool), count)
+    assert blend["p_weights"] == {"x": 0.0, "y": 1.0}
+    assert blend["auc"]["blend"] is None
+    assert blend["n_weights"]["x"] == 1.0
+
+
+def _log(n_users: int, seed: int):
+    """A user/time log: exponential gaps (mean 10 days), 10% dropout after each session."""
+    import pandas as pd
+
+    from rlrec.models.lifecycle import DAY_MS
+
+    rng = np.random.default_rng(seed)
+    users, times = [], []
+    for u in range(n_users):
+        t = rng.uniform(0, 30)
+        while t < 200:
+            users.append(u)
+            times.append(t)
+            if rng.random() < 0.1:
+                break
+            t += rng.exponential(10.0)
+    ms = (np.asarray(times) * DAY_MS).astype(np.int64)
+    frame = pd.DataFrame({"user": users, "session": np.arange(len(users)), "timestamp": ms})
+    raw = np.array([f"c{u:04d}" for u in range(n_users)], dtype=object)
+    return frame, raw
+
+
+def test_blend_is_chosen_before_the_cutoff_and_reported():
+    from rlrec.evaluation.churn import ChurnConfig, churn_sessions, predict_churn
+    from rlrec.models.calibration import SESSION_GAP_MS
+    from rlrec.models.lifecycle import DAY_MS
+
+    frame, raw = _log(300, 0)
+    cutoff = 100 * DAY_MS
+    sessions = churn_sessions(frame, raw, cutoff, SESSION_GAP_MS)
+    result = predict_churn(sessions, cutoff, ChurnConfig(horizon_days=100.0))
+    blend = result.info["blend"]
+    # A classic split: no full 100-day window before the cutoff for boosting, so the slice is
+    # the last third of the calibration period, and its weights are reported.
+    assert set(blend["p_weights"]) == {"return_model", "bgnbd", "pareto_nbd"}
+    assert blend["horizon_days"] == pytest.approx(100.0 / 3, rel=0.01)
+    assert blend["users"] == len(result.predictions)  # every user joined before the slice
+    p = sum(w * result.baselines[n]["p_return"] for n, w in blend["p_weights"].items())
+    np.testing.assert_allclose(result.predictions["p_return"], np.clip(p, 0, 1))
+    # Sessions at or after the cutoff change nothing (the slice is before it).
+    later = frame.assign(timestamp=frame["timestamp"] + (frame["timestamp"] >= cutoff) * DAY_MS)
+    again = predict_churn(
+        churn_sessions(later, raw, cutoff, SESSION_GAP_MS), cutoff, ChurnConfig(100.0)
+    )
+    assert again.info["blend"]["p_weights"] == blend["p_weights"]
+
+
+def test_too_few_users_for_validation_falls_back_to_one_candidate():
+    from rlrec.evaluation.churn import ChurnConfig, churn_sessions, predict_churn
+    from rlrec.models.calibration import SESSION_GAP_MS
+    from rlrec.models.lifecycle import DAY_MS
+
+    frame, raw = _log(40, 1)
+    cutoff = 100 * DAY_MS
+    result = predict_churn(
+        churn_sessions(frame, raw, cutoff, SESSION_GAP_MS), cutoff, ChurnConfig(100.0)
+    )
+    blend = result.info["blend"]
+    # One event per session and no value: the return model has no covariates at all.
+    assert result.return_model is not None and result.return_model.feature_names == ()
+    assert "users before the validation cutoff" in blend["reason"]
+    assert blend["p_weights"]["return_model"] == 1.0
+    np.testing.assert_allclose(
+        result.predictions["p_return"], result.baselines["return_model"]["p_return"]
+    )
