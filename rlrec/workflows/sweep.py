@@ -35,9 +35,11 @@ mid-write; a failed trial's record holds its error and is retried by ``--resume`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
+import importlib
 import io
 import itertools
 import json
@@ -46,6 +48,7 @@ import math
 import os
 import shutil
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -478,32 +481,49 @@ def run_trial(spec: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
     """Train and evaluate one trial (what a Ray worker runs); returns its record.
 
     The trial's run directory is made afresh (a partial one of an interrupted attempt is
-    removed first, so a rerun equals an uninterrupted run of the same seed). Torch uses
-    ``threads`` threads, so that trials side by side do not oversubscribe the CPUs.
+    removed first, so a rerun equals an uninterrupted run of the same seed). Every native
+    thread pool of the process (torch's, OpenMP's, the BLAS under numpy and scipy) is held to
+    ``threads`` threads, wherever the trial runs: trials side by side do not oversubscribe the
+    CPUs, and a trial run in this process (``bench_sweep.py``'s sequential path) uses the
+    same threads as on a Ray worker (where Ray also sets ``OMP_NUM_THREADS``).
 
     Returns:
         The record: ``trial``, ``config_id``, ``seed``, ``overrides``, ``status`` (``ok``),
         the evaluation's ``ratio_to_best_baseline``, ``ratio_ci95``, ``best_baseline``,
         ``win``, the agent's and best baseline's mean returns, ``timesteps``,
-        ``train_seconds``, ``eval_seconds``, ``cpu_seconds``, ``host`` and ``run_dir``.
+        ``train_seconds``, ``eval_seconds``, ``cpu_seconds``, ``started_at`` and
+        ``finished_at`` (Unix seconds: the trial's span on the host's clock), ``host`` and
+        ``run_dir``.
     """
     import torch
+    from threadpoolctl import threadpool_limits
 
     from rlrec.agents.train import train_agent
     from rlrec.workflows.evaluate import evaluate_run
 
     s = spec if isinstance(spec, TrialSpec) else TrialSpec(**spec)
-    torch.set_num_threads(s.threads)
     agent = from_mapping(AgentConfig, {**s.agent, "num_threads": s.threads}, where=s.name)
     run_dir = Path(s.trial_dir) / RUN_SUBDIR
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    torch_threads = torch.get_num_threads()
+    started_at = time.time()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    result = train_agent(
-        s.env_preset, agent, run_dir, timesteps=s.timesteps, seed=s.seed, cache_dir=s.cache_dir
-    )
-    t1 = time.perf_counter()
-    payload = evaluate_run(run_dir, s.episodes, s.eval_seed, world=s.world)  # type: ignore[arg-type]
+    try:
+        torch.set_num_threads(s.threads)
+        with threadpool_limits(limits=s.threads):
+            result = train_agent(
+                s.env_preset,
+                agent,
+                run_dir,
+                timesteps=s.timesteps,
+                seed=s.seed,
+                cache_dir=s.cache_dir,
+            )
+            t1 = time.perf_counter()
+            payload = evaluate_run(run_dir, s.episodes, s.eval_seed, world=s.world)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(torch_threads)  # the caller's, when the trial ran in-process
     t2 = time.perf_counter()
     best = payload["best_baseline"]
     policies = payload["policies"]
@@ -524,6 +544,8 @@ def run_trial(spec: TrialSpec | Mapping[str, Any]) -> dict[str, Any]:
         "eval_seconds": round(t2 - t1, 3),
         # CPU time of the trial's process (all its threads): the work, whatever the load.
         "cpu_seconds": round(time.process_time() - cpu0, 3),
+        "started_at": round(started_at, 3),
+        "finished_at": round(time.time(), 3),
         "host": socket.gethostname(),
         "run_dir": str(run_dir),
     }
@@ -589,6 +611,15 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
         # machine every other process comes first; a sweep's trials are the work itself, so
         # they keep the driver's priority (a cluster's nodes keep their own setting).
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # Ray prestarts one job-less worker per CPU when a driver connects. Tune's trial
+        # actors carry a runtime env of their own (env_vars), so those workers never run a
+        # trial: the raylet starts the trials' workers anew and kills the prestarted ones (its
+        # raylet.out shows both). Their start-up (a Python and a Ray import each) only
+        # competes with Ray's own start on a small machine.
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        # Ray's internal metrics (exported by the raylet, the GCS and every worker) feed the
+        # dashboard and Prometheus, which a local sweep does not start.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
     # 'local' starts a Ray of our own: a bare ray.init() would join a cluster that happens to
     # run on this machine (started by 'ray start'), and refuse num_cpus there.
     try:
@@ -607,6 +638,29 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
             f"--address {address or 'local'}: could not connect to Ray ({first}); {hint}"
         ) from None
     return True
+
+
+def _import_in_background(module: str) -> Callable[[], Any]:
+    """Start importing ``module`` in a thread; the returned call waits for it and returns it.
+
+    The waiting call imports the module itself: a no-op when the thread finished it, and the
+    import's own error (or a retry, after an import-lock clash with the main thread) if not.
+    """
+    thread = threading.Thread(
+        target=_import_quietly, args=(module,), name=f"import {module}", daemon=True
+    )
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        return importlib.import_module(module)
+
+    return wait
+
+
+def _import_quietly(module: str) -> None:
+    with contextlib.suppress(Exception):  # the waiting call imports again and raises it there
+        importlib.import_module(module)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -679,9 +733,19 @@ def parallel_map(
     # Tune starts each trial in its own folder by default; keep the caller's working
     # directory so that relative paths mean the same in a trial (on this machine).
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # Tune adds CSV, JSON and TensorBoardX result loggers unless told not to. A trial's
+    # TensorBoard logs are rlrec's own (its run directory): Tune's copies of its one result
+    # are redundant work beside the trials. The JSON logger is passed below (Tune's result
+    # table at the end of a run reads its result.json, and warns without it).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Ray Tune's import (a second or more of CPU: pandas, pyarrow, ray.data) overlaps Ray's
+    # start, which mostly waits for its processes to come up.
+    tune_imported = _import_in_background("ray.tune")
     started = _init_ray(address, num_cpus)
     try:
+        tune_imported()
         from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
 
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
@@ -726,7 +790,7 @@ def parallel_map(
         run_config = tune.RunConfig(
             name=name,
             storage_path=None if storage_path is None else str(Path(storage_path).resolve()),
-            callbacks=[_Collect()],
+            callbacks=[_Collect(), JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
         )

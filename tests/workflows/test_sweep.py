@@ -29,6 +29,7 @@ from rlrec.workflows.sweep import (
     parse_grid,
     plan_trials,
     run_sweep,
+    run_trial,
     summarize_trials,
 )
 from tests.conftest import PROJECT_ROOT
@@ -207,6 +208,57 @@ def test_an_unreachable_address_fails_in_seconds() -> None:
         check_address("localhost")
 
 
+def test_a_trial_holds_every_native_thread_pool_to_its_threads(
+    tiny_presets, tmp_path, monkeypatch
+) -> None:
+    # The sequential path (a trial in this process) and a Ray worker must run the same
+    # threads, and trials side by side must not oversubscribe the CPUs: torch's OpenMP and
+    # the BLAS under numpy are held to the trial's threads while it trains and evaluates.
+    import threadpoolctl
+
+    import rlrec.agents.train
+    import rlrec.workflows.evaluate
+
+    seen: dict[str, list[int]] = {}
+
+    def pools() -> list[int]:
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info()]
+
+    def fake_train(env_preset, agent, run_dir, **kwargs):
+        seen["train"] = pools()
+        return type("Result", (), {"timesteps": 128})()
+
+    def fake_evaluate(run_dir, episodes, seed, world):
+        seen["evaluate"] = pools()
+        policies = {"ppo": {"return_mean": 2.0}, "popular": {"return_mean": 1.0}}
+        return {
+            "best_baseline": "popular",
+            "policies": policies,
+            "ratio_to_best_baseline": 2.0,
+            "ratio_ci95": [1.5, 2.5],
+            "win": True,
+        }
+
+    monkeypatch.setattr(rlrec.agents.train, "train_agent", fake_train)
+    monkeypatch.setattr(rlrec.workflows.evaluate, "evaluate_run", fake_evaluate)
+    _, trials, _ = plan_trials(_config(tiny_presets), tmp_path / "out", tiny_presets["cache"])
+    before = pools()
+    record = run_trial(trials[0])
+    assert seen["train"] and set(seen["train"]) == {1} and set(seen["evaluate"]) == {1}
+    assert pools() == before  # restored after the trial
+    assert record["started_at"] <= record["finished_at"]
+
+
+def test_import_in_background_gives_the_module_or_its_error() -> None:
+    import json as json_module
+
+    from rlrec.workflows.sweep import _import_in_background
+
+    assert _import_in_background("json")() is json_module
+    with pytest.raises(ModuleNotFoundError, match="rlrec_no_such_module"):
+        _import_in_background("rlrec_no_such_module")()
+
+
 def test_a_folder_that_is_not_a_sweep_is_never_replaced(tiny_presets, tmp_path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
@@ -284,6 +336,11 @@ def test_sweep_runs_trials_and_reports_a_failure_without_stopping(finished_sweep
     assert ok["ratio_to_best_baseline"] == evaluation["ratio_to_best_baseline"]
     assert ok["timesteps"] >= 128
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert ok["started_at"] < ok["finished_at"]
+    # Tune's own result loggers: only its JSON one (no TensorBoardX copy, no CSV).
+    assert list((out / "ray").rglob("result.json"))
+    assert not list((out / "ray").rglob("events.out.tfevents.*"))
+    assert not list((out / "ray").rglob("progress.csv"))
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["config"] for r in rows] == ["c000", "c001"]
