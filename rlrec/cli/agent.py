@@ -167,6 +167,11 @@ def format_table(payload: dict[str, Any]) -> str:
             f"{payload['ratio_to_best_baseline']:.3f}{interval}"
             + ("; intervals apart" if payload["win"] else "")
         )
+    if payload.get("agent_acts_by") == "adaptive_plan":
+        lines.append(
+            "the ppo row is the run's adaptive plan: its never-lose check preferred it to "
+            "PPO's training (robust.json)"
+        )
     return "\n".join(lines)
 
 

@@ -139,6 +139,8 @@ def evaluate_run(
         "episodes": episodes,
         "seed": seed,
         "deterministic": deterministic,
+        # The agent's row is the policy the run acts by: PPO's, or its adaptive plan.
+        "agent_acts_by": "adaptive_plan" if run.adaptive is not None else "ppo",
         "policies": {name: results[name] for name in POLICY_ORDER if name in results},
         **ratio,
         "win": bool(results[AGENT]["return_ci95"][0] > best["return_ci95"][1]),

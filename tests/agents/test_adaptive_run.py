@@ -47,6 +47,9 @@ def test_an_adaptive_run_round_trip(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", str(run), "--episodes", "20", "--seed", "1", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["policies"]["ppo"]["sessions_per_user"] >= 1.0
+    assert payload["agent_acts_by"] == "adaptive_plan"
+    assert main(["evaluate", str(run), "--episodes", "20", "--seed", "1"]) == 0
+    assert "the ppo row is the run's adaptive plan" in capsys.readouterr().out
     with pytest.raises(UserError, match="adaptive plan"):
         loaded.require_stateless("rlrec export")
     assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 2
