@@ -120,7 +120,8 @@ def run_action_dist(
     from rlrec.agents.train import load_run
 
     run = load_run(run_dir)
-    run.require_stateless(f"bandit OPE of {run_dir}")
+    if getattr(run, "adaptive", None) is not None:  # not a per-step policy
+        run.require_stateless(f"bandit OPE of {run_dir}")
     n_catalog = int(getattr(run.policy, "n_actions", 0)) or int(
         min(run.config.env.catalog_size, run.sim_model.n_items)
     )

@@ -166,7 +166,8 @@ class SimulatorContext:
                 raise UserError(
                     "policy ppo: no trained run; pass --simulate RUN_DIR or run:RUN_DIR"
                 )
-            run.require_stateless(f"policy {spec.text}")
+            if getattr(run, "adaptive", None) is not None:  # not a per-step policy
+                run.require_stateless(f"policy {spec.text}")
             if getattr(run.policy, "n_actions", a) != a:
                 raise UserError(f"policy {spec.text}: the run's action space is not this env's")
             base = run.policy
@@ -323,7 +324,8 @@ def data_policy(spec: PolicySpec, dataset: Any, encoder_dir: str | None, seed: i
         from rlrec.agents.train import load_run
 
         run = load_run(spec.run_dir)
-        run.require_stateless(f"policy {spec.text}")
+        if getattr(run, "adaptive", None) is not None:  # not a per-step policy
+            run.require_stateless(f"policy {spec.text}")
         if run.dataset.n_items != n:
             raise UserError(
                 f"policy {spec.text}: the run was trained on a dataset with "

@@ -145,7 +145,8 @@ def _check_finished(root: Path) -> None:
 def _serving_spec(run_dir: Path) -> tuple[ServingSpec, Any]:
     """The loaded run and the scoring settings an export records of it."""
     run = load_run(run_dir)
-    run.require_stateless(f"rlrec export {run_dir}")
+    if getattr(run, "adaptive", None) is not None:  # not a per-step policy
+        run.require_stateless(f"rlrec export {run_dir}")
     agent = run.config.agent
     n_actions = int(run.policy.n_actions)
     spec = ServingSpec(
