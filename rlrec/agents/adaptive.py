@@ -43,8 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from rlrec.agents.planner import Planner, streaks
+from rlrec.agents.planner import Planner, PlannerConfig, streaks
+from rlrec.agents.retention import RetentionBonus
+from rlrec.envs.config import RewardWeights
 from rlrec.errors import UserError
+from rlrec.models.sim_model import SimModel
 
 __all__ = ["AdaptivePlan", "AdaptivePlanPolicy"]
 
@@ -72,6 +75,11 @@ class AdaptivePlan:
         top_token: (K,) the item token of that action in observations (-1: none).
         category_of_dataset_category: (C,) sim category of each dataset category.
         labels: (J,) a label per particle.
+        thetas: (J, P) each particle's response parameters (columns
+            :data:`rlrec.models.prior.RESPONSE_PARAMETERS`): with the model, the bonus and the
+            planner settings they rebuild everything above (what :meth:`save` writes).
+        bonus: The retention bonus the particles' plans add (None: one-session plans).
+        planner: The particles' planner settings.
     """
 
     values: np.ndarray
@@ -87,6 +95,9 @@ class AdaptivePlan:
     top_token: np.ndarray
     category_of_dataset_category: np.ndarray
     labels: tuple[str, ...]
+    thetas: np.ndarray
+    bonus: RetentionBonus | None
+    planner: PlannerConfig
 
     @property
     def n_particles(self) -> int:
@@ -151,6 +162,9 @@ class AdaptivePlan:
                 first.category_of_dataset_category, dtype=np.int64
             ),
             labels=tuple(labels),
+            thetas=np.vstack([p.draws for p in planners]),
+            bonus=first.bonus,
+            planner=first.config,
         )
 
     def state(self, obs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,83 +179,141 @@ class AdaptivePlan:
         return t, c, s - 1
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the plan as an ``.npz`` of numeric arrays (loading never unpickles)."""
+        """Write the plan's recipe as an ``.npz`` of numeric arrays (loading never unpickles).
+
+        The particles' value tables are large (``J x T x K x S x K``: hundreds of MB for the
+        synthetic preset), so the file keeps what rebuilds them exactly: the particles, the
+        prior, the bonus and the planner settings, plus a checksum of the values that
+        :meth:`load` compares against the rebuilt plan.
+        """
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        arrays = {
-            name: getattr(self, name)
-            for name in (
-                "values",
-                "prior",
-                "engage",
-                "boredom",
-                "misses",
-                "hazard",
-                "stay",
-                "switch",
-                "top_share",
-                "top_item",
-                "top_token",
-                "category_of_dataset_category",
-            )
+        bonus = self.bonus
+        arrays: dict[str, np.ndarray] = {
+            "thetas": self.thetas.astype(np.float64),
+            "prior": self.prior.astype(np.float64),
+            "labels": np.array(self.labels, dtype=np.str_),
+            "bonus": np.array(
+                []
+                if bonus is None
+                else [
+                    bonus.event,
+                    bonus.outcome.engage,
+                    bonus.outcome.cart,
+                    bonus.outcome.buy,
+                    bonus.session_value,
+                    bonus.further_sessions,
+                    bonus.p_return,
+                ],
+                dtype=np.float64,
+            ),
+            "planner": np.array(
+                [
+                    self.planner.max_streak,
+                    self.planner.max_misses,
+                    self.planner.tail_tolerance,
+                    self.planner.tail_max_iterations,
+                    self.planner.seed,
+                ],
+                dtype=np.float64,
+            ),
+            "checksum": _checksum(self.values),
         }
-        arrays["labels"] = np.array(self.labels, dtype=np.str_)
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> AdaptivePlan:
-        """Read a plan written by :meth:`save`.
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        model: SimModel,
+        n_actions: int,
+        weights: RewardWeights,
+        item_token: np.ndarray,
+    ) -> AdaptivePlan:
+        """Rebuild a plan written by :meth:`save` for the run's model.
+
+        Args:
+            path: The file.
+            model: The run's SimModel (the plan was made for it).
+            n_actions: A.
+            weights: The env's reward weights.
+            item_token: (A',) item token of each catalog item (the env's).
 
         Raises:
-            UserError: If the file is missing, unreadable or inconsistent.
+            UserError: If the file is missing, unreadable, inconsistent, or its plan differs
+                from the one the model rebuilds (another model, or another rlrec).
         """
         try:
             with np.load(path, allow_pickle=False) as npz:
                 fields = {name: np.asarray(npz[name]) for name in npz.files}
-            plan = cls(
-                values=fields["values"].astype(np.float32),
-                prior=fields["prior"].astype(np.float64),
-                engage=fields["engage"].astype(np.float64),
-                boredom=fields["boredom"].astype(np.float64),
-                misses=fields["misses"].astype(np.float64),
-                hazard=fields["hazard"].astype(np.float64),
-                stay=fields["stay"].astype(np.float64),
-                switch=fields["switch"].astype(np.float64),
-                top_share=fields["top_share"].astype(np.float64),
-                top_item=fields["top_item"].astype(np.int64),
-                top_token=fields["top_token"].astype(np.int64),
-                category_of_dataset_category=fields["category_of_dataset_category"].astype(
-                    np.int64
-                ),
-                labels=tuple(str(x) for x in fields["labels"]),
-            )
+            thetas = fields["thetas"].astype(np.float64)
+            prior = fields["prior"].astype(np.float64)
+            labels = [str(x) for x in fields["labels"]]
+            b, c = fields["bonus"].astype(np.float64), fields["planner"].astype(np.float64)
+            checksum = fields["checksum"].astype(np.float64)
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(
                 f"{path}: unreadable adaptive plan ({exc}); train the run again"
             ) from None
-        j = plan.values.shape[0] if plan.values.ndim == 5 else -1
-        k = len(plan.top_item)
-        consistent = (
-            j > 0
-            and plan.values.shape[2] == plan.values.shape[4] == k
-            and plan.prior.shape == (j,)
-            and plan.engage.shape == (j, k, plan.values.shape[3], k)
-            and plan.boredom.shape == (j, plan.values.shape[3])
-            and plan.misses.shape[0] == j
-            and plan.hazard.shape == (plan.values.shape[1],)
-            and plan.switch.shape == (k, k)
-            and len(plan.labels) == j
-            and plan.category_of_dataset_category.size > 0
-            and plan.category_of_dataset_category.min() >= 0
-            and plan.category_of_dataset_category.max() < k
-        )
-        if not consistent:
+        j = len(thetas)
+        if not (
+            thetas.ndim == 2
+            and j > 0
+            and prior.shape == (j,)
+            and len(labels) == j
+            and b.shape in ((0,), (7,))
+            and c.shape == (5,)
+            and checksum.shape == (j,)
+            and np.all(np.isfinite(thetas))
+        ):
             raise UserError(f"{path}: an inconsistent adaptive plan; train the run again")
+        bonus = None
+        if len(b):
+            bonus = RetentionBonus(
+                event=float(b[0]),
+                outcome=RewardWeights(float(b[1]), float(b[2]), float(b[3])),
+                session_value=float(b[4]),
+                further_sessions=float(b[5]),
+                p_return=float(b[6]),
+            )
+        try:
+            config = PlannerConfig(
+                max_streak=int(c[0]),
+                max_misses=int(c[1]),
+                n_draws=1,
+                iterations=0,
+                tail_tolerance=float(c[2]),
+                tail_max_iterations=int(c[3]),
+                seed=int(c[4]),
+            )
+            planners = [
+                Planner(model, n_actions, weights, config, theta[None, :], bonus=bonus)
+                for theta in thetas
+            ]
+            plan = cls.from_planners(
+                planners, prior, item_token, model.item_popularity, model.item_category, labels
+            )
+        except (UserError, ValueError, IndexError) as exc:
+            raise UserError(
+                f"{path}: an adaptive plan this run's model cannot rebuild ({exc}); "
+                "train the run again"
+            ) from None
+        if not np.allclose(_checksum(plan.values), checksum, rtol=1e-5, atol=1e-6):
+            raise UserError(
+                f"{path}: the adaptive plan differs from the one it was saved as (another "
+                "user model or another rlrec version); train the run again"
+            )
         return plan
+
+
+def _checksum(values: np.ndarray) -> np.ndarray:
+    """(J,) sum of each particle's finite values: a cheap check that a rebuilt plan matches."""
+    flat = values.reshape(len(values), -1).astype(np.float64)
+    return np.where(np.isfinite(flat), flat, 0.0).sum(axis=1)
 
 
 @dataclass

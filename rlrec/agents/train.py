@@ -69,6 +69,7 @@ from rlrec.agents.policy import (
 from rlrec.agents.robust import RobustChoice, robust_planner, select_robust, validation_worlds
 from rlrec.config import from_mapping, load_yaml, to_mapping
 from rlrec.data.dataset import PreparedDataset, load_dataset, write_json_atomic
+from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.envs.config import EnvConfig
 from rlrec.envs.presets import (
     DEFAULT_CACHE_DIR,
@@ -350,6 +351,18 @@ def _choose_plan(
     return planner.table, choice
 
 
+def _load_adaptive(
+    path: Path,
+    sim_model: SimModel,
+    dataset: PreparedDataset | None,
+    env_config: EnvConfig,
+    n_actions: int,
+) -> AdaptivePlan:
+    """Rebuild a run's adaptive plan for its model and env (item tokens from the env)."""
+    tokens = BatchedInterestDrift(1, sim_model, dataset, env_config).dynamics.item_token
+    return AdaptivePlan.load(path, sim_model, n_actions, env_config.reward_weights, tokens)
+
+
 def _write_yaml_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(yaml.safe_dump(payload, sort_keys=False))
@@ -610,7 +623,8 @@ def _train_agent(
         if adaptive_path.is_file():
             # The robust choice was adaptive: PPO trained from its start (the plan of the
             # hedges' world), which cannot adapt; the adaptive plan stays a candidate.
-            candidates["adaptive"] = AdaptivePlanPolicy(AdaptivePlan.load(adaptive_path), n_actions)
+            plan_ = _load_adaptive(adaptive_path, sim_model, dataset, run.env, n_actions)
+            candidates["adaptive"] = AdaptivePlanPolicy(plan_, n_actions)
         final = select_robust(
             sim_model,
             dataset,
@@ -747,7 +761,8 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
     )
     adaptive = None
     if agent.planner and (root / ADAPTIVE_FILE).is_file():
-        adaptive = AdaptivePlanPolicy(AdaptivePlan.load(root / ADAPTIVE_FILE), n_actions)
+        plan_ = _load_adaptive(root / ADAPTIVE_FILE, sim_model, dataset, run.env, n_actions)
+        adaptive = AdaptivePlanPolicy(plan_, n_actions)
     return LoadedRun(
         config=run,
         policy=policy,
