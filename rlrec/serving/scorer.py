@@ -62,10 +62,12 @@ __all__ = [
     "MODES",
     "Actor",
     "Context",
+    "FrozenActor",
     "Recommendation",
     "Scorer",
     "SlateRequest",
     "compile_actor",
+    "compile_frozen_actor",
 ]
 
 MODES = ("greedy", "sample")
@@ -77,6 +79,10 @@ the probe histories that :func:`compile_actor` accepts."""
 
 Actor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(B, L) item tokens, (B, L) category tokens, (B, 1) steps (float32) -> (B, A) logits."""
+
+FrozenActor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(B, L) item and (B, L) category tokens (int64), (B, 1) steps, (B, K) the plan's prior
+(float32; (B, 0) without a plan) -> (B, A) logits of a frozen agent."""
 
 
 class _ActorLogits(torch.nn.Module):
@@ -100,6 +106,49 @@ class _ActorLogits(torch.nn.Module):
         # BaseModel's extract_features: the actor-critic override ignores the extractor
         # argument and returns both extractors' features when they are not shared.
         features = BaseModel.extract_features(self.policy, obs, self.policy.pi_features_extractor)
+        return cast(
+            torch.Tensor, self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
+        )
+
+
+class _FrozenActorLogits(torch.nn.Module):
+    """A frozen agent's path from tokens to logits, as one module (see :func:`compile_actor`).
+
+    What :meth:`rlrec.agents.policy.AgentPolicy.action_probabilities` computes for a frozen
+    agent: the encoder's state, the context columns, the frozen item term's summaries (a
+    constant of the loaded model, so computed once here) and the plan's prior (an input: it
+    is a table lookup in numpy), then the actor's network on those features.
+    """
+
+    def __init__(self, agent: AgentPolicy) -> None:
+        super().__init__()
+        assert agent.encoder is not None
+        self.encoder = agent.encoder
+        self.policy = agent.model.policy
+        head = self.policy.action_net
+        frozen_term = bool(getattr(head, "frozen_item_term", False))
+        self.catalog = head.catalog_term() if frozen_term else None  # type: ignore[operator]
+
+    def forward(
+        self,
+        items: torch.Tensor,
+        categories: torch.Tensor,
+        step: torch.Tensor,
+        prior: torch.Tensor,
+    ) -> torch.Tensor:
+        from stable_baselines3.common.policies import BaseModel
+
+        from rlrec.agents.features import extra_features
+
+        state = self.encoder.encode(items, categories)
+        parts = [state, extra_features(categories, step)]
+        if self.catalog is not None:
+            parts.append(self.catalog.summaries(state))
+        parts.append(prior)  # (B, 0) without a plan
+        features = torch.cat(parts, dim=1)
+        features = BaseModel.extract_features(
+            self.policy, features, self.policy.pi_features_extractor
+        )
         return cast(
             torch.Tensor, self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
         )
@@ -211,6 +260,8 @@ class Scorer:
         self.history_length = spec.history_length
         self.actor: Actor | None = compile_actor(self)
         """The traced actor (None: the eager policy scores; see :func:`compile_actor`)."""
+        self.frozen_actor: FrozenActor | None = compile_frozen_actor(self)
+        """A frozen agent's traced path (see :func:`compile_frozen_actor`)."""
 
     @classmethod
     def load(cls, export_dir: str | os.PathLike[str]) -> Scorer:
@@ -320,6 +371,8 @@ class Scorer:
         obs = self._observations(contexts)
         if self.actor is not None:
             probs = self._actor_probabilities(self.actor, obs)
+        elif self.frozen_actor is not None:
+            probs = self._frozen_probabilities(self.frozen_actor, obs)
         else:
             probs = self.eager_probabilities(obs)
         probs = np.clip(probs, 0.0, None)
@@ -345,6 +398,21 @@ class Scorer:
         """(B, A) float64 the policy's distribution through the agent (SB3, eager)."""
         with torch.inference_mode():
             return np.asarray(self.policy.action_probabilities(obs), dtype=np.float64)
+
+    def _frozen_inputs(self, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+        prior = self.policy.prior
+        n = len(obs["item_history"])
+        return (
+            torch.as_tensor(np.asarray(obs["item_history"]), dtype=torch.long),
+            torch.as_tensor(np.asarray(obs["category_history"]), dtype=torch.long),
+            torch.as_tensor(np.asarray(obs["step"]).reshape(n, 1)),
+            prior(obs).float() if prior is not None else torch.zeros((n, 0)),
+        )
+
+    def _frozen_probabilities(self, actor: FrozenActor, obs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            logits = actor(*self._frozen_inputs(obs))
+            return torch.softmax(logits, dim=1).numpy().astype(np.float64)
 
     def _actor_probabilities(self, actor: Actor, obs: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
@@ -482,6 +550,42 @@ def compile_actor(scorer: Scorer) -> Actor | None:
             for size in (1, 3, len(probes)):
                 obs = scorer._observations(probes[:size])
                 got = scorer._actor_probabilities(actor, obs)
+                if not np.allclose(
+                    got, scorer.eager_probabilities(obs), rtol=0.0, atol=COMPILED_TOLERANCE
+                ):
+                    return None
+    except Exception:  # any failure to trace means scoring eagerly, never a refused export
+        return None
+    return actor
+
+
+def compile_frozen_actor(scorer: Scorer) -> FrozenActor | None:
+    """A frozen agent's path from tokens to logits traced with TorchScript, or None.
+
+    Why: as for :func:`compile_actor`, a served batch of a few histories costs what the
+    encoder's and the actor's small operators cost to dispatch from Python. The plan's prior
+    stays an eager numpy lookup and enters as an input. Accepted only if its probabilities
+    equal the eager agent's within :data:`COMPILED_TOLERANCE` on probe histories of several
+    batch sizes; agents that mask recent items (none of the frozen presets) stay eager.
+    """
+    policy = scorer.policy
+    if (
+        policy.encoder is None
+        or policy.mask_recent > 0
+        or os.environ.get("RLREC_SERVE_EAGER") == "1"
+    ):
+        return None
+    probes = _probe_contexts(scorer)
+    try:
+        module = _FrozenActorLogits(policy).eval()
+        example = scorer._frozen_inputs(scorer._observations(probes[:2]))
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
+            actor = cast(FrozenActor, traced)
+            for size in (1, 3, len(probes)):
+                obs = scorer._observations(probes[:size])
+                got = scorer._frozen_probabilities(actor, obs)
                 if not np.allclose(
                     got, scorer.eager_probabilities(obs), rtol=0.0, atol=COMPILED_TOLERANCE
                 ):

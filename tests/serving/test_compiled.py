@@ -26,15 +26,20 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def exports(world, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Exports of tiny ``finetune`` and ``finetune`` + ``mask_recent`` runs (64 steps each).
+    """Exports of tiny ``finetune``, ``finetune`` + ``mask_recent`` and planned ``frozen`` runs.
 
-    The serving world's agents are ``frozen`` (scored eagerly); these two are the kinds
-    that are traced. They share the world's env and encoder cache.
+    64 steps each; the serving world's agents are ``frozen`` without a plan. They share the
+    world's env and encoder cache.
     """
     root = tmp_path_factory.mktemp("compiled")
     env = world["env"]
     out = {}
-    for name, extra in (("finetune", {}), ("masked", {"mask_recent": 2})):
+    planned = {"encoder": "frozen", "planner": True, "selection_draws": 1}
+    for name, extra in (
+        ("finetune", {}),
+        ("masked", {"mask_recent": 2}),
+        ("planned", {**planned, "selection_episodes": 40}),
+    ):
         mapping = {**TINY_AGENT, "encoder": "finetune", "total_timesteps": 64, **extra}
         agent = load_agent_config(write_yaml(root / f"{name}.yaml", mapping))
         run = root / f"run_{name}"
@@ -47,6 +52,7 @@ def exports(world, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _eager(scorer: Scorer) -> Scorer:
     twin = copy.copy(scorer)
     twin.actor = None
+    twin.frozen_actor = None
     return twin
 
 
@@ -58,10 +64,14 @@ def _sim_histories(run: Path, scorer: Scorer, n: int) -> list[list[tuple[str, fl
     return histories_of(obs, scorer)
 
 
-@pytest.mark.parametrize("kind", ["finetune", "masked"])
+@pytest.mark.parametrize("kind", ["finetune", "masked", "planned"])
 def test_traced_actor_scores_what_the_agent_computes(exports, kind):
     scorer = Scorer.load(exports[kind])
-    assert scorer.actor is not None, "a finetune agent must be traced"
+    if kind == "planned":  # frozen encoder and the plan's prior: the frozen path is traced
+        assert scorer.actor is None and scorer.frozen_actor is not None
+        assert scorer.policy.prior is not None
+    else:
+        assert scorer.actor is not None, "a finetune agent must be traced"
     assert (scorer.policy.mask_recent > 0) == (kind == "masked")
     histories = _sim_histories(exports[f"run_{kind}"], scorer, 64)
     eager = _eager(scorer)
@@ -90,7 +100,8 @@ def test_traced_actor_scores_what_the_agent_computes(exports, kind):
 
 
 def test_frozen_agents_and_failed_traces_score_eagerly(world, exports, monkeypatch):
-    assert Scorer.load(world["export_a"]).actor is None  # frozen: features in numpy first
+    frozen = Scorer.load(world["export_a"])  # frozen, no plan: its own traced path
+    assert frozen.actor is None and frozen.frozen_actor is not None
 
     def broken(*args, **kwargs):
         raise RuntimeError("no TorchScript here")
@@ -98,6 +109,7 @@ def test_frozen_agents_and_failed_traces_score_eagerly(world, exports, monkeypat
     monkeypatch.setattr(torch.jit, "trace", broken)
     scorer = Scorer.load(exports["finetune"])
     assert scorer.actor is None
+    assert Scorer.load(world["export_a"]).frozen_actor is None
     monkeypatch.undo()
     traced = Scorer.load(exports["finetune"])
     request = [SlateRequest([(str(scorer.item_raw[3]), 0.0)], 5)]
