@@ -375,9 +375,9 @@ class AdaptivePlanPolicy:
         after_engaged = np.minimum(1.0, p.hazard[t][:, None] * p.boredom[:, new_streak].T)
         m = np.minimum(belief.misses[rows], self._n_misses - 1)  # index of m + 1
         after_missed = np.minimum(1.0, p.hazard[t][:, None] * p.misses[:, m].T)
-        organic = (p.stay[s] * (a == c) + (1.0 - p.stay[s]) * p.switch[c, a]) * p.top_share[
-            a
-        ]  # (R,) an organic step lands on the recommended item
+        # (R,) chance that an organic step (a miss) lands on the recommended item anyway.
+        organic_category = p.stay[s] * (a == c) + (1.0 - p.stay[s]) * p.switch[c, a]
+        organic = organic_category * p.top_share[a]
         stay_engaged = np.where(left[:, None], after_engaged, 1.0 - after_engaged)
         stay_missed = np.where(left[:, None], after_missed, 1.0 - after_missed)
         like = np.where(

@@ -620,6 +620,8 @@ def _train_agent(
             for name, m in (("trained", model), ("start", start))
         }
         adaptive_path = root / ADAPTIVE_CANDIDATE_FILE
+        if not adaptive_path.is_file():
+            adaptive_path = root / ADAPTIVE_FILE  # a finished run trained further: its choice
         if adaptive_path.is_file():
             # The robust choice was adaptive: PPO trained from its start (the plan of the
             # hedges' world), which cannot adapt; the adaptive plan stays a candidate.
@@ -644,7 +646,8 @@ def _train_agent(
             # The run acts by the adaptive plan; policy.* keeps PPO's start for what needs a
             # per-step policy (see load_run).
             model.policy.load_state_dict(start.policy.state_dict())
-            os.replace(adaptive_path, root / ADAPTIVE_FILE)
+            if adaptive_path != root / ADAPTIVE_FILE:
+                os.replace(adaptive_path, root / ADAPTIVE_FILE)
         if final.chosen != "adaptive":
             (root / ADAPTIVE_FILE).unlink(missing_ok=True)  # an earlier check's choice
         robust = {**robust, "final": {**final.summary(), "kept": final.chosen}}
