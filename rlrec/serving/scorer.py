@@ -539,24 +539,15 @@ def compile_actor(scorer: Scorer) -> Actor | None:
     policy = scorer.policy
     if policy.encoder is not None or os.environ.get("RLREC_SERVE_EAGER") == "1":
         return None
-    probes = _probe_contexts(scorer)
-    try:
-        module = _ActorLogits(policy.model.policy).eval()
-        example = scorer._actor_inputs(scorer._observations(probes[:2]))
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
-            actor = cast(Actor, traced)
-            for size in (1, 3, len(probes)):
-                obs = scorer._observations(probes[:size])
-                got = scorer._actor_probabilities(actor, obs)
-                if not np.allclose(
-                    got, scorer.eager_probabilities(obs), rtol=0.0, atol=COMPILED_TOLERANCE
-                ):
-                    return None
-    except Exception:  # any failure to trace means scoring eagerly, never a refused export
-        return None
-    return actor
+    return cast(
+        Actor | None,
+        _trace_checked(
+            scorer,
+            lambda: _ActorLogits(policy.model.policy),
+            scorer._actor_inputs,
+            scorer._actor_probabilities,
+        ),
+    )
 
 
 def compile_frozen_actor(scorer: Scorer) -> FrozenActor | None:
@@ -575,24 +566,46 @@ def compile_frozen_actor(scorer: Scorer) -> FrozenActor | None:
         or os.environ.get("RLREC_SERVE_EAGER") == "1"
     ):
         return None
+    return cast(
+        FrozenActor | None,
+        _trace_checked(
+            scorer,
+            lambda: _FrozenActorLogits(policy),
+            scorer._frozen_inputs,
+            scorer._frozen_probabilities,
+        ),
+    )
+
+
+def _trace_checked(
+    scorer: Scorer,
+    build: Callable[[], torch.nn.Module],
+    inputs: Callable[[dict[str, np.ndarray]], tuple[torch.Tensor, ...]],
+    probabilities: Callable[[Any, dict[str, np.ndarray]], np.ndarray],
+) -> Any | None:
+    """The module ``build`` makes, traced and frozen; None unless it scores as the eager agent.
+
+    The trace is accepted only if ``probabilities(traced, obs)`` equals the eager policy's
+    within :data:`COMPILED_TOLERANCE` on probe histories of several batch sizes (the batch
+    dimension must not have been baked into the graph).
+    """
     probes = _probe_contexts(scorer)
     try:
-        module = _FrozenActorLogits(policy).eval()
-        example = scorer._frozen_inputs(scorer._observations(probes[:2]))
+        module = build().eval()
+        example = inputs(scorer._observations(probes[:2]))
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
             traced = torch.jit.freeze(torch.jit.trace(module, example, check_trace=False))
-            actor = cast(FrozenActor, traced)
             for size in (1, 3, len(probes)):
                 obs = scorer._observations(probes[:size])
-                got = scorer._frozen_probabilities(actor, obs)
+                got = probabilities(traced, obs)
                 if not np.allclose(
                     got, scorer.eager_probabilities(obs), rtol=0.0, atol=COMPILED_TOLERANCE
                 ):
                     return None
     except Exception:  # any failure to trace means scoring eagerly, never a refused export
         return None
-    return actor
+    return traced
 
 
 def _probe_contexts(scorer: Scorer) -> list[Context]:
