@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from rlrec.agents.planner import Planner, PlannerConfig, streaks
+from rlrec.agents.planner import Planner, PlannerConfig, plan_state
 from rlrec.agents.retention import RetentionBonus
 from rlrec.envs.config import RewardWeights
 from rlrec.errors import UserError
@@ -169,14 +169,9 @@ class AdaptivePlan:
 
     def state(self, obs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(t, c, s)`` indices (each (B,)) of batched observations, as the planner reads them."""
-        cats = np.asarray(obs["category_history"], dtype=np.int64)
-        cats = cats.reshape(-1, cats.shape[-1])
-        sim = np.where(cats > 0, self.category_of_dataset_category[np.maximum(cats - 1, 0)], -1)
-        s = streaks(sim, self.max_streak)
-        c = np.maximum(sim[:, -1], 0)
-        step = np.asarray(obs["step"], dtype=np.int64).reshape(-1)
-        t = np.clip(step, 1, self.values.shape[1]) - 1
-        return t, c, s - 1
+        return plan_state(
+            obs, self.category_of_dataset_category, self.max_streak, self.values.shape[1]
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the plan's recipe as an ``.npz`` of numeric arrays (loading never unpickles).

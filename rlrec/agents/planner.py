@@ -50,6 +50,7 @@ __all__ = [
     "PlannerConfig",
     "PlannerPolicy",
     "category_top_items",
+    "plan_state",
     "streaks",
 ]
 
@@ -111,6 +112,29 @@ def streaks(sim_history: np.ndarray, cap: int) -> np.ndarray:
     mismatch = ~same[:, ::-1]
     first = np.where(mismatch.any(axis=1), mismatch.argmax(axis=1), same.shape[1])
     return np.clip(first, 1, cap)
+
+
+def plan_state(
+    obs: dict[str, Any],
+    category_of_dataset_category: np.ndarray,
+    max_streak: int,
+    n_steps: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(t, c, s)`` plan indices (each (B,)) of batched observations.
+
+    ``t`` is the session step (clipped to the ``n_steps`` planned, 0-based), ``c`` the sim
+    category of the last history item and ``s`` its trailing streak (capped at
+    ``max_streak``, 0-based), read off ``category_history`` mapped by
+    ``category_of_dataset_category``.
+    """
+    cats = np.asarray(obs["category_history"], dtype=np.int64)
+    cats = cats.reshape(-1, cats.shape[-1])
+    sim = np.where(cats > 0, category_of_dataset_category[np.maximum(cats - 1, 0)], -1)
+    s = streaks(sim, max_streak)
+    c = np.maximum(sim[:, -1], 0)
+    step = np.asarray(obs["step"], dtype=np.int64).reshape(-1)
+    t = np.clip(step, 1, n_steps) - 1
+    return t, c, s - 1
 
 
 class Planner:
@@ -324,14 +348,7 @@ class PlanTable:
 
     def state(self, obs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(t, c, s)`` indices (each (B,)) of batched observations."""
-        cats = np.asarray(obs["category_history"], dtype=np.int64)
-        cats = cats.reshape(-1, cats.shape[-1])
-        sim = np.where(cats > 0, self.category_of_dataset_category[np.maximum(cats - 1, 0)], -1)
-        s = streaks(sim, self.max_streak)
-        c = np.maximum(sim[:, -1], 0)
-        step = np.asarray(obs["step"], dtype=np.int64).reshape(-1)
-        t = np.clip(step, 1, self.n_steps) - 1
-        return t, c, s - 1
+        return plan_state(obs, self.category_of_dataset_category, self.max_streak, self.n_steps)
 
     def category_values(self, obs: dict[str, Any]) -> np.ndarray:
         """(B, K) mean value over the draws of recommending each sim category (-inf: none)."""
