@@ -117,11 +117,10 @@ def run_action_dist(
         UserError: If the run's catalog size differs from the log's action count, or the run
             cannot be loaded.
     """
-    from rlrec.agents.train import load_run
+    from rlrec.agents.train import load_run, require_stateless
 
     run = load_run(run_dir)
-    if getattr(run, "adaptive", None) is not None:  # not a per-step policy
-        run.require_stateless(f"bandit OPE of {run_dir}")
+    require_stateless(run, f"bandit OPE of {run_dir}")
     n_catalog = int(getattr(run.policy, "n_actions", 0)) or int(
         min(run.config.env.catalog_size, run.sim_model.n_items)
     )

@@ -157,17 +157,16 @@ class SimulatorContext:
         elif spec.base == "greedy_supervised":
             base = CachedScores(GreedySupervisedPolicy(self.encoder(), self.sim_model.item_ids[:a]))
         else:
+            from rlrec.agents.train import load_run, require_stateless
+
             run = self.run
             if spec.run_dir is not None:
-                from rlrec.agents.train import load_run
-
                 run = load_run(spec.run_dir)
             if run is None:
                 raise UserError(
                     "policy ppo: no trained run; pass --simulate RUN_DIR or run:RUN_DIR"
                 )
-            if getattr(run, "adaptive", None) is not None:  # not a per-step policy
-                run.require_stateless(f"policy {spec.text}")
+            require_stateless(run, f"policy {spec.text}")
             if getattr(run.policy, "n_actions", a) != a:
                 raise UserError(f"policy {spec.text}: the run's action space is not this env's")
             base = run.policy
@@ -321,11 +320,10 @@ def data_policy(spec: PolicySpec, dataset: Any, encoder_dir: str | None, seed: i
     elif spec.base == "ppo":
         if spec.run_dir is None:
             raise UserError(f"policy {spec.text}: with --data name the run as run:RUN_DIR")
-        from rlrec.agents.train import load_run
+        from rlrec.agents.train import load_run, require_stateless
 
         run = load_run(spec.run_dir)
-        if getattr(run, "adaptive", None) is not None:  # not a per-step policy
-            run.require_stateless(f"policy {spec.text}")
+        require_stateless(run, f"policy {spec.text}")
         if run.dataset.n_items != n:
             raise UserError(
                 f"policy {spec.text}: the run was trained on a dataset with "

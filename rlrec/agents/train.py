@@ -114,6 +114,7 @@ __all__ = [
     "make_training_env",
     "policy_inputs",
     "read_run_config",
+    "require_stateless",
     "train_agent",
 ]
 
@@ -692,18 +693,23 @@ class LoadedRun:
         """The policy the run acts by in a simulator: the adaptive plan if any, else PPO's."""
         return self.adaptive if self.adaptive is not None else self.policy
 
-    def require_stateless(self, what: str) -> None:
-        """Refuse ``what`` for a run that acts adaptively (it needs the user's sessions).
 
-        Raises:
-            UserError: If the run has an adaptive plan.
-        """
-        if self.adaptive is not None:
-            raise UserError(
-                f"{what}: this run acts by an adaptive plan (a per-user posterior over its "
-                "sessions, adaptive.npz), which needs each user's own recommendations and "
-                "responses; only simulator evaluation (rlrec evaluate) supports it so far"
-            )
+def require_stateless(run: Any, what: str) -> None:
+    """Refuse ``what`` for a run that acts adaptively (it needs the user's sessions).
+
+    Args:
+        run: A :class:`LoadedRun` (or any object; one without ``adaptive`` acts per step).
+        what: The command or use, named in the error.
+
+    Raises:
+        UserError: If the run has an adaptive plan.
+    """
+    if getattr(run, "adaptive", None) is not None:
+        raise UserError(
+            f"{what}: this run acts by an adaptive plan (a per-user posterior over its "
+            "sessions, adaptive.npz), which needs each user's own recommendations and "
+            "responses; only simulator evaluation (rlrec evaluate) supports it so far"
+        )
 
 
 def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:

@@ -50,7 +50,13 @@ from rlrec.agents.artifacts import (
     read_policy_meta,
     run_lock,
 )
-from rlrec.agents.train import ENCODER_DIR, PLAN_FILE, load_run, read_run_config
+from rlrec.agents.train import (
+    ENCODER_DIR,
+    PLAN_FILE,
+    load_run,
+    read_run_config,
+    require_stateless,
+)
 from rlrec.errors import UserError, quote_value
 from rlrec.fsutil import atomic_directory
 from rlrec.models.checkpoint import vocabulary_fingerprint
@@ -145,8 +151,7 @@ def _check_finished(root: Path) -> None:
 def _serving_spec(run_dir: Path) -> tuple[ServingSpec, Any]:
     """The loaded run and the scoring settings an export records of it."""
     run = load_run(run_dir)
-    if getattr(run, "adaptive", None) is not None:  # not a per-step policy
-        run.require_stateless(f"rlrec export {run_dir}")
+    require_stateless(run, f"rlrec export {run_dir}")
     agent = run.config.agent
     n_actions = int(run.policy.n_actions)
     spec = ServingSpec(

@@ -10,7 +10,13 @@ import pytest
 import rlrec.agents.robust as robust
 import rlrec.agents.train as train
 from rlrec.agents.config import load_agent_config
-from rlrec.agents.train import ADAPTIVE_CANDIDATE_FILE, ADAPTIVE_FILE, load_run, train_agent
+from rlrec.agents.train import (
+    ADAPTIVE_CANDIDATE_FILE,
+    ADAPTIVE_FILE,
+    load_run,
+    require_stateless,
+    train_agent,
+)
 from rlrec.cli import main
 from rlrec.errors import UserError
 from tests.agents.conftest import TINY_AGENT, TINY_ENV, write_yaml
@@ -51,7 +57,7 @@ def test_an_adaptive_run_round_trip(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", str(run), "--episodes", "20", "--seed", "1"]) == 0
     assert "the ppo row is the run's adaptive plan" in capsys.readouterr().out
     with pytest.raises(UserError, match="adaptive plan"):
-        loaded.require_stateless("rlrec export")
+        require_stateless(loaded, "rlrec export")
     assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 2
     assert "adaptive plan" in capsys.readouterr().err
     assert not (tmp_path / "export").exists()
