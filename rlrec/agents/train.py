@@ -541,6 +541,7 @@ def _train_agent(
     baselines: dict[str, Any] = {}
     robust: dict[str, Any] = {}
     known: dict[str, Any] | None = None  # baseline returns on the validation worlds
+    adaptive_plan: AdaptivePlan | None = None  # the choice's, while still in memory
     if agent.planner:
         baselines = _baselines(sim_model, run.env, encoder, n_actions)
         if checkpoint is not None and (root / PLAN_FILE).is_file():
@@ -556,8 +557,9 @@ def _train_agent(
                 agent, sim_model, dataset, run.env, baselines, n_actions, seed
             )
             plan.save(root / PLAN_FILE)
-            if choice.adaptive is not None:
-                choice.adaptive.save(root / ADAPTIVE_CANDIDATE_FILE)
+            adaptive_plan = choice.adaptive
+            if adaptive_plan is not None:
+                adaptive_plan.save(root / ADAPTIVE_CANDIDATE_FILE)
             known = {b: choice.returns[b] for b in baselines}
             robust = {"plan": choice.summary()}
             write_json_atomic(root / ROBUST_FILE, robust)
@@ -626,8 +628,11 @@ def _train_agent(
         if adaptive_path.is_file():
             # The robust choice was adaptive: PPO trained from its start (the plan of the
             # hedges' world), which cannot adapt; the adaptive plan stays a candidate.
-            plan_ = _load_adaptive(adaptive_path, sim_model, dataset, run.env, n_actions)
-            candidates["adaptive"] = AdaptivePlanPolicy(plan_, n_actions)
+            if adaptive_plan is None:  # resumed: rebuild the saved choice
+                adaptive_plan = _load_adaptive(
+                    adaptive_path, sim_model, dataset, run.env, n_actions
+                )
+            candidates["adaptive"] = AdaptivePlanPolicy(adaptive_plan, n_actions)
         final = select_robust(
             sim_model,
             dataset,
