@@ -60,7 +60,8 @@ class AdaptivePlan:
 
     Attributes:
         values: (J, T, K, S, K) float32 value of recommending each category at ``m = 0`` in
-            each particle's own plan; ``-inf`` for a category without a catalog item.
+            each particle's own plan; 0 for a category without a catalog item (never
+            recommended: ``top_item`` is -1 there).
         prior: (J,) prior weight of each particle (sums to 1).
         engage: (J, K, S, K) probability that the top item of category ``k`` is engaged with in
             state ``(c, s)``.
@@ -147,7 +148,7 @@ class AdaptivePlan:
         share = np.where(top >= 0, pop[safe_top] / np.maximum(per_category, _TINY), 0.0)
         token = np.where(top >= 0, np.asarray(item_token)[safe_top], -1)
         return cls(
-            values=np.stack([p.values[..., :] for p in planners]).astype(np.float32),
+            values=_finite(np.stack([p.values for p in planners]).astype(np.float32)),
             prior=w / w.sum(),
             engage=np.stack([wd["engage"] for wd in worlds]),
             boredom=np.stack([wd["boredom"] for wd in worlds]),
@@ -305,6 +306,16 @@ class AdaptivePlan:
         return plan
 
 
+def _finite(values: np.ndarray) -> np.ndarray:
+    """``values`` with the planner's ``-inf`` (no catalog item) set to 0, in place.
+
+    The posterior mean then needs no mask per call; those categories are masked by
+    ``top_item`` instead.
+    """
+    values[~np.isfinite(values)] = 0.0
+    return values
+
+
 def _checksum(values: np.ndarray) -> np.ndarray:
     """(J,) sum of each particle's finite values: a cheap check that a rebuilt plan matches."""
     flat = values.reshape(len(values), -1).astype(np.float64)
@@ -413,7 +424,7 @@ class AdaptivePlanPolicy:
         t, c, s = self.plan.state(obs)
         post = self.posterior(belief)  # (B, J)
         values = self.plan.values[:, t, c, s, :]  # (J, B, K)
-        mean = np.einsum("bj,jbk->bk", post, np.where(np.isfinite(values), values, 0.0))
+        mean = np.einsum("bj,jbk->bk", post, values)
         mean = np.where(self.plan.top_item >= 0, mean, -np.inf)
         category = mean.argmax(axis=1)
         belief.action = category

@@ -257,22 +257,66 @@ class FactoredActorHead(torch.nn.Module):
             + (self.n_slots if self.category_prior else 0)
         )
 
-    def category_terms(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, K) category term ``c``: adjustment plus the gate on the current category."""
+    def _learned_terms(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K) the trained part of ``c``: adjustment plus the gate on the current category."""
         context_end = self.state_dim + N_CONTEXT
         current = features[:, context_end].long() - 1  # (B,) token -> category; none -> -1
         terms = self.category(self.body(features[:, :context_end]))  # (B, C + 1)
         slot_category: torch.Tensor = self.slot_category  # type: ignore[assignment]
         adjust = terms[:, :-1].index_select(1, slot_category)  # (B, K)
         is_current = slot_category.unsqueeze(0) == current.unsqueeze(1)  # (B, K)
-        out = adjust + terms[:, -1:] * is_current
+        return adjust + terms[:, -1:] * is_current
+
+    def _summaries_and_prior(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``L`` (B, K) of the frozen item term and the plan's prior (B, K) in the features."""
+        start = self.state_dim + N_EXTRA
+        log_norm = features[:, start : start + self.n_slots]
+        return log_norm, features[:, start + 2 * self.n_slots : start + 3 * self.n_slots]
+
+    def category_terms(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K) category term ``c``: adjustment plus the gate on the current category."""
+        out = self._learned_terms(features)
         if self.category_prior:
             # P(k) is softmax(c + L): with c = prior - L + learned terms, P starts at the plan.
-            start = self.state_dim + N_EXTRA
-            log_norm = features[:, start : start + self.n_slots]
-            prior = features[:, start + 2 * self.n_slots : start + 3 * self.n_slots]
+            log_norm, prior = self._summaries_and_prior(features)
             out = out + prior - log_norm
         return out
+
+    @torch.no_grad()
+    def mode(self, features: torch.Tensor) -> torch.Tensor:
+        """(B,) the deterministic action: the likeliest category, then its likeliest item.
+
+        Heads with a plan's prior act by this factored mode rather than the joint argmax of
+        the logits: the joint argmax weighs a category by its best item and, through ``- L``,
+        by how its mass spreads over its items, so an untrained policy would leave the plan's
+        category wherever another category's items are more concentrated. Categories of equal
+        probability (slots that the plan merges into one category, at the same prior) go to
+        the one holding the best item: with the plan's popularity item term
+        (:meth:`rlrec.agents.categorical.CatalogTerm.from_popularity`), the slot of the
+        merged category's most popular item, which is the plan's. Untrained, the mode is
+        therefore exactly the plan's action (tests check it).
+
+        Args:
+            features: (B, features_dim) features.
+
+        Raises:
+            ValueError: If the head has no plan prior.
+        """
+        if not self.category_prior:
+            raise ValueError("the factored mode needs a head with a plan's prior")
+        action_slot: torch.Tensor = self.action_slot  # type: ignore[assignment]
+        # log P(k) up to a constant: c + L = prior + learned terms (summed directly, so that
+        # slots at the same prior tie exactly rather than up to the rounding of - L + L).
+        _, prior = self._summaries_and_prior(features)
+        score = prior + self._learned_terms(features)  # (B, K)
+        items = self.item(features[:, : self.state_dim])  # (B, A)
+        index = action_slot.expand(len(items), -1)
+        top = items.new_full((len(items), self.n_slots), -torch.inf)
+        top = top.scatter_reduce(1, index, items, "amax")  # (B, K) best item per slot
+        tied = score == score.max(dim=1, keepdim=True).values
+        slot = torch.where(tied, top, -torch.inf).argmax(dim=1)  # (B,)
+        inside = action_slot.unsqueeze(0) == slot.unsqueeze(1)  # (B, A)
+        return torch.where(inside, items, -torch.inf).argmax(dim=1)
 
     def forward(
         self, features: torch.Tensor, category_terms: torch.Tensor | None = None
@@ -500,7 +544,10 @@ class RecommenderPolicy(_RecommenderBuild, ActorCriticPolicy):
         head = self._actor_head()
         terms = head.category_terms(latent_pi)  # (B, K)
         probs = torch.softmax(head(latent_pi, terms), dim=1)  # (B, A)
-        actions = probs.argmax(dim=1) if deterministic else categorical.sample(probs)
+        if deterministic:
+            actions = head.mode(latent_pi) if head.category_prior else probs.argmax(dim=1)
+        else:
+            actions = categorical.sample(probs)
         # The update's own formula, so that the first ratio of every update is exactly 1.
         log_prob, _ = head.log_prob_entropy(latent_pi, actions, terms)
         return actions, self.value_net(latent_vf), log_prob
@@ -521,7 +568,10 @@ class RecommenderPolicy(_RecommenderBuild, ActorCriticPolicy):
     def _predict(self, observation: Any, deterministic: bool = False) -> torch.Tensor:
         """(B,) actions (SB3's ``predict`` calls this)."""
         latent_pi = self._latents(observation)[0]
-        probs = torch.softmax(self.action_net(latent_pi), dim=1)  # (B, A)
+        head = self._actor_head()
+        if deterministic and head.category_prior:
+            return head.mode(latent_pi)  # the plan's action when untrained (FactoredActorHead)
+        probs = torch.softmax(head(latent_pi), dim=1)  # (B, A)
         return probs.argmax(dim=1) if deterministic else categorical.sample(probs)
 
 

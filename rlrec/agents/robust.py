@@ -118,11 +118,15 @@ class RobustChoice:
         rule: The selection rule applied (``safe`` or ``mean``), and whether the safe rule
             found a candidate within tolerance (``safe-fallback`` when none was).
         worlds: Validation world labels.
-        returns: Policy name -> (W,) mean return per world (candidates and baselines).
-        ratios: Candidate name -> (W,) ratio to the best baseline per world.
+        returns: Policy name -> (W,) mean return per world (candidates and baselines); NaN in
+            the worlds a candidate was not rolled out in (dropped early, see
+            :func:`select_robust`).
+        ratios: Candidate name -> (W,) ratio to the best baseline per world (NaN likewise).
         best_baseline: (W,) name of the best baseline in each world.
         adaptive: The chosen candidate's adaptive plan when an adaptive one was chosen (the
             returned planner is then its main particle's: the policy PPO starts from).
+        start: The candidate whose plan PPO starts from (:func:`robust_planner`: the chosen
+            one, or for an adaptive choice the plan of its main particle); empty otherwise.
     """
 
     chosen: str
@@ -132,21 +136,29 @@ class RobustChoice:
     ratios: dict[str, np.ndarray] = field(default_factory=dict)
     best_baseline: list[str] = field(default_factory=list)
     adaptive: AdaptivePlan | None = None
+    start: str = ""
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready: the choice, and each candidate's mean and worst ratio."""
+        """JSON-ready: the choice, and each candidate's mean and worst ratio.
+
+        A candidate dropped early gets these over the worlds it was rolled out in, and
+        ``worlds_evaluated`` says how many those were.
+        """
+        out: dict[str, Any] = {}
+        for name, r in self.ratios.items():
+            done = np.flatnonzero(np.isfinite(r))
+            out[name] = {
+                "mean_ratio": float(np.mean(r[done])),
+                "worst_ratio": float(np.min(r[done])),
+                "worst_world": self.worlds[int(done[np.argmin(r[done])])],
+            }
+            if len(done) < len(r):
+                out[name]["worlds_evaluated"] = len(done)
         return {
             "chosen": self.chosen,
             "rule": self.rule,
             "n_worlds": len(self.worlds),
-            "candidates": {
-                name: {
-                    "mean_ratio": float(np.mean(r)),
-                    "worst_ratio": float(np.min(r)),
-                    "worst_world": self.worlds[int(np.argmin(r))],
-                }
-                for name, r in self.ratios.items()
-            },
+            "candidates": out,
         }
 
 
@@ -163,9 +175,16 @@ def select_robust(
     rule: Selection = "safe",
     tolerance: float = 0.01,
     progress: Callable[[str], None] | None = None,
-    baseline_returns: Mapping[str, np.ndarray] | None = None,
+    known_returns: Mapping[str, np.ndarray] | None = None,
 ) -> RobustChoice:
     """Roll every candidate and baseline out in every validation world and choose.
+
+    Under the safe rule, once a candidate is known to be safe (its worst ratio at least
+    ``1 - tolerance``), a candidate that falls below that in some world can no longer be
+    chosen (the rule picks among the safe ones), so it is not rolled out in the remaining
+    worlds: the choice is the same as with every world rolled out. The worlds are then
+    visited in the order of the known candidates' lowest ratio there, where a weaker policy
+    is likeliest to fall short first.
 
     Args:
         model: The fitted SimModel.
@@ -180,33 +199,53 @@ def select_robust(
         rule: ``safe`` or ``mean`` (see the module docstring).
         tolerance: The safe rule's allowance below a ratio of 1.
         progress: Called with each world's label.
-        baseline_returns: The baselines' (W,) returns from an earlier call on the same worlds,
-            users and episodes (they are not rolled out again).
+        known_returns: Name -> (W,) returns of candidates or baselines from an earlier call on
+            the same worlds, users and episodes (they are not rolled out again).
 
     Returns:
         The choice and everything it was based on.
     """
-    known = dict(baseline_returns or {})
-    names = list(candidates) + [b for b in baselines if b not in known]
-    returns = {name: np.zeros(len(thetas)) for name in names}
-    for w, theta in enumerate(thetas):
+    n_worlds = len(thetas)
+    known = {k: np.asarray(v, dtype=np.float64) for k, v in (known_returns or {}).items()}
+    returns = {name: known[name] for name in [*candidates, *baselines] if name in known}
+    todo = [b for b in baselines if b not in known] + [c for c in candidates if c not in known]
+    for name in todo:
+        returns[name] = np.full(n_worlds, np.nan)
+    floor = 1.0 - tolerance
+    order = np.arange(n_worlds)
+    known_ratios: list[np.ndarray] = []
+    if all(b in known for b in baselines):
+        best = np.stack([known[b] for b in baselines]).max(axis=0)
+        known_ratios = [known[c] / np.maximum(best, 1e-12) for c in candidates if c in known]
+    some_safe = rule == "safe" and any(np.min(r) >= floor for r in known_ratios)
+    if known_ratios:
+        order = np.argsort(np.min(np.stack(known_ratios), axis=0), kind="stable")
+    dropped: set[str] = set()
+    for w in order:
+        live = [name for name in todo if name not in dropped]
+        if not live:
+            break
         if progress is not None:
             progress(labels[w])
-        venv = BatchedInterestDrift(episodes, world_model(model, theta), dataset, env)
-        for name in names:
+        venv = BatchedInterestDrift(episodes, world_model(model, thetas[w]), dataset, env)
+        for name in live:
             policy = candidates[name] if name in candidates else baselines[name]
             returns[name][w] = float(rollout(policy, venv, seed).returns.mean())
-    returns.update({b: np.asarray(known[b], dtype=np.float64) for b in baselines if b in known})
+        if some_safe:
+            best_w = max(returns[b][w] for b in baselines)
+            for name in live:
+                if name in candidates and returns[name][w] / max(best_w, 1e-12) < floor:
+                    dropped.add(name)
     base = np.stack([returns[b] for b in baselines])  # (B, W)
     best = base.max(axis=0)
     ratios = {c: returns[c] / np.maximum(best, 1e-12) for c in candidates}
-    mean = {c: float(np.mean(r)) for c, r in ratios.items()}
-    worst = {c: float(np.min(r)) for c, r in ratios.items()}
+    mean = {c: float(np.nanmean(r)) for c, r in ratios.items()}
+    worst = {c: float(np.nanmin(r)) for c, r in ratios.items()}
     applied: str = rule
     if rule == "mean":
         chosen = max(mean, key=lambda c: mean[c])
     else:
-        safe = [c for c in candidates if worst[c] >= 1.0 - tolerance]
+        safe = [c for c in candidates if worst[c] >= floor]
         if safe:
             chosen = max(safe, key=lambda c: mean[c])
         else:
@@ -327,7 +366,7 @@ def robust_planner(
         # The one-session plan stays a candidate: the bonus is a first-order estimate, and
         # the choice between them is made on lifecycle rollouts.
         plan("plan[centre, one session]", thetas[:1], shaped=False)
-    baseline_returns = None
+    known_returns = None
     if len(labels) > 1:
         # The bold plan (for the prior's draws), then hedges between it and the world where
         # it loses most: that world's own plan, nearer points towards the centre, and the
@@ -345,7 +384,7 @@ def robust_planner(
             seed,
             rule,
         )
-        baseline_returns = {b: first.returns[b] for b in baselines}
+        known_returns = {b: first.returns[b] for b in baselines}
         worst = int(np.argmin(first.ratios["plan[prior]"]))
         if worst != 0:
             plan(f"plan[{labels[worst]}]", thetas[worst][None, :])
@@ -368,10 +407,13 @@ def robust_planner(
         if progress is not None:
             progress(f"adaptive plans ({len(particles)} particles)")
         single = PlannerConfig(seed=seed, iterations=0)
+        # The main particle's plan is the hedges' world's own plan, already a candidate
+        # (that world's single-draw plan; the centre's when the bold plan lost most there).
+        hedge = f"plan[{labels[worst]}]" if worst != 0 else "plan[centre]"
         own = [
             Planner(model, n_actions, env.reward_weights, single, theta[None, :], bonus=bonus)
-            for theta in particles
-        ]
+            for theta in particles[:-1]
+        ] + [planners[hedge]]
         tokens = BatchedInterestDrift(1, model, dataset, env).dynamics.item_token
         for mass in ADAPTIVE_PRIOR_MASS:
             weights = np.r_[np.full(len(particles) - 1, (1.0 - mass) / (len(particles) - 1)), mass]
@@ -380,7 +422,7 @@ def robust_planner(
                 own, weights, tokens, model.item_popularity, model.item_category, names
             )
             candidates[name] = AdaptivePlanPolicy(adaptive[name], n_actions)
-            planners[name] = own[-1]  # PPO's start: the hedges' world, the prior's main mass
+            planners[name] = planners[hedge]  # PPO's start: the prior's main mass
     choice = select_robust(
         model,
         dataset,
@@ -393,8 +435,10 @@ def robust_planner(
         seed,
         rule,
         progress=progress,
-        baseline_returns=baseline_returns,
+        known_returns=known_returns,
     )
     if choice.chosen in adaptive:
-        choice = dataclasses.replace(choice, adaptive=adaptive[choice.chosen])
+        choice = dataclasses.replace(choice, adaptive=adaptive[choice.chosen], start=hedge)
+    else:
+        choice = dataclasses.replace(choice, start=choice.chosen)
     return planners[choice.chosen], choice

@@ -561,6 +561,12 @@ def _train_agent(
             if adaptive_plan is not None:
                 adaptive_plan.save(root / ADAPTIVE_CANDIDATE_FILE)
             known = {b: choice.returns[b] for b in baselines}
+            # PPO's start acts as the plan it starts from, action for action (the factored
+            # mode, FactoredActorHead.mode), and the adaptive plan as itself: the check below
+            # reuses their returns on the same worlds and users instead of rolling them again.
+            known["start"] = choice.returns[choice.start]
+            if adaptive_plan is not None:
+                known["adaptive"] = choice.returns[choice.chosen]
             robust = {"plan": choice.summary()}
             write_json_atomic(root / ROBUST_FILE, robust)
     venv = make_training_env(agent, sim_model, dataset, run.env, encoder, seed, plan)
@@ -612,7 +618,8 @@ def _train_agent(
     if agent.planner:
         # Never lose to the start: the trained policy is kept only if the plan's rule, on the
         # same validation worlds, prefers it to the policy training started from (rebuilt:
-        # build_model is deterministic in the seed).
+        # build_model is deterministic in the seed). A trained policy that falls short of
+        # safe in a world is not rolled out further (select_robust).
         start = build_model(
             agent, venv, encoder, sim_model.item_ids[:n_actions], seed, None, catalog
         )
@@ -644,7 +651,7 @@ def _train_agent(
             agent.selection_episodes,
             seed,
             agent.selection,
-            baseline_returns=known,
+            known_returns=known,
         )
         if final.chosen == "start":
             model.policy.load_state_dict(start.policy.state_dict())

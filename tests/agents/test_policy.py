@@ -181,3 +181,67 @@ def test_factored_head_gate_moves_mass_off_the_current_category() -> None:
     assert torch.allclose(after[0, :2], before[0, :2] - 5.0)
     assert torch.allclose(after[0, 2:], before[0, 2:])
     assert torch.allclose(after[1, 2], before[1, 2] - 5.0)
+
+
+def _merged_sim_model():
+    """The env tests' model with dataset categories 2 and 3 merged into one sim category."""
+    from tests.envs.conftest import make_sim_model
+
+    merge = np.array([0, 1, 2, 2])
+    base = make_sim_model()
+    cats = merge[np.arange(N_ITEMS) % 4]
+    rng = np.random.default_rng(7)
+    switch = rng.random((3, 3)) + 0.1
+    np.fill_diagonal(switch, 0.0)
+    pop = rng.random(N_ITEMS) + 0.05
+    return make_sim_model(
+        category_ids=("c0", "c1", "c23"),
+        switch_matrix=switch / switch.sum(axis=1, keepdims=True),
+        initial_category=np.array([0.4, 0.3, 0.3]),
+        item_category=cats,
+        item_popularity=pop / np.bincount(cats, weights=pop)[cats],
+        p_cart=base.p_cart[:3],
+        p_buy=base.p_buy[:3],
+        category_of_dataset_category=merge,
+    )
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_planned_start_acts_exactly_as_its_plan(merged, sim_model, tiny_dataset):
+    """PPO's start on a plan prior has the plan's action as its mode, whatever the popularity.
+
+    The never-lose check reuses the plan's validation returns for the start, so this must hold
+    action for action (the catalog's top items differ in popularity across categories here).
+    """
+    from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
+    from rlrec.agents.train import policy_inputs
+    from rlrec.evaluation.rollout import rollout
+
+    if merged:
+        sim_model = _merged_sim_model()
+    encoder = small_encoder(tiny_dataset)
+    cfg = agent(encoder="frozen", planner=True, prior_temperature=0.1, init_temperature=0.5)
+    n_actions = sim_model.n_items
+    plan = Planner(sim_model, n_actions, _env().reward_weights, PlannerConfig(iterations=0)).table
+    venv = make_training_env(cfg, sim_model, tiny_dataset, _env(), encoder, seed=0, plan=plan)
+    catalog, prior = policy_inputs(cfg, sim_model, encoder, n_actions, plan)
+    model = build_model(cfg, venv, encoder, sim_model.item_ids, seed=0, catalog=catalog)
+    start = AgentPolicy(model, encoder=encoder, prior=prior)
+    planned = PlannerPolicy(plan, n_actions)
+    env = BatchedInterestDrift(64, sim_model, tiny_dataset, _env())
+    pop, cats = sim_model.item_popularity, sim_model.item_category
+    top = np.array([pop[cats == c].max() for c in range(sim_model.n_categories)])
+    assert np.ptp(np.log(top)) > 0.1  # unshifted, the most popular top item would pull the mode
+    seen = 0
+    obs, _ = env.reset(seed=1)
+    for _ in range(10):
+        expected, _ = planned.predict(obs)
+        actions, _ = start.predict(obs, deterministic=True)
+        np.testing.assert_array_equal(actions, expected)
+        seen += len(actions)
+        obs, *_ = env.step(expected)
+    assert seen == 640
+    # The same returns as the plan's, user for user.
+    a = rollout(start, BatchedInterestDrift(64, sim_model, tiny_dataset, _env()), seed=2)
+    b = rollout(planned, BatchedInterestDrift(64, sim_model, tiny_dataset, _env()), seed=2)
+    np.testing.assert_array_equal(a.returns, b.returns)

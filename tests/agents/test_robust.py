@@ -55,3 +55,32 @@ def test_the_robust_plan_never_loses_on_its_validation_worlds() -> None:
     assert summary["chosen"] in summary["candidates"]
     if choice.rule == "safe":
         assert summary["candidates"][choice.chosen]["worst_ratio"] >= 0.99
+
+
+def test_known_returns_and_early_exit_give_the_full_choice() -> None:
+    """Known returns are not rolled again; an unsafe candidate stops early, same choice."""
+    from rlrec.agents.baselines import RandomPolicy
+
+    model = make_sim_model()
+    baselines = {
+        "popular": PopularPolicy(20),
+        "category_markov": CategoryMarkovPolicy.from_sim_model(model, 20),
+    }
+    thetas, labels = validation_worlds(model, 2, seed=0)
+    probe = select_robust(model, None, ENV, baselines, baselines, thetas, labels, 300, 0)
+    # A known candidate as good as the best baseline everywhere (safe), and random.
+    best = np.maximum(probe.returns["popular"], probe.returns["category_markov"])
+    candidates = {"safe": None, "random": RandomPolicy(20, seed=0)}
+    args = (model, None, ENV, candidates, baselines, thetas, labels, 300, 0, "safe")
+    # Baselines unknown: every world is rolled out.
+    full = select_robust(*args, known_returns={"safe": best})
+    assert np.all(np.isfinite(full.ratios["random"])) and full.ratios["random"].min() < 0.99
+    visited: list[str] = []
+    known = {"safe": best, **{b: probe.returns[b] for b in baselines}}
+    fast = select_robust(*args, progress=visited.append, known_returns=known)
+    assert fast.chosen == full.chosen == "safe"
+    # Random falls short in the first world it visits and is rolled out in no other.
+    assert len(visited) == 1 and np.isfinite(fast.ratios["random"]).sum() == 1
+    record = fast.summary()["candidates"]["random"]
+    assert record["worlds_evaluated"] == 1 and record["worst_ratio"] < 0.99
+    np.testing.assert_array_equal(fast.returns["popular"], full.returns["popular"])
