@@ -13,7 +13,10 @@ distribution restricts it to the **eligible** actions :math:`E` (with ``exclude_
 an item of the history) and renormalises: :math:`p(a) = \pi(a \mid s) / \sum_{b \in E}
 \pi(b \mid s)` on :math:`E`. The slate has ``min(k, |{a in E: p(a) > 0}|)`` items:
 
-* ``greedy``: the ``k`` most probable actions (ties: the lower action index first);
+* ``greedy``: the ``k`` most probable actions (ties: the lower action index first); for an
+  agent with a plan the first is its factored mode instead (the most probable item of the
+  most probable category, :meth:`rlrec.agents.policy.FactoredActorHead.mode`: the action
+  ``rlrec evaluate`` measured), then the ``k - 1`` most probable others;
 * ``sample``: ``k`` sequential draws without replacement from :math:`p` (Plackett-Luce,
   drawn by Gumbel top-k with the server's seeded generator or the request's ``seed``).
 
@@ -258,6 +261,12 @@ class Scorer:
         self.action_category_raw = [str(category_raw[int(item_category[i])]) for i in self.catalog]
         self.action_of_item = token_to_action_table(self.catalog, len(item_raw) + 1)[1:]
         self.history_length = spec.history_length
+        # A planned agent's greedy first item is its factored mode (module docstring): each
+        # action's category slot, as the actor head numbers them (sorted dataset categories).
+        self.mode_slots: np.ndarray | None = None
+        if spec.planner:
+            cats = np.asarray(item_category, dtype=np.int64)[self.catalog]
+            self.mode_slots = np.unique(cats, return_inverse=True)[1].reshape(-1)
         self.actor: Actor | None = compile_actor(self)
         """The traced actor (None: the eager policy scores; see :func:`compile_actor`)."""
         self.frozen_actor: FrozenActor | None = compile_frozen_actor(self)
@@ -486,6 +495,10 @@ class Scorer:
         for row in np.flatnonzero(sample & ~shared).tolist():
             keys[row] += np.random.default_rng(requests[row].seed).gumbel(size=n_actions)
         order = _top_k(keys, int(sizes.max()))  # (B, kmax) by key, ties to the lower index
+        greedy = np.flatnonzero(~sample & (sizes > 0))
+        if self.mode_slots is not None and len(greedy):
+            modes = _factored_mode(p[greedy], self.mode_slots)
+            order[greedy] = _first(order[greedy], modes, sizes[greedy])
         rows = np.arange(n)[:, None]
         chosen_p = p[rows, order]  # (B, kmax)
         taken = np.cumsum(chosen_p, axis=1) - chosen_p
@@ -619,6 +632,50 @@ def _probe_contexts(scorer: Scorer) -> list[Context]:
             scorer.context([(str(scorer.item_raw[j]), float(t)) for t, j in enumerate(picks)])
         )
     return out
+
+
+def _factored_mode(probs: np.ndarray, slots: np.ndarray, rtol: float = 1e-5) -> np.ndarray:
+    """(B,) the most probable action of the most probable category slot, per row.
+
+    The served twin of :meth:`rlrec.agents.policy.FactoredActorHead.mode`, from
+    probabilities: a slot's mass is the sum of its actions' probabilities. Slots the plan
+    merges into one category have the same mass up to rounding (within ``rtol``); among those
+    the slot holding the most probable item wins, as in the head.
+
+    Args:
+        probs: (B, A) served probabilities (rows with positive mass).
+        slots: (A,) category slot of each action (0..K-1, every slot used).
+        rtol: Relative tolerance of equal slot masses.
+
+    Returns:
+        (B,) int64 actions; ties inside the slot go to the lower action index.
+    """
+    n_slots = int(slots.max()) + 1
+    onehot = np.zeros((len(slots), n_slots))
+    onehot[np.arange(len(slots)), slots] = 1.0
+    mass = probs @ onehot  # (B, K)
+    perm = np.argsort(slots, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(slots[perm]) != 0])
+    top = np.maximum.reduceat(probs[:, perm], starts, axis=1)  # (B, K) best item per slot
+    tied = mass >= mass.max(axis=1, keepdims=True) * (1.0 - rtol)
+    slot = np.where(tied, top, -1.0).argmax(axis=1)  # (B,)
+    inside = slots[None, :] == slot[:, None]
+    return np.where(inside, probs, -1.0).argmax(axis=1).astype(np.int64)
+
+
+def _first(order: np.ndarray, first: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(R, k) slates with ``first`` moved (or put) in front, the others in their order.
+
+    A ``first`` already in the row's first ``sizes`` entries moves to the front; otherwise it
+    takes the place of the last of them. Entries past ``sizes`` are left as they are.
+    """
+    k = order.shape[1]
+    cols = np.arange(k)[None, :]
+    hit = (order == first[:, None]) & (cols < sizes[:, None])
+    at = np.where(hit.any(axis=1), hit.argmax(axis=1), sizes - 1)  # (R,) where it leaves
+    src = np.where(cols <= at[:, None], cols - 1, cols)  # shift the ones before it right
+    shifted = np.take_along_axis(order, np.maximum(src, 0), axis=1)
+    return np.where(cols == 0, first[:, None], shifted)
 
 
 def _top_k(keys: np.ndarray, k: int) -> np.ndarray:

@@ -145,3 +145,31 @@ def test_a_replaced_model_is_freed_though_the_heap_is_frozen(world, exports):
         assert holder.current.actor is None  # the frozen agent now serves
     finally:
         gc.unfreeze()
+
+
+def test_a_planned_agents_greedy_slate_starts_with_the_action_it_was_evaluated_by(exports):
+    """The first greedy item is the agent's deterministic action (its factored mode)."""
+    from rlrec.serving.scorer import _factored_mode, _first
+
+    scorer = Scorer.load(exports["planned"])
+    assert scorer.mode_slots is not None
+    histories = _sim_histories(exports["run_planned"], scorer, 64)
+    contexts = [scorer.context(h) for h in histories]
+    acted, _ = scorer.policy.predict(scorer._observations(contexts), deterministic=True)
+    requests = [SlateRequest(h, 5, exclude_seen=False) for h in histories]
+    slates = scorer.recommend(requests, np.random.default_rng(0))
+    assert [int(r.actions[0]) for r in slates] == acted.tolist()
+    for r in slates:  # the rest in order of probability, no item twice
+        assert len(set(r.actions.tolist())) == len(r.actions) == 5
+        assert r.propensities[1:] == sorted(r.propensities[1:], reverse=True)
+    # The helpers on a hand-made case: slot 1 holds more mass, slot 0 the single best item.
+    probs = np.array([[0.3, 0.05, 0.25, 0.2, 0.2]])
+    slots = np.array([0, 0, 1, 1, 1])
+    assert _factored_mode(probs, slots).tolist() == [2]
+    # Equal masses: the slot holding the best item.
+    assert _factored_mode(np.array([[0.4, 0.1, 0.25, 0.25]]), np.array([0, 0, 1, 1])).tolist() == [
+        0
+    ]
+    order = np.array([[4, 3, 2, 1], [1, 2, 3, 0]])
+    moved = _first(order, np.array([2, 0]), np.array([4, 3]))
+    assert moved.tolist() == [[2, 4, 3, 1], [0, 1, 2, 0]]
