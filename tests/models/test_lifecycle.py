@@ -271,7 +271,9 @@ def test_heterogeneous_dropout_expectations_match_simulation_of_the_model():
     tl, count = simulate_window(HETEROGENEOUS, 6000, 90.0, 30.0, seed=1)
     h = HETEROGENEOUS.history(tl)
     assert h["stay_nodes"].shape == (6000, HETEROGENEOUS.quadrature_nodes)
-    history = {**h, "X_mean": np.zeros_like(h["X_last"])}
+    # Future sessions have z = 0 in this simulation: say so (the mean-covariate path).
+    past = ("session_X", "session_first", "session_count")
+    history = {k: v for k, v in h.items() if k not in past} | {"X_mean": 0 * h["X_last"]}
     expected = HETEROGENEOUS.expected_sessions(
         h["elapsed"], 30.0, h["X_last"], history, seed=0, n_draws=200
     )
@@ -286,7 +288,7 @@ def test_heterogeneous_dropout_expectations_match_simulation_of_the_model():
     # still coming back because their own dropout is low.
     homogeneous = ReturnModel(**{**HETEROGENEOUS.__dict__, "dropout_sd": 0.0})
     flat = homogeneous.expected_sessions(
-        h["elapsed"], 30.0, h["X_last"], {**history, **homogeneous.history(tl)}, seed=0
+        h["elapsed"], 30.0, h["X_last"], {**history, "stay_nodes": np.zeros((6000, 1))}, seed=0
     )
     top = np.argsort(expected, kind="stable")[-1500:]
     assert flat[top].mean() < count[top].mean() - 0.2
