@@ -844,8 +844,8 @@ def _predict(sessions: pd.DataFrame, cutoff_ms: int, config: ChurnConfig) -> Chu
     info["model"] = "blend"
     info["blend"] = blend
     # Two decimals: shrinkage toward the defaults leaves weights like 0.03 a tenth would hide.
-    info["blend_p_return"] = "+".join(f"{w:.2f} {n}" for n, w in p_w.items() if w > 0)
-    info["blend_expected_sessions"] = "+".join(f"{w:.2f} {n}" for n, w in n_w.items() if w > 0)
+    info["blend_p_return"] = "+".join(f"{w:.2f} {n}" for n, w in p_w.items() if w >= 0.005)
+    info["blend_expected_sessions"] = "+".join(f"{w:.2f} {n}" for n, w in n_w.items() if w >= 0.005)
 
     survival = dict(final.survival)
     curve = np.linspace(0.0, H, CURVE_POINTS)

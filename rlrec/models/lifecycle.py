@@ -843,6 +843,8 @@ def fit_return_model(timelines: Timelines, config: ReturnModelConfig | None = No
     observed = t(timelines.observed, dtype=torch.float64)
     user_idx = t(user_of, dtype=torch.int64)
     last_t = t(last, dtype=torch.int64)
+    obs_t = t(np.flatnonzero(timelines.observed), dtype=torch.int64)
+    obs_user = t(user_of[timelines.observed], dtype=torch.int64)
     n_gaps = torch.zeros(n_users, dtype=torch.float64).index_add_(0, user_idx, observed)
     log_scale0 = float(np.log(np.median(away[timelines.observed])))
 
@@ -870,20 +872,26 @@ def fit_return_model(timelines: Timelines, config: ReturnModelConfig | None = No
         log_load = eta + k * (log_gap - log_lam)
         load = torch.exp(log_load)
         log_density = eta + log_k - log_lam + (k - 1) * (log_gap - log_lam)
-        # Dropout per session and quadrature node (S, J): the user's random effect e = sd z_j
-        # shifts every one of its sessions' log-odds (J = 1, e = 0 without heterogeneity).
+        # Dropout per quadrature node: the user's random effect e = sd z_j shifts every one of
+        # its sessions' log-odds (J = 1, e = 0 without heterogeneity). Sessions followed by a
+        # return contribute P(stay) (S_obs, J); each user's last session P(stay) or P(leave)
+        # (U, J), with log P(leave) = log P(stay) + logit. Split so that the (S, J) work is one
+        # softplus on the observed gaps only: it dominates the fit's cost at scale.
+        stays = torch.zeros((n_users, len(z_nodes)), dtype=torch.float64)
         if config.cure:
-            logits = (gamma_0 + Zt @ gamma)[:, None] + torch.exp(log_sd) * z_nodes[None]
-            log_stay = -torch.nn.functional.softplus(logits)
-            log_leave = -torch.nn.functional.softplus(-logits)
+            shift = torch.exp(log_sd) * z_nodes[None]
+            base = gamma_0 + Zt @ gamma
+            stays = stays.index_add_(
+                0, obs_user, -torch.nn.functional.softplus(base[obs_t][:, None] + shift)
+            )
+            logit_last = base[last_t][:, None] + shift
+            log_stay_last = -torch.nn.functional.softplus(logit_last)
+            log_leave_last = log_stay_last + logit_last
         else:
-            log_stay = torch.zeros((len(eta), 1), dtype=torch.float64)
-            log_leave = torch.full((len(eta), 1), -math.inf, dtype=torch.float64)
+            log_stay_last = torch.zeros((n_users, 1), dtype=torch.float64)
+            log_leave_last = torch.full((n_users, 1), -math.inf, dtype=torch.float64)
         per_gap = observed * log_density
         fixed = torch.zeros(n_users, dtype=torch.float64).index_add_(0, user_idx, per_gap)
-        stays = torch.zeros((n_users, len(z_nodes)), dtype=torch.float64).index_add_(
-            0, user_idx, observed[:, None] * log_stay
-        )
         past = torch.zeros(n_users, dtype=torch.float64).index_add_(0, user_idx, observed * load)
         censored = load[last_t]
         if config.frailty:
@@ -902,8 +910,8 @@ def fit_return_model(timelines: Timelines, config: ReturnModelConfig | None = No
                 return -b
 
         tail = torch.logaddexp(
-            log_leave[last_t] + laplace(past)[:, None],
-            log_stay[last_t] + laplace(past + censored)[:, None],
+            log_leave_last + laplace(past)[:, None],
+            log_stay_last + laplace(past + censored)[:, None],
         )
         dropout = torch.logsumexp(log_w[None] + stays + tail, dim=1)
         ll = (fixed + dropout).sum()
