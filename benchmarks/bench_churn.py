@@ -13,8 +13,9 @@ Three parts, flat unit-named keys in ``--out``:
 * **taobao** (``taobao_*``): the 10,000-row Taobao sample (114 users, 2017-11-24..12-03). Its
   9 days are short and its users all active: with a 2-day horizon every user returns (AUC
   undefined), so the cutoff is 2017-12-02T12:00 with a 0.5-day horizon (67 of 114 return);
-  with 114 users the discriminative model is not trained (too few rows) and the return model
-  predicts alone. Null when ``../shared/data`` is absent.
+  with 114 users the discriminative model is not trained (too few rows) and the blend's
+  validation slice is small, so its weights lean on the default weights. Null when
+  ``../shared/data`` is absent.
 
     python benchmarks/bench_churn.py --out bench_churn.json
     python benchmarks/bench_churn.py --quick --out bench_churn_quick.json

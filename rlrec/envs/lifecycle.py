@@ -270,6 +270,12 @@ class ReturnProcess:
         source = {"all": "fitted (rlrec.models.lifecycle.fit_return_model)"}
         if held:
             source["held_at_log_mean"] = ", ".join(held)
+        if model.dropout_sd > 0:
+            # Said, not silent: every simulated user gets the median user's dropout odds.
+            source["dropout_sd_ignored"] = (
+                f"{model.dropout_sd:.3g} (the simulator has no per-user dropout effect; fit with "
+                "ReturnModelConfig(dropout_heterogeneity=False) for a simulator)"
+            )
         return cls(
             covariates=tuple(names),
             dropout_intercept=intercept,

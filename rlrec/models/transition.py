@@ -652,7 +652,9 @@ def _fit_returns(train: pd.DataFrame, fold: np.ndarray, initial: np.ndarray) -> 
             "return_model_error": f"{int(timelines.observed.sum())} returns in the train split "
             f"(need {_MIN_RETURNS}): users rarely come back in this log"
         }
-    model = fit_return_model(timelines, ReturnModelConfig())
+    # Homogeneous dropout: the simulator's ReturnProcess (rlrec.envs.lifecycle) has no
+    # per-user dropout effect, so a fitted one would be silently dropped there.
+    model = fit_return_model(timelines, ReturnModelConfig(dropout_heterogeneity=False))
     # Carry-over: P(a session starts in the previous one's category) beyond chance, where
     # chance is the fitted first-category distribution at the previous session's category.
     firsts = train.groupby("session", sort=False).agg(

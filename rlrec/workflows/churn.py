@@ -260,6 +260,7 @@ def _summary(
             "shape": model.shape,
             "scale_days": model.scale_days,
             "frailty_var": model.frailty_var,
+            "dropout_sd": model.dropout_sd,
         },
         "baseline_params": {
             name: frame.attrs["params"]

@@ -264,6 +264,15 @@ def test_fitted_model_converts_with_held_covariates_at_their_mean() -> None:
         process.rate_multiplier(x) * ((t - 0.02) / process.gap_scale_days) ** 0.9,
         model.cumulative_hazard(t, raw),
     )
+    assert "dropout_sd_ignored" not in process.source
+    # A model with heterogeneous dropout (rlrec churn's) converts at the median user's dropout
+    # odds, and the process says so rather than dropping the effect silently.
+    hetero = ReturnModel(**{**model.__dict__, "dropout_sd": 1.2})
+    converted = ReturnProcess.from_return_model(hetero, carryover=0.25)
+    assert converted.source["dropout_sd_ignored"].startswith("1.2 ")
+    np.testing.assert_allclose(
+        converted.dropout_probability(x), hetero.p_leave(raw, np.zeros(len(raw)))
+    )
 
 
 def test_a_truth_world_returns_by_its_own_process_despite_an_override() -> None:

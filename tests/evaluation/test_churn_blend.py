@@ -131,7 +131,56 @@ def test_too_few_users_for_validation_falls_back_to_one_candidate():
     # One event per session and no value: the return model has no covariates at all.
     assert result.return_model is not None and result.return_model.feature_names == ()
     assert "users before the validation cutoff" in blend["reason"]
-    assert blend["p_weights"]["return_model"] == 1.0
-    np.testing.assert_allclose(
-        result.predictions["p_return"], result.baselines["return_model"]["p_return"]
+    # No slice: the documented default weights predict (0.6, 0.2, 0.2 without boosting).
+    names = ["return_model", "bgnbd", "pareto_nbd"]
+    assert blend["p_weights"] == ChurnConfig(100.0).defaults_for(names)
+    assert blend["p_weights"]["return_model"] == pytest.approx(0.6)
+    p = sum(w * result.baselines[n]["p_return"] for n, w in blend["p_weights"].items())
+    np.testing.assert_allclose(result.predictions["p_return"], np.clip(p, 0, 1))
+
+
+def test_small_slices_shrink_toward_the_default_weights():
+    rate, count, returned = _window(4)
+    noise = np.random.default_rng(5)
+    preds = {
+        "truth": (1 - np.exp(-rate), rate),
+        "noisy": (1 - np.exp(-rate * noise.lognormal(0, 1.0, len(rate))), rate * 2.0),
+    }
+    default = {"truth": 0.5, "noisy": 0.5}
+    # A large slice (2,000 users, ~1,000 of each outcome) keeps most of its own weights...
+    big = choose_blend(preds, returned, count, default=default, prior_users=100.0)
+    m = min(returned.sum(), (~returned).sum())
+    assert big["shrinkage_p"] == pytest.approx(m / (m + 100.0))
+    assert big["slice_p_weights"]["truth"] >= 0.8
+    assert big["p_weights"]["truth"] == pytest.approx(
+        big["shrinkage_p"] * big["slice_p_weights"]["truth"] + (1 - big["shrinkage_p"]) * 0.5
     )
+    # ... a slice where all but two users returned moves the default by ~2%.
+    few = returned.copy()
+    few[:] = True
+    few[:2] = False
+    small = choose_blend(preds, few, count, default=default, prior_users=100.0)
+    assert small["shrinkage_p"] == pytest.approx(2 / 102)
+    assert abs(small["p_weights"]["truth"] - 0.5) <= 0.5 * 2 / 102 + 1e-12
+    for blend in (big, small):
+        assert sum(blend["p_weights"].values()) == pytest.approx(1.0)
+        assert sum(blend["n_weights"].values()) == pytest.approx(1.0)
+    # No shrinkage: the slice's weights as they are.
+    plain = choose_blend(preds, returned, count, default=default, prior_users=0.0)
+    assert plain["p_weights"] == plain["slice_p_weights"] and plain["shrinkage_p"] == 1.0
+
+
+def test_default_weights_are_checked_and_renormalised():
+    from rlrec.evaluation.churn import ChurnConfig
+
+    config = ChurnConfig(1.0, default_weights=(("return_model", 2.0), ("bgnbd", 1.0)))
+    assert config.defaults_for(["return_model", "bgnbd", "pareto_nbd"]) == {
+        "return_model": pytest.approx(2 / 3),
+        "bgnbd": pytest.approx(1 / 3),
+        "pareto_nbd": 0.0,
+    }
+    assert config.defaults_for(["pareto_nbd"]) == {"pareto_nbd": 1.0}
+    with pytest.raises(ValueError, match="default_weights"):
+        ChurnConfig(1.0, default_weights=(("oracle", 1.0),))
+    with pytest.raises(ValueError, match="blend_prior_users"):
+        ChurnConfig(1.0, blend_prior_users=-1.0)

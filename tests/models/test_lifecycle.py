@@ -213,3 +213,106 @@ def test_fit_recovers_the_synthetic_truth():
         returns.churn_intercept, abs=0.6
     )
     del truth
+
+
+HETEROGENEOUS = ReturnModel(
+    feature_names=("z",),
+    feature_mean=np.zeros(1),
+    feature_std=np.ones(1),
+    shape=0.8,
+    scale_days=3.0,
+    frailty_var=0.7,
+    beta=np.array([0.5]),
+    gamma_0=-2.0,
+    gamma=np.array([-0.8]),
+    dropout_sd=1.5,
+)
+
+
+def simulate_window(
+    model: ReturnModel, n_users: int, end: float, horizon: float, seed: int
+) -> tuple[Timelines, np.ndarray]:
+    """Users simulated up to ``end + horizon``, each with its own frailty and dropout effect.
+
+    Sessions before ``end`` draw z ~ N(0, 1); sessions after it have z = 0 (the user's mean,
+    what :meth:`ReturnModel.expected_sessions` assumes of future sessions here). Returns the
+    timelines censored at ``end`` and every user's session count in ``[end, end + horizon)``.
+    """
+    rng = np.random.default_rng(seed)
+    u = model.sample_user_rate(rng, n_users)
+    effect = model.sample_dropout_effect(rng, n_users)
+    clock = rng.uniform(0, 30, n_users)
+    users, starts, zs = [], [], []
+    alive = np.ones(n_users, bool)
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        z = np.where(clock[idx] < end, rng.normal(size=len(idx)), 0.0)
+        users.append(idx)
+        starts.append(clock[idx])
+        zs.append(z)
+        clock[idx] += model.sample_next(rng, z[:, None], u[idx], dropout_effect=effect[idx])
+        alive[idx] = clock[idx] < end + horizon
+    user, start, z = (np.concatenate(a) for a in (users, starts, zs))
+    order = np.lexsort((start, user))
+    user, start, z = user[order], start[order], z[order]
+    future = start >= end
+    count = np.bincount(user[future], minlength=n_users).astype(np.float64)
+    user, start, z = user[~future], start[~future], z[~future]
+    last = np.r_[user[1:] != user[:-1], True]
+    gap = np.where(last, end - start, np.r_[start[1:], end] - start)
+    return Timelines(user, start, z[:, None], ("z",), gap, ~last, end), count
+
+
+def test_heterogeneous_dropout_expectations_match_simulation_of_the_model():
+    # The posterior expectations integrate the dropout random effect, the frailty and the
+    # renewal process: over 6,000 simulated users, the predicted P(return) and expected
+    # count must match what the same model did in the window, overall and by quartile of
+    # the prediction (a posterior that ignored the user's own evidence would not).
+    tl, count = simulate_window(HETEROGENEOUS, 6000, 90.0, 30.0, seed=1)
+    h = HETEROGENEOUS.history(tl)
+    assert h["stay_nodes"].shape == (6000, HETEROGENEOUS.quadrature_nodes)
+    # Future sessions have z = 0 in this simulation: say so (the mean-covariate path).
+    past = ("session_X", "session_first", "session_count")
+    history = {k: v for k, v in h.items() if k not in past} | {"X_mean": 0 * h["X_last"]}
+    expected = HETEROGENEOUS.expected_sessions(
+        h["elapsed"], 30.0, h["X_last"], history, seed=0, n_draws=200
+    )
+    p = HETEROGENEOUS.p_return(h["elapsed"], 30.0, h["X_last"], h)
+    # Tolerances: 4 standard errors of the simulated means (count sd ~3.5 over 6,000 users).
+    assert expected.mean() == pytest.approx(count.mean(), abs=0.18)
+    assert p.mean() == pytest.approx((count > 0).mean(), abs=0.02)
+    for part in np.array_split(np.argsort(expected, kind="stable"), 4):
+        se = count[part].std() / math.sqrt(len(part))
+        assert expected[part].mean() == pytest.approx(count[part].mean(), abs=4 * se + 0.01)
+    # The same model without its random effect under-predicts the busiest users, who are
+    # still coming back because their own dropout is low.
+    homogeneous = ReturnModel(**{**HETEROGENEOUS.__dict__, "dropout_sd": 0.0})
+    flat = homogeneous.expected_sessions(
+        h["elapsed"], 30.0, h["X_last"], {**history, "stay_nodes": np.zeros((6000, 1))}, seed=0
+    )
+    top = np.argsort(expected, kind="stable")[-1500:]
+    assert flat[top].mean() < count[top].mean() - 0.2
+
+
+def test_heterogeneous_dropout_is_recovered_and_reduces_to_the_homogeneous_model():
+    tl, _ = simulate_window(HETEROGENEOUS, 6000, 90.0, 0.0, seed=2)
+    model = fit_return_model(tl, ReturnModelConfig(offset_days=0.0))
+    # Stated tolerances (6,000 users, ~40k sessions): dropout sd +-0.4, slopes +-0.15.
+    assert model.dropout_sd == pytest.approx(1.5, abs=0.4)
+    assert model.gamma[0] / model.feature_std[0] == pytest.approx(-0.8, abs=0.15)
+    assert model.shape == pytest.approx(0.8, abs=0.05)
+    assert model.provenance["dropout_sd"].startswith("fitted")
+    again = ReturnModel.from_json(model.to_json())
+    assert again.dropout_sd == model.dropout_sd
+    # Without the random effect the likelihood is the homogeneous one: fitting with it off
+    # gives dropout_sd 0 and a lower likelihood on heterogeneous data.
+    flat = fit_return_model(tl, ReturnModelConfig(offset_days=0.0, dropout_heterogeneity=False))
+    assert flat.dropout_sd == 0.0
+    assert flat.fit_info["log_likelihood"] < model.fit_info["log_likelihood"] - 50
+    # The population-average dropout of a new user integrates the random effect.
+    X = np.zeros((200_000, 1))
+    rng = np.random.default_rng(3)
+    left = rng.random(len(X)) < HETEROGENEOUS.p_leave(
+        X, HETEROGENEOUS.sample_dropout_effect(rng, len(X))
+    )
+    assert HETEROGENEOUS.p_leave(X[:1])[0] == pytest.approx(left.mean(), abs=0.004)
