@@ -11,33 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.errors import UserError
 
 __all__ = ["CatalogFeatures", "catalog_features", "category_switch_matrix", "engaged_reward"]
-
-
-class _GroupSum:
-    """Sums of the columns of (B, A) arrays within groups of columns (e.g. categories).
-
-    The columns are sorted by group once; a sum is then one ``np.add.reduceat`` over
-    contiguous runs, a pass over the (B, A) values. A scipy.sparse one-hot product did the
-    same through a transposed copy and took half of a 10,000-session log's Q features.
-    """
-
-    def __init__(self, group: np.ndarray, n_groups: int) -> None:
-        self.order = np.argsort(group, kind="stable")  # (A,)
-        sorted_group = group[self.order]
-        self.present, self.starts = np.unique(sorted_group, return_index=True)
-        self.n_groups = n_groups
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        """(B, n_groups) the sums of (B, A) ``values`` per group (0 for empty groups)."""
-        out = np.zeros((values.shape[0], self.n_groups))
-        if len(self.order):
-            out[:, self.present] = np.add.reduceat(values[:, self.order], self.starts, axis=1)
-        return out
 
 
 class CatalogFeatures:
@@ -152,8 +131,12 @@ class CatalogFeatures:
         lp = np.asarray(action_log_popularity, dtype=np.float64)
         self.log_pop = (lp - lp.mean()) / max(float(lp.std()), 1e-12)  # standardised (A,)
         self.recent = recent
-        # Mass per category of (B, A) probabilities: a sum over each category's actions.
-        self._by_category = _GroupSum(self.category, n_category_tokens)
+        # (A, C) one-hot of each action's category: policy probabilities @ this = mass per
+        # category.
+        self.category_onehot = sp.csr_matrix(
+            (np.ones(self.n_actions), (np.arange(self.n_actions), self.category)),
+            shape=(self.n_actions, n_category_tokens),
+        )
         self.action_of_item_token = np.full(n_item_tokens + 1, -1, dtype=np.int64)
         self.action_of_item_token[np.asarray(action_item_token, dtype=np.int64)] = np.arange(
             self.n_actions
@@ -164,9 +147,12 @@ class CatalogFeatures:
         self.bin_onehot = np.eye(n_popularity_bins)[self.pop_bin]  # (A, nb)
         # (A, C * nb) one-hot of (category, bin): mass per category and popularity bin.
         self.n_category_tokens = n_category_tokens
-        self._by_category_bin = _GroupSum(
-            self.category * n_popularity_bins + self.pop_bin,
-            n_category_tokens * n_popularity_bins,
+        self.category_bin_onehot = sp.csr_matrix(
+            (
+                np.ones(self.n_actions),
+                (np.arange(self.n_actions), self.category * n_popularity_bins + self.pop_bin),
+            ),
+            shape=(self.n_actions, n_category_tokens * n_popularity_bins),
         )
         if category_transition is None:
             category_transition = np.full((n_category_tokens, n_category_tokens), 1.0)
@@ -312,7 +298,7 @@ class CatalogFeatures:
         if self.action_reward is None:
             return ()
         pr = p * self.action_reward  # (B, A)
-        same = self._by_category(pr)[rows, last]  # (B,)
+        same = np.asarray((self.category_onehot.T @ pr.T).T)[rows, last]  # (B,)
         return pr.sum(axis=1), same
 
     def expected(
@@ -329,8 +315,8 @@ class CatalogFeatures:
         b = len(last)
         rows = np.arange(b)
         p = np.asarray(probs, dtype=np.float64)
-        mass = self._by_category(p)  # (B, C) mass per category
-        mass_pop = self._by_category(p * self.log_pop)  # (B, C)
+        mass = np.asarray((self.category_onehot.T @ p.T).T)  # (B, C) mass per category
+        mass_pop = np.asarray((self.category_onehot.T @ (p * self.log_pop).T).T)  # (B, C)
         recent_cats = cats[:, -self.recent :]  # (B, r)
         same_last = mass[rows, last]
         recent_share = mass[rows[:, None], recent_cats].mean(axis=1)
@@ -345,7 +331,7 @@ class CatalogFeatures:
         seen = (p[rows[:, None], np.maximum(ordered, 0)] * valid).sum(axis=1)
         lp = p @ self.log_pop
         bins = p @ self.bin_onehot  # (B, nb)
-        by_cat_bin = self._by_category_bin(p).reshape(
+        by_cat_bin = np.asarray((self.category_bin_onehot.T @ p.T).T).reshape(
             b, self.n_category_tokens, self.n_bins
         )  # (B, C, nb)
         switch_rows = self.transition[last]  # (B, C)

@@ -31,8 +31,10 @@ reproduce them exactly).
 
 The interval is the percentile interval of the resampled estimates. It covers the Q-model's
 *variance* and the blend's selection; a Q-model's misspecification *bias* is not a sampling
-effect and no bootstrap sees it, which is why DM's coverage stays below nominal where its
-features miss what the dynamics depend on (``docs/ope.md`` has the measured coverage).
+effect and no bootstrap sees it. DM's and MAGIC's intervals are therefore extended towards
+WDR, the consistent end, by the bias the data can see (:func:`bias_bound`): the distance
+from the estimate to WDR's central 68% refit interval (``docs/ope.md`` has the measured
+coverage).
 """
 
 from __future__ import annotations
