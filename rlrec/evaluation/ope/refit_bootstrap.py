@@ -95,7 +95,8 @@ target pairs): ``coverage`` is the share of pairs whose interval held the simula
 ``worst_target_coverage`` the lowest share of one target, ``mean_relative_width`` the mean
 interval width over the truth. Reports show it beside the intervals; ``docs/ope.md`` has the
 per-target table. IS, WIS, PDIS and WPDIS use the session bootstrap, the others the Q-refit
-bootstrap."""
+bootstrap. Measured before the bias extension (:func:`bias_bound`) and the Q features'
+reward per engagement; ``docs/ope.md`` gives the command that remeasures it."""
 
 REFIT_METHOD = (
     "percentile bootstrap of session groups, Q-model refitted (and MAGIC's blend re-chosen) "
