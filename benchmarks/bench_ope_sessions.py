@@ -37,11 +37,18 @@ and ``bandit_ipw_relative_width``: the bandit IPW's mean 95%-interval width / tr
 as many rounds as there are logged sessions (``bench_ope.synthetic_logs``, 80 actions, 3
 positions), the reference of the issue's width target. Seeds run in ``--workers`` processes.
 
+Q-model bias over seeds, ``--point-seeds N``: DM, WDR and MAGIC point estimates (no
+intervals, so a seed costs its log and five FQE fits) on N logs against one truth per target
+(``--truth-sessions``, default 4x the logged sessions): ``point_mean_relative_error__T__E``
+(signed mean over the seeds) and ``point_max_relative_error__T__E`` (largest absolute) for
+``E`` in dm, wdr, magic, and ``point_kl_per_step__T``.
+
 Usage::
 
     python benchmarks/bench_ope_sessions.py --out bench_ope_sessions.json
     python benchmarks/bench_ope_sessions.py --quick --out bench_ope_sessions.json  # 2,000
     python benchmarks/bench_ope_sessions.py --coverage-seeds 20 --out bench_ope_sessions.json
+    python benchmarks/bench_ope_sessions.py --sessions 2000 --point-seeds 4 --out bias.json
 """
 
 from __future__ import annotations
@@ -154,6 +161,71 @@ def _one_seed(args: tuple[int, int, int, dict[str, Any]]) -> dict[str, Any]:
     return evaluate_logged_targets(log, settings, truths)
 
 
+def _point_seed(args: tuple[int, int, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """DM, WDR and MAGIC point estimates (no bootstrap) of every target on one log."""
+    from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
+    from rlrec.evaluation.ope.sequential import BlendedDR, j_step_returns, prepare_sessions
+    from rlrec.evaluation.ope.simulated_logging import log_sessions
+
+    seed, sessions, truths = args
+    ctx = _WORKER["ctx"]
+    log = log_sessions(ctx.make_env(sessions), _WORKER["behaviour"], _WORKER["targets"], seed)
+    out = {}
+    for name, tl in log.targets.items():
+        fqe = fitted_q_evaluation(
+            log.offsets, log.reward, log.features, tl.expected_features, config=FQEConfig(seed=seed)
+        )
+        data = prepare_sessions(
+            session_offsets=log.offsets,
+            reward=log.reward,
+            behaviour_prob=log.behaviour_prob,
+            target_prob=tl.prob,
+            q_factual=fqe.q_factual,
+            v_target=fqe.v_target,
+        )
+        magic = BlendedDR(seed=seed)
+        steps, weights = magic.blend(data)
+        sums = magic.terms(data).sum(axis=0, keepdims=True)
+        g = j_step_returns(sums, data.n_sessions, data.horizon, data.discount, steps)[0]
+        truth = truths[name].value
+        values = {"dm": g[0], "wdr": g[-1], "magic": float(g @ weights)}
+        out[name] = {e: float((v - truth) / truth) for e, v in values.items()}
+        out[name]["kl_per_step"] = float(np.mean(tl.kl))
+    return out
+
+
+def point_errors(
+    env: str,
+    behaviour: str,
+    targets: list[str],
+    sessions: int,
+    truth_sessions: int,
+    seed: int,
+    n_seeds: int,
+    workers: int,
+    cache_dir: str,
+) -> dict[str, Any]:
+    """The ``--point-seeds`` figures: DM, WDR and MAGIC errors over seeds, without intervals."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    init = (env, behaviour, targets, cache_dir)
+    with context.Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        truths = dict(pool.map(_truth, [(t, truth_sessions, seed + 1) for t in targets]))
+        jobs = [(seed + i, sessions, truths) for i in range(n_seeds)]
+        runs = pool.map(_point_seed, jobs)
+    out: dict[str, Any] = {"point_seeds": n_seeds, "point_truth_sessions": truth_sessions}
+    for spec in targets:
+        k = _key(spec)
+        out[f"point_kl_per_step__{k}"] = float(np.mean([r[spec]["kl_per_step"] for r in runs]))
+        out[f"point_true_value__{k}"] = truths[spec].value
+        for est in ("dm", "wdr", "magic"):
+            errors = np.array([r[spec][est] for r in runs])
+            out[f"point_mean_relative_error__{k}__{est}"] = float(errors.mean())  # signed
+            out[f"point_max_relative_error__{k}__{est}"] = float(np.abs(errors).max())
+    return out
+
+
 def bandit_ipw_relative_width(n_rounds: int, n_bootstrap: int, seeds: int = 5) -> float:
     """Mean 95% bootstrap width of bandit IPW over its mean value, on ``n_rounds`` rounds.
 
@@ -263,6 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--coverage-seeds", type=int, default=0, help="repeat over N logs for coverage"
     )
+    parser.add_argument(
+        "--point-seeds",
+        type=int,
+        default=0,
+        help="DM, WDR and MAGIC point errors over N logs (no intervals): the Q-model's bias",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes for --coverage-seeds")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     args = parser.parse_args(argv)
@@ -272,6 +350,42 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     cpu_started = time.process_time()
     load_start = os.getloadavg()[0]
+    if args.point_seeds > 0:
+        points = point_errors(
+            args.env,
+            args.behaviour,
+            targets,
+            sessions,
+            args.truth_sessions or 4 * sessions,
+            args.seed,
+            args.point_seeds,
+            args.workers,
+            args.cache_dir,
+        )
+        result = {
+            "sessions": sessions,
+            "behaviour": args.behaviour,
+            "seed": args.seed,
+            "workers": args.workers,
+            "seconds": time.perf_counter() - started,
+            "load_average_1min_start": load_start,
+            "load_average_1min_end": os.getloadavg()[0],
+            "cpu_count": os.cpu_count(),
+            **points,
+        }
+        write_json_atomic(args.out, result)
+        for spec in targets:
+            k = _key(spec)
+            print(
+                f"{spec}: KL {points[f'point_kl_per_step__{k}']:.2f}; "
+                + ", ".join(
+                    f"{e} mean {points[f'point_mean_relative_error__{k}__{e}']:+.3f} max "
+                    f"{points[f'point_max_relative_error__{k}__{e}']:.3f}"
+                    for e in ("dm", "wdr", "magic")
+                )
+            )
+        print(f"{result['seconds']:.1f} s; written to {args.out}")
+        return 0
     if args.coverage_seeds > 0:
         cov = coverage(
             args.env,

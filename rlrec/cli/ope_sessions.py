@@ -128,7 +128,7 @@ def _method(estimate: dict[str, Any]) -> str:
     """The short name of an estimate's interval method."""
     method = str(estimate.get("interval_method", ""))
     if "refitted" in method:
-        return "Q-refit bootstrap"
+        return "Q-refit bootstrap" + (" + bias" if "detectable bias" in method else "")
     return "session bootstrap" if method else "-"
 
 
@@ -143,6 +143,12 @@ def _decision_lines(t: dict[str, Any]) -> list[str]:
         )
     elif bound.get("note"):
         lines.append(f"  HCOPE lower bound: none ({bound['note']})")
+    bias = {k: v for k, v in (t.get("bias_bound") or {}).items() if v}
+    if bias:
+        text = ", ".join(f"{name} {value:+.3g}" for name, value in bias.items())
+        lines.append(
+            f"  Q-model bias detected (distance to WDR's band; intervals extended by it): {text}"
+        )
     coverage = t.get("measured_coverage") or {}
     if coverage:
         text = ", ".join(

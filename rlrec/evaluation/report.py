@@ -676,7 +676,8 @@ def _ope_section(inputs: ReportInputs) -> Section:
         "them alone, beside its true on-policy value (red line and band). Good estimators sit "
         "on the red line with intervals that cover it; IS-type estimators widen as the target "
         "moves away from the behaviour (KL per step, nats), DM can be biased. Intervals of "
-        "the estimators that read the Q-model refit it on every resample; 'measured "
+        "the estimators that read the Q-model refit it on every resample ('+ bias': DM's and "
+        "MAGIC's also reach towards WDR by the model bias the data shows); 'measured "
         "coverage' is the share of benchmark seeds whose interval held the truth "
         "(docs/ope.md). " + " ".join(verdicts)
     )
@@ -686,7 +687,7 @@ def _ope_section(inputs: ReportInputs) -> Section:
 def _ope_method(method: str) -> str:
     """Short name of an OPE interval method for the table."""
     if "refitted" in method:
-        return "Q-refit bootstrap"
+        return "Q-refit bootstrap" + (" + bias" if "detectable bias" in method else "")
     return "session bootstrap" if method else "-"
 
 

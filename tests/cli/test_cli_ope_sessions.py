@@ -236,3 +236,12 @@ def test_ppo_base_uses_the_runs_action_probabilities(tmp_path):
     no_run = SimulatorContext(ctx.sim_model, ctx.dataset, ctx.env_config, None)
     with pytest.raises(UserError, match="no trained run"):
         no_run.policy(parse_policy_spec("ppo"), seed=0)
+
+
+def test_decision_lines_name_the_detected_model_bias():
+    from rlrec.cli.ope_sessions import _decision_lines
+
+    lines = _decision_lines({"verdict": "cannot tell", "bias_bound": {"dm": -0.25, "magic": 0.0}})
+    assert lines[-1].startswith("  Q-model bias detected") and "dm -0.25" in lines[-1]
+    assert "magic" not in lines[-1]  # no bias detected: nothing to say
+    assert not any("bias" in x for x in _decision_lines({"bias_bound": {"magic": 0.0}}))

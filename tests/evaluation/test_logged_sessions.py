@@ -11,6 +11,7 @@ from rlrec.data.schema import EVENT_TYPES
 from rlrec.errors import UserError
 from rlrec.evaluation.ope.logged_sessions import (
     BEHAVIOUR_METHOD,
+    Q_FEATURES_USED,
     estimate_count_behaviour,
     evaluate_real_sessions,
     item_features,
@@ -125,3 +126,22 @@ def test_replay_metrics(dataset):
     assert flat["hr@5"] == 0.0 and flat["mrr"] == pytest.approx(1 / 13)
     with pytest.raises(UserError, match="--k"):
         replay_metrics(dataset, uniform, "test", k=0)
+
+
+def test_real_log_q_features_read_each_categorys_reward(dataset):
+    """The reward per engagement is the category's shrunk mean step reward on train."""
+    from rlrec.evaluation.ope.logged_sessions import CATEGORY_REWARD_PRIOR_STEPS, _step_arrays
+
+    _, _, cats, rewards, _ = _step_arrays(dataset.sessions("train"))
+    k = CATEGORY_REWARD_PRIOR_STEPS
+    item_category = dataset.item_category.astype(np.int64)
+    by_hand = np.array(
+        [
+            (rewards[cats == c].sum() + k * rewards.mean()) / ((cats == c).sum() + k)
+            for c in item_category
+        ]
+    )
+    feat = item_features(dataset)
+    assert feat.action_reward is not None
+    np.testing.assert_allclose(feat.action_reward, by_hand / by_hand.mean())
+    assert "category_reward" in Q_FEATURES_USED

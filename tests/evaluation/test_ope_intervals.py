@@ -12,8 +12,11 @@ from rlrec.evaluation.ope.high_confidence import (
     hcope_lower_bound,
 )
 from rlrec.evaluation.ope.refit_bootstrap import (
+    BIAS_EXTENDED,
+    BIAS_METHOD,
     REFIT_METHOD,
     RefitBootstrapConfig,
+    bias_bound,
     group_log,
     refit_bootstrap,
 )
@@ -63,7 +66,8 @@ def test_group_sums_reproduce_the_cross_fitted_estimates():
     )
     for name, est in refit.estimates.items():
         assert est.value == pytest.approx(point[name].value, abs=1e-9), name
-        assert est.method == REFIT_METHOD and est.to_dict()["interval_method"] == REFIT_METHOD
+        method = REFIT_METHOD + (BIAS_METHOD if name in BIAS_EXTENDED else "")
+        assert est.method == method and est.to_dict()["interval_method"] == method
         assert est.ci95[0] <= est.ci95[1]
 
 
@@ -173,7 +177,9 @@ def test_session_estimates_label_every_interval_and_flag_extrapolation():
         sessions, features, expected, config, fqe, n_bootstrap=40, seed=0, kl_per_step=1.5
     )
     methods = {k: e.to_dict()["interval_method"] for k, e in estimates.items()}
-    assert methods["dm"] == methods["magic"] == REFIT_METHOD
+    assert methods["dm"] == methods["magic"] == REFIT_METHOD + BIAS_METHOD
+    assert methods["dr"] == methods["wdr"] == REFIT_METHOD
+    assert set(extra["bias_bound"]) == {"dm", "magic"}
     assert methods["wpdis"] == "percentile bootstrap of sessions"
     assert extra["extrapolating"] and "extrapolating: 1.50 nats" in extra["verdict"]
     assert set(extra["difference_ci95"]) == {"dm", "dr", "wdr", "magic"}
@@ -182,3 +188,43 @@ def test_session_estimates_label_every_interval_and_flag_extrapolation():
     )
     assert "interval_method" not in none["magic"].to_dict()
     assert extra0["verdict"].startswith("cannot tell: no interval")
+
+
+def test_bias_bound_is_the_distance_to_wdrs_band():
+    wdr = np.linspace(9.0, 11.0, 101)  # central 68% band: [9.32, 10.68]
+    assert bias_bound(10.0, wdr) == 0.0
+    assert bias_bound(8.0, wdr) == pytest.approx(9.32 - 8.0)  # WDR above: extend upwards
+    assert bias_bound(12.0, wdr) == pytest.approx(10.68 - 12.0)  # below: extend downwards
+    assert bias_bound(12.0, np.array([np.nan, 1.0])) == 0.0  # too few finite resamples
+
+
+def test_model_intervals_are_extended_by_the_detectable_bias():
+    """A Q-model blind to the state is biased; its DM interval reaches towards WDR."""
+    offsets, _, a, r, pb, pe = simulate(3, 2000)
+    # Only the action: the state (which the reward depends on) is invisible to the model.
+    features = np.eye(2)[a]
+    expected = np.tile(TARGET.mean(axis=0), (len(a), 1))
+    config = FQEConfig(seed=0)
+    fqe = fitted_q_evaluation(offsets, r, features, expected, config=config)
+    sessions = prepare_sessions(
+        session_offsets=offsets,
+        reward=r,
+        behaviour_prob=pb,
+        target_prob=pe,
+        q_factual=fqe.q_factual,
+        v_target=fqe.v_target,
+    )
+    out = refit_bootstrap(
+        sessions, features, expected, config, fqe, RefitBootstrapConfig(60, seed=1)
+    )
+    truth = exact_value(TARGET)
+    dm = out.estimates["dm"]
+    tail = np.percentile(out.resampled["dm"], [2.5, 97.5])
+    bias = out.bias_bound["dm"]
+    assert bias == pytest.approx(bias_bound(dm.value, out.resampled["wdr"]))
+    assert bias != 0.0  # the model's bias is detectable here
+    np.testing.assert_allclose(dm.ci95, (tail[0] + min(bias, 0), tail[1] + max(bias, 0)))
+    assert not tail[0] <= truth <= tail[1]  # the refit interval alone misses the truth
+    assert dm.ci95[0] <= truth <= dm.ci95[1]  # extended by the bias it holds it
+    wdr_tail = np.percentile(out.resampled["wdr"], [2.5, 97.5])
+    np.testing.assert_allclose(out.estimates["wdr"].ci95, wdr_tail)  # WDR is not extended

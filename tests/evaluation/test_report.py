@@ -16,6 +16,7 @@ import pytest
 from rlrec.cli import main
 from rlrec.errors import UserError
 from rlrec.evaluation.fidelity import fidelity_distributions, migration_matrix
+from rlrec.evaluation.ope.refit_bootstrap import BIAS_METHOD, REFIT_METHOD
 from rlrec.evaluation.report import ReportResult, read_scalars, write_report
 from tests.envs.conftest import make_sim_model, write_tiny_dataset
 
@@ -93,9 +94,13 @@ PAYLOADS = {
                         "interval_method": "percentile bootstrap of "
                         "session groups, Q-model refitted on every resample",
                     },
+                    "magic": {
+                        **_estimate(4.2),
+                        "interval_method": REFIT_METHOD + BIAS_METHOD,
+                    },
                 },
-                "relative_error": {"wis": 0.1, "wdr": 0.02, "dm": -0.2},
-                "truth_in_ci95": {"wis": False, "wdr": True, "dm": False},
+                "relative_error": {"wis": 0.1, "wdr": 0.02, "dm": -0.2, "magic": -0.16},
+                "truth_in_ci95": {"wis": False, "wdr": True, "dm": False, "magic": False},
                 "kl_per_step": 0.42,
                 "verdict": "the new policy beats the logged one with 95% confidence",
                 "measured_coverage": {"dm": {"coverage": 0.55, "mean_relative_width": 0.1}},
@@ -173,6 +178,7 @@ def test_ope_section_shows_interval_methods_coverage_and_the_verdict(
     page = full_report.html.read_text()
     assert "ppo: the new policy beats the logged one with 95% confidence." in page
     assert "Q-refit bootstrap" in page and "measured coverage" in page
+    assert "Q-refit bootstrap + bias" in page  # MAGIC's interval reaches towards WDR
     assert "0.55" in page and "0.42" in page
 
 

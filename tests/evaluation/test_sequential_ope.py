@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rlrec.errors import UserError
-from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
+from rlrec.evaluation.ope.fqe import RIDGE_BISECTIONS, FQEConfig, fitted_q_evaluation
 from rlrec.evaluation.ope.sequential import (
     SESSION_ESTIMATOR_NAMES,
     effective_sample_size,
@@ -287,6 +287,20 @@ def test_fqe_raises_its_ridge_until_the_iteration_contracts():
     fqe = fitted_q_evaluation(offsets, reward, features, expected, config=config)
     assert fqe.ridges[0] > config.ridge
     assert np.all(np.isfinite(fqe.v_target)) and np.max(np.abs(fqe.v_target)) < 1e3
+    # The ridge is the smallest that contracts (to the bisection's factor), not the next
+    # decade: every unneeded raise shrinks the value towards 0.
+    phi_next = np.vstack([expected[1:], np.zeros((1, 2))])
+    phi_next[offsets[1:] - 1] = 0.0
+    gram, cross = features.T @ features, features.T @ phi_next
+    scale = np.trace(gram) / 2
+
+    def radius(ridge: float) -> float:
+        step = np.linalg.solve(gram + ridge * scale * np.eye(2), cross)
+        return float(np.max(np.abs(np.linalg.eigvals(step))))
+
+    ridge = fqe.ridges[0]
+    assert radius(ridge) < 1.0 <= radius(ridge / 10 ** (1 / 2**RIDGE_BISECTIONS))
+    assert not np.log10(ridge / config.ridge).is_integer()  # inside a decade
     # A well-posed problem keeps the configured ridge (the tabular chain above).
     offsets, s, a, r, _, _ = simulate(0, 500)
     tabular = fitted_q_evaluation(offsets, r, tabular_features(s, a), expected_tabular(s))

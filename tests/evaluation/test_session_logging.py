@@ -13,6 +13,7 @@ from rlrec.evaluation.ope.q_features import (
     CatalogFeatures,
     catalog_features,
     category_switch_matrix,
+    engaged_reward,
 )
 from rlrec.evaluation.ope.simulated_check import SimulatedCheckSettings, simulated_ope_check
 from rlrec.evaluation.ope.simulated_logging import log_sessions, true_value
@@ -246,7 +247,7 @@ def test_logged_features_count_consecutive_misses(make_env):
     assert expected_misses.max() >= 2  # the check below sees several levels
     # Columns j * q of the product block are the state basis times the action constant; the
     # last len(MISS_EDGES) state-basis entries are the miss levels 1, 2, 3-4, 5-8, 9+.
-    q = feat.N_ACTION_BASIS
+    q = feat.n_action_basis
     p = feat.n_state_basis
     miss_cols = [j * q for j in range(p - len(feat.MISS_EDGES), p)]
     level = np.searchsorted(np.asarray(feat.MISS_EDGES), expected_misses, side="left")
@@ -279,3 +280,27 @@ def test_simulated_check_reports_the_behaviour_q_calibration(make_env):
     assert cal["first_step_q"] == pytest.approx(report["behaviour_value"], rel=0.2)
     blend = report["targets"]["b"]["magic_blend"]
     assert len(blend["steps"]) == len(blend["weights"])
+
+
+def test_action_reward_features_equal_the_average_and_are_checked():
+    """The reward-per-engagement columns: expected = average over actions; bad input named."""
+    reward = np.linspace(1.0, 4.0, N_ITEMS)
+    feat = _tiny_features(action_reward=reward)
+    plain = _tiny_features()
+    assert feat.n_features == plain.n_features + 2 * feat.n_state_basis
+    probs = np.random.default_rng(3).dirichlet(np.ones(N_ITEMS), size=2)
+    brute = sum(probs[:, a : a + 1] * feat.features(OBS, np.full(2, a)) for a in range(N_ITEMS))
+    np.testing.assert_allclose(feat.expected(OBS, probs), brute, atol=1e-12)
+    # Column n_action_basis - 2 of the first state level (the constant) is the relative reward.
+    chi = feat.features(OBS, np.array([0, N_ITEMS - 1]))[:, feat.N_ACTION_BASIS]
+    np.testing.assert_allclose(chi, reward[[0, -1]] / reward.mean())
+    with pytest.raises(UserError, match="action_reward"):
+        _tiny_features(action_reward=np.ones(N_ITEMS + 1))
+
+
+def test_engaged_reward_follows_the_nested_funnel():
+    # Category 0: carts 50%, buys 20% of engaged steps; category 1: never carts.
+    out = engaged_reward(
+        np.array([0, 1, 0]), np.array([0.5, 0.0]), np.array([0.2, 0.0]), 1.0, 3.0, 10.0
+    )
+    np.testing.assert_allclose(out, [1 + 2 * 0.5 + 7 * 0.2, 1.0, 1 + 2 * 0.5 + 7 * 0.2])

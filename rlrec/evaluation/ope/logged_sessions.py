@@ -52,6 +52,7 @@ from rlrec.evaluation.ranking import item_ranking_metrics, target_ranks
 
 __all__ = [
     "BEHAVIOUR_METHOD",
+    "CATEGORY_REWARD_PRIOR_STEPS",
     "EVENT_REWARD",
     "Q_FEATURES_UNAVAILABLE",
     "Q_FEATURES_USED",
@@ -235,8 +236,15 @@ Q_FEATURES_USED: dict[str, str] = {
     ),
     "dwell_time": "used (time between the history's last two steps, from the timestamps)",
     "popularity": "used (logged counts)",
+    "category_reward": (
+        "used (mean step reward of the item's category on the train split: its cart and buy "
+        "rates per engagement)"
+    ),
 }
 """What the Q-model of ``rlrec ope sessions --data`` reads from the logs."""
+
+CATEGORY_REWARD_PRIOR_STEPS = 20.0
+"""Pseudo-steps at the overall mean reward added to each category's logged steps."""
 
 Q_FEATURES_UNAVAILABLE: dict[str, str] = {
     "consecutive_misses": (
@@ -251,12 +259,24 @@ def item_features(dataset: PreparedDataset) -> CatalogFeatures:
     """:class:`CatalogFeatures` over all dataset items for real logs (see :data:`Q_FEATURES_USED`).
 
     Popularity is the logged counts, the switch likelihood comes from the train split's
-    category changes (:func:`~rlrec.evaluation.ope.q_features.category_switch_matrix`) and the
-    state basis adds the dwell levels.
+    category changes (:func:`~rlrec.evaluation.ope.q_features.category_switch_matrix`), the
+    reward per engagement is the item's category's mean step reward on the train split
+    (shrunk by :data:`CATEGORY_REWARD_PRIOR_STEPS`) and the state basis adds the dwell levels.
     """
     counts = dataset.items["count"].to_numpy(np.float64)
-    offsets, _, cats, _, _ = _step_arrays(dataset.sessions("train"))
+    offsets, _, cats, rewards, _ = _step_arrays(dataset.sessions("train"))
     n_category_tokens = dataset.n_categories + 1
+    # Every logged step is engaged, so a category's mean step reward on the train split is
+    # its reward per engagement (its cart and buy rates); a category with few steps is
+    # shrunk towards the overall mean by PRIOR_STEPS pseudo-steps.
+    item_category = dataset.item_category.astype(np.int64)
+    n_cat = max(int(item_category.max()) + 1, int(cats.max()) + 1 if len(cats) else 0)
+    steps = np.bincount(cats, minlength=n_cat).astype(np.float64)
+    total = np.bincount(cats, weights=rewards, minlength=n_cat)
+    overall = float(rewards.mean()) if len(rewards) else 1.0
+    category_reward = (total + CATEGORY_REWARD_PRIOR_STEPS * overall) / (
+        steps + CATEGORY_REWARD_PRIOR_STEPS
+    )
     return CatalogFeatures(
         action_item_token=np.arange(dataset.n_items) + 1,
         action_category_token=dataset.item_category.astype(np.int64) + 1,
@@ -265,6 +285,7 @@ def item_features(dataset: PreparedDataset) -> CatalogFeatures:
         n_category_tokens=n_category_tokens,
         category_transition=category_switch_matrix(offsets, cats + 1, n_category_tokens),
         dwell_levels=True,
+        action_reward=category_reward[item_category],
     )
 
 

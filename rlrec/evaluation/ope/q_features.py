@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from rlrec.envs.batched import BatchedInterestDrift
 from rlrec.errors import UserError
 
-__all__ = ["CatalogFeatures", "catalog_features", "category_switch_matrix"]
+__all__ = ["CatalogFeatures", "catalog_features", "category_switch_matrix", "engaged_reward"]
 
 
 class CatalogFeatures:
@@ -84,8 +84,8 @@ class CatalogFeatures:
     STEP_EDGES = (1, 2, 3, 4, 6, 8, 12, 16)
     """Upper bounds of the session-step buckets (the last bucket is open)."""
 
-    STREAK_LEVELS = 6
-    """Streak levels 1 .. 5 and 6+."""
+    STREAK_EDGES: tuple[int, ...] = (1, 2, 3, 4, 5)
+    """Upper bounds of the streak levels 1 .. 5 (6+ is open)."""
 
     MISS_EDGES = (0, 1, 2, 4, 8)
     """Upper bounds of the consecutive-miss levels 0, 1, 2, 3-4, 5-8 (9+ is open)."""
@@ -94,9 +94,10 @@ class CatalogFeatures:
     """Upper bounds (seconds) of the dwell levels; longer is open, no gap is its own level."""
 
     N_ACTION_BASIS = 9
+    """Size of the action basis without ``action_reward`` (see the class docstring)."""
+
     SWITCH_EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     """Level edges of the scaled switch probability (1 = a category drawn at random)."""
-    """Size of the action basis (see the class docstring)."""
 
     def __init__(
         self,
@@ -109,8 +110,23 @@ class CatalogFeatures:
         n_popularity_bins: int = 6,
         category_transition: np.ndarray | None = None,
         dwell_levels: bool = False,
+        action_reward: np.ndarray | None = None,
     ) -> None:
         self.n_actions = len(action_item_token)
+        # Reward of an engaged step with each action, relative to the catalog's mean: the
+        # funnel (cart, buy) differs by category, so two items that engage equally often can
+        # differ threefold in value; without it a target that keeps recommending one item
+        # (``popular``) is valued at its popularity bin's average reward.
+        self.action_reward: np.ndarray | None = None
+        if action_reward is not None:
+            r = np.asarray(action_reward, dtype=np.float64)
+            if r.shape != (self.n_actions,) or not np.all(np.isfinite(r)) or r.mean() <= 0:
+                raise UserError(
+                    f"action_reward: expected ({self.n_actions},) finite rewards with a "
+                    f"positive mean, got shape {r.shape}"
+                )
+            self.action_reward = r / r.mean()
+        self.n_action_basis = self.N_ACTION_BASIS + (2 if action_reward is not None else 0)
         self.category = np.asarray(action_category_token, dtype=np.int64)
         lp = np.asarray(action_log_popularity, dtype=np.float64)
         self.log_pop = (lp - lp.mean()) / max(float(lp.std()), 1e-12)  # standardised (A,)
@@ -156,7 +172,7 @@ class CatalogFeatures:
         self.n_state_basis = (
             1
             + len(self.STEP_EDGES)
-            + (self.STREAK_LEVELS - 1)
+            + len(self.STREAK_EDGES)
             + len(self.MISS_EDGES)
             + (len(self.DWELL_EDGES) + 1 if dwell_levels else 0)
         )
@@ -167,7 +183,7 @@ class CatalogFeatures:
         )  # (C, C) in [0, n_switch_levels)
         self.n_switch_levels = len(self.SWITCH_EDGES) + 1
         self.n_features = (
-            self.n_state_basis * self.N_ACTION_BASIS
+            self.n_state_basis * self.n_action_basis
             + 2 * n_popularity_bins
             + self.n_switch_levels * n_popularity_bins
         )
@@ -193,7 +209,7 @@ class CatalogFeatures:
         streak = np.argmin(same[:, ::-1], axis=1)
         streak = np.where(same.all(axis=1), cats.shape[1], streak)
         step_level = np.searchsorted(np.asarray(self.STEP_EDGES), step, side="left")
-        streak_level = np.clip(streak, 1, self.STREAK_LEVELS) - 1
+        streak_level = np.searchsorted(np.asarray(self.STREAK_EDGES), streak, side="left")
         m = np.zeros(b, dtype=np.int64) if misses is None else np.asarray(misses, np.int64)
         if m.shape != (b,):
             raise UserError(f"misses: expected shape ({b},), got {m.shape}")
@@ -201,7 +217,7 @@ class CatalogFeatures:
         n_step = len(self.STEP_EDGES) + 1
         onehots = [
             np.eye(n_step)[step_level][:, 1:],
-            np.eye(self.STREAK_LEVELS)[streak_level][:, 1:],
+            np.eye(len(self.STREAK_EDGES) + 1)[streak_level][:, 1:],
             np.eye(len(self.MISS_EDGES) + 1)[miss_level][:, 1:],
         ]
         if self.dwell_levels:
@@ -259,6 +275,11 @@ class CatalogFeatures:
                 seen,
                 switch,
                 switch * lp,
+                *(
+                    (self.action_reward[a], same_last * self.action_reward[a])
+                    if self.action_reward is not None
+                    else ()
+                ),
             ]
         )
         # (switch level, popularity bin) one-hot of an action outside the last category.
@@ -269,6 +290,16 @@ class CatalogFeatures:
         return self._combine(
             self.state_basis(obs, misses), chi, bins, same_last[:, None] * bins, switch_x_bins
         )
+
+    def _expected_reward(
+        self, p: np.ndarray, rows: np.ndarray, last: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
+        """The ``action_reward`` columns of the action basis in expectation under (B, A) ``p``."""
+        if self.action_reward is None:
+            return ()
+        pr = p * self.action_reward  # (B, A)
+        same = np.asarray((self.category_onehot.T @ pr.T).T)[rows, last]  # (B,)
+        return pr.sum(axis=1), same
 
     def expected(
         self, obs: dict[str, Any], probs: np.ndarray, misses: np.ndarray | None = None
@@ -315,6 +346,7 @@ class CatalogFeatures:
                 seen,
                 (mass * switch_rows).sum(axis=1),
                 (mass_pop * switch_rows).sum(axis=1),
+                *self._expected_reward(p, rows, last),
             ]
         )
         # Mass per (switch level, popularity bin) over the categories other than the last.
@@ -324,6 +356,33 @@ class CatalogFeatures:
         return self._combine(
             self.state_basis(obs, misses), chi, bins, by_cat_bin[rows, last], switch_x_bins
         )
+
+
+def engaged_reward(
+    item_category: np.ndarray,
+    p_cart: np.ndarray,
+    p_buy: np.ndarray,
+    engage: float,
+    cart: float,
+    buy: float,
+) -> np.ndarray:
+    """(N,) expected reward of an engaged step with each item, from its category's funnel.
+
+    The simulator's outcome nests (a buy only after a cart): P(cart or more | engaged) is
+    ``max(p_cart, p_buy)`` of the item's category and P(buy | engaged) is ``p_buy``, so the
+    expected reward is ``engage + (cart - engage) P(cart+) + (buy - cart) P(buy)``.
+
+    Args:
+        item_category: (N,) sim category of each item.
+        p_cart: (K,) cart rate given engagement per category.
+        p_buy: (K,) buy rate given engagement per category.
+        engage: Reward weight of an engaged step.
+        cart: Reward weight of a cart.
+        buy: Reward weight of a buy.
+    """
+    k = np.asarray(item_category, dtype=np.int64)
+    cart_or_more = np.maximum(np.asarray(p_cart, np.float64), np.asarray(p_buy, np.float64))[k]
+    return engage + (cart - engage) * cart_or_more + (buy - cart) * np.asarray(p_buy)[k]
 
 
 def category_switch_matrix(
@@ -373,6 +432,10 @@ def catalog_features(env: BatchedInterestDrift) -> CatalogFeatures:
     transition = None
     if warm is not None:
         transition = category_switch_matrix(warm.offsets, warm.tokens[1], dyn.n_category_tokens)
+    w = env.config.reward_weights
+    reward = engaged_reward(
+        k[:a], np.asarray(model.p_cart), np.asarray(model.p_buy), w.engage, w.cart, w.buy
+    )
     return CatalogFeatures(
         action_item_token=dyn.item_token[:a],
         action_category_token=dyn.item_category_token[:a],
@@ -380,4 +443,5 @@ def catalog_features(env: BatchedInterestDrift) -> CatalogFeatures:
         n_item_tokens=dyn.n_item_tokens,
         n_category_tokens=dyn.n_category_tokens,
         category_transition=transition,
+        action_reward=reward,
     )

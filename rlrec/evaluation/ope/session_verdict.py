@@ -81,10 +81,12 @@ def session_estimates(
 
     Returns:
         The estimates in report order, and ``{"lower_bound", "difference_ci95", "verdict",
-        "extrapolating", "measured_coverage"}``: HCOPE's bound, per model-based estimator the
-        interval of its estimate minus the logged mean return, the default estimator's
-        plain-language line, whether the target is beyond :data:`EXTRAPOLATION_NATS`, and
-        the coverage the benchmark measured for each interval method.
+        "extrapolating", "bias_bound", "measured_coverage"}``: HCOPE's bound, per
+        model-based estimator the interval of its estimate minus the logged mean return, the
+        default estimator's plain-language line, whether the target is beyond
+        :data:`EXTRAPOLATION_NATS`, the detectable Q-model bias DM's and MAGIC's intervals
+        were extended by (:func:`~rlrec.evaluation.ope.refit_bootstrap.bias_bound`), and the
+        coverage the benchmark measured for each interval method.
     """
     estimates = estimate_session_value(
         sessions,
@@ -94,6 +96,7 @@ def session_estimates(
         method=FIXED_MODEL_METHOD,
     )
     difference: dict[str, tuple[float, float]] = {}
+    bias: dict[str, float] = {}
     if n_bootstrap > 0:
         refit = refit_bootstrap(
             sessions,
@@ -105,6 +108,7 @@ def session_estimates(
         )
         estimates.update(refit.estimates)  # same keys: the report order is kept
         difference = refit.difference_ci95
+        bias = refit.bias_bound
     nan = (float("nan"), float("nan"))
     line = verdict_line(difference.get(DEFAULT_ESTIMATOR, nan), DEFAULT_ESTIMATOR, confidence)
     extrapolating = bool(kl_per_step > EXTRAPOLATION_NATS)
@@ -119,6 +123,7 @@ def session_estimates(
         "difference_ci95": {k: _finite_list(v) for k, v in difference.items()},
         "verdict": line,
         "extrapolating": extrapolating,
+        "bias_bound": bias,
         "measured_coverage": dict(MEASURED_COVERAGE),
     }
 
