@@ -61,6 +61,7 @@ __all__ = [
     "auto_size",
     "count_train_targets",
     "pretrain_checkpoint",
+    "repeat_shares",
     "resolve_device",
     "train_encoder",
 ]
@@ -208,6 +209,38 @@ def auto_epochs(n_train_targets: int) -> tuple[int, int]:
     return pretrain, finetune
 
 
+def repeat_shares(windows: Windows, chunk: int = 1024) -> tuple[float, float]:
+    """Shares of the targets whose item, and whose category, the window shows before them.
+
+    What a copy term can reach: the starting point of the copy gates
+    (:meth:`~rlrec.models.encoder.SequenceEncoder.init_copy_gates`). Computed in chunks of
+    ``chunk`` windows, (chunk, L, L) booleans at a time.
+
+    Returns:
+        ``(item_share, category_share)``, each 0.0 when there are no targets.
+    """
+    hits = np.zeros(2)
+    total = 0
+    length = windows.items.shape[1]
+    visible = np.tril(np.ones((length, length), dtype=bool))  # (L, L): query t sees j <= t
+    for lo in range(0, len(windows), chunk):
+        part = slice(lo, lo + chunk)
+        targeted = windows.target_items[part] != IGNORE  # (W, L)
+        for k, (tokens, targets) in enumerate(
+            (
+                (windows.items[part], windows.target_items[part]),
+                (windows.categories[part], windows.target_categories[part]),
+            )
+        ):
+            # Tokens are index + 1; padding (0) never equals a target token.
+            same = tokens[:, None, :] == (targets + 1)[:, :, None]  # (W, L, L)
+            hits[k] += (same & visible).any(axis=2)[targeted].sum()
+        total += int(targeted.sum())
+    if total == 0:
+        return 0.0, 0.0
+    return float(hits[0] / total), float(hits[1] / total)
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a ``device`` setting (``auto`` picks CUDA when available).
 
@@ -286,6 +319,7 @@ def train_encoder(
         model = SequenceEncoder(
             enc_cfg, dataset.n_items, dataset.n_categories, dataset.item_category
         ).to(device)
+        model.init_copy_gates(*repeat_shares(train_windows))
         trainer = _Trainer(model, cfg, device, rng, writer, progress)
         trainer.set_item_counts(np.bincount(train_steps.items, minlength=dataset.n_items))
         started = time.perf_counter()
