@@ -93,7 +93,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="epochs without a better valid NDCG@10 before stopping (default: 3)",
     )
     train.add_argument(
-        "--batch-size", type=int, dest="batch_size", help="windows per step (default: 128)"
+        "--batch-size",
+        type=int,
+        dest="batch_size",
+        help="windows per step (default: auto, 128 or fewer so that an epoch takes 8 steps)",
     )
     train.add_argument(
         "--lr", type=float, dest="learning_rate", help="learning rate (default: 0.001)"
