@@ -96,7 +96,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--batch-size",
         type=int,
         dest="batch_size",
-        help="windows per step (default: auto, 128 or fewer so that an epoch takes 8 steps)",
+        help="windows per step (default: auto, from the data size: 128, or fewer so that "
+        "an epoch takes 8 steps)",
     )
     train.add_argument(
         "--lr", type=float, dest="learning_rate", help="learning rate (default: 0.001)"
