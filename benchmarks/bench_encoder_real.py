@@ -18,7 +18,14 @@ acc@1 above every category baseline where the log has categories),
 timing and the machine's facts. ``--quick`` caps training at 1 + 2 epochs (a smoke run, not
 the defaults).
 
-    python benchmarks/bench_encoder_real.py --out bench_encoder_real.json [--quick]
+``--transfer`` adds the transfer gains (``rlrec encoder eval ENC --data DATA --transfer
+TASKS --json``, the tasks each log supports: ``next_new_category`` where it has categories,
+``return`` where it has users with several sessions): ``{log}_transfer_{task}_{pretrained,
+scratch,gain}_at_{10,100}pct`` (the task's test metric: accuracy@1 among unseen categories,
+ROC AUC) and ``{log}_transfer_seconds``.
+
+    python benchmarks/bench_encoder_real.py --out bench_encoder_real.json [--quick] \
+        [--seed N] [--transfer]
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ from typing import Any
 from rlrec.data.dataset import write_json_atomic
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TRANSFER_TASKS = {
+    "taobao": "next_new_category,return",
+    "diginetica_derived": "next_new_category",  # one session per user: no return label
+}
+RETURN_HORIZON_DAYS = 0.1
+"""The Taobao sample spans 10 days and its test split the last one: with the default 7-day
+horizon every test label that is not censored is a return (AUC undefined). 0.1 day (2.4 h)
+leaves both classes in valid and test (a return in 25% and 33% of their sessions)."""
 LOGS: dict[str, tuple[str, Path, list[str]]] = {
     "taobao": ("taobao", SHARED / "taobao_sample" / "UserBehavior.csv", []),
     "diginetica_derived": (
@@ -81,7 +96,9 @@ def _beats(report: dict[str, Any], has_categories: bool) -> bool:
     return True
 
 
-def run_log(name: str, work: Path, quick: bool, seed: int = 0) -> dict[str, Any]:
+def run_log(
+    name: str, work: Path, quick: bool, seed: int = 0, transfer: bool = False
+) -> dict[str, Any]:
     """Prepare, pretrain and evaluate one log with defaults; its flat figures."""
     preset, path, extra = LOGS[name]
     data, enc = work / f"{name}_data", work / f"{name}_enc"
@@ -131,6 +148,20 @@ def run_log(name: str, work: Path, quick: bool, seed: int = 0) -> dict[str, Any]
         key=lambda m: report["baselines"][m]["ndcg@10"],
     )
     out[f"{name}_best_baseline"] = best
+    if transfer and name in TRANSFER_TASKS:
+        started = time.perf_counter()
+        argv = ["encoder", "eval", str(enc), "--data", str(data), "--json"]
+        argv += ["--transfer", TRANSFER_TASKS[name], "--seed", str(seed)]
+        argv += ["--horizon-days", str(RETURN_HORIZON_DAYS)]
+        result = json.loads(_rlrec(*argv))["transfer"]
+        out[f"{name}_transfer_seconds"] = time.perf_counter() - started
+        out[f"{name}_transfer_load_average"] = _load()
+        for task, row in result.items():
+            out[f"{name}_transfer_{task}_metric"] = row["metric"]
+            for fraction, cells in row["fractions"].items():
+                pct = round(float(fraction) * 100)
+                for key in ("pretrained", "scratch", "gain", "train_labels"):
+                    out[f"{name}_transfer_{task}_{key}_at_{pct}pct"] = cells[key]
     return out
 
 
@@ -141,6 +172,9 @@ def main() -> int:
     parser.add_argument("--logs", default=",".join(LOGS), help="comma-separated subset")
     parser.add_argument(
         "--seed", type=int, default=0, help="pretraining seed (0: rlrec's default, no flag)"
+    )
+    parser.add_argument(
+        "--transfer", action="store_true", help="also measure the transfer gains per task"
     )
     args = parser.parse_args()
     import torch
@@ -159,7 +193,7 @@ def main() -> int:
                 out[f"{name}_encoder_ndcg_at_10"] = None
                 out[f"{name}_status"] = f"{LOGS[name][1]} absent"
                 continue
-            out.update(run_log(name, Path(tmp), args.quick, args.seed))
+            out.update(run_log(name, Path(tmp), args.quick, args.seed, args.transfer))
             print(f"{name}: done", file=sys.stderr)
     out["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     write_json_atomic(args.out, out)

@@ -93,7 +93,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="epochs without a better valid NDCG@10 before stopping (default: 3)",
     )
     train.add_argument(
-        "--batch-size", type=int, dest="batch_size", help="windows per step (default: 128)"
+        "--batch-size",
+        type=int,
+        dest="batch_size",
+        help="windows per step (default: auto, from the data size: 128, or fewer so that "
+        "an epoch takes 8 steps)",
     )
     train.add_argument(
         "--lr", type=float, dest="learning_rate", help="learning rate (default: 0.001)"
@@ -140,6 +144,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         f"of the labels and report the transfer gain ({', '.join(TASK_NAMES)})",
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of the --transfer runs")
+    ev.add_argument(
+        "--horizon-days",
+        type=float,
+        default=7.0,
+        dest="horizon_days",
+        help="return horizon of the --transfer runs (default: 7.0)",
+    )
     grids = ev.add_argument_group("baseline grids (comma-separated; chosen on the valid split)")
     grids.add_argument(
         "--knn-k",
@@ -337,11 +348,14 @@ def _baseline_config(args: argparse.Namespace) -> Any:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from rlrec.data.dataset import load_dataset
+    from rlrec.errors import UserError
     from rlrec.evaluation.ranking import evaluate_next_step, format_report
     from rlrec.models.checkpoint import load_encoder
     from rlrec.models.pretrain import resolve_device
 
     config = _baseline_config(args)  # bad grids fail before anything loads
+    if not args.horizon_days > 0 or args.horizon_days == float("inf"):
+        raise UserError(f"--horizon-days {args.horizon_days}: must be a positive number of days")
     dataset = load_dataset(args.data)
     if args.transfer:
         from rlrec.models.transfer import check_task
@@ -358,7 +372,12 @@ def _evaluate(args: argparse.Namespace) -> int:
                 model,
                 dataset,
                 task,
-                config=FinetuneConfig(task=task, seed=args.seed, device=args.device),
+                config=FinetuneConfig(
+                    task=task,
+                    seed=args.seed,
+                    device=args.device,
+                    horizon_days=args.horizon_days,
+                ),
             )
             for task in args.transfer
         }

@@ -157,7 +157,7 @@ def read_checkpoint_info(path: str | os.PathLike[str]) -> EncoderCheckpoint:
     mapping = payload["encoder_config"]
     if isinstance(mapping, dict):
         # Saved before these parts existed: the weights have no tensors for them.
-        for key in ("copy", "sessions", "category_copy"):
+        for key in ("copy", "sessions", "category_copy", "category_recency"):
             if key not in mapping:
                 mapping = {**mapping, key: False}
     config = from_mapping(EncoderConfig, mapping, f"{config_file}:encoder_config")

@@ -51,6 +51,7 @@ from rlrec.models.sequences import (
     SESSION_CONTINUES,
     SESSION_STARTS,
     UserSteps,
+    encoder_windows,
     user_steps,
 )
 
@@ -493,7 +494,7 @@ def finetune(
     Raises:
         UserError: If the data cannot support the task or has no labelled train query.
     """
-    from rlrec.models.pretrain import resolve_device
+    from rlrec.models.pretrain import repeat_shares, resolve_device
 
     check_task(dataset, config.task)
     device = resolve_device(config.device)
@@ -504,6 +505,12 @@ def finetune(
         net = SequenceEncoder(
             model.config, model.n_items, model.n_categories, model.item_category.cpu().numpy()
         )
+        # The start pretraining gives a fresh encoder too (the copy gates at the data's
+        # repeat shares): the transfer gain measures the pretrained weights, not that start.
+        windows = encoder_windows(
+            dataset, "train", model.config.max_len, model.config.sessions, training=True
+        )
+        net.init_copy_gates(*repeat_shares(windows))
     net = net.to(device)
     head = TaskHead(config.task, model.config.d_model, model.n_categories).to(device)
     max_len = model.config.max_len

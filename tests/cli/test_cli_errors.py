@@ -206,7 +206,7 @@ def test_help_lists_defaults_and_json(verb: str) -> None:
     assert "--json" in text
 
 
-AUTO_SIZED = {"d_model", "n_layers", "n_heads", "pretrain_epochs", "finetune_epochs"}
+AUTO_SIZED = {"d_model", "n_layers", "n_heads", "pretrain_epochs", "finetune_epochs", "batch_size"}
 
 
 def test_pretrain_help_defaults_are_the_config_defaults() -> None:

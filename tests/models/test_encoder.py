@@ -488,3 +488,72 @@ def test_with_repeat_bias_is_the_dense_adjustment() -> None:
     flat = pointer[torch.ones(2, 5, dtype=torch.bool)]
     dense = logits + model.repeat_adjustment(torch.arange(9), flat)
     assert torch.allclose(model.with_repeat_bias(logits, flat), dense)
+
+
+# --- the copy terms' starting point ------------------------------------------------------------
+
+
+def test_fresh_pointer_ranks_the_history_by_recency_and_the_current_item_last() -> None:
+    # Before any training the pointer is the re-visit rule: the most recent step first, the
+    # query's own step (the current item, never the next step) below every other.
+    model = _model()
+    items = torch.tensor([[0, 3, 7, 11, 5, 9]])
+    cats = torch.as_tensor(np.where(items.numpy() > 0, ITEM_CATEGORY[items.numpy() - 1] + 1, 0))
+    with torch.no_grad():
+        pointer = model.pointer(model(items, cats), items, cats)
+    assert pointer is not None
+    weights = pointer.log_weights[0, -1].exp()  # (K,) the last query's weights
+    order = weights[1:].argsort(descending=True).tolist()  # steps 1..5
+    assert order == [3, 2, 1, 0, 4]  # 5, 11, 7, 3 (most recent first), then 9 (current)
+    copy = pointer[0, -1].copy_log_probs(N_ITEMS)
+    assert copy.argmax().item() == 5 - 1  # dataset index of item token 5
+
+
+def test_fresh_category_copy_is_the_last_category_rule() -> None:
+    model = _model()
+    items = torch.tensor([[1, 2, 6, 11, 16]])  # categories 0, 1, 0, 0, 0 (item - 1) % 5
+    cats = torch.as_tensor(ITEM_CATEGORY[items.numpy() - 1] + 1)
+    with torch.no_grad():
+        pointer = model.pointer(model(items, cats), items, cats)
+    assert pointer is not None and pointer.category_log_weights is not None
+    per_category = pointer[0, -1].copy_category_log_probs(N_CATS)
+    assert per_category.argmax().item() == ITEM_CATEGORY[16 - 1]  # the current category
+    # The item pointer keeps the current step out; the category pointer puts it first.
+    assert pointer.category_log_weights[0, -1, -1] > pointer.log_weights[0, -1, -1] + 4
+
+
+def test_init_copy_gates_starts_at_the_repeat_shares() -> None:
+    model = _model()
+    model.init_copy_gates(0.25, 0.75)
+    assert model.copy_head is not None and model.copy_head.category_gate is not None
+    assert torch.sigmoid(model.copy_head.gate.bias).item() == pytest.approx(0.25, abs=1e-6)
+    assert torch.sigmoid(model.copy_head.category_gate.bias).item() == pytest.approx(0.75)
+    model.init_copy_gates(0.0, 1.0)  # clipped: both parts keep a gradient
+    assert torch.sigmoid(model.copy_head.gate.bias).item() == pytest.approx(0.02, abs=1e-6)
+    _model(copy=False).init_copy_gates(0.5, 0.5)  # no copy head: nothing to set
+
+
+def test_checkpoint_without_category_recency_loads_with_it_off(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    ds = load_dataset(tiny_dataset)
+    torch.manual_seed(3)
+    old = SequenceEncoder(
+        EncoderConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, category_recency=False),
+        ds.n_items,
+        ds.n_categories,
+        ds.item_category,
+    ).eval()
+    out = save_encoder(tmp_path / "enc", old, vocabulary_fingerprint(ds))
+    meta = json.loads((out / CONFIG_FILE).read_text())
+    del meta["encoder_config"]["category_recency"]  # written before the setting existed
+    (out / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded, ckpt = load_encoder(out, ds)
+    assert ckpt.config.category_recency is False
+    assert loaded.copy_head is not None and loaded.copy_head.category_distance_bias is None
+    # A checkpoint whose weights lack the tensors its config names is refused in one line.
+    meta["encoder_config"]["category_recency"] = True
+    (out / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="weights do not match") as err:
+        load_encoder(out, ds)
+    assert "\n" not in str(err.value)

@@ -315,3 +315,33 @@ def test_cli_pretrain_and_eval(
     )
     assert "unknown setting" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_repeat_shares_count_targets_the_window_shows_before_them() -> None:
+    from rlrec.models.pretrain import repeat_shares
+    from rlrec.models.sequences import Windows
+
+    # Row 0 shows items 3 5 3 (tokens 4 6 4) with next items 5, 3, 7: only the 3 after
+    # position 1 was shown before it. Row 1 shows items 1 2 with next item 1 after the 1.
+    items = np.array([[0, 4, 6, 4], [0, 0, 2, 3]])
+    cats = np.array([[0, 1, 2, 1], [0, 0, 1, 1]])  # categories 0 1 0 and 0 0
+    t_items = np.array([[IGNORE, 5, 3, 7], [IGNORE, IGNORE, 1, IGNORE]])
+    t_cats = np.array([[IGNORE, 1, 0, 0], [IGNORE, IGNORE, 0, IGNORE]])
+    item_share, cat_share = repeat_shares(Windows(items, cats, t_items, t_cats), chunk=1)
+    assert item_share == pytest.approx(2 / 4)
+    # Next categories 1 (only 0 shown so far: no), 0, 0 and 0 (shown): 3 of 4.
+    assert cat_share == pytest.approx(3 / 4)
+    empty = Windows(items[:, :1], cats[:, :1], t_items[:, :1], t_cats[:, :1])
+    assert repeat_shares(empty) == (0.0, 0.0)
+
+
+def test_auto_batch_size_gives_small_logs_several_steps_an_epoch(
+    small_dataset: PreparedDataset,
+) -> None:
+    from rlrec.models.pretrain import auto_batch_size
+
+    assert auto_batch_size(215) == 27  # the Taobao sample's windows: 8 steps, not 2
+    assert auto_batch_size(10) == 16  # a floor: tiny batches are all noise
+    assert auto_batch_size(100_000) == 128
+    result = train_encoder(small_dataset, SMALL, dataclasses.replace(QUICK, batch_size=None))
+    assert 16 <= result.batch_size <= 128

@@ -1375,6 +1375,20 @@ FINETUNE_CASES: dict[str, Callable[[Bases, Path], tuple[list[str], tuple[str, ..
         ],
         ("return", "two or more sessions", "single"),
     ),
+    "horizon of zero days (encoder eval --transfer)": lambda b, tmp: (
+        [
+            "encoder",
+            "eval",
+            str(b.encoder),
+            "--data",
+            str(b.dataset),
+            "--transfer",
+            "return",
+            "--horizon-days",
+            "0",
+        ],
+        ("--horizon-days",),
+    ),
     "unknown task for --transfer": lambda b, tmp: (
         ["encoder", "eval", str(b.encoder), "--data", str(b.dataset), "--transfer", "churn"],
         ("churn", "next_new_category"),
