@@ -182,9 +182,10 @@ def select_robust(
     Under the safe rule, once a candidate is known to be safe (its worst ratio at least
     ``1 - tolerance``), a candidate that falls below that in some world can no longer be
     chosen (the rule picks among the safe ones), so it is not rolled out in the remaining
-    worlds: the choice is the same as with every world rolled out. The worlds are then
-    visited in the order of the known candidates' lowest ratio there, where a weaker policy
-    is likeliest to fall short first.
+    worlds: the choice is the same as with every world rolled out. Without a known safe
+    candidate the rule falls back to the best worst ratio, and the same holds below the best
+    known worst ratio. The worlds are then visited in the order of the known candidates'
+    lowest ratio there, where a weaker policy is likeliest to fall short first.
 
     Args:
         model: The fitted SimModel.
@@ -217,7 +218,14 @@ def select_robust(
     if all(b in known for b in baselines):
         best = np.stack([known[b] for b in baselines]).max(axis=0)
         known_ratios = [known[c] / np.maximum(best, 1e-12) for c in candidates if c in known]
-    some_safe = rule == "safe" and any(np.min(r) >= floor for r in known_ratios)
+    # Below this ratio in one world a candidate can no longer be chosen: the floor when a
+    # known candidate is safe; without one (the rule falls back to the best worst ratio), the
+    # best known worst ratio, which is then below the floor.
+    drop_below = (
+        min(floor, max(float(np.min(r)) for r in known_ratios))
+        if rule == "safe" and known_ratios
+        else -np.inf
+    )
     if known_ratios:
         order = np.argsort(np.min(np.stack(known_ratios), axis=0), kind="stable")
     dropped: set[str] = set()
@@ -231,11 +239,10 @@ def select_robust(
         for name in live:
             policy = candidates[name] if name in candidates else baselines[name]
             returns[name][w] = float(rollout(policy, venv, seed).returns.mean())
-        if some_safe:
-            best_w = max(returns[b][w] for b in baselines)
-            for name in live:
-                if name in candidates and returns[name][w] / max(best_w, 1e-12) < floor:
-                    dropped.add(name)
+        best_w = max(returns[b][w] for b in baselines)
+        for name in live:
+            if name in candidates and returns[name][w] / max(best_w, 1e-12) < drop_below:
+                dropped.add(name)
     base = np.stack([returns[b] for b in baselines])  # (B, W)
     best = base.max(axis=0)
     ratios = {c: returns[c] / np.maximum(best, 1e-12) for c in candidates}

@@ -84,3 +84,23 @@ def test_known_returns_and_early_exit_give_the_full_choice() -> None:
     record = fast.summary()["candidates"]["random"]
     assert record["worlds_evaluated"] == 1 and record["worst_ratio"] < 0.99
     np.testing.assert_array_equal(fast.returns["popular"], full.returns["popular"])
+    # Without a safe known candidate the rule falls back to the best worst ratio: random,
+    # below the known one's everywhere, still stops after one world.
+    meh = 0.95 * best
+    visited.clear()
+    fallback = select_robust(
+        model,
+        None,
+        ENV,
+        {"meh": None, "random": candidates["random"]},
+        baselines,
+        thetas,
+        labels,
+        300,
+        0,
+        "safe",
+        progress=visited.append,
+        known_returns={"meh": meh, **{b: probe.returns[b] for b in baselines}},
+    )
+    assert (fallback.chosen, fallback.rule) == ("meh", "safe-fallback")
+    assert len(visited) == 1
