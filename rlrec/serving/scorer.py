@@ -46,7 +46,12 @@ import torch
 from rlrec.agents.artifacts import POLICY_NAME, load_policy
 from rlrec.agents.features import CategoryPrior
 from rlrec.agents.planner import PlanTable
-from rlrec.agents.policy import AgentPolicy, recent_item_mask, token_to_action_table
+from rlrec.agents.policy import (
+    AgentPolicy,
+    FactoredActorHead,
+    recent_item_mask,
+    token_to_action_table,
+)
 from rlrec.agents.train import ENCODER_DIR, PLAN_FILE
 from rlrec.data.dataset import PreparedDataset
 from rlrec.errors import UserError
@@ -262,11 +267,13 @@ class Scorer:
         self.action_of_item = token_to_action_table(self.catalog, len(item_raw) + 1)[1:]
         self.history_length = spec.history_length
         # A planned agent's greedy first item is its factored mode (module docstring): each
-        # action's category slot, as the actor head numbers them (sorted dataset categories).
+        # action's category slot, read from the actor head itself so the two cannot disagree.
         self.mode_slots: np.ndarray | None = None
         if spec.planner:
-            cats = np.asarray(item_category, dtype=np.int64)[self.catalog]
-            self.mode_slots = np.unique(cats, return_inverse=True)[1].reshape(-1)
+            head = policy.model.policy.action_net
+            assert isinstance(head, FactoredActorHead)  # planned agents have one (config check)
+            slots: torch.Tensor = head.action_slot  # type: ignore[assignment]
+            self.mode_slots = slots.cpu().numpy().astype(np.int64)
         self.actor: Actor | None = compile_actor(self)
         """The traced actor (None: the eager policy scores; see :func:`compile_actor`)."""
         self.frozen_actor: FrozenActor | None = compile_frozen_actor(self)
