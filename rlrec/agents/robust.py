@@ -27,7 +27,10 @@ also holds *adaptive* plans (:mod:`rlrec.agents.adaptive`): particles spanning t
 same one-at-a-time design with draws of another seed, so that a particle is never a random
 validation world, plus the hedges' world), each user's posterior over them starting with
 most of its mass on that world. They start as a hedge and turn bold where the user's sessions
-show that boldness pays; the safe rule treats them like any other candidate.
+show that boldness pays; the safe rule treats them like any other candidate. Lifecycle plans
+add a retention bonus (:func:`lifecycle_bonus`), a first-order estimate made at the centre
+world's typical session, so the hedges' world's plan and the adaptive family come both with
+and without it (``, one session``): which one keeps users is decided on lifecycle rollouts.
 """
 
 from __future__ import annotations
@@ -395,6 +398,8 @@ def robust_planner(
         worst = int(np.argmin(first.ratios["plan[prior]"]))
         if worst != 0:
             plan(f"plan[{labels[worst]}]", thetas[worst][None, :])
+            if bonus is not None:
+                plan(f"plan[{labels[worst]}, one session]", thetas[worst][None, :], shaped=False)
             for step in (0.1, 0.25, 0.5):
                 theta = thetas[worst] + step * (thetas[0] - thetas[worst])
                 plan(f"plan[{labels[worst]} +{step:g} to centre]", theta[None, :])
@@ -407,6 +412,7 @@ def robust_planner(
         name: PlannerPolicy(p.table, n_actions) for name, p in planners.items()
     }
     adaptive: dict[str, AdaptivePlan] = {}
+    starts: dict[str, str] = {}
     if bonus is not None and len(labels) > 1:
         particles, names = validation_worlds(model, n_random, seed + 1)
         particles = np.vstack([particles, thetas[worst][None, :]])
@@ -414,22 +420,39 @@ def robust_planner(
         if progress is not None:
             progress(f"adaptive plans ({len(particles)} particles)")
         single = PlannerConfig(seed=seed, iterations=0)
-        # The main particle's plan is the hedges' world's own plan, already a candidate
-        # (that world's single-draw plan; the centre's when the bold plan lost most there).
-        hedge = f"plan[{labels[worst]}]" if worst != 0 else "plan[centre]"
-        own = [
-            Planner(model, n_actions, env.reward_weights, single, theta[None, :], bonus=bonus)
-            for theta in particles[:-1]
-        ] + [planners[hedge]]
         tokens = BatchedInterestDrift(1, model, dataset, env).dynamics.item_token
-        for mass in ADAPTIVE_PRIOR_MASS:
-            weights = np.r_[np.full(len(particles) - 1, (1.0 - mass) / (len(particles) - 1)), mass]
-            name = f"adaptive[{mass:g} {labels[worst]}]"
-            adaptive[name] = AdaptivePlan.from_planners(
-                own, weights, tokens, model.item_popularity, model.item_category, names
-            )
-            candidates[name] = AdaptivePlanPolicy(adaptive[name], n_actions)
-            planners[name] = planners[hedge]  # PPO's start: the prior's main mass
+        # Two families: particles planned with the retention bonus and without it. The bonus
+        # is a first-order expansion at the centre world's typical session; in a world whose
+        # sessions differ it can trade engagement for buys that do not bring users back
+        # sooner (measured: -5% in one validation world), so the choice between the two
+        # families, like that between the shaped and one-session centre plans, is made on
+        # lifecycle rollouts.
+        for shaped in (True, False):
+            suffix = "" if shaped else ", one session"
+            # The main particle's plan is the hedges' world's own plan, already a candidate
+            # (that world's single-draw plan; the centre's when the bold plan lost most there).
+            main = (f"plan[{labels[worst]}" if worst != 0 else "plan[centre") + suffix + "]"
+            own = [
+                Planner(
+                    model,
+                    n_actions,
+                    env.reward_weights,
+                    single,
+                    theta[None, :],
+                    bonus=bonus if shaped else None,
+                )
+                for theta in particles[:-1]
+            ] + [planners[main]]
+            for mass in ADAPTIVE_PRIOR_MASS:
+                share = (1.0 - mass) / (len(particles) - 1)
+                weights = np.r_[np.full(len(particles) - 1, share), mass]
+                name = f"adaptive[{mass:g} {labels[worst]}{suffix}]"
+                adaptive[name] = AdaptivePlan.from_planners(
+                    own, weights, tokens, model.item_popularity, model.item_category, names
+                )
+                candidates[name] = AdaptivePlanPolicy(adaptive[name], n_actions)
+                planners[name] = planners[main]  # PPO's start: the prior's main mass
+                starts[name] = main
     choice = select_robust(
         model,
         dataset,
@@ -445,7 +468,9 @@ def robust_planner(
         known_returns=known_returns,
     )
     if choice.chosen in adaptive:
-        choice = dataclasses.replace(choice, adaptive=adaptive[choice.chosen], start=hedge)
+        choice = dataclasses.replace(
+            choice, adaptive=adaptive[choice.chosen], start=starts[choice.chosen]
+        )
     else:
         choice = dataclasses.replace(choice, start=choice.chosen)
     return planners[choice.chosen], choice

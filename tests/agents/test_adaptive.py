@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
 
+from rlrec.agents import robust
 from rlrec.agents.adaptive import AdaptivePlan, AdaptivePlanPolicy
 from rlrec.agents.baselines import CategoryMarkovPolicy, PopularPolicy
 from rlrec.agents.planner import Planner, PlannerConfig, PlannerPolicy
@@ -124,7 +126,9 @@ def test_plan_round_trips_and_refuses_bad_files(tmp_path) -> None:
         adaptive(model, SESSION, [theta(model)], [-1.0])
 
 
-def test_lifecycle_choice_offers_adaptive_plans() -> None:
+def _lifecycle_choice(monkeypatch=None, prefer: str = "") -> tuple[Any, Any]:
+    """robust_planner on a small lifecycle world; ``prefer`` forces the first candidate whose
+    name ends with it to be chosen (the rest of the choice as computed)."""
     # Only boredom left unidentified: four validation worlds keep the test to seconds.
     known = [p for p in RESPONSE_PARAMETERS if not p.startswith("leave_streak")]
     base = make_sim_model()
@@ -134,11 +138,38 @@ def test_lifecycle_choice_offers_adaptive_plans() -> None:
         "category_markov": CategoryMarkovPolicy.from_sim_model(model, 20),
     }
     env = dataclasses.replace(LIFECYCLE, horizon_days=3.0)
-    planner, choice = robust_planner(model, None, env, 20, baselines, n_random=1, episodes=80)
+    if prefer and monkeypatch is not None:
+        real = robust.select_robust
+
+        def choose(*args: Any, **kwargs: Any) -> Any:
+            choice = real(*args, **kwargs)
+            picked = [c for c in choice.ratios if c.startswith("adaptive[") and c.endswith(prefer)]
+            return dataclasses.replace(choice, chosen=picked[0]) if picked else choice
+
+        monkeypatch.setattr(robust, "select_robust", choose)
+    return robust_planner(model, None, env, 20, baselines, n_random=1, episodes=80)
+
+
+def test_a_one_session_adaptive_choice_starts_from_the_one_session_hedge(monkeypatch) -> None:
+    planner, choice = _lifecycle_choice(monkeypatch, prefer=", one session]")
+    assert choice.chosen.endswith(", one session]") and choice.adaptive is not None
+    assert choice.start.endswith(", one session]")
+    # PPO's start is the one-session main particle, whose values carry no retention bonus.
+    np.testing.assert_array_equal(planner.values, choice.adaptive.values[-1])
+    shaped = [n for n in choice.ratios if n.startswith("adaptive[") and "one session" not in n]
+    assert shaped  # the shaped family was offered too
+
+
+def test_lifecycle_choice_offers_adaptive_plans() -> None:
+    planner, choice = _lifecycle_choice()
     names = [n for n in choice.ratios if n.startswith("adaptive[")]
-    assert len(names) == len(ADAPTIVE_PRIOR_MASS)
+    # One family planned with the retention bonus, one without (", one session").
+    assert len(names) == 2 * len(ADAPTIVE_PRIOR_MASS)
+    assert sum(n.endswith(", one session]") for n in names) == len(ADAPTIVE_PRIOR_MASS)
     assert (choice.adaptive is not None) == (choice.chosen in names)
     if choice.adaptive is not None:
         # PPO starts from the plan of the prior's main particle (the hedges' world).
         assert choice.adaptive.labels[-1].startswith("hedge:")
         np.testing.assert_array_equal(planner.values, choice.adaptive.values[-1])
+        # A one-session adaptive plan starts from the hedges' world's one-session plan.
+        assert choice.start.endswith(", one session]") == choice.chosen.endswith(", one session]")
