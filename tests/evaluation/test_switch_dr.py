@@ -73,21 +73,37 @@ def test_hand_computed_switch_between_dm_and_dr():
     assert SwitchDR(thresholds=(2.0,)).estimate(sessions) == pytest.approx((s1 + 4.0) / 2)
 
 
-def test_threshold_choice_trades_variance_for_the_bias_bound():
+def test_threshold_choice_trades_variance_for_the_bias():
     sessions = _hand()
-    tau, info = switch_threshold(sessions, (0.0, 1.0, 2.0, np.inf))
-    assert tau in (0.0, 1.0, 2.0, np.inf)
-    assert info["mse"] == pytest.approx(info["variance"] + info["bias_bound"] ** 2)
-    # tau = 0 hands everything to the model (mass 1 per session: gamma^0 * w_0 averaged)...
-    _, at_zero = switch_threshold(sessions, (0.0,))
+    for rule in ("estimate", "bound"):
+        tau, info = switch_threshold(sessions, (0.0, 1.0, 2.0, np.inf), rule)
+        assert tau in (0.0, 1.0, 2.0, np.inf)
+        assert info["mse"] == pytest.approx(info["variance"] + info["bias"] ** 2)
+    # tau = 0 hands everything to the model (mass gamma^0 w_0 per session, averaged)...
+    _, at_zero = switch_threshold(sessions, (0.0,), "bound")
     assert at_zero["switched_mass"] == pytest.approx((2.0 + 0.5) / 2)
-    # ... and no threshold hands nothing: no bias bound, all variance.
-    _, at_inf = switch_threshold(sessions, (np.inf,))
-    assert at_inf["switched_mass"] == 0.0 and at_inf["bias_bound"] == 0.0
+    # ... priced at the return range (session 1's 1 + 0.9 * 2 = 2.8 < 4, session 2's 4).
+    assert at_zero["bias"] == pytest.approx(at_zero["switched_mass"] * 4.0)
+    # No threshold hands nothing: no bias under either rule, all variance.
+    for rule in ("estimate", "bound"):
+        _, at_inf = switch_threshold(sessions, (np.inf,), rule)
+        assert at_inf["switched_mass"] == 0.0 and at_inf["bias"] == 0.0
     with pytest.raises(UserError, match="switch thresholds"):
         switch_threshold(sessions, (-1.0,))
     with pytest.raises(UserError, match="switch thresholds"):
         switch_threshold(sessions, ())
+    with pytest.raises(UserError, match="switch bias rule"):
+        switch_threshold(sessions, bias="worst")
+
+
+def test_estimated_bias_switches_away_from_a_biased_model_only_when_dr_sees_it():
+    """A model three times too large: the dropped corrections are large and consistent, so
+    the estimate rule keeps DR's corrections; an exact model: switching costs nothing."""
+    bad, *_ = _known_mdp(0, 3000, q_scale=3.0)
+    truth = exact_value(np.array([[0.2, 0.8], [0.7, 0.3]]))
+    assert abs(DirectMethod().estimate(bad) - truth) > 0.5 * truth
+    assert SwitchDR().estimate(bad) == pytest.approx(truth, rel=0.15)
+    assert SwitchDR().threshold(bad) > 0.0
 
 
 def _known_mdp(seed: int, n: int, q_scale: float = 1.0):

@@ -61,6 +61,7 @@ from rlrec.evaluation.ope.bootstrap import bootstrap_column_sums, estimate_value
 __all__ = [
     "DEFAULT_ESTIMATOR",
     "SESSION_ESTIMATOR_NAMES",
+    "SWITCH_BIAS_RULES",
     "SWITCH_THRESHOLDS",
     "BlendedDR",
     "DirectMethod",
@@ -517,63 +518,89 @@ def _switched_mass(sessions: LoggedSessions, threshold: float) -> np.ndarray:
     return np.where(over[rows, first], sessions.discount[first] * w[rows, first], 0.0)
 
 
+SWITCH_BIAS_RULES = ("estimate", "bound")
+"""How :func:`switch_threshold` prices a threshold's bias (see there)."""
+
+
 def switch_threshold(
-    sessions: LoggedSessions, thresholds: Sequence[float] = SWITCH_THRESHOLDS
+    sessions: LoggedSessions,
+    thresholds: Sequence[float] = SWITCH_THRESHOLDS,
+    bias: str = "estimate",
 ) -> tuple[float, dict[str, float]]:
     r"""SWITCH-DR's threshold: the candidate with the smallest estimated MSE.
 
     As in Wang, Agarwal & Dudik (2017, section 4.3), the MSE of threshold :math:`\tau` is
-    estimated by the sample variance of the per-session terms over n plus the square of a
-    bias bound: the target's estimated probability mass handed to the model (mean of
-    :func:`_switched_mass`) times the largest error the model can make there. The paper
-    bounds that error by the reward range; a switch here replaces the *rest of the session*
-    by :math:`\hat v`, so the bound is the return range: the largest of the logged
-    sessions' returns and the model's values (rewards and values are >= 0). The bound is
-    conservative by design: it switches only where the weights' variance outweighs the
-    worst case of the model's error.
+    estimated as the variance of the estimate (sample variance of the per-session terms
+    over n) plus a squared bias. Two bias rules:
+
+    * ``"bound"``, the paper's: the target's probability mass handed to the model (mean of
+      :func:`_switched_mass`) times the largest error the model can make there; a switch
+      replaces the *rest of the session* by :math:`\hat v`, so that is the return range
+      (the largest logged return or model value; rewards are >= 0). From logged actions
+      the mass is estimated with the switching step's own weight, which is above
+      :math:`\tau` by construction, so one switched session in n already costs
+      :math:`(\tau / n \cdot \text{range})^2`: on the benchmark's targets it never switched
+      (it chose the largest weight, i.e. step-wise DR, on every target of seed 0).
+    * ``"estimate"`` (default): the bias is estimated rather than bounded. What switching
+      drops is exactly DR's correction terms past the switch, so
+      :math:`\widehat{DR} - \widehat{SW}_\tau` estimates the bias; its square overstates
+      the squared bias by its own variance, which is subtracted:
+      :math:`\max((\overline{d})^2 - \widehat{\mathrm{Var}}(\overline{d}), 0)` with
+      :math:`d_i` the per-session difference of the two (Su et al. 2020 estimate the MSE of
+      their shrinkage DR the same way).
 
     Args:
         sessions: Sessions with a Q-function.
         thresholds: Candidate :math:`\tau` values (>= 0; ``inf`` is step-wise DR).
+        bias: ``"estimate"`` or ``"bound"``.
 
     Returns:
-        The chosen threshold, and ``{"threshold", "switched_mass", "variance",
-        "bias_bound"}`` at it (variance of the estimate, not of a session).
+        The chosen threshold, and ``{"threshold", "switched_mass", "variance", "bias",
+        "mse"}`` at it (variances of the estimate, not of a session).
 
     Raises:
-        UserError: Without a Q-function, or with no or a negative threshold.
+        UserError: Without a Q-function, with no or a negative threshold, or an unknown rule.
     """
     q, v = sessions.model_terms(SwitchDR.name)
     grid = np.asarray(list(thresholds), dtype=np.float64)
     if grid.size == 0 or np.any(np.isnan(grid)) or np.any(grid < 0):
         raise UserError(f"switch thresholds: expected values >= 0, got {list(thresholds)}")
+    if bias not in SWITCH_BIAS_RULES:
+        raise UserError(f"switch bias rule: expected one of {SWITCH_BIAS_RULES}, got {bias!r}")
     n = sessions.n_sessions
     value_range = float(max(np.max(_returns(sessions)), np.max(q), np.max(v), 0.0))
+    dr_terms = _switch_terms(sessions, sessions.weight)  # (S,) no switch: step-wise DR
     best: tuple[float, dict[str, float]] | None = None
     for tau in np.unique(grid):
         terms = _switch_terms(sessions, switched_weights(sessions.weight, float(tau)))
         variance = float(np.var(terms, ddof=1) / n) if n > 1 else 0.0
         mass = float(np.mean(_switched_mass(sessions, float(tau))))
-        bias = mass * value_range
-        mse = variance + bias * bias
+        if bias == "bound":
+            bias_sq = (mass * value_range) ** 2
+        else:
+            dropped = dr_terms - terms  # (S,) DR's corrections past each session's switch
+            spread = float(np.var(dropped, ddof=1) / n) if n > 1 else 0.0
+            bias_sq = max(float(np.mean(dropped)) ** 2 - spread, 0.0)
+        mse = variance + bias_sq
         if not np.isfinite(mse):
             continue
         info = {
             "threshold": float(tau),
             "switched_mass": mass,
             "variance": variance,
-            "bias_bound": bias,
+            "bias": float(np.sqrt(bias_sq)),
             "mse": mse,
         }
         if best is None or mse < best[1]["mse"]:
             best = (float(tau), info)
     if best is None:  # every candidate's variance overflowed: fall back to DM
+        nan = float("nan")
         return 0.0, {
             "threshold": 0.0,
             "switched_mass": 1.0,
-            "variance": float("nan"),
-            "bias_bound": value_range,
-            "mse": float("nan"),
+            "variance": nan,
+            "bias": nan,
+            "mse": nan,
         }
     return best
 
