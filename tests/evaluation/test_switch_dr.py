@@ -79,6 +79,8 @@ def test_threshold_choice_trades_variance_for_the_bias():
         tau, info = switch_threshold(sessions, (0.0, 1.0, 2.0, np.inf), rule)
         assert tau in (0.0, 1.0, 2.0, np.inf)
         assert info["mse"] == pytest.approx(info["variance"] + info["bias"] ** 2)
+        grid = (0.0, 1.0, 2.0, np.inf)
+        assert SwitchDR(thresholds=grid, bias=rule).threshold(sessions) == tau
     # tau = 0 hands everything to the model (mass gamma^0 w_0 per session, averaged)...
     _, at_zero = switch_threshold(sessions, (0.0,), "bound")
     assert at_zero["switched_mass"] == pytest.approx((2.0 + 0.5) / 2)

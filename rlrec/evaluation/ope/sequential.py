@@ -621,15 +621,17 @@ class SwitchDR(SessionEstimator):
 
     Attributes:
         thresholds: Candidate thresholds.
+        bias: How a threshold's bias is priced (:data:`SWITCH_BIAS_RULES`).
     """
 
     name: ClassVar[str] = "switch"
     requires_model: ClassVar[bool] = True
     thresholds: tuple[float, ...] = SWITCH_THRESHOLDS
+    bias: str = "estimate"
 
     def threshold(self, sessions: LoggedSessions) -> float:
         r"""The chosen :math:`\tau` on ``sessions``."""
-        return switch_threshold(sessions, self.thresholds)[0]
+        return switch_threshold(sessions, self.thresholds, self.bias)[0]
 
     def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
         switched = switched_weights(sessions.weight, self.threshold(sessions))
