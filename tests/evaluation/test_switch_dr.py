@@ -52,6 +52,29 @@ def test_switched_weights_stay_switched_once_the_threshold_is_passed():
     np.testing.assert_array_equal(switched_weights(w, 0.0), np.zeros_like(w))
 
 
+def test_threshold_search_matches_the_switched_weights_at_every_threshold():
+    """switch_threshold's one-pass prefix sums equal the estimator's terms at each tau."""
+    from rlrec.evaluation.ope.sequential import _switch_terms, _switched_mass, _SwitchPrefix
+
+    offsets, _, _, reward, pb, _ = simulate(2, 300)
+    rng = np.random.default_rng(0)
+    n = len(reward)
+    sessions = prepare_sessions(
+        session_offsets=offsets,
+        reward=reward,
+        behaviour_prob=pb,
+        target_prob=rng.uniform(0.0, 1.0, n),
+        q_factual=rng.random(n),
+        v_target=rng.random(n),
+        gamma=0.9,
+    )
+    prefix = _SwitchPrefix(sessions)
+    for tau in (0.0, 0.5, 1.0, 1.5, 3.0, 10.0, np.inf):
+        cut = switched_weights(sessions.weight, tau)
+        np.testing.assert_allclose(prefix.terms(tau), _switch_terms(sessions, cut), atol=1e-12)
+        np.testing.assert_allclose(prefix.mass(tau), _switched_mass(sessions, tau), atol=1e-12)
+
+
 def test_hand_computed_switch_between_dm_and_dr():
     """Weights [2, 2 | 0.5]: tau = 1 cuts session 1 at its first step, keeps session 2."""
     sessions = _hand()

@@ -518,6 +518,44 @@ def _switched_mass(sessions: LoggedSessions, threshold: float) -> np.ndarray:
     return np.where(over[rows, first], sessions.discount[first] * w[rows, first], 0.0)
 
 
+class _SwitchPrefix:
+    r"""SWITCH-DR's session terms for many thresholds from one pass over the grid.
+
+    The running maximum of a session's weights is non-decreasing, so the steps admitted at
+    :math:`\tau` are a prefix whose length is a count; a session's term is then DR's partial
+    sum over that prefix plus the model's discounted value at the step it switched
+    (:func:`_switch_terms` and :func:`_switched_mass` redone per threshold cost several (S, H)
+    float passes each, this one comparison and a count).
+    """
+
+    def __init__(self, sessions: LoggedSessions) -> None:
+        q, v = sessions.model_terms(SwitchDR.name)
+        w = sessions.weight
+        s = w.shape[0]
+        previous = np.hstack([np.ones((s, 1)), w[:, :-1]])
+        discount = sessions.discount
+        step = (w * (sessions.reward - q) + previous * v) * discount  # (S, H)
+        self.partial = np.hstack([np.zeros((s, 1)), np.cumsum(step, axis=1)])  # (S, H + 1)
+        # The switch step's own terms: the model's value and the switching weight; 0 at H.
+        self.tail = np.hstack([previous * v * discount, np.zeros((s, 1))])  # (S, H + 1)
+        self.switch_weight = np.hstack([w * discount, np.zeros((s, 1))])  # (S, H + 1)
+        self.running = np.maximum.accumulate(w, axis=1)  # (S, H)
+        self.rows = np.arange(s)
+
+    def admitted(self, threshold: float) -> np.ndarray:
+        """(S,) steps kept before the switch (H: never switched)."""
+        return np.count_nonzero(self.running <= threshold, axis=1)
+
+    def terms(self, threshold: float) -> np.ndarray:
+        """(S,) the per-session SWITCH-DR terms at ``threshold``."""
+        k = self.admitted(threshold)
+        return self.partial[self.rows, k] + self.tail[self.rows, k]
+
+    def mass(self, threshold: float) -> np.ndarray:
+        """(S,) :func:`_switched_mass` at ``threshold``."""
+        return self.switch_weight[self.rows, self.admitted(threshold)]
+
+
 SWITCH_BIAS_RULES = ("estimate", "bound")
 """How :func:`switch_threshold` prices a threshold's bias (see there)."""
 
@@ -569,12 +607,13 @@ def switch_threshold(
         raise UserError(f"switch bias rule: expected one of {SWITCH_BIAS_RULES}, got {bias!r}")
     n = sessions.n_sessions
     value_range = float(max(np.max(_returns(sessions)), np.max(q), np.max(v), 0.0))
-    dr_terms = _switch_terms(sessions, sessions.weight)  # (S,) no switch: step-wise DR
+    by_threshold = _SwitchPrefix(sessions)
+    dr_terms = by_threshold.terms(np.inf)  # (S,) no switch: step-wise DR
     best: tuple[float, dict[str, float]] | None = None
     for tau in np.unique(grid):
-        terms = _switch_terms(sessions, switched_weights(sessions.weight, float(tau)))
+        terms = by_threshold.terms(float(tau))
         variance = float(np.var(terms, ddof=1) / n) if n > 1 else 0.0
-        mass = float(np.mean(_switched_mass(sessions, float(tau))))
+        mass = float(np.mean(by_threshold.mass(float(tau))))
         if bias == "bound":
             bias_sq = (mass * value_range) ** 2
         else:
