@@ -2,8 +2,8 @@
 
 Sessions are logged in the synthetic preset's simulator under a known stochastic behaviour
 policy; a linear fitted Q-function (FQE) is fitted on the logs, every sequential estimator
-(IS, WIS, PDIS, WPDIS, DM, DR, WDR, MAGIC) estimates each target policy's expected session
-return, and the target's true value comes from on-policy simulation with the same env
+(IS, WIS, PDIS, WPDIS, DM, DR, WDR, SWITCH-DR, MAGIC) estimates each target policy's expected
+session return, and the target's true value comes from on-policy simulation with the same env
 configuration (other seeds). Target of the issue: the default estimator
 (``rlrec.evaluation.ope.sequential.DEFAULT_ESTIMATOR``, MAGIC) within 10% relative error for
 a target whose per-step KL divergence from the behaviour policy is at most 1 nat, with
@@ -37,11 +37,11 @@ and ``bandit_ipw_relative_width``: the bandit IPW's mean 95%-interval width / tr
 as many rounds as there are logged sessions (``bench_ope.synthetic_logs``, 80 actions, 3
 positions), the reference of the issue's width target. Seeds run in ``--workers`` processes.
 
-Q-model bias over seeds, ``--point-seeds N``: DM, WDR and MAGIC point estimates (no
+Q-model bias over seeds, ``--point-seeds N``: DM, WDR, SWITCH-DR and MAGIC point estimates (no
 intervals, so a seed costs its log and five FQE fits) on N logs against one truth per target
 (``--truth-sessions``, default 4x the logged sessions): ``point_mean_relative_error__T__E``
 (signed mean over the seeds) and ``point_max_relative_error__T__E`` (largest absolute) for
-``E`` in dm, wdr, magic, and ``point_kl_per_step__T``.
+``E`` in dm, wdr, switch, magic, and ``point_kl_per_step__T``.
 
 Usage::
 
@@ -81,6 +81,10 @@ TARGETS = (
     "random",
     "popular,eps=0.3",
 )
+
+
+POINT_ESTIMATORS = ("dm", "wdr", "switch", "magic")
+"""The estimators of ``--point-seeds`` (those whose error is the Q-model's bias or its cure)."""
 
 
 def _key(spec: str) -> str:
@@ -162,9 +166,14 @@ def _one_seed(args: tuple[int, int, int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _point_seed(args: tuple[int, int, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """DM, WDR and MAGIC point estimates (no bootstrap) of every target on one log."""
+    """DM, WDR, SWITCH-DR and MAGIC point estimates (no bootstrap) of every target on one log."""
     from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
-    from rlrec.evaluation.ope.sequential import BlendedDR, j_step_returns, prepare_sessions
+    from rlrec.evaluation.ope.sequential import (
+        BlendedDR,
+        SwitchDR,
+        j_step_returns,
+        prepare_sessions,
+    )
     from rlrec.evaluation.ope.simulated_logging import log_sessions
 
     seed, sessions, truths = args
@@ -188,7 +197,12 @@ def _point_seed(args: tuple[int, int, dict[str, Any]]) -> dict[str, dict[str, fl
         sums = magic.terms(data).sum(axis=0, keepdims=True)
         g = j_step_returns(sums, data.n_sessions, data.horizon, data.discount, steps)[0]
         truth = truths[name].value
-        values = {"dm": g[0], "wdr": g[-1], "magic": float(g @ weights)}
+        values = {
+            "dm": g[0],
+            "wdr": g[-1],
+            "switch": SwitchDR().estimate(data),
+            "magic": float(g @ weights),
+        }
         out[name] = {e: float((v - truth) / truth) for e, v in values.items()}
         out[name]["kl_per_step"] = float(np.mean(tl.kl))
     return out
@@ -219,7 +233,7 @@ def point_errors(
         k = _key(spec)
         out[f"point_kl_per_step__{k}"] = float(np.mean([r[spec]["kl_per_step"] for r in runs]))
         out[f"point_true_value__{k}"] = truths[spec].value
-        for est in ("dm", "wdr", "magic"):
+        for est in POINT_ESTIMATORS:
             errors = np.array([r[spec][est] for r in runs])
             out[f"point_mean_relative_error__{k}__{est}"] = float(errors.mean())  # signed
             out[f"point_max_relative_error__{k}__{est}"] = float(np.abs(errors).max())
@@ -381,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(
                     f"{e} mean {points[f'point_mean_relative_error__{k}__{e}']:+.3f} max "
                     f"{points[f'point_max_relative_error__{k}__{e}']:.3f}"
-                    for e in ("dm", "wdr", "magic")
+                    for e in POINT_ESTIMATORS
                 )
             )
         print(f"{result['seconds']:.1f} s; written to {args.out}")

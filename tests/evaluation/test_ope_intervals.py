@@ -178,11 +178,11 @@ def test_session_estimates_label_every_interval_and_flag_extrapolation():
     )
     methods = {k: e.to_dict()["interval_method"] for k, e in estimates.items()}
     assert methods["dm"] == methods["magic"] == REFIT_METHOD + BIAS_METHOD
-    assert methods["dr"] == methods["wdr"] == REFIT_METHOD
+    assert methods["dr"] == methods["wdr"] == methods["switch"] == REFIT_METHOD
     assert set(extra["bias_bound"]) == {"dm", "magic"}
     assert methods["wpdis"] == "percentile bootstrap of sessions"
     assert extra["extrapolating"] and "extrapolating: 1.50 nats" in extra["verdict"]
-    assert set(extra["difference_ci95"]) == {"dm", "dr", "wdr", "magic"}
+    assert set(extra["difference_ci95"]) == {"dm", "dr", "wdr", "switch", "magic"}
     none, extra0 = session_estimates(
         sessions, features, expected, config, fqe, n_bootstrap=0, seed=0, kl_per_step=0.1
     )

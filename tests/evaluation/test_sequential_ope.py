@@ -345,7 +345,7 @@ def test_interval_coverage_on_a_known_mdp():
 
 def test_every_default_estimator_is_reported_in_order():
     sessions = prepare_sessions(**_base(), q_factual=Q, v_target=V)
-    contract = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "magic")  # the JSON keys
+    contract = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "switch", "magic")  # JSON keys
     assert contract == SESSION_ESTIMATOR_NAMES
     assert tuple(estimate_session_value(sessions, n_bootstrap=10)) == contract
 

@@ -1,4 +1,4 @@
-r"""The Q-refit bootstrap: DM, DR, WDR and MAGIC intervals that include the Q-model's error.
+r"""The Q-refit bootstrap: model-based estimators' intervals that include the Q-model's error.
 
 A bootstrap that holds the fitted Q-function fixed (:mod:`rlrec.evaluation.ope.bootstrap`)
 measures only the sampling noise of the sessions the estimate averages over; for DM that is
@@ -51,8 +51,10 @@ from rlrec.evaluation.ope.fqe import FQEConfig, FQEResult, fold_of_sessions, sol
 from rlrec.evaluation.ope.sequential import (
     BlendedDR,
     LoggedSessions,
+    SwitchDR,
     j_step_returns,
     magic_weights,
+    switched_weights,
 )
 
 __all__ = [
@@ -70,7 +72,7 @@ __all__ = [
     "refit_bootstrap",
 ]
 
-REFIT_ESTIMATORS = ("dm", "dr", "wdr", "magic")
+REFIT_ESTIMATORS = ("dm", "dr", "wdr", "switch", "magic")
 """The estimators whose intervals the Q-refit bootstrap gives (those that read the Q-model)."""
 
 BIAS_EXTENDED = ("dm", "magic")
@@ -161,6 +163,11 @@ class GroupedLog:
         weight: (G, H) :math:`\sum_{i \in g} w_{i,t}` (ended sessions keep their weight).
         logged_return: (G,) sum of the groups' discounted logged returns.
         max_length: Longest session (caps FQE's iterations).
+        switch_reward: (G,) SWITCH-DR's :math:`\sum_{i \in g}\sum_t \gamma^t\tilde w_{i,t}
+            r_{i,t}` at its threshold (:func:`~rlrec.evaluation.ope.sequential.switched_weights`;
+            zeros when the log was grouped without one).
+        switch_phi: (G, d) :math:`\sum\sum_t \gamma^t\tilde w_{i,t}\phi_{i,t}`.
+        switch_phi_bar: (G, d) :math:`\sum\sum_t \gamma^t\tilde w_{i,t-1}\bar\phi_{i,t}`.
     """
 
     fold: np.ndarray
@@ -174,6 +181,9 @@ class GroupedLog:
     weight: np.ndarray
     logged_return: np.ndarray
     max_length: int
+    switch_reward: np.ndarray | None = None
+    switch_phi: np.ndarray | None = None
+    switch_phi_bar: np.ndarray | None = None
 
     @property
     def n_groups(self) -> int:
@@ -186,6 +196,15 @@ class GroupedLog:
         residual = self.weighted_reward - np.einsum("gtd,gd->gt", self.weighted_phi, per_group)
         control = np.einsum("gtd,gd->gt", self.weighted_phi_bar, per_group)
         return np.hstack([residual, control, self.weight])
+
+    def switch_sums(self, theta: np.ndarray) -> np.ndarray:
+        """(G,) per-group sums of SWITCH-DR's session terms with per-fold (K, d) ``theta``."""
+        if self.switch_reward is None or self.switch_phi is None or self.switch_phi_bar is None:
+            return np.zeros(self.n_groups)
+        per_group = theta[self.fold]  # (G, d)
+        return self.switch_reward + np.einsum(
+            "gd,gd->g", self.switch_phi_bar - self.switch_phi, per_group
+        )
 
 
 def _groups(fold: np.ndarray, n_groups: int, rng: np.random.Generator) -> np.ndarray:
@@ -209,6 +228,7 @@ def group_log(
     fqe: FQEConfig,
     n_groups: int,
     seed: int,
+    switch_tau: float | None = None,
 ) -> GroupedLog:
     """The per-group sums of :class:`GroupedLog` for one target.
 
@@ -219,6 +239,8 @@ def group_log(
         fqe: The FQE settings of the point estimate (its fold assignment is reused).
         n_groups: Groups of sessions (capped at the number of sessions).
         seed: Seed of the grouping.
+        switch_tau: SWITCH-DR's threshold, held fixed across resamples; None leaves its
+            sums out (its refit estimate is then 0).
 
     Raises:
         UserError: When the arrays disagree with the sessions.
@@ -263,6 +285,21 @@ def group_log(
         (np.ones(n_steps), (cell, np.arange(n_steps))), shape=(g * h, n_steps)
     )  # (G * H, n_steps)
     by_group = sp.csr_matrix((np.ones(s), (group, np.arange(s))), shape=(g, s))  # (G, S)
+    switch: dict[str, np.ndarray] = {}
+    if switch_tau is not None:
+        cut = switched_weights(sessions.weight, switch_tau)  # (S, H)
+        cut_prev = np.hstack([np.ones((s, 1)), cut[:, :-1]])
+        step_discount = sessions.discount[col]  # (n_steps,)
+        w_cut = cut[row, col] * step_discount
+        w_cut_prev = cut_prev[row, col] * step_discount
+        by_step = sp.csr_matrix(
+            (np.ones(n_steps), (step_group, np.arange(n_steps))), shape=(g, n_steps)
+        )
+        switch = {
+            "switch_reward": by_step @ (w_cut * reward),
+            "switch_phi": np.asarray(by_step @ (w_cut[:, None] * phi)),
+            "switch_phi_bar": np.asarray(by_step @ (w_cut_prev[:, None] * phi_bar)),
+        }
     return GroupedLog(
         fold=np.array([fold[group == k][0] for k in range(g)], dtype=np.int64),
         sizes=np.bincount(group, minlength=g).astype(np.float64),
@@ -275,6 +312,7 @@ def group_log(
         weight=np.asarray(by_group @ sessions.weight),
         logged_return=by_group @ (sessions.reward @ sessions.discount),
         max_length=int(lengths.max()),
+        **switch,
     )
 
 
@@ -313,7 +351,7 @@ class RefitResult:
     """The Q-refit bootstrap's estimates and what a verdict needs.
 
     Attributes:
-        estimates: DM, DR, WDR and MAGIC with their refit intervals (point values are the
+        estimates: DM, DR, WDR, SWITCH-DR and MAGIC with their refit intervals (point values are the
             full data's).
         difference_ci95: Per estimator, the interval of (its estimate minus the logged mean
             return) over the same resamples: the target against the logging policy.
@@ -329,9 +367,17 @@ class RefitResult:
 
 
 def _estimates_from_sums(
-    sums: np.ndarray, n: np.ndarray, sessions: LoggedSessions, steps: np.ndarray, blend: np.ndarray
+    sums: np.ndarray,
+    n: np.ndarray,
+    sessions: LoggedSessions,
+    steps: np.ndarray,
+    blend: np.ndarray,
+    switch: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """(B,) DM, DR, WDR and MAGIC from (B, 3H) weighted-DR sums over (B,) sessions."""
+    """(B,) DM, DR, WDR, SWITCH-DR and MAGIC from (B, 3H) weighted-DR sums over (B,) sessions.
+
+    ``switch`` is the (B,) sum of SWITCH-DR's session terms (:meth:`GroupedLog.switch_sums`).
+    """
     h = sessions.horizon
     discount = sessions.discount
     g = j_step_returns(sums, n, h, discount, steps)  # (B, J), the last one WDR
@@ -339,6 +385,7 @@ def _estimates_from_sums(
         "dm": ratio(sums[:, h], n),
         "dr": ratio((sums[:, :h] + sums[:, h : 2 * h]) @ discount, n),
         "wdr": g[:, -1],
+        "switch": ratio(switch, n),
         "magic": g @ blend,
     }
 
@@ -388,7 +435,7 @@ def refit_bootstrap(
     config: RefitBootstrapConfig,
     magic: BlendedDR | None = None,
 ) -> RefitResult:
-    """DM, DR, WDR and MAGIC with Q-refit bootstrap intervals (see the module docstring).
+    """DM, DR, WDR, SWITCH-DR and MAGIC with Q-refit bootstrap intervals (see the module docstring).
 
     Args:
         sessions: Sessions prepared with ``fqe_result``'s Q values (no horizon cut).
@@ -405,12 +452,18 @@ def refit_bootstrap(
         mean return, and the resampled values.
     """
     magic = magic or BlendedDR(seed=config.seed)
-    grouped = group_log(sessions, features, expected_features, fqe, config.n_groups, config.seed)
+    tau = SwitchDR().threshold(sessions)
+    grouped = group_log(
+        sessions, features, expected_features, fqe, config.n_groups, config.seed, switch_tau=tau
+    )
     steps, blend = magic.blend(sessions)
     n = sessions.n_sessions
     full = _fold_thetas(grouped, np.ones(grouped.n_groups), fqe, fqe_result.ridges)
     point_sums = np.ones(grouped.n_groups) @ grouped.wdr_sums(full)
-    values = _estimates_from_sums(point_sums[None, :], np.array([n]), sessions, steps, blend)
+    point_switch = np.array([grouped.switch_sums(full).sum()])
+    values = _estimates_from_sums(
+        point_sums[None, :], np.array([n]), sessions, steps, blend, point_switch
+    )
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 23]))
     b_total = config.n_bootstrap
     resampled = {name: np.full(b_total, np.nan) for name in REFIT_ESTIMATORS}
@@ -418,8 +471,10 @@ def refit_bootstrap(
     g = grouped.n_groups
     for b in range(b_total):
         counts = rng.multinomial(g, np.full(g, 1.0 / g)).astype(np.float64)  # (G,)
-        per_group = grouped.wdr_sums(_fold_thetas(grouped, counts, fqe, fqe_result.ridges))
+        thetas = _fold_thetas(grouped, counts, fqe, fqe_result.ridges)
+        per_group = grouped.wdr_sums(thetas)
         sums = counts @ per_group  # (3H,)
+        switch_sum = np.array([counts @ grouped.switch_sums(thetas)])
         size = float(counts @ grouped.sizes)
         # MAGIC's blend on this resample: the same rule, with an inner bootstrap of its groups.
         inner = rng.multinomial(g, counts / g, size=config.inner_bootstrap).astype(np.float64)
@@ -429,7 +484,9 @@ def refit_bootstrap(
             inner @ per_group, inner @ grouped.sizes, h, sessions.discount, steps
         )
         weights = magic_weights(g_point, g_inner, magic.bias_interval)
-        est = _estimates_from_sums(sums[None, :], np.array([size]), sessions, steps, weights)
+        est = _estimates_from_sums(
+            sums[None, :], np.array([size]), sessions, steps, weights, switch_sum
+        )
         logged_b = float(counts @ grouped.logged_return) / size
         for name in REFIT_ESTIMATORS:
             resampled[name][b] = est[name][0]

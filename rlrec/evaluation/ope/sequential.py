@@ -20,6 +20,10 @@ Q-function :math:`\hat q_{i,t} = \hat Q(s_{i,t}, a_{i,t})` and
             + w_{i,t-1}\hat v_{i,t})`
 ``wdr``     weighted DR (Thomas & Brunskill 2016): DR with :math:`w_{i,t}/n` replaced by
             :math:`w_{i,t} / \sum_j w_{j,t}`
+``switch``  SWITCH-DR (Wang, Agarwal & Dudik 2017), per decision: DR whose cumulative weight
+            is cut to 0 once it exceeds a threshold :math:`\tau`, so the session's rest is
+            the model's :math:`\hat v` at the step it switched; :math:`\tau` minimises an
+            estimated MSE (variance + squared bias bound), see :class:`SwitchDR`
 ``magic``   MAGIC (Thomas & Brunskill 2016): the blend of the off-policy j-step returns
             (weighted DR up to step j, the Q-function after it; j = -1 is DM, the last j is
             WDR) that minimises an MSE estimated from the logs alone, see
@@ -57,12 +61,15 @@ from rlrec.evaluation.ope.bootstrap import bootstrap_column_sums, estimate_value
 __all__ = [
     "DEFAULT_ESTIMATOR",
     "SESSION_ESTIMATOR_NAMES",
+    "SWITCH_BIAS_RULES",
+    "SWITCH_THRESHOLDS",
     "BlendedDR",
     "DirectMethod",
     "LoggedSessions",
     "PerDecisionIS",
     "SessionEstimator",
     "StepwiseDR",
+    "SwitchDR",
     "TrajectoryIS",
     "WeightedDR",
     "WeightedIS",
@@ -73,10 +80,12 @@ __all__ = [
     "j_step_returns",
     "magic_weights",
     "prepare_sessions",
+    "switch_threshold",
+    "switched_weights",
     "validate_session_inputs",
 ]
 
-SESSION_ESTIMATOR_NAMES = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "magic")
+SESSION_ESTIMATOR_NAMES = ("is", "wis", "pdis", "wpdis", "dm", "dr", "wdr", "switch", "magic")
 """The sequential estimators, in report order."""
 
 DEFAULT_ESTIMATOR = "magic"
@@ -467,6 +476,207 @@ class WeightedDR(SessionEstimator):
         return per_step @ data.discount
 
 
+SWITCH_THRESHOLDS: tuple[float, ...] = (0.0, *(2.0**k for k in range(31)), float("inf"))
+"""SWITCH-DR's candidate thresholds: 0 (every session switches at its first step: DM), powers
+of two up to about 1e9, and infinity (no switch: step-wise DR), so the choice nests both."""
+
+
+def switched_weights(weight: np.ndarray, threshold: float) -> np.ndarray:
+    r"""(S, H) cumulative weights cut to 0 from the first step whose weight exceeds ``threshold``.
+
+    :math:`\tilde w_{i,t} = w_{i,t}\,\mathbb 1[\max_{u \le t} w_{i,u} \le \tau]`: once a
+    session's weight has passed the threshold it stays switched to the model, even if later
+    ratios bring the weight back down (the session's rest was already handed to :math:`\hat
+    v`).
+
+    Args:
+        weight: (S, H) cumulative importance weights (absorbing after a session's end).
+        threshold: :math:`\tau` >= 0; ``inf`` keeps every weight.
+    """
+    running = np.maximum.accumulate(weight, axis=1)
+    return np.where(running <= threshold, weight, 0.0)
+
+
+def _switch_terms(sessions: LoggedSessions, switched: np.ndarray) -> np.ndarray:
+    """(S,) per-session SWITCH-DR terms from (S, H) switched cumulative weights."""
+    q, v = sessions.model_terms(SwitchDR.name)
+    previous = np.hstack([np.ones((switched.shape[0], 1)), switched[:, :-1]])
+    return (switched * (sessions.reward - q) + previous * v) @ sessions.discount
+
+
+def _switched_mass(sessions: LoggedSessions, threshold: float) -> np.ndarray:
+    r"""(S,) :math:`\gamma^k w_{i,k}` at the step k where session i switched (0 if never).
+
+    The weight of the switching step itself, ratio included: its mean estimates the target
+    policy's probability mass of the (state, action) pairs handed to the model, the
+    quantity Wang et al.'s bias bound multiplies by the largest possible error.
+    """
+    w = sessions.weight
+    over = np.maximum.accumulate(w, axis=1) > threshold  # (S, H)
+    first = np.argmax(over, axis=1)  # (S,) first switched step (0 when none: masked below)
+    rows = np.arange(w.shape[0])
+    return np.where(over[rows, first], sessions.discount[first] * w[rows, first], 0.0)
+
+
+class _SwitchPrefix:
+    r"""SWITCH-DR's session terms for many thresholds from one pass over the grid.
+
+    The running maximum of a session's weights is non-decreasing, so the steps admitted at
+    :math:`\tau` are a prefix whose length is a count; a session's term is then DR's partial
+    sum over that prefix plus the model's discounted value at the step it switched
+    (:func:`_switch_terms` and :func:`_switched_mass` redone per threshold cost several (S, H)
+    float passes each, this one comparison and a count).
+    """
+
+    def __init__(self, sessions: LoggedSessions) -> None:
+        q, v = sessions.model_terms(SwitchDR.name)
+        w = sessions.weight
+        s = w.shape[0]
+        previous = np.hstack([np.ones((s, 1)), w[:, :-1]])
+        discount = sessions.discount
+        step = (w * (sessions.reward - q) + previous * v) * discount  # (S, H)
+        self.partial = np.hstack([np.zeros((s, 1)), np.cumsum(step, axis=1)])  # (S, H + 1)
+        # The switch step's own terms: the model's value and the switching weight; 0 at H.
+        self.tail = np.hstack([previous * v * discount, np.zeros((s, 1))])  # (S, H + 1)
+        self.switch_weight = np.hstack([w * discount, np.zeros((s, 1))])  # (S, H + 1)
+        self.running = np.maximum.accumulate(w, axis=1)  # (S, H)
+        self.rows = np.arange(s)
+
+    def admitted(self, threshold: float) -> np.ndarray:
+        """(S,) steps kept before the switch (H: never switched)."""
+        return np.count_nonzero(self.running <= threshold, axis=1)
+
+    def terms(self, threshold: float) -> np.ndarray:
+        """(S,) the per-session SWITCH-DR terms at ``threshold``."""
+        k = self.admitted(threshold)
+        return self.partial[self.rows, k] + self.tail[self.rows, k]
+
+    def mass(self, threshold: float) -> np.ndarray:
+        """(S,) :func:`_switched_mass` at ``threshold``."""
+        return self.switch_weight[self.rows, self.admitted(threshold)]
+
+
+SWITCH_BIAS_RULES = ("estimate", "bound")
+"""How :func:`switch_threshold` prices a threshold's bias (see there)."""
+
+
+def switch_threshold(
+    sessions: LoggedSessions,
+    thresholds: Sequence[float] = SWITCH_THRESHOLDS,
+    bias: str = "estimate",
+) -> tuple[float, dict[str, float]]:
+    r"""SWITCH-DR's threshold: the candidate with the smallest estimated MSE.
+
+    As in Wang, Agarwal & Dudik (2017, section 4.3), the MSE of threshold :math:`\tau` is
+    estimated as the variance of the estimate (sample variance of the per-session terms
+    over n) plus a squared bias. Two bias rules:
+
+    * ``"bound"``, the paper's: the target's probability mass handed to the model (mean of
+      :func:`_switched_mass`) times the largest error the model can make there; a switch
+      replaces the *rest of the session* by :math:`\hat v`, so that is the return range
+      (the largest logged return or model value; rewards are >= 0). From logged actions
+      the mass is estimated with the switching step's own weight, which is above
+      :math:`\tau` by construction, so one switched session in n already costs
+      :math:`(\tau / n \cdot \text{range})^2`: on the benchmark's targets it never switched
+      (it chose the largest weight, i.e. step-wise DR, on every target of seed 0).
+    * ``"estimate"`` (default): the bias is estimated rather than bounded. What switching
+      drops is exactly DR's correction terms past the switch, so
+      :math:`\widehat{DR} - \widehat{SW}_\tau` estimates the bias; its square overstates
+      the squared bias by its own variance, which is subtracted:
+      :math:`\max((\overline{d})^2 - \widehat{\mathrm{Var}}(\overline{d}), 0)` with
+      :math:`d_i` the per-session difference of the two (Su et al. 2020 estimate the MSE of
+      their shrinkage DR the same way).
+
+    Args:
+        sessions: Sessions with a Q-function.
+        thresholds: Candidate :math:`\tau` values (>= 0; ``inf`` is step-wise DR).
+        bias: ``"estimate"`` or ``"bound"``.
+
+    Returns:
+        The chosen threshold, and ``{"threshold", "switched_mass", "variance", "bias",
+        "mse"}`` at it (variances of the estimate, not of a session).
+
+    Raises:
+        UserError: Without a Q-function, with no or a negative threshold, or an unknown rule.
+    """
+    q, v = sessions.model_terms(SwitchDR.name)
+    grid = np.asarray(list(thresholds), dtype=np.float64)
+    if grid.size == 0 or np.any(np.isnan(grid)) or np.any(grid < 0):
+        raise UserError(f"switch thresholds: expected values >= 0, got {list(thresholds)}")
+    if bias not in SWITCH_BIAS_RULES:
+        raise UserError(f"switch bias rule: expected one of {SWITCH_BIAS_RULES}, got {bias!r}")
+    n = sessions.n_sessions
+    value_range = float(max(np.max(_returns(sessions)), np.max(q), np.max(v), 0.0))
+    by_threshold = _SwitchPrefix(sessions)
+    dr_terms = by_threshold.terms(np.inf)  # (S,) no switch: step-wise DR
+    best: tuple[float, dict[str, float]] | None = None
+    for tau in np.unique(grid):
+        terms = by_threshold.terms(float(tau))
+        variance = float(np.var(terms, ddof=1) / n) if n > 1 else 0.0
+        mass = float(np.mean(by_threshold.mass(float(tau))))
+        if bias == "bound":
+            bias_sq = (mass * value_range) ** 2
+        else:
+            dropped = dr_terms - terms  # (S,) DR's corrections past each session's switch
+            spread = float(np.var(dropped, ddof=1) / n) if n > 1 else 0.0
+            bias_sq = max(float(np.mean(dropped)) ** 2 - spread, 0.0)
+        mse = variance + bias_sq
+        if not np.isfinite(mse):
+            continue
+        info = {
+            "threshold": float(tau),
+            "switched_mass": mass,
+            "variance": variance,
+            "bias": float(np.sqrt(bias_sq)),
+            "mse": mse,
+        }
+        if best is None or mse < best[1]["mse"]:
+            best = (float(tau), info)
+    if best is None:  # every candidate's variance overflowed: fall back to DM
+        nan = float("nan")
+        return 0.0, {
+            "threshold": 0.0,
+            "switched_mass": 1.0,
+            "variance": nan,
+            "bias": nan,
+            "mse": nan,
+        }
+    return best
+
+
+@dataclass(frozen=True)
+class SwitchDR(SessionEstimator):
+    r"""SWITCH-DR (Wang, Agarwal & Dudik 2017) for sessions, switching per decision.
+
+    Step-wise DR's recursion :math:`V_t = \hat v_t + \rho_t(r_t + \gamma V_{t+1} - \hat
+    q_t)` keeps its importance correction only while the session's cumulative weight stays
+    at or below :math:`\tau`; from the first step whose weight exceeds it, the rest of the
+    session is the model's :math:`\hat v` of that step's state. Unrolled, it is DR with the
+    switched weights of :func:`switched_weights`:
+    :math:`\frac1n\sum_i\sum_t\gamma^t(\tilde w_{i,t}(r_{i,t}-\hat q_{i,t}) +
+    \tilde w_{i,t-1}\hat v_{i,t})`. :math:`\tau = 0` is DM and :math:`\tau = \infty` is DR;
+    the threshold is chosen on the data by :func:`switch_threshold` and held fixed across
+    bootstrap resamples (as the Q-function is in :func:`estimate_session_value`).
+
+    Attributes:
+        thresholds: Candidate thresholds.
+        bias: How a threshold's bias is priced (:data:`SWITCH_BIAS_RULES`).
+    """
+
+    name: ClassVar[str] = "switch"
+    requires_model: ClassVar[bool] = True
+    thresholds: tuple[float, ...] = SWITCH_THRESHOLDS
+    bias: str = "estimate"
+
+    def threshold(self, sessions: LoggedSessions) -> float:
+        r"""The chosen :math:`\tau` on ``sessions``."""
+        return switch_threshold(sessions, self.thresholds, self.bias)[0]
+
+    def terms(self, sessions: LoggedSessions) -> np.ndarray:  # noqa: D102
+        switched = switched_weights(sessions.weight, self.threshold(sessions))
+        return _switch_terms(sessions, switched)[:, None]
+
+
 def _unit_column(n_units: np.ndarray | float, rows: int) -> np.ndarray:
     """(B, 1) the number of sessions of each resample, :math:`W_{-1}` (scalar or (B,))."""
     return np.broadcast_to(np.asarray(n_units, dtype=np.float64).reshape(-1, 1), (rows, 1))
@@ -627,6 +837,7 @@ def default_session_estimators(seed: int = 0) -> tuple[SessionEstimator, ...]:
         DirectMethod(),
         StepwiseDR(),
         WeightedDR(),
+        SwitchDR(),
         BlendedDR(seed=seed),
     )
 
