@@ -12,6 +12,7 @@ import pytest
 from rlrec.agents.policy_specs import parse_policy_spec
 from rlrec.cli import main
 from rlrec.errors import UserError
+from rlrec.evaluation.ope.refit_bootstrap import REFIT_ESTIMATORS
 from rlrec.evaluation.ope.sequential import SESSION_ESTIMATOR_NAMES
 from tests.envs.conftest import write_tiny_dataset
 
@@ -71,7 +72,7 @@ def test_simulate_json_contract(preset, capsys):
         assert t["kl_per_step"] > 0 and t["true_value"] > 0
         for name, e in t["estimates"].items():
             assert set(e) == {"value", "ci95", "interval_method"} and len(e["ci95"]) == 2
-            refit = name in ("dm", "dr", "wdr", "magic")
+            refit = name in REFIT_ESTIMATORS
             assert ("refitted" in e["interval_method"]) == refit, name
         assert t["verdict"].startswith(("the new policy", "cannot tell"))
         assert t["lower_bound"]["method"].startswith("HCOPE")
