@@ -154,7 +154,9 @@ def test_a_one_session_adaptive_choice_starts_from_the_one_session_hedge(monkeyp
     planner, choice = _lifecycle_choice(monkeypatch, prefer=", one session]")
     assert choice.chosen.endswith(", one session]") and choice.adaptive is not None
     assert choice.start.endswith(", one session]")
-    # PPO's start is the one-session main particle, whose values carry no retention bonus.
+    # Its particles carry no retention bonus (what a saved plan is rebuilt and checked with),
+    # and PPO's start is its main particle, the hedges' world's one-session plan.
+    assert choice.adaptive.bonus is None and planner.bonus is None
     np.testing.assert_array_equal(planner.values, choice.adaptive.values[-1])
     shaped = [n for n in choice.ratios if n.startswith("adaptive[") and "one session" not in n]
     assert shaped  # the shaped family was offered too
