@@ -26,28 +26,12 @@ from rlrec.evaluation.ope.sequential import (
     prepare_sessions,
 )
 from rlrec.evaluation.ope.session_verdict import session_estimates, verdict_line
-from tests.evaluation.test_sequential_ope import (
-    TARGET,
-    exact_value,
-    expected_tabular,
-    simulate,
-    tabular_features,
-)
+from tests.evaluation.test_sequential_ope import TARGET, exact_value, known_mdp, simulate
 
 
 def _mdp(seed: int, n_sessions: int, fqe_seed: int = 0):
-    offsets, s, a, r, pb, pe = simulate(seed, n_sessions)
-    features, expected = tabular_features(s, a), expected_tabular(s)
     config = FQEConfig(seed=fqe_seed)
-    fqe = fitted_q_evaluation(offsets, r, features, expected, config=config)
-    sessions = prepare_sessions(
-        session_offsets=offsets,
-        reward=r,
-        behaviour_prob=pb,
-        target_prob=pe,
-        q_factual=fqe.q_factual,
-        v_target=fqe.v_target,
-    )
+    sessions, features, expected, fqe = known_mdp(seed, n_sessions, config)
     return sessions, features, expected, config, fqe
 
 

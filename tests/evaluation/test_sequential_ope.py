@@ -45,17 +45,22 @@ Q = np.array([0.5, 1.0, 2.0])
 V = np.array([1.5, 0.5, 3.0])
 
 
-def test_hand_computed_values():
-    # rho = [2, 1 | 0.5]; cumulative weights w = [2, 2 | 0.5] (session 2 padded with 0.5).
-    sessions = prepare_sessions(
+def hand_sessions(gamma: float = 0.9):
+    """The two hand-computed sessions above, with their Q-function."""
+    return prepare_sessions(
         session_offsets=OFFSETS,
         reward=REWARD,
         behaviour_prob=PB,
         target_prob=PE,
         q_factual=Q,
         v_target=V,
-        gamma=0.9,
+        gamma=gamma,
     )
+
+
+def test_hand_computed_values():
+    # rho = [2, 1 | 0.5]; cumulative weights w = [2, 2 | 0.5] (session 2 padded with 0.5).
+    sessions = hand_sessions(0.9)
     est = {k: e.value for k, e in estimate_session_value(sessions, n_bootstrap=0).items()}
     g = 0.9
     # IS: (2 * (1 + 0.9*2) + 0.5 * 4) / 2
@@ -248,6 +253,26 @@ def expected_tabular(states: np.ndarray) -> np.ndarray:
     return TARGET[states, 0][:, None] * tabular_features(states, zeros) + TARGET[states, 1][
         :, None
     ] * tabular_features(states, ones)
+
+
+def known_mdp(seed: int, n_sessions: int, config: FQEConfig, q_scale: float = 1.0):
+    """Sessions of the known MDP with a fitted (and optionally scaled) Q-function.
+
+    Returns:
+        ``(sessions, features, expected, fqe)``.
+    """
+    offsets, s, a, r, pb, pe = simulate(seed, n_sessions)
+    features, expected = tabular_features(s, a), expected_tabular(s)
+    fqe = fitted_q_evaluation(offsets, r, features, expected, config=config)
+    sessions = prepare_sessions(
+        session_offsets=offsets,
+        reward=r,
+        behaviour_prob=pb,
+        target_prob=pe,
+        q_factual=q_scale * fqe.q_factual,
+        v_target=q_scale * fqe.v_target,
+    )
+    return sessions, features, expected, fqe
 
 
 def test_tabular_fqe_recovers_the_true_q_function_and_dr_is_accurate():

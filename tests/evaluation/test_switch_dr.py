@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rlrec.errors import UserError
-from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation
+from rlrec.evaluation.ope.fqe import FQEConfig
 from rlrec.evaluation.ope.refit_bootstrap import RefitBootstrapConfig, group_log, refit_bootstrap
 from rlrec.evaluation.ope.sequential import (
     DirectMethod,
@@ -17,30 +17,7 @@ from rlrec.evaluation.ope.sequential import (
     switch_threshold,
     switched_weights,
 )
-from tests.evaluation.test_sequential_ope import (
-    OFFSETS,
-    PB,
-    PE,
-    REWARD,
-    Q,
-    V,
-    exact_value,
-    expected_tabular,
-    simulate,
-    tabular_features,
-)
-
-
-def _hand(gamma: float = 0.9):
-    return prepare_sessions(
-        session_offsets=OFFSETS,
-        reward=REWARD,
-        behaviour_prob=PB,
-        target_prob=PE,
-        q_factual=Q,
-        v_target=V,
-        gamma=gamma,
-    )
+from tests.evaluation.test_sequential_ope import exact_value, hand_sessions, known_mdp, simulate
 
 
 def test_switched_weights_stay_switched_once_the_threshold_is_passed():
@@ -77,7 +54,7 @@ def test_threshold_search_matches_the_switched_weights_at_every_threshold():
 
 def test_hand_computed_switch_between_dm_and_dr():
     """Weights [2, 2 | 0.5]: tau = 1 cuts session 1 at its first step, keeps session 2."""
-    sessions = _hand()
+    sessions = hand_sessions()
     g = 0.9
     # Session 1 switches at step 0: only its v_0 (weighted by w_{-1} = 1) remains.
     # Session 2 (w = 0.5 <= 1): DR's 0.5 * (4 - 2) + 1 * 3.
@@ -97,7 +74,7 @@ def test_hand_computed_switch_between_dm_and_dr():
 
 
 def test_threshold_choice_trades_variance_for_the_bias():
-    sessions = _hand()
+    sessions = hand_sessions()
     for rule in ("estimate", "bound"):
         tau, info = switch_threshold(sessions, (0.0, 1.0, 2.0, np.inf), rule)
         assert tau in (0.0, 1.0, 2.0, np.inf)
@@ -132,18 +109,8 @@ def test_estimated_bias_switches_away_from_a_biased_model_only_when_dr_sees_it()
 
 
 def _known_mdp(seed: int, n: int, q_scale: float = 1.0):
-    offsets, s, a, r, pb, pe = simulate(seed, n)
-    features, expected = tabular_features(s, a), expected_tabular(s)
     config = FQEConfig(n_folds=2, seed=seed)
-    fqe = fitted_q_evaluation(offsets, r, features, expected, config=config)
-    sessions = prepare_sessions(
-        session_offsets=offsets,
-        reward=r,
-        behaviour_prob=pb,
-        target_prob=pe,
-        q_factual=q_scale * fqe.q_factual,
-        v_target=q_scale * fqe.v_target,
-    )
+    sessions, features, expected, fqe = known_mdp(seed, n, config, q_scale)
     return sessions, features, expected, config, fqe
 
 
