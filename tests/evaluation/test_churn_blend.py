@@ -109,6 +109,13 @@ def test_blend_is_chosen_before_the_cutoff_and_reported():
     assert blend["users"] == len(result.predictions)  # every user joined before the slice
     p = sum(w * result.baselines[n]["p_return"] for n, w in blend["p_weights"].items())
     np.testing.assert_allclose(result.predictions["p_return"], np.clip(p, 0, 1))
+    # The count: one weight set for users seen once, one for repeat users.
+    assert set(blend["n_weights_by_stratum"]) == {"one_session", "repeat"}
+    once = result.predictions["frequency"].to_numpy() <= 1
+    for label, rows in (("one_session", once), ("repeat", ~once)):
+        weights = blend["n_weights_by_stratum"][label]
+        n = sum(w * result.baselines[k]["expected_sessions"].to_numpy() for k, w in weights.items())
+        np.testing.assert_allclose(result.predictions["expected_sessions"][rows], n[rows])
     # Sessions at or after the cutoff change nothing (the slice is before it).
     later = frame.assign(timestamp=frame["timestamp"] + (frame["timestamp"] >= cutoff) * DAY_MS)
     again = predict_churn(
@@ -262,4 +269,33 @@ def test_classic_split_trains_the_classifier_on_a_third_of_the_calibration():
     again = predict_churn(churn_sessions(later, raw, cutoff, SESSION_GAP_MS), cutoff, config)
     np.testing.assert_allclose(
         again.predictions["p_return"], result.predictions["p_return"], atol=1e-12
+    )
+
+
+def test_count_weights_are_chosen_per_stratum():
+    # Candidate "a" knows the counts of the first half of the users, "b" of the second half.
+    rate, count, returned = _window(7)
+    half = np.arange(len(rate)) < len(rate) // 2
+    strata = np.where(half, "one_session", "repeat")
+    p = 1 - np.exp(-rate)
+    preds = {
+        "a": (p, np.where(half, rate, 3 * rate)),
+        "b": (p, np.where(half, 3 * rate, rate)),
+    }
+    plain = choose_blend(preds, returned, count)
+    split = choose_blend(preds, returned, count, strata=strata)
+    assert "n_weights_by_stratum" not in plain
+    assert split["n_weights_by_stratum"]["one_session"]["a"] >= 0.8
+    assert split["n_weights_by_stratum"]["repeat"]["b"] >= 0.8
+    assert split["n_weights"] == plain["n_weights"]  # the overall choice is still reported
+    assert split["mae"]["blend"] < min(plain["mae"]["blend"], split["mae"]["a"]) - 0.1
+    assert split["p_weights"] == plain["p_weights"]  # probabilities are not stratified
+    # A stratum of two users keeps (almost) the overall weights.
+    tiny = np.where(np.arange(len(rate)) < 2, "one_session", "repeat")
+    shrunk = choose_blend(preds, returned, count, prior_users=30.0, strata=tiny)
+    m = int(returned[:2].sum())
+    lam = m / (m + 30.0)
+    assert (
+        abs(shrunk["n_weights_by_stratum"]["one_session"]["a"] - shrunk["n_weights"]["a"])
+        <= lam + 1e-12
     )
