@@ -99,8 +99,9 @@ def _register_prepare(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--time-unit",
         choices=("s", "ms", "iso"),
-        help="unit of the time column: Unix s or ms, or iso (ISO 8601 date or date-time; "
-        "offsets respected, none means UTC, a date is midnight UTC)",
+        help="unit of the time column: Unix s or ms, or iso (ISO 8601 date or date-time, "
+        "or a basic-format date such as 19970101; offsets respected, none means UTC, a date "
+        "is midnight UTC)",
     )
     p.add_argument("--delimiter", help="CSV delimiter (e.g. ',', ';', tab)")
     p.add_argument("--no-header", action="store_true", help="CSV files have no header line")

@@ -545,8 +545,8 @@ def _check_source(
         shown = f" {quote_value(values[0])}" if values and values[0] is not None else ""
         raise UserError(
             f"{where}: unparseable timestamp{shown}; expected an ISO 8601 date or date-time "
-            "such as 2019-11-24 or 2019-11-24 00:00:34+00:00 (or pass --time-unit s|ms for "
-            f"numbers); {counts['bad_time']} row(s) fail; fix the values"
+            "such as 2019-11-24, 20191124 or 2019-11-24 00:00:34+00:00 (or pass --time-unit "
+            f"s|ms for numbers); {counts['bad_time']} row(s) fail; fix the values"
         )
     if counts["negative_time"]:
         values, where = _locate(con, source, "ts < 0", "ts")

@@ -39,6 +39,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -738,9 +739,24 @@ def _guess_time_unit(samples: Sequence[str]) -> TimeUnit:
         return "iso"
     if not numbers:
         return "s"
+    # Basic-format ISO dates (19970101): as Unix seconds they would all fall in August 1970.
+    if len(numbers) == len(values) and all(_basic_date(v) for v in values):
+        return "iso"
     # Unix seconds stay below 1e11 until the year 5138; milliseconds exceed it after 1973.
     # The median, not the maximum: a few absurd rows must not flip the unit of the rest.
     return "ms" if float(np.median(np.abs(numbers))) > 1e11 else "s"
+
+
+def _basic_date(text: str) -> bool:
+    """Whether ``text`` is an ISO 8601 basic-format date (YYYYMMDD) between 1900 and 2100."""
+    text = text.strip()
+    if len(text) != 8 or not text.isdigit() or not "1900" <= text[:4] <= "2100":
+        return False
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
 
 
 def _as_float(text: str) -> float | None:

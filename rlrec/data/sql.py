@@ -151,7 +151,7 @@ def bad_value_sql(ok_sql: str, column: str) -> str:
 def time_sql(expr: str, unit: TimeUnit, numeric: bool) -> str:
     """SQL turning a raw time (``unit``; a number column or text) into ms, clamped."""
     if unit == "iso":
-        return f"epoch_ms(TRY_CAST({expr} AS TIMESTAMPTZ))"
+        return _iso_ms(expr)
     scale = 1000 if unit == "s" else 1
     limit = TIME_CLAMP_MS // scale
     if numeric:
@@ -166,9 +166,21 @@ def time_sql(expr: str, unit: TimeUnit, numeric: bool) -> str:
     )
 
 
+def _iso_ms(expr: str) -> str:
+    """SQL: ms since the epoch of an ISO 8601 time (NULL when unparseable).
+
+    Extended format (2019-11-24, with a time and an offset) or a basic-format date (20191124,
+    as transaction logs such as CDNOW write it; UTC).
+    """
+    return (
+        f"COALESCE(epoch_ms(TRY_CAST({expr} AS TIMESTAMPTZ)), "
+        f"epoch_ms(TRY_STRPTIME(trim(CAST({expr} AS VARCHAR)), '%Y%m%d')))"
+    )
+
+
 def time_bad_sql(expr: str) -> str:
     """SQL true where an ISO time is present but unparseable."""
-    return f"({expr} IS NOT NULL AND TRY_CAST({expr} AS TIMESTAMPTZ) IS NULL)"
+    return f"({expr} IS NOT NULL AND {_iso_ms(expr)} IS NULL)"
 
 
 def value_cast_sql(expr: str, text: bool) -> str:

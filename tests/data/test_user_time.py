@@ -83,6 +83,32 @@ def test_iso_dates_offsets_and_values(tmp_path: Path) -> None:
     assert stats["value"] == {"sum": 20.5, "mean": 20.5 / 4, "events_with_value": 4, "missing": 2}
 
 
+@pytest.mark.parametrize("time_unit", ["iso", None])
+def test_basic_format_dates_as_transaction_logs_write_them(tmp_path: Path, time_unit) -> None:
+    # CDNOW's master file writes 19970101: ISO 8601's basic format, read as UTC dates with
+    # --time-unit iso and guessed without it (as Unix seconds every row would be in 1970).
+    rows = ["00001,20171125,11.77", "00002,20171126,12.00", "00002,20171201,77.00"]
+    f = write_csv(tmp_path / "cd.csv", "customer_id,date,dollar_value", rows)
+    out = prepare(
+        [f],
+        "generic",
+        tmp_path / "ds",
+        columns={"user": "customer_id", "time": "date", "value": "dollar_value"},
+        read_options=ReadOptions(time_unit=time_unit),
+    )
+    times = sorted(load_dataset(out).events["timestamp"].tolist())
+    assert times == [NOV25, NOV25 + DAY_MS, NOV25 + 6 * DAY_MS]
+    bad = write_csv(tmp_path / "bad.csv", "customer_id,date", ["00001,20171301"])
+    with pytest.raises(UserError, match=r"bad.csv line 2: unparseable timestamp '20171301'"):
+        prepare(
+            [bad],
+            "generic",
+            tmp_path / "bad",
+            columns={"user": "customer_id", "time": "date"},
+            read_options=ReadOptions(time_unit="iso"),
+        )
+
+
 def test_value_beside_items_and_categories_in_parquet(tmp_path: Path) -> None:
     frame = pd.DataFrame(
         {
