@@ -269,17 +269,25 @@ def session_tokens(items: np.ndarray) -> np.ndarray:
     return tokens.astype(np.int64)
 
 
-def history_windows(streams: UserSteps, max_len: int, every_target: bool = False) -> Windows:
+def history_windows(
+    streams: UserSteps, max_len: int, every_target: bool = False, stride: int | None = None
+) -> Windows:
     """Windows over user streams: each target sees the last ``max_len`` steps before it.
 
     Args:
         streams: :func:`user_steps` of the split.
         max_len: Window length.
-        every_target: Teacher forcing for training: cut each stream into non-overlapping
-            chunks of ``max_len`` inputs with every target in the chunk marked (a target early
-            in a chunk sees fewer than ``max_len`` steps). False (evaluation): the first chunk
-            of a stream covers its targets among the first ``max_len`` inputs at once, and
-            each later target gets its own window of exactly the ``max_len`` steps before it.
+        every_target: Teacher forcing for training: the first window of a stream holds its
+            first ``max_len`` inputs with every target marked; each later window is the
+            ``max_len`` steps ending ``stride`` steps further on, with only its last
+            ``stride`` targets marked (the earlier ones are context). Every target is marked
+            exactly once and sees at least ``max_len - stride`` steps of history once the
+            stream is that long. False (evaluation): the first chunk of a stream covers its
+            targets among the first ``max_len`` inputs at once, and each later target gets
+            its own window of exactly the ``max_len`` steps before it.
+        stride: Targets per later training window (None: ``max_len``, non-overlapping
+            chunks, where a target early in a chunk sees few steps). Ignored without
+            ``every_target``.
 
     Returns:
         Windows with :attr:`Windows.sessions` filled (the first step of a window always counts
@@ -292,10 +300,16 @@ def history_windows(streams: UserSteps, max_len: int, every_target: bool = False
         if len(targets) == 0:
             continue
         if every_target:
-            for j in range(lo, hi - 1, max_len):
-                m = min(max_len, hi - 1 - j)
-                if streams.target[j + 1 : j + m + 1].any():
-                    rows.append((j, m, 0))
+            step = max_len if stride is None else min(max(int(stride), 1), max_len)
+            end = lo + min(max_len, hi - 1 - lo)  # targets lo + 1 .. end are covered
+            if streams.target[lo + 1 : end + 1].any():
+                rows.append((lo, end - lo, 0))
+            while end < hi - 1:
+                new_end = min(end + step, hi - 1)
+                start = max(new_end - max_len, lo)
+                if streams.target[end + 1 : new_end + 1].any():
+                    rows.append((start, new_end - start, end - start))
+                end = new_end
             continue
         head_end = min(hi - 1, lo + max_len)  # the first window's inputs: lo .. head_end - 1
         if targets[0] <= head_end:
@@ -436,6 +450,11 @@ def encoder_windows(
         Windows whose targets are every step ``t >= 1`` of every session of ``split``.
     """
     if sessions:
-        return history_windows(user_steps(dataset, split), max_len, every_target=training)
+        # Training windows overlap by half: with non-overlapping chunks a target sees on
+        # average half of the ``max_len`` steps that evaluation shows it, so the copy term
+        # learns its recency and gate on histories shorter than the ones it is ranked with.
+        return history_windows(
+            user_steps(dataset, split), max_len, every_target=training, stride=max(1, max_len // 2)
+        )
     steps = collapse_repeats(dataset.sessions(split))
     return training_windows(steps, max_len) if training else prefix_windows(steps, max_len)

@@ -155,6 +155,34 @@ def test_history_windows_show_each_target_the_last_steps_of_its_user(
     assert seen == w.n_targets == streams.n_targets
 
 
+@pytest.mark.parametrize("stride", [None, 1, 2, 5, 6])
+def test_training_windows_mark_each_target_once_with_the_history_the_stride_promises(
+    return_ds: PreparedDataset, stride: int | None
+) -> None:
+    streams = user_steps(return_ds, "train")
+    max_len = 6
+    w = history_windows(streams, max_len, every_target=True, stride=stride)
+    # Every target exactly once: the multiset of marked targets is the split's.
+    marked = np.sort(w.target_items[w.target_items != IGNORE])
+    want = np.sort(streams.items[streams.target])
+    assert np.array_equal(marked, want) and w.n_targets == streams.n_targets
+    # Each target sees every step of its stream before it in the stream's first window, and
+    # at least the last ``max_len - stride`` steps before it in a later one.
+    step = max_len if stride is None else stride
+    real = w.items != 0  # (W, L)
+    for u in range(streams.n_sessions):
+        lo, hi = int(streams.offsets[u]), int(streams.offsets[u + 1])
+        for t in np.flatnonzero(streams.target[lo:hi]) + lo:
+            need = t - lo if t - lo <= max_len else max(max_len - step, 1)
+            want = streams.items[t - need : t] + 1
+            rows, cols = np.nonzero(w.target_items == streams.items[t])
+            assert any(
+                real[r, : c + 1].sum() >= need
+                and np.array_equal(w.items[r, c + 1 - need : c + 1], want)
+                for r, c in zip(rows, cols, strict=True)
+            )
+
+
 def test_next_new_category_labels_match_a_brute_force(return_ds: PreparedDataset) -> None:
     streams = user_steps(return_ds, "valid")
     labels = task_labels(return_ds, "valid", streams, "next_new_category", 7.0)
