@@ -680,8 +680,12 @@ def _fit_candidates(
     info["pseudo_cutoffs_ms"] = pseudo
     info["train_window_days"] = window
     info["horizon_map"] = horizon_map.describe()
-    feats_window = with_stack(user_features(sessions, at_ms, window), at_ms, window)
     feats = with_stack(feats, at_ms, H)
+    # The classifier reads features of its own window (sessions in the last w and 2w days,
+    # stacked predictions for w days); recomputing them for w = H cost seconds at 100k users.
+    feats_window = (
+        feats if window == H else with_stack(user_features(sessions, at_ms, window), at_ms, window)
+    )
     n_rows = sum(len(y) for y in train_y)
     info["n_train_rows"] = n_rows
     found: dict[str, float] = {}
