@@ -39,7 +39,7 @@ Metric functions are pure functions over score arrays; baselines are arrays fitt
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -136,6 +136,13 @@ class BaselineConfig:
         vsknn_idf_weight: V-SKNN's IDF weight (10, as in session-rec's tuned V-SKNN).
         user_history: Let ``revisit`` see the user's earlier sessions, not only the
             current one.
+        max_tune_targets: The neighbourhood sizes are chosen on a seeded sample of at most
+            this many valid targets. The grid has 32 settings, each ranking every target
+            against the whole catalog: on the quickstart's synthetic log (14,370 valid
+            targets, 17,384 items) tuning on all of them was about three quarters of
+            ``rlrec encoder eval``'s 231 s. 5,000 targets put a standard error of about
+            0.004 on a setting's NDCG@10, finer than the steps between the grid's sizes.
+        tune_seed: Seed of that sample.
     """
 
     knn_k: tuple[int, ...] = (50, 100, 200, 500)
@@ -145,6 +152,8 @@ class BaselineConfig:
     item_knn_shrinkage: float = 20.0
     vsknn_idf_weight: float = 10.0
     user_history: bool = True
+    max_tune_targets: int = 5_000
+    tune_seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("knn_k", "knn_sample_sizes", "item_knn_k", "revisit_windows"):
@@ -153,6 +162,8 @@ class BaselineConfig:
                 raise ValueError(f"{name} must be positive integers, got {list(values)}")
         if self.item_knn_shrinkage < 0 or self.vsknn_idf_weight < 0:
             raise ValueError("item_knn_shrinkage and vsknn_idf_weight must be >= 0")
+        if self.max_tune_targets < 1:
+            raise ValueError(f"max_tune_targets must be >= 1, got {self.max_tune_targets}")
 
     def grid(self, name: str) -> list[dict[str, int]]:
         """The parameter settings tried for one tuned baseline, in order."""
@@ -359,6 +370,16 @@ class Targets:
         """(N,) the current category."""
         return self.steps.categories[self.position - 1]
 
+    def subset(self, index: np.ndarray) -> Targets:
+        """The targets at ``index`` (a sorted (n,) int array), in that order."""
+        return replace(
+            self,
+            position=self.position[index],
+            session=self.session[index],
+            timeline_end=self.timeline_end[index],
+            history_start=self.history_start[index],
+        )
+
     def prefixes(self, rows: slice) -> np.ndarray:
         """(n, max_len) items of the targets' prefixes, left-padded with -1 (last = current)."""
         pos = self.position[rows]
@@ -521,6 +542,7 @@ def _tune(fitted: _Fitted, targets: Targets, chunk: int) -> dict[str, dict[str, 
         chosen[name] = {
             **{k: best[k] for k in TUNED_BASELINES[name]},
             "valid_ndcg@10": best["valid_ndcg@10"],
+            "valid_targets": len(targets),
             "chosen_by": "valid ndcg@10",
             "grid": tried,
         }
@@ -626,9 +648,13 @@ def evaluate_next_step(
             config.user_history,
         )
 
-    params = _tune(
-        fitted, targets_of("valid", collapse_repeats(dataset.sessions("valid"))), baseline_rows
-    )
+    valid = targets_of("valid", collapse_repeats(dataset.sessions("valid")))
+    if len(valid) > config.max_tune_targets:
+        rng = np.random.default_rng(config.tune_seed)
+        valid = valid.subset(
+            np.sort(rng.choice(len(valid), config.max_tune_targets, replace=False))
+        )
+    params = _tune(fitted, valid, baseline_rows)
     targets = targets_of(split, steps)
     runs = [
         (name, {k: params[name][k] for k in TUNED_BASELINES.get(name, ())}) for name in BASELINES

@@ -22,6 +22,7 @@ from rlrec.evaluation.ranking import (
     fit_baselines,
     format_report,
     item_ranking_metrics,
+    next_step_targets,
     target_ranks,
 )
 from rlrec.models.sequences import Steps
@@ -240,3 +241,32 @@ def test_without_valid_targets_the_first_grid_values_are_used(tmp_path: Path) ->
     assert (chosen["k"], chosen["sample_size"]) == (7, 500)
     assert chosen["chosen_by"] == "default: no valid targets"
     assert report["protocol"]["targets"] == 2
+
+
+def test_sizes_are_tuned_on_a_seeded_sample_of_valid_targets(tmp_path: Path) -> None:
+    # The tiny log's valid split has 2 targets: a cap of 1 tunes on one of them, seeded.
+    ds = _write_tiny_log(tmp_path / "ds")
+    capped = BaselineConfig(knn_k=(1, 2), knn_sample_sizes=(2, 5), max_tune_targets=1)
+    report = evaluate_next_step(None, ds, config=capped)
+    for name in TUNED_BASELINES:
+        assert report["baseline_params"][name]["valid_targets"] == 1
+    assert evaluate_next_step(None, ds, config=capped) == report  # the same seed, same sample
+    full = evaluate_next_step(
+        None, ds, config=BaselineConfig(knn_k=(1, 2), knn_sample_sizes=(2, 5))
+    )
+    assert full["baseline_params"]["sknn"]["valid_targets"] == 2
+    # The test split is ranked in full either way.
+    assert report["protocol"]["targets"] == full["protocol"]["targets"]
+    with pytest.raises(ValueError, match="max_tune_targets"):
+        BaselineConfig(max_tune_targets=0)
+
+
+def test_a_subset_of_targets_reads_the_same_prefixes_and_histories(steps: Steps) -> None:
+    targets = next_step_targets(steps, max_len=3)
+    index = np.array([0, 2])
+    sub = targets.subset(index)
+    assert len(sub) == 2
+    np.testing.assert_array_equal(sub.items, targets.items[index])
+    np.testing.assert_array_equal(sub.last_items, targets.last_items[index])
+    np.testing.assert_array_equal(sub.prefixes(slice(0, 2)), targets.prefixes(slice(0, 3))[index])
+    np.testing.assert_array_equal(sub.history_start, targets.history_start[index])
