@@ -270,3 +270,15 @@ def test_a_subset_of_targets_reads_the_same_prefixes_and_histories(steps: Steps)
     np.testing.assert_array_equal(sub.last_items, targets.last_items[index])
     np.testing.assert_array_equal(sub.prefixes(slice(0, 2)), targets.prefixes(slice(0, 3))[index])
     np.testing.assert_array_equal(sub.history_start, targets.history_start[index])
+
+
+def test_evaluation_returns_large_freed_blocks_to_the_system(tmp_path: Path, monkeypatch) -> None:
+    # The fixed mmap threshold is set before the baselines allocate (without it, glibc's heap
+    # kept 11.6 GB of freed score blocks on the 17k-item synthetic log); it is safe to call.
+    import rlrec.evaluation.ranking as ranking
+
+    calls = []
+    real = ranking._return_large_blocks
+    monkeypatch.setattr(ranking, "_return_large_blocks", lambda: calls.append(real()))
+    evaluate_next_step(None, _write_tiny_log(tmp_path / "ds"))
+    assert calls == [None]
