@@ -594,7 +594,6 @@ def _fit_candidates(
     clock = time.perf_counter()
     x, t_x, T = _btyd_summary(feats)
     rows = np.sort(np.random.default_rng(config.seed).permutation(len(x))[: config.max_fit_users])
-    bgnbd = None
     btyd: dict[str, BGNBD | ParetoNBD] = {}
     for name, fit in (("bgnbd", fit_bgnbd), ("pareto_nbd", fit_pareto_nbd)):
         try:
@@ -608,10 +607,9 @@ def _fit_candidates(
         survival[name] = np.clip(none, 0.0, 1.0)
         preds[name] = (1 - survival[name][:, -1], np.maximum(expected, 0.0))
         params[name] = model.to_dict()
-        if name == "bgnbd":
-            bgnbd = model
         btyd[name] = model
     info["btyd_seconds"] = time.perf_counter() - clock
+    bgnbd = btyd.get("bgnbd")
 
     def with_stack(f: pd.DataFrame, at: int, window: float) -> pd.DataFrame:
         """Add the fitted models' own predictions at ``at`` as covariates (stacking)."""

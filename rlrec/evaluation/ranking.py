@@ -38,6 +38,7 @@ Metric functions are pure functions over score arrays; baselines are arrays fitt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -603,21 +604,19 @@ def protocol(
     }
 
 
+@functools.cache
 def _libc_malloc_trim() -> Any:
-    """The C library's ``malloc_trim`` on glibc, else None (looked up once, at import)."""
+    """The C library's ``malloc_trim`` on glibc, else None (looked up on first use)."""
     import ctypes
-    import ctypes.util
     import sys
 
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        # The process's own symbols include its C library: no library search needed.
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
         return None
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
 
 
 def _return_freed_memory() -> None:
@@ -633,8 +632,9 @@ def _return_freed_memory() -> None:
     that one made every later large allocation an mmap, and the quickstart's PPO training
     after it took 41 s of system time instead of 3.
     """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def evaluate_next_step(
