@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rlrec.errors import UserError
-from rlrec.evaluation.ope.fqe import FQEConfig, fitted_q_evaluation, solve_fqe
+from rlrec.evaluation.ope.fqe import FQEConfig, solve_fqe
 from rlrec.evaluation.ope.high_confidence import (
     empirical_bernstein_lower,
     hcope_lower_bound,
@@ -26,7 +26,13 @@ from rlrec.evaluation.ope.sequential import (
     prepare_sessions,
 )
 from rlrec.evaluation.ope.session_verdict import session_estimates, verdict_line
-from tests.evaluation.test_sequential_ope import TARGET, exact_value, known_mdp, simulate
+from tests.evaluation.test_sequential_ope import (
+    TARGET,
+    exact_value,
+    fqe_sessions,
+    known_mdp,
+    simulate,
+)
 
 
 def _mdp(seed: int, n_sessions: int, fqe_seed: int = 0):
@@ -189,15 +195,7 @@ def test_model_intervals_are_extended_by_the_detectable_bias():
     features = np.eye(2)[a]
     expected = np.tile(TARGET.mean(axis=0), (len(a), 1))
     config = FQEConfig(seed=0)
-    fqe = fitted_q_evaluation(offsets, r, features, expected, config=config)
-    sessions = prepare_sessions(
-        session_offsets=offsets,
-        reward=r,
-        behaviour_prob=pb,
-        target_prob=pe,
-        q_factual=fqe.q_factual,
-        v_target=fqe.v_target,
-    )
+    sessions, fqe = fqe_sessions(offsets, r, pb, pe, features, expected, config)
     out = refit_bootstrap(
         sessions, features, expected, config, fqe, RefitBootstrapConfig(60, seed=1)
     )

@@ -263,6 +263,16 @@ def known_mdp(seed: int, n_sessions: int, config: FQEConfig, q_scale: float = 1.
     """
     offsets, s, a, r, pb, pe = simulate(seed, n_sessions)
     features, expected = tabular_features(s, a), expected_tabular(s)
+    sessions, fqe = fqe_sessions(offsets, r, pb, pe, features, expected, config, q_scale)
+    return sessions, features, expected, fqe
+
+
+def fqe_sessions(offsets, r, pb, pe, features, expected, config: FQEConfig, q_scale: float = 1.0):
+    """Logged sessions with the Q-values of FQE fitted on ``features`` (optionally scaled).
+
+    Returns:
+        ``(sessions, fqe)``.
+    """
     fqe = fitted_q_evaluation(offsets, r, features, expected, config=config)
     sessions = prepare_sessions(
         session_offsets=offsets,
@@ -272,7 +282,7 @@ def known_mdp(seed: int, n_sessions: int, config: FQEConfig, q_scale: float = 1.
         q_factual=q_scale * fqe.q_factual,
         v_target=q_scale * fqe.v_target,
     )
-    return sessions, features, expected, fqe
+    return sessions, fqe
 
 
 def test_tabular_fqe_recovers_the_true_q_function_and_dr_is_accurate():
