@@ -16,7 +16,11 @@ from rlrec.evaluation.ope.q_features import (
     engaged_reward,
 )
 from rlrec.evaluation.ope.simulated_check import SimulatedCheckSettings, simulated_ope_check
-from rlrec.evaluation.ope.simulated_logging import log_sessions, true_value
+from rlrec.evaluation.ope.simulated_logging import (
+    TRUTH_CHUNK_SEED_STRIDE,
+    log_sessions,
+    true_value,
+)
 from rlrec.evaluation.ope.stochastic_policies import (
     CachedScores,
     ScorePolicy,
@@ -148,6 +152,27 @@ def test_true_value_is_the_mean_on_policy_return(make_env):
     assert a == b
     assert a.ci95[0] <= a.value <= a.ci95[1]
     assert a.episodes == 300
+
+
+def test_true_value_pools_batches_of_other_users(make_env):
+    """Repeats pool batches: the first is the single batch, the rest other users; the pooled
+    interval narrows by about sqrt(repeats)."""
+    policy = SoftenedPolicy(OneHot(2), "p", epsilon=0.3, seed=1)
+    one = true_value(policy, make_env(300), seed=5)
+    pooled = true_value(policy, make_env(300), seed=5, repeats=4)
+    second = true_value(policy, make_env(300), seed=5 + TRUTH_CHUNK_SEED_STRIDE)
+    assert pooled.episodes == 1200
+    assert second.value != one.value  # another batch, not the first one again
+    # Equal batch sizes: the pooled mean is the mean of the batch means.
+    third = true_value(policy, make_env(300), seed=5 + 2 * TRUTH_CHUNK_SEED_STRIDE)
+    fourth = true_value(policy, make_env(300), seed=5 + 3 * TRUTH_CHUNK_SEED_STRIDE)
+    batch_means = [one.value, second.value, third.value, fourth.value]
+    assert pooled.value == pytest.approx(np.mean(batch_means))
+    width = lambda t: t.ci95[1] - t.ci95[0]  # noqa: E731
+    assert 0.3 < width(pooled) / width(one) < 0.7
+    assert pooled == true_value(policy, make_env(300), seed=5, repeats=4)
+    with pytest.raises(UserError, match="repeats"):
+        true_value(policy, make_env(300), seed=5, repeats=0)
 
 
 def test_simulated_check_with_the_behaviour_as_target(make_env):
