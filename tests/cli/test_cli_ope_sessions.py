@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlrec.agents.policy_specs import parse_policy_spec
@@ -246,3 +247,42 @@ def test_decision_lines_name_the_detected_model_bias():
     assert lines[-1].startswith("  Q-model bias detected") and "dm -0.25" in lines[-1]
     assert "magic" not in lines[-1]  # no bias detected: nothing to say
     assert not any("bias" in x for x in _decision_lines({"bias_bound": {"magic": 0.0}}))
+
+
+@pytest.mark.slow  # builds a tiny preset's artifacts and simulates in two worker processes
+def test_bench_script_point_seeds_reports_the_on_policy_floor(preset, tmp_path):
+    """--point-seeds: every seed's signed errors, and the A/B test on the log's users beside
+    the estimators; the truth pools batches (TRUTH_MULTIPLE x the logged sessions)."""
+    path, cache = preset
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_ope_sessions.py",
+        "--env",
+        str(path),
+        "--cache-dir",
+        str(cache),
+        "--behaviour",
+        "popularity,eps=0.3",
+        "--target",
+        "random",
+        "--sessions",
+        "100",
+        "--point-seeds",
+        "2",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).parents[2])
+    result = json.loads(out.read_text())
+    assert result["point_seeds"] == 2 and result["point_truth_sessions"] == 1600
+    for est in ("dm", "wdr", "switch", "magic", "on_policy"):
+        errors = result[f"point_relative_errors__random__{est}"]
+        assert len(errors) == 2 and all(np.isfinite(errors))
+        assert result[f"point_mean_relative_error__random__{est}"] == pytest.approx(np.mean(errors))
+        assert result[f"point_max_relative_error__random__{est}"] == pytest.approx(
+            np.max(np.abs(errors))
+        )
+    # Two logs of other users: their on-policy means differ, so their errors do.
+    floor = result["point_relative_errors__random__on_policy"]
+    assert floor[0] != floor[1]

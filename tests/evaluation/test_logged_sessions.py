@@ -9,6 +9,7 @@ import pytest
 
 from rlrec.data.schema import EVENT_TYPES
 from rlrec.errors import UserError
+from rlrec.evaluation.ope.fqe import FQEConfig
 from rlrec.evaluation.ope.logged_sessions import (
     BEHAVIOUR_METHOD,
     Q_FEATURES_USED,
@@ -86,6 +87,7 @@ def test_ope_on_real_sessions_with_the_behaviour_as_target(dataset):
     assert set(report["estimates"]) == set(SESSION_ESTIMATOR_NAMES)
     assert "refitted" in report["estimates"]["magic"]["interval_method"]
     assert set(report["q_features"]["unavailable"]) == {"consecutive_misses"}
+    assert report["fqe_ratio_power"] == FQEConfig().ratio_power
     assert not report["extrapolating"] and report["verdict"]
 
 

@@ -41,11 +41,22 @@ def _mdp(seed: int, n_sessions: int, fqe_seed: int = 0):
     return sessions, features, expected, config, fqe
 
 
-def test_group_sums_reproduce_the_cross_fitted_estimates():
-    """At unit counts the per-group sums are the full data's: same DM, DR, WDR and MAGIC."""
-    sessions, features, expected, config, fqe = _mdp(0, 400)
+@pytest.mark.parametrize("ratio_power", [0.0, 0.5])
+def test_group_sums_reproduce_the_cross_fitted_estimates(ratio_power):
+    """At unit counts the per-group sums are the full data's: same DM, DR, WDR and MAGIC,
+    also when FQE's regressions are weighted (the refit must reuse the fit's weights)."""
+    config = FQEConfig(seed=0, ratio_power=ratio_power)
+    sessions, features, expected, fqe = known_mdp(0, 400, config)
+    assert (fqe.step_weight is None) == (ratio_power == 0.0)
     grouped = group_log(sessions, features, expected, config, n_groups=20, seed=3)
     assert grouped.sizes.sum() == sessions.n_sessions
+    weighted = group_log(
+        sessions, features, expected, config, n_groups=20, seed=3, step_weight=fqe.step_weight
+    )
+    w = 1.0 if fqe.step_weight is None else fqe.step_weight[:, None]
+    np.testing.assert_allclose(weighted.gram.sum(axis=0), (w * features).T @ features)
+    with pytest.raises(UserError, match="step_weight"):
+        group_log(sessions, features, expected, config, 20, 3, step_weight=np.ones(2))
     # Groups are nested in folds (a fold's model never sees its own groups) and contiguous.
     assert np.all(np.diff(grouped.fold) >= 0)
     sums = grouped.wdr_sums(fqe.theta).sum(axis=0)

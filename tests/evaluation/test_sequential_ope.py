@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from rlrec.errors import UserError
-from rlrec.evaluation.ope.fqe import RIDGE_BISECTIONS, FQEConfig, fitted_q_evaluation
+from rlrec.evaluation.ope.fqe import (
+    RIDGE_BISECTIONS,
+    FQEConfig,
+    fitted_q_evaluation,
+    step_weights,
+)
 from rlrec.evaluation.ope.sequential import (
     SESSION_ESTIMATOR_NAMES,
     effective_sample_size,
@@ -268,12 +273,13 @@ def known_mdp(seed: int, n_sessions: int, config: FQEConfig, q_scale: float = 1.
 
 
 def fqe_sessions(offsets, r, pb, pe, features, expected, config: FQEConfig, q_scale: float = 1.0):
-    """Logged sessions with the Q-values of FQE fitted on ``features`` (optionally scaled).
+    """Logged sessions with the Q-values of FQE fitted on ``features`` (optionally scaled),
+    given the steps' ratios as the library's callers do (weighted by ``config.ratio_power``).
 
     Returns:
         ``(sessions, fqe)``.
     """
-    fqe = fitted_q_evaluation(offsets, r, features, expected, config=config)
+    fqe = fitted_q_evaluation(offsets, r, features, expected, config=config, step_ratio=pe / pb)
     sessions = prepare_sessions(
         session_offsets=offsets,
         reward=r,
@@ -340,6 +346,47 @@ def test_fqe_raises_its_ridge_until_the_iteration_contracts():
     offsets, s, a, r, _, _ = simulate(0, 500)
     tabular = fitted_q_evaluation(offsets, r, tabular_features(s, a), expected_tabular(s))
     assert tabular.ridges == (FQEConfig().ridge,) * FQEConfig().n_folds
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_ratio_weighted_fqe_of_a_constant_model_is_the_weighted_mean(power):
+    """One-step sessions and a constant feature: FQE's value is the mean reward with every
+    step weighted by its ratio ** ratio_power (power 1: the weighted-IS estimate, 0: the
+    behaviour's mean), the misspecified model's fit moved to where the target acts."""
+    rng = np.random.default_rng(4)
+    n = 4000
+    offsets = np.arange(n + 1)
+    ratio = rng.choice([0.25, 1.0, 4.0], size=n)
+    reward = rng.normal(1.0, 0.5, size=n) + np.log(ratio)  # the reward depends on the ratio
+    ones = np.ones((n, 1))
+    config = FQEConfig(n_folds=1, ridge=1e-12, ratio_power=power)
+    fqe = fitted_q_evaluation(offsets, reward, ones, ones, config=config, step_ratio=ratio)
+    w = ratio**power
+    assert fqe.v_target[0] == pytest.approx(np.sum(w * reward) / np.sum(w), rel=1e-9)
+    if power == 0.0:
+        assert fqe.step_weight is None
+    else:
+        np.testing.assert_allclose(fqe.step_weight, w)
+    # Without ratios the fit is unweighted whatever the power.
+    plain = fitted_q_evaluation(offsets, reward, ones, ones, config=config)
+    assert plain.step_weight is None
+    assert plain.v_target[0] == pytest.approx(reward.mean(), rel=1e-9)
+
+
+def test_step_weights_reject_bad_ratios_and_powers():
+    root = FQEConfig(ratio_power=0.5)
+    assert step_weights(None, root) is None
+    assert FQEConfig().ratio_power == 0.0  # unweighted by default (docs/ope.md says why)
+    assert step_weights(np.array([2.0]), FQEConfig()) is None
+    np.testing.assert_allclose(step_weights(np.array([4.0, 0.0]), root), [2.0, 0.0])
+    with pytest.raises(UserError, match="step_ratio"):
+        step_weights(np.array([1.0, -1.0]), root)
+    with pytest.raises(UserError, match="step_ratio"):
+        step_weights(np.array([np.inf]), root)
+    with pytest.raises(UserError, match="ratio_power"):
+        FQEConfig(ratio_power=1.5)
+    with pytest.raises(UserError, match="step_ratio: expected shape"):
+        fitted_q_evaluation(OFFSETS, REWARD, np.ones((3, 1)), np.ones((3, 1)), step_ratio=[1.0])
 
 
 def test_fqe_rejects_bad_features():

@@ -313,9 +313,11 @@ def evaluate_real_sessions(
     Returns:
         ``{"target", "split", "sessions", "decisions", "propensities", "meaning",
         "logged_value", "kl_per_step", "ess", "default_estimator", "estimates", "bootstrap",
-        "q_features", "lower_bound", "difference_ci95", "verdict", "extrapolating",
-        "measured_coverage"}``; ``q_features`` says what the Q-model reads and what the logs
-        cannot show (see :data:`Q_FEATURES_UNAVAILABLE`), the rest is
+        "q_features", "fqe_ratio_power", "lower_bound", "difference_ci95", "verdict",
+        "extrapolating", "measured_coverage"}``; ``q_features`` says what the Q-model reads
+        and what the logs cannot show (see :data:`Q_FEATURES_UNAVAILABLE`),
+        ``fqe_ratio_power`` how its regressions weigh the steps
+        (:attr:`~rlrec.evaluation.ope.fqe.FQEConfig.ratio_power`), the rest is
         :func:`~rlrec.evaluation.ope.session_verdict.session_estimates`'s.
     """
     decisions = session_decisions(dataset, split, history_length)
@@ -341,7 +343,7 @@ def evaluate_real_sessions(
     features = feat.features(decisions.feature_observations(slice(None)), decisions.item)
     config = fqe or FQEConfig(seed=seed)
     result = fitted_q_evaluation(
-        decisions.offsets, decisions.reward, features, expected, config=config
+        decisions.offsets, decisions.reward, features, expected, config=config, step_ratio=pe / pb
     )
     sessions = prepare_sessions(
         session_offsets=decisions.offsets,
@@ -381,6 +383,7 @@ def evaluate_real_sessions(
         "estimates": {k: e.to_dict() for k, e in estimates.items()},
         "bootstrap": bootstrap_summary(estimates),
         "q_features": {"used": dict(Q_FEATURES_USED), "unavailable": dict(Q_FEATURES_UNAVAILABLE)},
+        "fqe_ratio_power": config.ratio_power,
         **verdict_entry,
     }
 

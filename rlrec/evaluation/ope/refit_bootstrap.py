@@ -14,8 +14,9 @@ cross-fitting folds; a group is a sum of independent sessions, so resampling gro
 replacement is a bootstrap of the same sums (a resampled sum has the session bootstrap's
 variance). Everything a refit needs is a sum over a group's steps, computed once:
 
-* FQE's sufficient statistics :math:`\Phi_g^\top\Phi_g`, :math:`\gamma\Phi_g^\top\bar\Phi'_g`,
-  :math:`\Phi_g^\top r_g` ((d, d), (d, d), (d,) per group);
+* FQE's sufficient statistics :math:`\Phi_g^\top W_g\Phi_g`,
+  :math:`\gamma\Phi_g^\top W_g\bar\Phi'_g`, :math:`\Phi_g^\top W_g r_g` ((d, d), (d, d), (d,)
+  per group; :math:`W_g` the point fit's regression weights, ``FQEResult.step_weight``);
 * the weighted-DR sums, linear in the Q coefficients :math:`\theta`: per group and step t,
   :math:`\sum_i w_{i,t} r_{i,t}`, :math:`\sum_i w_{i,t}\phi_{i,t}`,
   :math:`\sum_i w_{i,t-1}\bar\phi_{i,t}` and :math:`\sum_i w_{i,t}`, so that
@@ -229,6 +230,7 @@ def group_log(
     n_groups: int,
     seed: int,
     switch_tau: float | None = None,
+    step_weight: np.ndarray | None = None,
 ) -> GroupedLog:
     """The per-group sums of :class:`GroupedLog` for one target.
 
@@ -241,6 +243,8 @@ def group_log(
         seed: Seed of the grouping.
         switch_tau: SWITCH-DR's threshold, held fixed across resamples; None leaves its
             sums out (its refit estimate is then 0).
+        step_weight: (n_steps,) the regression weights of the point estimate's FQE
+            (:attr:`~rlrec.evaluation.ope.fqe.FQEResult.step_weight`), or None (all 1).
 
     Raises:
         UserError: When the arrays disagree with the sessions.
@@ -252,6 +256,8 @@ def group_log(
             f"features: expected ({n_steps}, d) features and expected features for the "
             f"{n_steps} logged steps, got {features.shape} and {expected_features.shape}"
         )
+    if step_weight is not None and np.shape(step_weight) != (n_steps,):
+        raise UserError(f"step_weight: expected shape ({n_steps},), got {np.shape(step_weight)}")
     s, h = sessions.n_sessions, sessions.horizon
     fold = fold_of_sessions(s, fqe)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 22]))
@@ -275,9 +281,10 @@ def group_log(
     for k in range(g):
         idx = order[bounds[k] : bounds[k + 1]]
         p = phi[idx]
-        gram[k] = p.T @ p
-        cross[k] = sessions.gamma * (p.T @ phi_next[idx])
-        xr[k] = p.T @ reward[idx]
+        left = p if step_weight is None else p * step_weight[idx, None]  # W Phi of the group
+        gram[k] = left.T @ p
+        cross[k] = sessions.gamma * (left.T @ phi_next[idx])
+        xr[k] = left.T @ reward[idx]
     w = sessions.weight[row, col]  # (n_steps,) w_{i,t}
     w_prev = np.where(col > 0, sessions.weight[row, np.maximum(col - 1, 0)], 1.0)
     cell = step_group * h + col  # (n_steps,) (group, step) cell
@@ -454,7 +461,14 @@ def refit_bootstrap(
     magic = magic or BlendedDR(seed=config.seed)
     tau = SwitchDR().threshold(sessions)
     grouped = group_log(
-        sessions, features, expected_features, fqe, config.n_groups, config.seed, switch_tau=tau
+        sessions,
+        features,
+        expected_features,
+        fqe,
+        config.n_groups,
+        config.seed,
+        switch_tau=tau,
+        step_weight=fqe_result.step_weight,
     )
     steps, blend = magic.blend(sessions)
     n = sessions.n_sessions

@@ -82,7 +82,9 @@ def evaluate_logged_targets(
         Per target: ``estimates`` ({name: {value, ci95}}), ``bootstrap``
         (:func:`~rlrec.evaluation.ope.bootstrap.bootstrap_summary`), ``kl_per_step`` (mean
         over logged steps, nats), ``ess`` (effective sessions of the trajectory weights),
-        ``fqe_iterations`` and ``fqe_ridge`` (per fold) and, with ``truths``, ``true_value``,
+        ``fqe_iterations`` and ``fqe_ridge`` (per fold), ``fqe_ratio_power`` (the regression
+        weights' power, :class:`~rlrec.evaluation.ope.fqe.FQEConfig`) and, with ``truths``,
+        ``true_value``,
         ``true_ci95``, ``relative_error`` and ``truth_in_ci95`` (whether each estimator's
         interval covers the truth).
     """
@@ -95,6 +97,7 @@ def evaluate_logged_targets(
             tl.expected_features,
             gamma=settings.gamma,
             config=settings.fqe,
+            step_ratio=tl.prob / log.behaviour_prob,
         )
         sessions = prepare_sessions(
             session_offsets=log.offsets,
@@ -122,6 +125,7 @@ def evaluate_logged_targets(
             "ess": effective_sample_size(sessions),
             "fqe_iterations": list(fqe.iterations),
             "fqe_ridge": list(fqe.ridges),
+            "fqe_ratio_power": settings.fqe.ratio_power,
             "estimates": {k: e.to_dict() for k, e in estimates.items()},
             "bootstrap": bootstrap_summary(estimates),
             **verdict_entry,
