@@ -82,25 +82,25 @@ those that lean on the Q-model beyond the steps their weights correct (DR and WD
 consistent whatever the model)."""
 
 MEASURED_COVERAGE: dict[str, dict[str, float]] = {
-    "is": {"coverage": 0.5000, "worst_target_coverage": 0.30, "mean_relative_width": 0.700},
-    "wis": {"coverage": 0.4750, "worst_target_coverage": 0.25, "mean_relative_width": 0.414},
-    "pdis": {"coverage": 0.6875, "worst_target_coverage": 0.55, "mean_relative_width": 0.415},
-    "wpdis": {"coverage": 0.6750, "worst_target_coverage": 0.40, "mean_relative_width": 0.296},
-    "dm": {"coverage": 0.8750, "worst_target_coverage": 0.80, "mean_relative_width": 0.107},
-    "dr": {"coverage": 0.9375, "worst_target_coverage": 0.90, "mean_relative_width": 0.498},
-    "wdr": {"coverage": 0.9375, "worst_target_coverage": 0.90, "mean_relative_width": 0.342},
-    "magic": {"coverage": 0.9250, "worst_target_coverage": 0.90, "mean_relative_width": 0.192},
+    "is": {"coverage": 0.5000, "worst_target_coverage": 0.30, "mean_relative_width": 0.698},
+    "wis": {"coverage": 0.4750, "worst_target_coverage": 0.25, "mean_relative_width": 0.412},
+    "pdis": {"coverage": 0.6750, "worst_target_coverage": 0.55, "mean_relative_width": 0.414},
+    "wpdis": {"coverage": 0.6500, "worst_target_coverage": 0.40, "mean_relative_width": 0.295},
+    "dm": {"coverage": 0.8750, "worst_target_coverage": 0.80, "mean_relative_width": 0.106},
+    "dr": {"coverage": 0.9250, "worst_target_coverage": 0.90, "mean_relative_width": 0.496},
+    "wdr": {"coverage": 0.9250, "worst_target_coverage": 0.90, "mean_relative_width": 0.341},
+    "switch": {"coverage": 0.8500, "worst_target_coverage": 0.80, "mean_relative_width": 0.116},
+    "magic": {"coverage": 0.9125, "worst_target_coverage": 0.90, "mean_relative_width": 0.191},
 }
 """Per estimator, the coverage of its 95% interval as measured by
 ``benchmarks/bench_ope_sessions.py --coverage-seeds 20`` (10,000 logged sessions per seed,
-seeds 0-19, 40,000 truth sessions per target, 200 resamples; the benchmark's four targets
-within 1 nat per step, 80 seed x target pairs; 2026-12-06, quiet 2-core machine):
+seeds 0-19, 160,000 truth sessions per target, 200 resamples; the benchmark's four targets
+within 1 nat per step, 80 seed x target pairs; 2026-12-06, 2-core machine at load 1.2-1.9):
 ``coverage`` is the share of pairs whose interval held the simulator's truth,
 ``worst_target_coverage`` the lowest share of one target, ``mean_relative_width`` the mean
 interval width over the truth. Reports show it beside the intervals; ``docs/ope.md`` has the
 per-target table. IS, WIS, PDIS and WPDIS use the session bootstrap, the others the Q-refit
-bootstrap (DM and MAGIC with the bias
-extension)."""
+bootstrap (DM and MAGIC with the bias extension)."""
 
 REFIT_METHOD = (
     "percentile bootstrap of session groups, Q-model refitted (and MAGIC's blend re-chosen) "
