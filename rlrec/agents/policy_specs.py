@@ -229,8 +229,13 @@ def run_simulated_check(
     n_folds: int = 2,
     cache_dir: str = "logs/cache",
     progress: Any = None,
+    ratio_power: float = 0.0,
 ) -> dict[str, Any]:
-    """The ``rlrec ope sessions --simulate`` report (also used by the benchmark)."""
+    """The ``rlrec ope sessions --simulate`` report (also used by the benchmark).
+
+    ``ratio_power`` weighs FQE's regressions by the steps' ratios to that power
+    (:attr:`~rlrec.evaluation.ope.fqe.FQEConfig.ratio_power`; 0: unweighted).
+    """
     from rlrec.evaluation.ope.fqe import FQEConfig
     from rlrec.evaluation.ope.simulated_check import SimulatedCheckSettings, simulated_ope_check
 
@@ -244,7 +249,7 @@ def run_simulated_check(
         truth_sessions=truth_sessions,
         seed=seed,
         n_bootstrap=n_bootstrap,
-        fqe=FQEConfig(n_folds=n_folds, seed=seed),
+        fqe=FQEConfig(n_folds=n_folds, seed=seed, ratio_power=ratio_power),
     )
     behaviour_policy = ctx.policy(b_spec, seed + 101)
     target_policies = {t.text: ctx.policy(t, seed + 202 + i) for i, t in enumerate(t_specs)}

@@ -76,6 +76,15 @@ def add_sessions_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0, help="seed of the log, folds and bootstrap")
     p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap resamples")
     p.add_argument("--n-folds", type=int, default=2, help="FQE cross-fitting folds")
+    p.add_argument(
+        "--q-ratio-power",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="weigh the Q-model's regressions by each step's target/logging probability ratio "
+        "to the power P in [0, 1]; 0: unweighted (docs/ope.md: helps far targets such as "
+        "popular, hurts trained agents)",
+    )
     p.add_argument("--cache-dir", default="logs/cache", help="artifact cache (--simulate)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_sessions)
@@ -166,6 +175,8 @@ def _sessions(args: argparse.Namespace) -> int:
         raise UserError(f"--n-bootstrap: expected >= 0, got {args.n_bootstrap}")
     if args.n_folds < 1:
         raise UserError(f"--n-folds: expected >= 1, got {args.n_folds}")
+    if not 0.0 <= args.q_ratio_power <= 1.0:  # also refuses NaN
+        raise UserError(f"--q-ratio-power: expected in [0, 1], got {args.q_ratio_power}")
 
     def say(message: str) -> None:
         if sys.stderr.isatty():
@@ -183,6 +194,7 @@ def _sessions(args: argparse.Namespace) -> int:
             args.n_folds,
             args.cache_dir,
             progress=say,
+            ratio_power=args.q_ratio_power,
         )
         text = format_simulated(report)
     else:
@@ -215,7 +227,7 @@ def run_real_sessions(args: argparse.Namespace) -> dict[str, Any]:
             history_length=history,
             n_bootstrap=args.n_bootstrap,
             seed=args.seed,
-            fqe=FQEConfig(n_folds=args.n_folds, seed=args.seed),
+            fqe=FQEConfig(n_folds=args.n_folds, seed=args.seed, ratio_power=args.q_ratio_power),
         )
     return {"data": str(args.data), "targets": targets}
 

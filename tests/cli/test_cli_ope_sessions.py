@@ -111,6 +111,14 @@ def test_real_sessions_json_says_propensities_are_estimated(data_dir, capsys):
     assert "dwell_time" in t["q_features"]["used"]
     assert "no impressions" in t["q_features"]["unavailable"]["consecutive_misses"]
     assert "verdict" in t and "lower_bound" in t
+    assert t["fqe_ratio_power"] == 0.0  # unweighted by default
+    # --q-ratio-power weighs the Q-model's regressions: recorded, and it moves the model.
+    weighted = ["--target", "popularity,eps=0.5", "--n-bootstrap", "0", "--json"]
+    assert main([*args, *weighted, "--q-ratio-power", "1"]) == 0
+    w = json.loads(capsys.readouterr().out)["targets"]["popularity,eps=0.5"]
+    assert w["fqe_ratio_power"] == 1.0
+    assert w["estimates"]["is"]["value"] == pytest.approx(t["estimates"]["is"]["value"])
+    assert w["estimates"]["dm"]["value"] != pytest.approx(t["estimates"]["dm"]["value"])
     assert main([*args, "--target", "random", "--n-bootstrap", "10"]) == 0
     out = capsys.readouterr().out
     assert "propensities: estimated" in out
@@ -169,6 +177,11 @@ def test_policy_spec_parsing():
 def test_sessions_flag_errors(preset, capsys):
     code = main(simulate_args(preset, "--sessions", "0"))
     assert code == 2 and "--sessions: expected >= 1" in capsys.readouterr().err
+    for bad in ("1.5", "-0.1", "nan"):
+        code = main(simulate_args(preset, "--q-ratio-power", bad))
+        err = capsys.readouterr().err
+        assert code == 2 and "--q-ratio-power: expected in [0, 1]" in err, bad
+        assert err.count("\n") == 1
 
 
 @pytest.mark.slow  # builds a tiny preset's artifacts and simulates
