@@ -184,10 +184,10 @@ def test_sessions_flag_errors(preset, capsys):
         assert err.count("\n") == 1
 
 
-@pytest.mark.slow  # builds a tiny preset's artifacts and simulates
-def test_bench_script_quick_subprocess(preset, tmp_path):
+def run_bench_script(preset: tuple[Path, Path], out: Path, *extra: str) -> dict:
+    """``bench_ope_sessions.py`` on the tiny preset (popularity behaviour, ``random`` target,
+    100 logged sessions) in a subprocess; its JSON."""
     path, cache = preset
-    out = tmp_path / "bench.json"
     cmd = [
         sys.executable,
         "benchmarks/bench_ope_sessions.py",
@@ -201,13 +201,17 @@ def test_bench_script_quick_subprocess(preset, tmp_path):
         "random",
         "--sessions",
         "100",
-        "--n-bootstrap",
-        "10",
+        *extra,
         "--out",
         str(out),
     ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).parents[2])
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow  # builds a tiny preset's artifacts and simulates
+def test_bench_script_quick_subprocess(preset, tmp_path):
+    result = run_bench_script(preset, tmp_path / "bench.json", "--n-bootstrap", "10")
     assert result["sessions"] == 100 and result["truth_sessions"] == 100
     assert result["default_estimator"] == "magic" and result["seed"] == 0
     assert result["kl_per_step__random"] == result["targets"]["random"]["kl_per_step"]
@@ -223,8 +227,6 @@ def test_bench_script_quick_subprocess(preset, tmp_path):
 def test_ppo_base_uses_the_runs_action_probabilities(tmp_path):
     """``ppo`` softens the loaded run's policy (a stand-in here: no trained run needed)."""
     import types
-
-    import numpy as np
 
     from rlrec.agents.policy_specs import SimulatorContext
     from rlrec.envs.config import EnvConfig
@@ -266,28 +268,7 @@ def test_decision_lines_name_the_detected_model_bias():
 def test_bench_script_point_seeds_reports_the_on_policy_floor(preset, tmp_path):
     """--point-seeds: every seed's signed errors, and the A/B test on the log's users beside
     the estimators; the truth pools batches (TRUTH_MULTIPLE x the logged sessions)."""
-    path, cache = preset
-    out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable,
-        "benchmarks/bench_ope_sessions.py",
-        "--env",
-        str(path),
-        "--cache-dir",
-        str(cache),
-        "--behaviour",
-        "popularity,eps=0.3",
-        "--target",
-        "random",
-        "--sessions",
-        "100",
-        "--point-seeds",
-        "2",
-        "--out",
-        str(out),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=Path(__file__).parents[2])
-    result = json.loads(out.read_text())
+    result = run_bench_script(preset, tmp_path / "bench.json", "--point-seeds", "2")
     assert result["point_seeds"] == 2 and result["point_truth_sessions"] == 1600
     for est in ("dm", "wdr", "switch", "magic", "on_policy"):
         errors = result[f"point_relative_errors__random__{est}"]
