@@ -9,7 +9,9 @@ Taobao sample (``taobao_*``; null when ``../shared/data`` is absent). On synthet
 ``oracle`` row is the Bayes-optimal prediction under the true generator (the session's focus
 inferred from its switches so far, revisits, true popularity): the ceiling.
 The target: the encoder beats every baseline on NDCG@10 and on category accuracy@1
-(``{dataset}_encoder_beats_baselines``; the oracle is not a baseline).
+(``{dataset}_encoder_beats_baselines``; the oracle is not a baseline); whether the lead is
+more than noise is ``{dataset}_encoder_minus_best_{metric}`` with its 95% interval over users
+and verdict (:func:`rlrec.evaluation.paired.paired_figures`; the oracle is not compared).
 
     python benchmarks/bench_encoder.py --out bench_encoder.json            # default schedule
     python benchmarks/bench_encoder.py --out bench_encoder.json --quick    # small data, 1+2 epochs
@@ -40,6 +42,7 @@ import torch
 
 from rlrec.data.dataset import PreparedDataset, load_dataset, write_json_atomic
 from rlrec.data.prepare import prepare
+from rlrec.evaluation.paired import paired_figures
 from rlrec.evaluation.ranking import (
     category_accuracy,
     evaluate_next_step,
@@ -161,6 +164,7 @@ def _train_and_rank(
         f"{prefix}_eval_s": time.perf_counter() - started,
         f"{prefix}_train_sequences_per_s": result.train_sequences_per_s,
         f"{prefix}_encoder_beats_baselines": _beats(report),
+        **paired_figures(report["paired"], prefix),
         **_flat(prefix, report),
         "_result": result,
     }

@@ -13,7 +13,10 @@ Writes flat unit-named keys per log: ``{log}_{model}_{metric}`` for the encoder 
 baseline (``ndcg_at_10``, ``hr_at_10``, ``mrr``, ``category_acc_at_1`` where categories
 exist), the chosen neighbourhood sizes (``{log}_{baseline}_{size}``),
 ``{log}_encoder_beats_baselines`` (NDCG@10 and HR@10 above every baseline, and category
-acc@1 above every category baseline where the log has categories),
+acc@1 above every category baseline where the log has categories), the paired comparison
+with the strongest baseline per metric (``{log}_encoder_minus_best_{metric}`` with its 95%
+interval over users, ``_ci95_low`` / ``_ci95_high``, and ``_verdict``: above, below or level;
+``{log}_encoder_above_baselines_95``: above on every one, with 95% confidence),
 ``{log}_pretrain_seconds`` and ``{log}_eval_seconds``, with the load average beside each
 timing and the machine's facts. ``--quick`` caps training at 1 + 2 epochs (a smoke run, not
 the defaults).
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from rlrec.data.dataset import write_json_atomic
+from rlrec.evaluation.paired import paired_figures
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TRANSFER_TASKS = {
@@ -132,6 +136,7 @@ def run_log(
         f"{name}_eval_seconds": eval_s,
         f"{name}_eval_load_average": _load(),
         f"{name}_encoder_beats_baselines": _beats(report, has_categories),
+        **paired_figures(report["paired"], name),
     }
     models = {"encoder": report["encoder"], **report["baselines"]}
     for model, metrics in models.items():

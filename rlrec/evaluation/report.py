@@ -729,6 +729,13 @@ def _encoder_section(inputs: ReportInputs) -> Section:
             else ""
         )
     )
+    paired = report.get("paired")
+    if isinstance(paired, dict) and paired.get("best"):
+        from rlrec.evaluation.paired import paired_lines
+
+        lines = paired_lines(paired)
+        cells = "; ".join(" ".join(line.split()) for line in lines[1:])  # no column padding
+        section.caption += f" {lines[0]} {cells}."
     return section
 
 

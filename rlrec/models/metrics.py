@@ -12,7 +12,9 @@ import torch
 __all__ = [
     "K",
     "category_accuracy",
+    "category_target_values",
     "item_ranking_metrics",
+    "item_target_values",
     "target_ranks",
 ]
 
@@ -46,6 +48,28 @@ def target_ranks(
     return (greater.double() + 0.5 * ties.double()).cpu().numpy()
 
 
+def item_target_values(ranks: np.ndarray, k: int = K) -> dict[str, np.ndarray]:
+    """Each target's hit@k, NDCG@k and reciprocal rank (one relevant item per target).
+
+    Their means are :func:`item_ranking_metrics`; per target, they are what a paired
+    comparison of two models on the same targets resamples.
+
+    Args:
+        ranks: (N,) 0-based ranks from :func:`target_ranks`.
+        k: Cut-off.
+
+    Returns:
+        ``{"hr@k", "ndcg@k", "mrr"}``, each (N,) float64.
+    """
+    r = np.asarray(ranks, dtype=np.float64)
+    hit = r < k
+    return {
+        f"hr@{k}": hit.astype(np.float64),
+        f"ndcg@{k}": np.where(hit, 1.0 / np.log2(r + 2.0), 0.0),
+        "mrr": 1.0 / (r + 1.0),
+    }
+
+
 def item_ranking_metrics(ranks: np.ndarray, k: int = K) -> dict[str, float]:
     """HR@k, NDCG@k and MRR of next-item ranks (one relevant item per target).
 
@@ -56,14 +80,25 @@ def item_ranking_metrics(ranks: np.ndarray, k: int = K) -> dict[str, float]:
     Returns:
         ``{"hr@k", "ndcg@k", "mrr"}``; NaN when there is no target.
     """
+    values = item_target_values(ranks, k)
+    if len(ranks) == 0:
+        return {name: float("nan") for name in values}
+    return {name: float(v.mean()) for name, v in values.items()}
+
+
+def category_target_values(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """Each target's next-category hit at 1 and at 5 (means: :func:`category_accuracy`).
+
+    Args:
+        ranks: (N,) 0-based ranks from :func:`target_ranks`.
+
+    Returns:
+        ``{"category_acc@1", "category_acc@5"}``, each (N,) float64 0/1.
+    """
     r = np.asarray(ranks, dtype=np.float64)
-    if r.size == 0:
-        return {f"hr@{k}": float("nan"), f"ndcg@{k}": float("nan"), "mrr": float("nan")}
-    hit = r < k
     return {
-        f"hr@{k}": float(hit.mean()),
-        f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean()),
-        "mrr": float((1.0 / (r + 1.0)).mean()),
+        "category_acc@1": (r < 1).astype(np.float64),
+        "category_acc@5": (r < 5).astype(np.float64),
     }
 
 
@@ -76,7 +111,7 @@ def category_accuracy(ranks: np.ndarray) -> dict[str, float]:
     Returns:
         ``{"category_acc@1", "category_acc@5"}``; NaN when there is no target.
     """
-    r = np.asarray(ranks, dtype=np.float64)
-    if r.size == 0:
-        return {"category_acc@1": float("nan"), "category_acc@5": float("nan")}
-    return {"category_acc@1": float((r < 1).mean()), "category_acc@5": float((r < 5).mean())}
+    values = category_target_values(ranks)
+    if len(ranks) == 0:
+        return {name: float("nan") for name in values}
+    return {name: float(v.mean()) for name, v in values.items()}

@@ -505,3 +505,29 @@ def test_encoder_section_draws_the_training_curves(tmp_path: Path) -> None:
     without = _encoder_section(find_inputs(root))
     assert without.image is not None and "training curves" not in without.caption
     assert len(with_curves.image) != len(without.image)
+
+
+def test_encoder_section_states_the_paired_verdict(tmp_path: Path) -> None:
+    import numpy as np
+
+    from rlrec.evaluation.paired import paired_comparison
+    from rlrec.evaluation.report import _encoder_section, find_inputs
+
+    root = tmp_path / "qs"
+    root.mkdir()
+    n = 50
+    paired = paired_comparison(
+        {"hr@10": np.ones(n), "ndcg@10": np.full(n, 0.5)},
+        {"item_markov": {"hr@10": np.zeros(n), "ndcg@10": np.full(n, 0.5)}},
+        np.arange(n),
+    )
+    payload = {**PAYLOADS["encoder_eval.json"], "paired": paired}
+    (root / "encoder_eval.json").write_text(json.dumps(payload))
+    caption = _encoder_section(find_inputs(root)).caption
+    assert "encoder minus the strongest baseline" in caption
+    assert (
+        "hr@10 +1.0000 [+1.0000, +1.0000] vs item_markov: above it with 95% confidence" in caption
+    )
+    assert "ndcg@10 +0.0000" in caption and "level (cannot tell apart at 95%)" in caption
+    (root / "encoder_eval.json").write_text(json.dumps(PAYLOADS["encoder_eval.json"]))
+    assert "strongest baseline" not in _encoder_section(find_inputs(root)).caption

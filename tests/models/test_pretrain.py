@@ -13,7 +13,16 @@ import torch.nn.functional as F
 from rlrec.cli import main
 from rlrec.data.dataset import PreparedDataset, load_dataset
 from rlrec.errors import UserError
-from rlrec.evaluation.ranking import BASELINES, CATEGORY_METRICS, ITEM_METRICS, evaluate_next_step
+from rlrec.evaluation.history import split_session_ids, user_timelines
+from rlrec.evaluation.paired import PAIRED_METRICS
+from rlrec.evaluation.ranking import (
+    BASELINES,
+    CATEGORY_METRICS,
+    ITEM_METRICS,
+    evaluate_next_step,
+    format_report,
+    next_step_targets,
+)
 from rlrec.models.checkpoint import load_encoder
 from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
 from rlrec.models.metrics import category_accuracy, item_ranking_metrics, target_ranks
@@ -23,6 +32,7 @@ from rlrec.models.sequences import (
     SESSION_CONTINUES,
     SESSION_STARTS,
     collapse_repeats,
+    encoder_windows,
     mask_tokens,
     training_windows,
     user_steps,
@@ -172,7 +182,14 @@ def test_config_checks() -> None:
 def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedDataset) -> None:
     result = train_encoder(small_dataset, SMALL, QUICK, progress=False)
     report = evaluate_next_step(result.model, small_dataset)
-    assert set(report) == {"protocol", "encoder", "baselines", "baseline_params"}
+    assert set(report) == {"protocol", "encoder", "baselines", "baseline_params", "paired"}
+    # The paired comparison pairs the same targets: its mean differences are the table's.
+    for name, cells in report["paired"]["baselines"].items():
+        for metric, cell in cells.items():
+            expected = report["encoder"][metric] - report["baselines"][name][metric]
+            assert cell["difference"] == pytest.approx(expected, abs=1e-12), (name, metric)
+    assert set(report["paired"]["best"]) == set(PAIRED_METRICS)
+    assert "encoder minus the strongest baseline" in format_report(report)
     assert set(report["encoder"]) == {*ITEM_METRICS, *CATEGORY_METRICS}
     assert set(report["baselines"]) == set(BASELINES)
     assert set(report["baselines"]["last_category"]) == set(CATEGORY_METRICS)
@@ -183,6 +200,26 @@ def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedData
     assert "full ranking" in report["protocol"]["description"]
     for metrics in (report["encoder"], *report["baselines"].values()):
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+@pytest.mark.parametrize("user_history", [False, True])
+def test_the_encoders_targets_are_the_baselines_targets_in_the_same_order(
+    small_dataset: PreparedDataset, user_history: bool
+) -> None:
+    # The paired comparison subtracts the encoder's per-target values from each baseline's:
+    # the encoder's windows (user streams) must hold the protocol's targets in its order.
+    windows = encoder_windows(small_dataset, "test", 12, user_history)
+    has_target = windows.target_items != IGNORE
+    targets = next_step_targets(
+        collapse_repeats(small_dataset.sessions("test")),
+        12,
+        user_timelines(small_dataset),
+        split_session_ids(small_dataset, "test"),
+        user_history,
+    )
+    assert len(targets) > 20
+    np.testing.assert_array_equal(windows.target_items[has_target], targets.items)
+    np.testing.assert_array_equal(windows.target_categories[has_target], targets.categories)
 
 
 @pytest.mark.parametrize("sessions", [False, True])
