@@ -60,7 +60,11 @@ TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_sample
 
 def _flat(prefix: str, report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {f"{prefix}_test_targets": report["protocol"]["targets"]}
-    rows = {"encoder": report["encoder"], **report["baselines"]}
+    rows = {
+        "encoder": report["encoder"],
+        "encoder_knn": report["encoder_knn"],
+        **report["baselines"],
+    }
     for name, metrics in rows.items():
         for metric, value in metrics.items():
             out[f"{prefix}_{name}_{metric.replace('@', '_at_')}"] = value
@@ -164,7 +168,9 @@ def _train_and_rank(
         f"{prefix}_eval_s": time.perf_counter() - started,
         f"{prefix}_train_sequences_per_s": result.train_sequences_per_s,
         f"{prefix}_encoder_beats_baselines": _beats(report),
-        **paired_figures(report["paired"], prefix),
+        **paired_figures(report["paired"]["encoder"], prefix),
+        **paired_figures(report["paired"]["encoder_knn"], prefix, "encoder_knn"),
+        f"{prefix}_encoder_knn_weight": report["encoder_knn_params"]["weight"],
         **_flat(prefix, report),
         "_result": result,
     }

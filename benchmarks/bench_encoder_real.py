@@ -16,7 +16,9 @@ exist), the chosen neighbourhood sizes (``{log}_{baseline}_{size}``),
 acc@1 above every category baseline where the log has categories), the paired comparison
 with the strongest baseline per metric (``{log}_encoder_minus_best_{metric}`` with its 95%
 interval over users, ``_ci95_low`` / ``_ci95_high``, and ``_verdict``: above, below or level;
-``{log}_encoder_above_baselines_95``: above on every one, with 95% confidence),
+``{log}_encoder_above_baselines_95``: above on every one, with 95% confidence), and the
+same for ``encoder_knn`` (the encoder mixed with the session-kNN at the weight chosen on
+valid, ``{log}_encoder_knn_weight``),
 ``{log}_pretrain_seconds`` and ``{log}_eval_seconds``, with the load average beside each
 timing and the machine's facts. ``--quick`` caps training at 1 + 2 epochs (a smoke run, not
 the defaults).
@@ -136,9 +138,13 @@ def run_log(
         f"{name}_eval_seconds": eval_s,
         f"{name}_eval_load_average": _load(),
         f"{name}_encoder_beats_baselines": _beats(report, has_categories),
-        **paired_figures(report["paired"], name),
+        f"{name}_encoder_knn_weight": report["encoder_knn_params"]["weight"],
+        f"{name}_encoder_knn_knn": report["encoder_knn_params"]["knn"],
+        **paired_figures(report["paired"]["encoder"], name),
+        **paired_figures(report["paired"]["encoder_knn"], name, "encoder_knn"),
     }
-    models = {"encoder": report["encoder"], **report["baselines"]}
+    models = {"encoder": report["encoder"], "encoder_knn": report["encoder_knn"]}
+    models.update(report["baselines"])
     for model, metrics in models.items():
         for metric, value in metrics.items():
             if metric.startswith("category") and not has_categories:

@@ -172,6 +172,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="W[,W...]",
         help="history steps of re-visit (default: 10,50,200,1000)",
     )
+    grids.add_argument(
+        "--knn-mixture",
+        metavar="W[,W...]",
+        help="weights of session-kNN in encoder_knn, the encoder mixed with it, each in [0, 1) "
+        "(default: 0,0.02,0.05,0.1,0.2,0.3,0.5; 0 is the encoder alone)",
+    )
     ev.add_argument(
         "--session-only",
         action="store_true",
@@ -326,6 +332,21 @@ def _positive_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     return values
 
 
+def _mixture_weights(text: str) -> tuple[float, ...]:
+    """Parse ``--knn-mixture``: comma-separated weights in [0, 1)."""
+    from rlrec.errors import UserError
+
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(
+            f"--knn-mixture {text!r}: expected comma-separated numbers, e.g. 0,0.1,0.2"
+        ) from None
+    if any(not 0.0 <= v < 1.0 for v in values):  # NaN fails too
+        raise UserError(f"--knn-mixture {text!r}: every weight must lie in [0, 1)")
+    return values
+
+
 def _baseline_config(args: argparse.Namespace) -> Any:
     """The eval's BaselineConfig: the default grids, overridden by the flags given."""
     import dataclasses
@@ -343,6 +364,8 @@ def _baseline_config(args: argparse.Namespace) -> Any:
     }
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     overrides["user_history"] = not args.session_only
+    if args.knn_mixture is not None:
+        overrides["knn_mixture_weights"] = _mixture_weights(args.knn_mixture)
     return dataclasses.replace(BaselineConfig(), **overrides)
 
 

@@ -139,13 +139,14 @@ def paired_comparison(
     return out
 
 
-def paired_lines(paired: dict[str, Any]) -> list[str]:
-    """The encoder against the strongest baseline per metric, one line each, method first.
+def paired_lines(paired: dict[str, Any], model: str = "encoder") -> list[str]:
+    """A model against the strongest baseline per metric, one line each, method first.
 
     Args:
-        paired: A report's ``paired`` entry (:func:`~rlrec.evaluation.paired.paired_comparison`).
+        paired: One model's comparison (:func:`paired_comparison`'s result).
+        model: The model's name, for the header.
     """
-    lines = [f"encoder minus the strongest baseline, {paired['method']}:"]
+    lines = [f"{model} minus the strongest baseline, {paired['method']}:"]
     for metric, cell in paired["best"].items():
         lo, hi = cell["ci95"]
         lines.append(
@@ -155,27 +156,28 @@ def paired_lines(paired: dict[str, Any]) -> list[str]:
     return lines
 
 
-def paired_figures(paired: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Flat, unit-named benchmark keys of a ``paired`` entry, against the strongest baselines.
+def paired_figures(paired: dict[str, Any], prefix: str, model: str = "encoder") -> dict[str, Any]:
+    """Flat, unit-named benchmark keys of one model's comparison with the strongest baselines.
 
     Args:
-        paired: A report's ``paired`` entry.
+        paired: One model's comparison (:func:`paired_comparison`'s result).
         prefix: Key prefix (the log's name).
+        model: The model's name in the keys.
 
     Returns:
-        ``{prefix}_encoder_minus_best_{metric}`` (the mean difference, in the metric's units)
+        ``{prefix}_{model}_minus_best_{metric}`` (the mean difference, in the metric's units)
         with ``_ci95_low``, ``_ci95_high``, ``_baseline`` and ``_verdict`` beside it, and
-        ``{prefix}_encoder_above_baselines_95``: every compared metric's verdict is "above".
+        ``{prefix}_{model}_above_baselines_95``: every compared metric's verdict is "above".
     """
     out: dict[str, Any] = {}
     for metric, cell in paired.get("best", {}).items():
-        key = f"{prefix}_encoder_minus_best_{metric.replace('@', '_at_')}"
+        key = f"{prefix}_{model}_minus_best_{metric.replace('@', '_at_')}"
         out[key] = cell["difference"]
         out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = cell["ci95"]
         out[f"{key}_baseline"] = cell["baseline"]
         out[f"{key}_verdict"] = cell["verdict"]
     verdicts = [cell["verdict"] for cell in paired.get("best", {}).values()]
-    out[f"{prefix}_encoder_above_baselines_95"] = bool(verdicts) and all(
+    out[f"{prefix}_{model}_above_baselines_95"] = bool(verdicts) and all(
         v == "above" for v in verdicts
     )
     return out

@@ -71,7 +71,7 @@ from rlrec.evaluation.neighbors import (
     session_knn_scores,
 )
 from rlrec.evaluation.paired import paired_comparison, paired_lines
-from rlrec.models.encoder import SequenceEncoder
+from rlrec.models.encoder import Pointer, SequenceEncoder
 from rlrec.models.metrics import (
     category_accuracy,
     category_target_values,
@@ -157,6 +157,10 @@ class BaselineConfig:
             ``rlrec encoder eval``'s 231 s. 5,000 targets put a standard error of about
             0.004 on a setting's NDCG@10, finer than the steps between the grid's sizes.
         tune_seed: Seed of that sample.
+        knn_mixture_weights: Weights ``w`` tried for ``encoder_knn``, the encoder's
+            next-item distribution mixed with the session-kNN's vote shares, ``(1 - w)
+            p_encoder + w p_knn``; chosen on the same valid targets, 0 (the encoder alone)
+            first so that it wins ties.
     """
 
     knn_k: tuple[int, ...] = (50, 100, 200, 500)
@@ -168,6 +172,7 @@ class BaselineConfig:
     user_history: bool = True
     max_tune_targets: int = 5_000
     tune_seed: int = 0
+    knn_mixture_weights: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
     def __post_init__(self) -> None:
         for name in ("knn_k", "knn_sample_sizes", "item_knn_k", "revisit_windows"):
@@ -178,6 +183,9 @@ class BaselineConfig:
             raise ValueError("item_knn_shrinkage and vsknn_idf_weight must be >= 0")
         if self.max_tune_targets < 1:
             raise ValueError(f"max_tune_targets must be >= 1, got {self.max_tune_targets}")
+        weights = self.knn_mixture_weights
+        if not weights or any(not 0.0 <= w < 1.0 for w in weights):
+            raise ValueError(f"knn_mixture_weights must lie in [0, 1), got {list(weights)}")
 
     def grid(self, name: str) -> list[dict[str, int]]:
         """The parameter settings tried for one tuned baseline, in order."""
@@ -701,12 +709,12 @@ def evaluate_next_step(
             config.user_history,
         )
 
-    valid = targets_of("valid", collapse_repeats(dataset.sessions("valid")))
-    if len(valid) > config.max_tune_targets:
+    all_valid = targets_of("valid", collapse_repeats(dataset.sessions("valid")))
+    tune_index = np.arange(len(all_valid))
+    if len(all_valid) > config.max_tune_targets:
         rng = np.random.default_rng(config.tune_seed)
-        valid = valid.subset(
-            np.sort(rng.choice(len(valid), config.max_tune_targets, replace=False))
-        )
+        tune_index = np.sort(rng.choice(len(all_valid), config.max_tune_targets, replace=False))
+    valid = all_valid.subset(tune_index)
     params = _tune(fitted, valid, baseline_rows)
     targets = targets_of(split, steps)
     runs = [
@@ -748,16 +756,55 @@ def evaluate_next_step(
     if model is not None:
         encoder = {"item": _concat(item_ranks), "category": _concat(category_ranks)}
         report["encoder"] = metrics("encoder", encoder)
+        context = (max_len, user_context, batch_size, target_rows)
+        knn = max(  # the session-kNN variant that did best on valid
+            ("sknn", "vsknn"), key=lambda n: params[n]["valid_ndcg@10"]
+        )
+        knn_run = (knn, {k: params[knn][k] for k in TUNED_BASELINES[knn]})
+        weights = config.knn_mixture_weights
+        tune_ranks = _encoder_knn_ranks(
+            model, dataset, "valid", all_valid, fitted, knn_run, weights, context
+        )[tune_index]
+        tried = []
+        for weight, r in zip(weights, tune_ranks.T, strict=True):
+            m = item_ranking_metrics(r)
+            tried.append({"weight": weight, "valid_ndcg@10": m["ndcg@10"], "valid_mrr": m["mrr"]})
+        # Best NDCG@10, then MRR; max() keeps the first of equals (0, the encoder alone).
+        best = max(
+            range(len(tried)), key=lambda j: (tried[j]["valid_ndcg@10"], tried[j]["valid_mrr"])
+        )
+        mixed = {
+            "item": _encoder_knn_ranks(
+                model, dataset, split, targets, fitted, knn_run, [weights[best]], context
+            )[:, 0],
+            "category": encoder["category"],  # the mixture re-ranks items only
+        }
+        report["encoder_knn"] = metrics("encoder", mixed)
+        report["encoder_knn_params"] = {
+            "knn": knn,
+            **knn_run[1],
+            "weight": weights[best],
+            "valid_ndcg@10": tried[best]["valid_ndcg@10"],
+            "valid_targets": len(tune_index),
+            "chosen_by": "valid ndcg@10",
+            "grid": tried,
+        }
         # Both sides rank the same targets in the same order (session order), so the
         # comparison pairs them; one user's targets share a history: resample users (a log
         # without users gives every session its own).
-        report["paired"] = paired_comparison(
-            _target_values("encoder", encoder, dataset.has_categories),
-            {name: _target_values(name, ranks[name], dataset.has_categories) for name in BASELINES},
-            dataset.sessions(split).user[targets.session],
-            n_resamples=n_resamples,
-            seed=seed,
-        )
+        values = {
+            name: _target_values(name, ranks[name], dataset.has_categories) for name in BASELINES
+        }
+        report["paired"] = {
+            model_name: paired_comparison(
+                _target_values("encoder", model_ranks, dataset.has_categories),
+                values,
+                dataset.sessions(split).user[targets.session],
+                n_resamples=n_resamples,
+                seed=seed,
+            )
+            for model_name, model_ranks in (("encoder", encoder), ("encoder_knn", mixed))
+        }
     return report
 
 
@@ -768,12 +815,11 @@ def _target_values(
     out: dict[str, np.ndarray] = {}
     if name != "last_category":
         out.update(item_target_values(ranks["item"]))
-    if categories and (name in CATEGORY_PREDICTORS or name == "encoder"):
+    if categories and name in CATEGORY_PREDICTORS:
         out.update(category_target_values(ranks["category"]))
     return out
 
 
-@torch.no_grad()
 def encoder_ranks(
     model: SequenceEncoder,
     dataset: PreparedDataset,
@@ -802,12 +848,52 @@ def encoder_ranks(
     Returns:
         ``(item_ranks, category_ranks)``: lists of (N_i,) rank arrays, one per slice.
     """
+    item_ranks: list[np.ndarray] = []
+    cat_ranks: list[np.ndarray] = []
+    for part in _encoder_log_probs(
+        model, dataset, split, max_len, user_history, batch_size, target_rows
+    ):
+        item_ranks.append(target_ranks(part.items(), part.target_items))
+        cat_ranks.append(target_ranks(part.categories(), part.target_categories))
+    return item_ranks, cat_ranks
+
+
+@dataclass(frozen=True)
+class _EncoderPart:
+    """The encoder's outputs for a run of consecutive targets (protocol order)."""
+
+    start: int  # index of the first target among the split's
+    hidden: torch.Tensor  # (n, d) query states
+    pointer: Pointer | None  # their copy terms
+    model: SequenceEncoder
+    target_items: torch.Tensor  # (n,) dataset item index
+    target_categories: torch.Tensor  # (n,) dataset category index
+
+    def items(self) -> torch.Tensor:
+        """(n, n_items) next-item log-probabilities (the copy/generate mixture)."""
+        return self.model.next_item_log_probs(self.hidden, self.pointer)
+
+    def categories(self) -> torch.Tensor:
+        """(n, n_categories) next-category log-probabilities."""
+        return self.model.next_category_log_probs(self.hidden, self.pointer)
+
+
+@torch.no_grad()
+def _encoder_log_probs(
+    model: SequenceEncoder,
+    dataset: PreparedDataset,
+    split: str,
+    max_len: int,
+    user_history: bool,
+    batch_size: int,
+    target_rows: int,
+) -> Iterator[_EncoderPart]:
+    """The encoder's states for every target of ``split``, in the protocol's order."""
     model.eval()
     device = next(model.parameters()).device
     windows = encoder_windows(dataset, split, max_len, user_history)
     tokens = windows.session_tokens()
-    item_ranks: list[np.ndarray] = []
-    cat_ranks: list[np.ndarray] = []
+    done = 0
     for sl, tg in _batches(windows, batch_size):
         if len(tg.items) == 0:
             continue
@@ -821,14 +907,72 @@ def encoder_ranks(
         pointer = pointer[at] if pointer is not None else None  # (N,)
         for lo in range(0, len(tg.items), target_rows):
             part = slice(lo, lo + target_rows)
-            h = hidden[part]
-            p = pointer[part] if pointer is not None else None
-            t_items = torch.as_tensor(tg.items[part], device=device)
-            t_cats = torch.as_tensor(tg.categories[part], device=device)
-            # The copy/generate mixtures when the encoder has copy terms.
-            item_ranks.append(target_ranks(model.next_item_log_probs(h, p), t_items))
-            cat_ranks.append(target_ranks(model.next_category_log_probs(h, p), t_cats))
-    return item_ranks, cat_ranks
+            n = len(tg.items[part])
+            yield _EncoderPart(
+                start=done,
+                hidden=hidden[part],
+                pointer=pointer[part] if pointer is not None else None,
+                model=model,
+                target_items=torch.as_tensor(tg.items[part], device=device),
+                target_categories=torch.as_tensor(tg.categories[part], device=device),
+            )
+            done += n
+
+
+def _encoder_knn_ranks(
+    model: SequenceEncoder,
+    dataset: PreparedDataset,
+    split: str,
+    targets: Targets,
+    fitted: _Fitted,
+    knn: tuple[str, dict[str, int]],
+    weights: Sequence[float],
+    context: tuple[int, bool, int, int],
+) -> np.ndarray:
+    """Item ranks of the encoder mixed with a session-kNN, for each mixture weight.
+
+    The kNN's votes for a target (its current item's set to 0: repeats are collapsed, so
+    the current item is never the target) become a distribution by their share; a target
+    no neighbour votes for keeps the encoder's order at every weight.
+
+    Args:
+        model: The encoder.
+        dataset: Its dataset.
+        split: Split to rank; ``targets`` are its protocol targets, in order.
+        targets: The split's targets (the kNN's prefixes).
+        fitted: The fitted baselines (the training sessions' index).
+        knn: ``("sknn" | "vsknn", {"k", "sample_size"})``.
+        weights: (W,) mixture weights ``w`` of ``(1 - w) p_encoder + w p_knn``.
+        context: ``(max_len, user_history, batch_size, target_rows)`` of the encoder.
+
+    Returns:
+        (N, W) ranks of every target at every weight.
+    """
+    max_len, user_history, batch_size, target_rows = context
+    name, params = knn
+    out = np.empty((len(targets), len(weights)))
+    # The kNN candidates grow with the rows scored at once: the baselines' own cap.
+    for part in _encoder_log_probs(
+        model, dataset, split, max_len, user_history, batch_size, min(target_rows, 2048)
+    ):
+        rows = slice(part.start, part.start + len(part.target_items))
+        votes = session_knn_scores(
+            fitted.sessions,
+            knn_candidates(fitted.sessions, targets.prefixes(rows)),
+            name,
+            params["k"],
+            params["sample_size"],
+            fitted.config.vsknn_idf_weight,
+        )  # (n, n_items)
+        votes[np.arange(votes.shape[0]), targets.last_items[rows]] = 0.0
+        total = votes.sum(axis=1, keepdims=True)
+        p_knn = torch.as_tensor(votes / np.where(total > 0, total, 1.0))  # (n, n_items)
+        p_enc = part.items().double().exp().cpu()  # (n, n_items)
+        for j, weight in enumerate(weights):
+            mixed = torch.log((1.0 - weight) * p_enc + weight * p_knn)  # (n, n_items)
+            out[rows, j] = target_ranks(mixed, part.target_items.cpu())
+        _return_freed_memory()
+    return out
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -838,9 +982,9 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of :func:`evaluate_next_step`'s report, protocol first."""
     columns = (*ITEM_METRICS, *CATEGORY_METRICS)
-    rows = []
-    if "encoder" in report:
-        rows.append(("encoder", report["encoder"]))
+    rows: list[tuple[str, dict[str, float]]] = [
+        (name, report[name]) for name in ("encoder", "encoder_knn") if name in report
+    ]
     rows += [(f"{name} (baseline)", m) for name, m in report["baselines"].items()]
     width = max(len(name) for name, _ in rows)
     lines = [f"protocol: {report['protocol']['description']}", ""]
@@ -852,8 +996,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"{name} " + " ".join(f"{k}={p[k]}" for k in TUNED_BASELINES.get(name, ()) if k in p)
         for name, p in report.get("baseline_params", {}).items()
     ]
+    mix = report.get("encoder_knn_params")
+    if mix:
+        chosen.append(f"encoder_knn {mix['knn']} weight={mix['weight']:g}")
     if chosen:
         lines += ["", "chosen on valid: " + "; ".join(chosen)]
-    if report.get("paired", {}).get("best"):
-        lines += ["", *paired_lines(report["paired"])]
+    for name, paired in report.get("paired", {}).items():
+        if paired.get("best"):
+            lines += ["", *paired_lines(paired, name)]
     return "\n".join(lines)

@@ -701,8 +701,9 @@ def _encoder_section(inputs: ReportInputs) -> Section:
         section.missing = "no encoder_eval.json: run 'rlrec encoder eval ENC_DIR --json'"
         return section
     models: dict[str, dict[str, float]] = {}
-    if "encoder" in report:
-        models["encoder"] = report["encoder"]
+    for name in ("encoder", "encoder_knn"):
+        if name in report:
+            models[name] = report[name]
     models.update(report.get("baselines", {}))
     metrics = [*ITEM_METRICS, CATEGORY_METRICS[0]]
     series = {name: [m.get(k) for k in metrics] for name, m in models.items()}
@@ -722,6 +723,12 @@ def _encoder_section(inputs: ReportInputs) -> Section:
         + str(report.get("protocol", {}).get("description", ""))
         + " The encoder should lead on NDCG@10; its states are what PPO starts from."
         + (
+            " encoder_knn: the encoder's next-item distribution mixed with the session-kNN's "
+            f"({mix.get('knn')}) vote shares at weight {mix.get('weight')}, chosen on valid."
+            if isinstance(mix := report.get("encoder_knn_params"), dict)
+            else ""
+        )
+        + (
             " Below: its training curves per epoch (encoder/encoder.json; TensorBoard under "
             "encoder/tensorboard), pretraining then fine-tuning; the kept epoch is the best "
             "valid NDCG@10."
@@ -729,13 +736,13 @@ def _encoder_section(inputs: ReportInputs) -> Section:
             else ""
         )
     )
-    paired = report.get("paired")
-    if isinstance(paired, dict) and paired.get("best"):
-        from rlrec.evaluation.paired import paired_lines
+    from rlrec.evaluation.paired import paired_lines
 
-        lines = paired_lines(paired)
-        cells = "; ".join(" ".join(line.split()) for line in lines[1:])  # no column padding
-        section.caption += f" {lines[0]} {cells}."
+    for name, paired in (report.get("paired") or {}).items():  # one per model
+        if isinstance(paired, dict) and paired.get("best"):
+            lines = paired_lines(paired, name)
+            cells = "; ".join(" ".join(line.split()) for line in lines[1:])  # no column padding
+            section.caption += f" {lines[0]} {cells}."
     return section
 
 

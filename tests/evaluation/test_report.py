@@ -521,7 +521,7 @@ def test_encoder_section_states_the_paired_verdict(tmp_path: Path) -> None:
         {"item_markov": {"hr@10": np.zeros(n), "ndcg@10": np.full(n, 0.5)}},
         np.arange(n),
     )
-    payload = {**PAYLOADS["encoder_eval.json"], "paired": paired}
+    payload = {**PAYLOADS["encoder_eval.json"], "paired": {"encoder": paired}}
     (root / "encoder_eval.json").write_text(json.dumps(payload))
     caption = _encoder_section(find_inputs(root)).caption
     assert "encoder minus the strongest baseline" in caption

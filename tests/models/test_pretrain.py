@@ -19,6 +19,7 @@ from rlrec.evaluation.ranking import (
     BASELINES,
     CATEGORY_METRICS,
     ITEM_METRICS,
+    BaselineConfig,
     evaluate_next_step,
     format_report,
     next_step_targets,
@@ -182,14 +183,39 @@ def test_config_checks() -> None:
 def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedDataset) -> None:
     result = train_encoder(small_dataset, SMALL, QUICK, progress=False)
     report = evaluate_next_step(result.model, small_dataset)
-    assert set(report) == {"protocol", "encoder", "baselines", "baseline_params", "paired"}
+    assert set(report) == {
+        "protocol",
+        "encoder",
+        "encoder_knn",
+        "encoder_knn_params",
+        "baselines",
+        "baseline_params",
+        "paired",
+    }
     # The paired comparison pairs the same targets: its mean differences are the table's.
-    for name, cells in report["paired"]["baselines"].items():
-        for metric, cell in cells.items():
-            expected = report["encoder"][metric] - report["baselines"][name][metric]
-            assert cell["difference"] == pytest.approx(expected, abs=1e-12), (name, metric)
-    assert set(report["paired"]["best"]) == set(PAIRED_METRICS)
-    assert "encoder minus the strongest baseline" in format_report(report)
+    for model_name in ("encoder", "encoder_knn"):
+        paired = report["paired"][model_name]
+        for name, cells in paired["baselines"].items():
+            for metric, cell in cells.items():
+                expected = report[model_name][metric] - report["baselines"][name][metric]
+                assert cell["difference"] == pytest.approx(expected, abs=1e-12), (name, metric)
+        assert set(paired["best"]) == set(PAIRED_METRICS)
+        assert f"{model_name} minus the strongest baseline" in format_report(report)
+    # The mixture re-ranks items only, at a weight chosen on valid from the grid.
+    mix = report["encoder_knn_params"]
+    assert mix["weight"] in BaselineConfig().knn_mixture_weights
+    assert mix["knn"] in ("sknn", "vsknn")
+    assert [t["weight"] for t in mix["grid"]] == list(BaselineConfig().knn_mixture_weights)
+    best = max(t["valid_ndcg@10"] for t in mix["grid"])
+    assert mix["valid_ndcg@10"] == best
+    for metric in CATEGORY_METRICS:
+        assert report["encoder_knn"][metric] == report["encoder"][metric]
+    assert f"encoder_knn {mix['knn']} weight=" in format_report(report)
+    # Weight 0 only: the mixture is the encoder alone.
+    alone = evaluate_next_step(
+        result.model, small_dataset, config=BaselineConfig(knn_mixture_weights=(0.0,))
+    )
+    assert alone["encoder_knn"] == alone["encoder"]
     assert set(report["encoder"]) == {*ITEM_METRICS, *CATEGORY_METRICS}
     assert set(report["baselines"]) == set(BASELINES)
     assert set(report["baselines"]["last_category"]) == set(CATEGORY_METRICS)
@@ -200,6 +226,44 @@ def test_evaluation_report_follows_the_json_contract(small_dataset: PreparedData
     assert "full ranking" in report["protocol"]["description"]
     for metrics in (report["encoder"], *report["baselines"].values()):
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+def test_the_knn_mixture_ranks_the_neighbours_votes_first_at_a_high_weight(
+    small_dataset: PreparedDataset,
+) -> None:
+    # At w = 0.999 every item the session-kNN votes for outscores every item it does not
+    # (0.999 x a vote share against at most 0.001 x an encoder probability); at w = 0 the
+    # mixture is the encoder alone.
+    from rlrec.evaluation.neighbors import knn_candidates, session_knn_scores
+    from rlrec.evaluation.ranking import _encoder_knn_ranks, _fit_all, encoder_ranks
+
+    model = train_encoder(small_dataset, SMALL, QUICK, progress=False).model
+    config = BaselineConfig()
+    timelines = user_timelines(small_dataset)
+    fitted = _fit_all(small_dataset, config, timelines)
+    steps = collapse_repeats(small_dataset.sessions("test"))
+    targets = next_step_targets(
+        steps, 12, timelines, split_session_ids(small_dataset, "test"), True
+    )
+    run = ("sknn", {"k": 1, "sample_size": 1})  # one neighbour: not every item gets a vote
+    ranks = _encoder_knn_ranks(
+        model, small_dataset, "test", targets, fitted, run, [0.0, 0.999], (12, True, 7, 5)
+    )
+    alone, _ = encoder_ranks(model, small_dataset, "test", 12, True)
+    np.testing.assert_array_equal(ranks[:, 0], np.concatenate(alone))
+    votes = session_knn_scores(
+        fitted.sessions, knn_candidates(fitted.sessions, targets.prefixes(slice(None))),
+        "sknn", 1, 1,
+    )  # fmt: skip
+    votes[np.arange(len(targets)), targets.last_items] = 0.0
+    n_voted = (votes > 0).sum(axis=1)
+    voted = votes[np.arange(len(targets)), targets.items] > 0
+    assert voted.any() and (~voted & (n_voted > 0)).any()
+    assert (ranks[voted, 1] < n_voted[voted]).all()
+    assert (ranks[~voted, 1] >= n_voted[~voted]).all()
+    # Among voted items the order is the votes' (ties: the encoder's order breaks them).
+    more = (votes > votes[np.arange(len(targets)), targets.items][:, None]).sum(axis=1)
+    assert (ranks[voted, 1] >= more[voted]).all()
 
 
 @pytest.mark.parametrize("user_history", [False, True])

@@ -1094,6 +1094,10 @@ BAD_EVAL_OPTIONS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "knn sample not a number": (["--knn-sample", "many"], ("--knn-sample", "'many'", "integers")),
     "item-knn k empty item": (["--item-knn-k", "20,,50"], ("--item-knn-k", "integers")),
     "revisit window float": (["--revisit-window", "2.5"], ("--revisit-window", "'2.5'")),
+    "knn mixture weight of one": (["--knn-mixture", "0,1"], ("--knn-mixture", "[0, 1)")),
+    "knn mixture negative": (["--knn-mixture", "0.1,-0.2"], ("--knn-mixture", "[0, 1)")),
+    "knn mixture nan": (["--knn-mixture", "nan"], ("--knn-mixture", "'nan'", "[0, 1)")),
+    "knn mixture text": (["--knn-mixture", "some"], ("--knn-mixture", "'some'", "numbers")),
 }
 
 
@@ -1122,6 +1126,9 @@ REPORT_JSON: list[tuple[str, object]] = [
     ("fidelity.json", {"ks_session_length": "abc", "mean_session_length": "x"}),
     ("fidelity.json", "a string"),
     ("encoder_eval.json", {"encoder": "abc"}),
+    ("encoder_eval.json", {"paired": "abc"}),
+    ("encoder_eval.json", {"paired": {"encoder": {"best": {"ndcg@10": {"ci95": "x"}}}}}),
+    ("encoder_eval.json", {"encoder_knn": [1, 2], "encoder_knn_params": "x"}),
     ("encoder_eval.json", {"baselines": {"pop": {"ndcg@10": "x"}}}),
     ("encoder_eval.json", {"encoder": {"ndcg@10": "high"}, "baselines": {"pop": {"ndcg@10": 0.1}}}),
     ("ope_sessions.json", {"targets": {"ppo": {"estimates": "abc"}}}),
