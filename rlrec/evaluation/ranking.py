@@ -763,8 +763,8 @@ def evaluate_next_step(
         knn_run = (knn, {k: params[knn][k] for k in TUNED_BASELINES[knn]})
         weights = config.knn_mixture_weights
         tune_ranks = _encoder_knn_ranks(
-            model, dataset, "valid", all_valid, fitted, knn_run, weights, context
-        )[tune_index]
+            model, dataset, "valid", all_valid, fitted, knn_run, weights, context, tune_index
+        )
         tried = []
         for weight, r in zip(weights, tune_ranks.T, strict=True):
             m = item_ranking_metrics(r)
@@ -928,6 +928,7 @@ def _encoder_knn_ranks(
     knn: tuple[str, dict[str, int]],
     weights: Sequence[float],
     context: tuple[int, bool, int, int],
+    only: np.ndarray | None = None,
 ) -> np.ndarray:
     """Item ranks of the encoder mixed with a session-kNN, for each mixture weight.
 
@@ -944,33 +945,41 @@ def _encoder_knn_ranks(
         knn: ``("sknn" | "vsknn", {"k", "sample_size"})``.
         weights: (W,) mixture weights ``w`` of ``(1 - w) p_encoder + w p_knn``.
         context: ``(max_len, user_history, batch_size, target_rows)`` of the encoder.
+        only: Sorted indices of the targets to rank (the valid targets the weight is tuned
+            on); None: all. The encoder still reads every window, the kNN only these.
 
     Returns:
-        (N, W) ranks of every target at every weight.
+        (len(only) or N, W) ranks of those targets at every weight.
     """
     max_len, user_history, batch_size, target_rows = context
     name, params = knn
-    out = np.empty((len(targets), len(weights)))
+    wanted = np.arange(len(targets)) if only is None else np.asarray(only, dtype=np.int64)
+    out = np.empty((len(wanted), len(weights)))
     # The kNN candidates grow with the rows scored at once: the baselines' own cap.
     for part in _encoder_log_probs(
         model, dataset, split, max_len, user_history, batch_size, min(target_rows, 2048)
     ):
-        rows = slice(part.start, part.start + len(part.target_items))
+        lo, hi = np.searchsorted(wanted, [part.start, part.start + len(part.target_items)])
+        if lo == hi:
+            continue
+        subset = targets.subset(wanted[lo:hi])
+        local = torch.as_tensor(wanted[lo:hi] - part.start, device=part.target_items.device)
         votes = session_knn_scores(
             fitted.sessions,
-            knn_candidates(fitted.sessions, targets.prefixes(rows)),
+            knn_candidates(fitted.sessions, subset.prefixes(slice(None))),
             name,
             params["k"],
             params["sample_size"],
             fitted.config.vsknn_idf_weight,
         )  # (n, n_items)
-        votes[np.arange(votes.shape[0]), targets.last_items[rows]] = 0.0
+        votes[np.arange(votes.shape[0]), subset.last_items] = 0.0
         total = votes.sum(axis=1, keepdims=True)
         p_knn = torch.as_tensor(votes / np.where(total > 0, total, 1.0))  # (n, n_items)
-        p_enc = part.items().double().exp().cpu()  # (n, n_items)
+        p_enc = part.items()[local].double().exp().cpu()  # (n, n_items)
+        target_items = part.target_items[local].cpu()
         for j, weight in enumerate(weights):
             mixed = torch.log((1.0 - weight) * p_enc + weight * p_knn)  # (n, n_items)
-            out[rows, j] = target_ranks(mixed, part.target_items.cpu())
+            out[lo:hi, j] = target_ranks(mixed, target_items)
         _return_freed_memory()
     return out
 

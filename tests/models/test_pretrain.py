@@ -251,6 +251,13 @@ def test_the_knn_mixture_ranks_the_neighbours_votes_first_at_a_high_weight(
     )
     alone, _ = encoder_ranks(model, small_dataset, "test", 12, True)
     np.testing.assert_array_equal(ranks[:, 0], np.concatenate(alone))
+    some = np.array([0, 3, 4, len(targets) - 1])  # the tuning sample: the same ranks
+    np.testing.assert_array_equal(
+        _encoder_knn_ranks(
+            model, small_dataset, "test", targets, fitted, run, [0.0, 0.999], (12, True, 7, 5), some
+        ),
+        ranks[some],
+    )
     votes = session_knn_scores(
         fitted.sessions, knn_candidates(fitted.sessions, targets.prefixes(slice(None))),
         "sknn", 1, 1,
