@@ -22,7 +22,11 @@ and verdict (:func:`rlrec.evaluation.paired.paired_figures`; the oracle is not c
 events (``SyntheticConfig(n_events=100_000)``) trained with every default (size and epoch
 ceilings from the data, early stopping): ``synthetic100k_train_s`` (pretrain + fine-tune),
 its epochs and resolved width, with the load average before and after (target: 300 s on 2
-cores).
+cores). ``--transfer`` adds that encoder's transfer gains (pretrained init minus from scratch
+at 10% and 100% of the labels, ``synthetic100k_transfer_{task}_{pretrained,scratch,gain}_at_
+{10,100}pct``) for ``next_new_category`` and ``return``; ``--only-100k`` runs only that log.
+
+    python benchmarks/bench_encoder.py --only-100k --transfer --seed N --out t.json
 """
 
 from __future__ import annotations
@@ -49,11 +53,12 @@ from rlrec.evaluation.ranking import (
     item_ranking_metrics,
     target_ranks,
 )
-from rlrec.models.encoder import EncoderConfig, StateEncoder
+from rlrec.models.encoder import EncoderConfig, SequenceEncoder, StateEncoder
 from rlrec.models.ground_truth import load_ground_truth
 from rlrec.models.pretrain import PretrainConfig, TrainingResult, train_encoder
 from rlrec.models.sequences import collapse_repeats, prefix_windows
 from rlrec.models.synthetic import SyntheticConfig, generate_dataset
+from rlrec.models.transfer import FinetuneConfig, transfer_comparison
 
 TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_sample/UserBehavior.csv"
 
@@ -176,14 +181,21 @@ def _train_and_rank(
     }
 
 
-def _time_100k(work: Path, seed: int) -> dict[str, Any]:
-    """Train with every default on a ~100k-event synthetic log; wall time and load."""
+TRANSFER_TASKS = ("next_new_category", "return")
+"""The tasks whose transfer gain at 10% of the labels issue 16 targets."""
+
+
+def _time_100k(work: Path, seed: int, transfer: bool = False) -> dict[str, Any]:
+    """Train with every default on a ~100k-event synthetic log; wall time and load.
+
+    With ``transfer``, the trained encoder's transfer gains too (:func:`_transfer`).
+    """
     ds = load_dataset(
         generate_dataset(work / "synthetic100k", SyntheticConfig(n_events=100_000, seed=seed))
     )
     load_before = [round(v, 2) for v in os.getloadavg()]
     result = train_encoder(ds, None, PretrainConfig(seed=seed), progress=sys.stderr.isatty())
-    return {
+    out = {
         "synthetic100k_events": len(ds.events),
         "synthetic100k_train_targets": collapse_repeats(ds.sessions("train")).n_targets,
         "synthetic100k_train_s": result.seconds,
@@ -194,6 +206,32 @@ def _time_100k(work: Path, seed: int) -> dict[str, Any]:
         "synthetic100k_load_average_after": [round(v, 2) for v in os.getloadavg()],
         "synthetic100k_device": str(next(result.model.parameters()).device),
     }
+    if transfer:
+        out.update(_transfer(result.model, ds, seed, "synthetic100k"))
+    return out
+
+
+def _transfer(
+    model: SequenceEncoder, ds: PreparedDataset, seed: int, prefix: str
+) -> dict[str, Any]:
+    """Pretrained init against from-scratch at 10% and 100% of the labels, per task.
+
+    The tasks of the issue's transfer target: cross-sell (``next_new_category``) and
+    ``return`` (the default 7-day horizon: the synthetic log spans months, so both classes
+    occur in its test split).
+    """
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    for task in TRANSFER_TASKS:
+        row = transfer_comparison(model, ds, task, config=FinetuneConfig(task=task, seed=seed))
+        out[f"{prefix}_transfer_{task}_metric"] = row["metric"]
+        for fraction, cells in row["fractions"].items():
+            pct = round(float(fraction) * 100)
+            for key in ("pretrained", "scratch", "gain", "train_labels"):
+                out[f"{prefix}_transfer_{task}_{key}_at_{pct}pct"] = cells[key]
+    out[f"{prefix}_transfer_seconds"] = time.perf_counter() - started
+    out[f"{prefix}_transfer_load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return out
 
 
 def main() -> int:
@@ -213,7 +251,19 @@ def main() -> int:
     parser.add_argument(
         "--events-100k", action="store_true", help="also time the defaults on ~100k events"
     )
+    parser.add_argument(
+        "--transfer",
+        action="store_true",
+        help="with --events-100k: the transfer gains of that encoder (next_new_category, return)",
+    )
+    parser.add_argument(
+        "--only-100k",
+        action="store_true",
+        help="skip the synthetic default and Taobao (implies --events-100k)",
+    )
     args = parser.parse_args()
+    if args.only_100k:
+        args.events_100k = True
     if args.threads:
         torch.set_num_threads(args.threads)
     enc = EncoderConfig(copy=args.copy)
@@ -243,21 +293,22 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        synth = load_dataset(generate_dataset(work / "synthetic", synth_cfg))
-        res = _train_and_rank("synthetic", synth, cfg, enc)
-        result = res.pop("_result")
-        out["train_sequences_per_s"] = res["synthetic_train_sequences_per_s"]
-        out["infer_states_per_s"] = _infer_states_per_s(result, synth)
-        out.update(res)
-        if TAOBAO.is_file():
-            taobao = load_dataset(prepare([TAOBAO], "taobao", work / "taobao"))
-            res = _train_and_rank("taobao", taobao, cfg, enc)
-            res.pop("_result")
+        if not args.only_100k:
+            synth = load_dataset(generate_dataset(work / "synthetic", synth_cfg))
+            res = _train_and_rank("synthetic", synth, cfg, enc)
+            result = res.pop("_result")
+            out["train_sequences_per_s"] = res["synthetic_train_sequences_per_s"]
+            out["infer_states_per_s"] = _infer_states_per_s(result, synth)
             out.update(res)
-        else:
-            out["taobao_encoder_ndcg_at_10"] = None
+            if TAOBAO.is_file():
+                taobao = load_dataset(prepare([TAOBAO], "taobao", work / "taobao"))
+                res = _train_and_rank("taobao", taobao, cfg, enc)
+                res.pop("_result")
+                out.update(res)
+            else:
+                out["taobao_encoder_ndcg_at_10"] = None
         if args.events_100k:
-            out.update(_time_100k(work, args.seed))
+            out.update(_time_100k(work, args.seed, args.transfer))
     write_json_atomic(args.out, out)
     print(json.dumps(out, indent=2))
     return 0

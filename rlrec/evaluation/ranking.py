@@ -32,12 +32,15 @@ Protocol (:func:`evaluate_next_step`, printed with every result):
 * the current item is ranked last by every baseline (repeats are collapsed, so it is never
   the target); the neighbourhood baselines rank the items they give no vote by popularity,
   below every voted item;
-* the encoder is compared with every baseline **pairwise on the same targets**
-  (:mod:`rlrec.evaluation.paired`): the mean difference on NDCG@10, HR@10 and category
-  acc@1 with a 95% interval from a bootstrap over users (a log without users gives every
-  session its own),
-  and against the strongest baseline per metric a verdict: above, below, or level (the
-  interval holds zero).
+* ``encoder_knn``: the encoder's next-item distribution mixed with the vote shares of the
+  better of SKNN and V-SKNN on valid, ``(1 - w) p_encoder + w p_knn``, with ``w`` chosen on
+  the same valid targets (``BaselineConfig.knn_mixture_weights``; 0, the encoder alone,
+  wins ties); it re-ranks items only;
+* the encoder and ``encoder_knn`` are compared with every baseline **pairwise on the same
+  targets** (:mod:`rlrec.evaluation.paired`): the mean difference on NDCG@10, HR@10 and
+  category acc@1 with a 95% interval from a bootstrap over users (a log without users
+  gives every session its own), and against the strongest baseline per metric a verdict:
+  above, below, or level (the interval holds zero).
 
 Metric functions are pure functions over score arrays; baselines are arrays fitted once.
 """
@@ -45,6 +48,7 @@ Metric functions are pure functions over score arrays; baselines are arrays fitt
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -681,11 +685,14 @@ def evaluate_next_step(
         seed: Seed of that bootstrap.
 
     Returns:
-        ``{"protocol": {...}, "encoder": {metric: value}, "baselines": {name: {metric:
-        value}}, "baseline_params": {name: {size: value, "valid_ndcg@10": ..., "grid":
-        [...]}}, "paired": {...}}``; ``encoder`` and ``paired``
-        (:func:`~rlrec.evaluation.paired.paired_comparison`: the encoder minus each
-        baseline) are absent without a model; each baseline holds the metrics it predicts.
+        ``{"protocol": {...}, "encoder": {metric: value}, "encoder_knn": {metric: value},
+        "encoder_knn_params": {"knn", "k", "sample_size", "weight", "valid_ndcg@10",
+        "grid": [...]}, "baselines": {name: {metric: value}}, "baseline_params": {name:
+        {size: value, "valid_ndcg@10": ..., "grid": [...]}}, "paired": {"encoder" |
+        "encoder_knn": {...}}}``. ``encoder_knn`` is the encoder mixed with the better
+        session-kNN on valid (weight chosen on valid); ``paired`` holds each model minus
+        every baseline (:func:`~rlrec.evaluation.paired.paired_comparison`). The encoder's
+        entries are absent without a model; each baseline holds the metrics it predicts.
     """
     require_items(dataset, "encoder eval")
     config = config or BaselineConfig()
@@ -757,8 +764,8 @@ def evaluate_next_step(
         encoder = {"item": _concat(item_ranks), "category": _concat(category_ranks)}
         report["encoder"] = metrics("encoder", encoder)
         context = (max_len, user_context, batch_size, target_rows)
-        knn = max(  # the session-kNN variant that did best on valid
-            ("sknn", "vsknn"), key=lambda n: params[n]["valid_ndcg@10"]
+        knn = max(  # the session-kNN variant that did best on valid (SKNN without targets)
+            ("sknn", "vsknn"), key=lambda n: _finite_or(params[n].get("valid_ndcg@10"))
         )
         knn_run = (knn, {k: params[knn][k] for k in TUNED_BASELINES[knn]})
         weights = config.knn_mixture_weights
@@ -769,9 +776,14 @@ def evaluate_next_step(
         for weight, r in zip(weights, tune_ranks.T, strict=True):
             m = item_ranking_metrics(r)
             tried.append({"weight": weight, "valid_ndcg@10": m["ndcg@10"], "valid_mrr": m["mrr"]})
-        # Best NDCG@10, then MRR; max() keeps the first of equals (0, the encoder alone).
+        # Best NDCG@10, then MRR; max() keeps the first of equals (0, the encoder alone),
+        # which is also the choice without valid targets (every metric NaN).
         best = max(
-            range(len(tried)), key=lambda j: (tried[j]["valid_ndcg@10"], tried[j]["valid_mrr"])
+            range(len(tried)),
+            key=lambda j: (
+                _finite_or(tried[j]["valid_ndcg@10"]),
+                _finite_or(tried[j]["valid_mrr"]),
+            ),
         )
         mixed = {
             "item": _encoder_knn_ranks(
@@ -808,6 +820,11 @@ def evaluate_next_step(
     return report
 
 
+def _finite_or(value: float | None, default: float = -math.inf) -> float:
+    """``value`` where it is a finite number, else ``default`` (for choosing by a metric)."""
+    return float(value) if value is not None and math.isfinite(value) else default
+
+
 def _target_values(
     name: str, ranks: dict[str, np.ndarray], categories: bool
 ) -> dict[str, np.ndarray]:
@@ -820,6 +837,7 @@ def _target_values(
     return out
 
 
+@torch.no_grad()
 def encoder_ranks(
     model: SequenceEncoder,
     dataset: PreparedDataset,
@@ -878,7 +896,6 @@ class _EncoderPart:
         return self.model.next_category_log_probs(self.hidden, self.pointer)
 
 
-@torch.no_grad()
 def _encoder_log_probs(
     model: SequenceEncoder,
     dataset: PreparedDataset,
@@ -888,7 +905,11 @@ def _encoder_log_probs(
     batch_size: int,
     target_rows: int,
 ) -> Iterator[_EncoderPart]:
-    """The encoder's states for every target of ``split``, in the protocol's order."""
+    """The encoder's states for every target of ``split``, in the protocol's order.
+
+    A generator: its consumer (:func:`encoder_ranks`, :func:`_encoder_knn_ranks`) holds
+    ``torch.no_grad`` over the forward passes and the heads alike.
+    """
     model.eval()
     device = next(model.parameters()).device
     windows = encoder_windows(dataset, split, max_len, user_history)
@@ -919,6 +940,7 @@ def _encoder_log_probs(
             done += n
 
 
+@torch.no_grad()
 def _encoder_knn_ranks(
     model: SequenceEncoder,
     dataset: PreparedDataset,

@@ -243,6 +243,32 @@ def test_without_valid_targets_the_first_grid_values_are_used(tmp_path: Path) ->
     assert report["protocol"]["targets"] == 2
 
 
+def test_an_encoder_without_valid_targets_gets_the_mixture_weight_zero(tmp_path: Path) -> None:
+    # No valid target: every tuned metric is NaN, so the mixture keeps the encoder alone
+    # (weight 0, the grid's first) and the report still pairs it with every baseline.
+    from rlrec.models.encoder import EncoderConfig, SequenceEncoder
+
+    one_step_valid = [(u, sp, items[:1] if sp == 1 else items) for u, sp, items in TINY_LOG]
+    ds = _write_tiny_log(tmp_path / "ds", one_step_valid)
+    torch.manual_seed(0)
+    model = SequenceEncoder(
+        EncoderConfig(d_model=8, n_layers=1, n_heads=2, max_len=6),
+        ds.n_items,
+        ds.n_categories,
+        ds.item_category,
+    )
+    report = evaluate_next_step(model, ds, config=BaselineConfig(knn_k=(7, 9)))
+    assert report["encoder_knn_params"]["weight"] == 0.0
+    assert report["encoder_knn_params"]["valid_targets"] == 0
+    assert report["encoder_knn"] == report["encoder"]
+    assert set(report["paired"]) == {"encoder", "encoder_knn"}
+    assert report["paired"]["encoder"]["n_clusters"] == 2  # the two users
+    with pytest.raises(ValueError, match="knn_mixture_weights"):
+        BaselineConfig(knn_mixture_weights=(0.0, 1.0))
+    with pytest.raises(ValueError, match="knn_mixture_weights"):
+        BaselineConfig(knn_mixture_weights=())
+
+
 def test_sizes_are_tuned_on_a_seeded_sample_of_valid_targets(tmp_path: Path) -> None:
     # The tiny log's valid split has 2 targets: a cap of 1 tunes on one of them, seeded.
     ds = _write_tiny_log(tmp_path / "ds")
