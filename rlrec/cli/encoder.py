@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rlrec.cli.parsing import HelpFormatter, add_force, check_out_dir
@@ -315,36 +316,38 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
-    """Parse a comma-separated list of positive integers given to ``flag``."""
+def _number_list(
+    text: str, flag: str, parse: Callable[[str], Any], ok: Callable[[Any], bool], what: str
+) -> tuple[Any, ...]:
+    """Parse a comma-separated list given to ``flag``: every part through ``parse``, each ``ok``.
+
+    ``what`` names the values with an example, for the one-line error (``positive
+    integers, e.g. 50,100``); NaN fails every comparison, so ``ok`` refuses it too.
+    """
     from rlrec.errors import UserError
 
+    error = UserError(f"{flag} {text!r}: expected comma-separated {what}")
+    try:
+        values = tuple(parse(part) for part in text.split(","))
+    except ValueError:
+        raise error from None
+    if not all(ok(v) for v in values):
+        raise error
+    return values
+
+
+def _positive_ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """Parse a comma-separated list of positive integers given to ``flag``."""
     if text is None:
         return None
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise UserError(
-            f"{flag} {text!r}: expected comma-separated positive integers, e.g. 50,100"
-        ) from None
-    if any(v <= 0 for v in values):
-        raise UserError(f"{flag} {text!r}: every value must be a positive integer")
-    return values
+    return _number_list(text, flag, int, lambda v: v > 0, "positive integers, e.g. 50,100")
 
 
 def _mixture_weights(text: str) -> tuple[float, ...]:
     """Parse ``--knn-mixture``: comma-separated weights in [0, 1)."""
-    from rlrec.errors import UserError
-
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise UserError(
-            f"--knn-mixture {text!r}: expected comma-separated numbers, e.g. 0,0.1,0.2"
-        ) from None
-    if any(not 0.0 <= v < 1.0 for v in values):  # NaN fails too
-        raise UserError(f"--knn-mixture {text!r}: every weight must lie in [0, 1)")
-    return values
+    return _number_list(
+        text, "--knn-mixture", float, lambda v: 0.0 <= v < 1.0, "numbers in [0, 1), e.g. 0,0.1"
+    )
 
 
 def _baseline_config(args: argparse.Namespace) -> Any:

@@ -1,7 +1,7 @@
 """Paired comparison of two rankers on the same targets: is the difference more than noise?
 
 A table of NDCG@10 per model says which number is larger, not whether the lead would
-survive another test split. On the real logs rlrec ships with (the Taobao sample's 822 test
+survive another test split. On the real logs in ``../shared`` (the Taobao sample's 822 test
 targets) the encoder's lead over the re-visit rule and its gap to the last-category rule are
 a few targets each; a reader needs the interval, not only the point.
 
