@@ -259,7 +259,8 @@ def main() -> int:
     parser.add_argument(
         "--transfer",
         action="store_true",
-        help="with --events-100k: the transfer gains of that encoder (next_new_category, return)",
+        help="the transfer gains of the ~100k-event encoder (next_new_category, return); "
+        "implies --events-100k",
     )
     parser.add_argument(
         "--only-100k",
@@ -267,7 +268,7 @@ def main() -> int:
         help="skip the synthetic default and Taobao (implies --events-100k)",
     )
     args = parser.parse_args()
-    if args.only_100k:
+    if args.only_100k or args.transfer:
         args.events_100k = True
     if args.threads:
         torch.set_num_threads(args.threads)
