@@ -59,7 +59,7 @@ from rlrec.models.ground_truth import load_ground_truth
 from rlrec.models.pretrain import PretrainConfig, TrainingResult, train_encoder
 from rlrec.models.sequences import collapse_repeats, prefix_windows
 from rlrec.models.synthetic import SyntheticConfig, generate_dataset
-from rlrec.models.transfer import FinetuneConfig, transfer_comparison
+from rlrec.models.transfer import FinetuneConfig, transfer_comparison, transfer_figures
 
 TAOBAO = Path(__file__).resolve().parents[1].parent / "shared/data/taobao_sample/UserBehavior.csv"
 
@@ -228,12 +228,7 @@ def _transfer(
     started = time.perf_counter()
     for task in TRANSFER_TASKS:
         config = FinetuneConfig(task=task, seed=seed, horizon_days=RETURN_HORIZON_DAYS)
-        row = transfer_comparison(model, ds, task, config=config)
-        out[f"{prefix}_transfer_{task}_metric"] = row["metric"]
-        for fraction, cells in row["fractions"].items():
-            pct = round(float(fraction) * 100)
-            for key in ("pretrained", "scratch", "gain", "train_labels"):
-                out[f"{prefix}_transfer_{task}_{key}_at_{pct}pct"] = cells[key]
+        out.update(transfer_figures(transfer_comparison(model, ds, task, config=config), prefix))
     out[f"{prefix}_transfer_seconds"] = time.perf_counter() - started
     out[f"{prefix}_transfer_load_average"] = [round(v, 2) for v in os.getloadavg()]
     return out

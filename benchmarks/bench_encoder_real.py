@@ -48,6 +48,7 @@ from typing import Any
 
 from rlrec.data.dataset import write_json_atomic
 from rlrec.evaluation.paired import paired_figures
+from rlrec.models.transfer import transfer_figures
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TRANSFER_TASKS = {
@@ -167,12 +168,8 @@ def run_log(
         result = json.loads(_rlrec(*argv))["transfer"]
         out[f"{name}_transfer_seconds"] = time.perf_counter() - started
         out[f"{name}_transfer_load_average"] = _load()
-        for task, row in result.items():
-            out[f"{name}_transfer_{task}_metric"] = row["metric"]
-            for fraction, cells in row["fractions"].items():
-                pct = round(float(fraction) * 100)
-                for key in ("pretrained", "scratch", "gain", "train_labels"):
-                    out[f"{name}_transfer_{task}_{key}_at_{pct}pct"] = cells[key]
+        for row in result.values():
+            out.update(transfer_figures(row, name))
     return out
 
 

@@ -111,10 +111,11 @@ def paired_comparison(
     n_clusters = int(cluster.max()) + 1
     out["n_clusters"] = n_clusters
     # Per cluster: its target count, then its summed difference for every (baseline, metric).
-    sums = np.zeros((n_clusters, 1 + len(pairs)))
-    np.add.at(sums[:, 0], cluster, 1.0)
-    for j, diff in enumerate(columns):
-        np.add.at(sums[:, 1 + j], cluster, diff)
+    sums = np.stack(
+        [np.bincount(cluster, minlength=n_clusters).astype(np.float64)]
+        + [np.bincount(cluster, weights=diff, minlength=n_clusters) for diff in columns],
+        axis=1,
+    )  # (n_clusters, 1 + pairs)
     resampled = bootstrap_column_sums(sums, n_resamples, np.random.default_rng(seed))
     means = resampled[:, 1:] / np.maximum(resampled[:, :1], 1.0)  # (B, pairs)
     low, high = np.percentile(means, [2.5, 97.5], axis=0)

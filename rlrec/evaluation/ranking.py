@@ -700,7 +700,8 @@ def evaluate_next_step(
         max_len = model.config.max_len if model is not None else 50
     timelines = user_timelines(dataset)
     fitted = _fit_all(dataset, config, timelines)
-    steps = collapse_repeats(dataset.sessions(split))
+    sessions = dataset.sessions(split)
+    steps = collapse_repeats(sessions)
     windows = prefix_windows(steps, max_len)
     # Baselines materialise (B, n_items) score rows: keep a batch of targets to ~4M floats.
     target_rows = max(16, 4_000_000 // max(dataset.n_items, 1))
@@ -736,9 +737,6 @@ def evaluate_next_step(
         # allows (not with --session-only), the session's prefix otherwise; same targets.
         user_context = config.user_history and model.config.sessions
         encoder_context = "user" if user_context else "session"
-        item_ranks, category_ranks = encoder_ranks(
-            model, dataset, split, max_len, user_context, batch_size, target_rows
-        )
 
     def metrics(name: str, r: dict[str, np.ndarray]) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -761,19 +759,17 @@ def evaluate_next_step(
     report["baselines"] = {name: metrics(name, ranks[name]) for name in BASELINES}
     report["baseline_params"] = params
     if model is not None:
-        encoder = {"item": _concat(item_ranks), "category": _concat(category_ranks)}
-        report["encoder"] = metrics("encoder", encoder)
         context = (max_len, user_context, batch_size, target_rows)
         knn = max(  # the session-kNN variant that did best on valid (SKNN without targets)
             ("sknn", "vsknn"), key=lambda n: _finite_or(params[n].get("valid_ndcg@10"))
         )
         knn_run = (knn, {k: params[knn][k] for k in TUNED_BASELINES[knn]})
         weights = config.knn_mixture_weights
-        tune_ranks = _encoder_knn_ranks(
+        tune = _encoder_split_ranks(
             model, dataset, "valid", all_valid, fitted, knn_run, weights, context, tune_index
         )
         tried = []
-        for weight, r in zip(weights, tune_ranks.T, strict=True):
+        for weight, r in zip(weights, tune.mixed.T, strict=True):
             m = item_ranking_metrics(r)
             tried.append({"weight": weight, "valid_ndcg@10": m["ndcg@10"], "valid_mrr": m["mrr"]})
         # Best NDCG@10, then MRR; max() keeps the first of equals (0, the encoder alone),
@@ -785,12 +781,13 @@ def evaluate_next_step(
                 _finite_or(tried[j]["valid_mrr"]),
             ),
         )
-        mixed = {
-            "item": _encoder_knn_ranks(
-                model, dataset, split, targets, fitted, knn_run, [weights[best]], context
-            )[:, 0],
-            "category": encoder["category"],  # the mixture re-ranks items only
-        }
+        # One pass over the evaluated split: the encoder's own ranks and the mixture's.
+        test = _encoder_split_ranks(
+            model, dataset, split, targets, fitted, knn_run, [weights[best]], context
+        )
+        encoder = {"item": test.item, "category": test.category}
+        mixed = {"item": test.mixed[:, 0], "category": test.category}  # re-ranks items only
+        report["encoder"] = metrics("encoder", encoder)
         report["encoder_knn"] = metrics("encoder", mixed)
         report["encoder_knn_params"] = {
             "knn": knn,
@@ -811,7 +808,7 @@ def evaluate_next_step(
             model_name: paired_comparison(
                 _target_values("encoder", model_ranks, dataset.has_categories),
                 values,
-                dataset.sessions(split).user[targets.session],
+                sessions.user[targets.session],
                 n_resamples=n_resamples,
                 seed=seed,
             )
@@ -907,7 +904,7 @@ def _encoder_log_probs(
 ) -> Iterator[_EncoderPart]:
     """The encoder's states for every target of ``split``, in the protocol's order.
 
-    A generator: its consumer (:func:`encoder_ranks`, :func:`_encoder_knn_ranks`) holds
+    A generator: its consumer (:func:`encoder_ranks`, :func:`_encoder_split_ranks`) holds
     ``torch.no_grad`` over the forward passes and the heads alike.
     """
     model.eval()
@@ -940,8 +937,23 @@ def _encoder_log_probs(
             done += n
 
 
+@dataclass(frozen=True)
+class _SplitRanks:
+    """The encoder's ranks on (some of) a split's targets, from one pass over its windows.
+
+    Attributes:
+        item: (N,) next-item ranks of the encoder alone.
+        category: (N,) next-category ranks.
+        mixed: (N, W) next-item ranks of the kNN mixture at each weight.
+    """
+
+    item: np.ndarray
+    category: np.ndarray
+    mixed: np.ndarray
+
+
 @torch.no_grad()
-def _encoder_knn_ranks(
+def _encoder_split_ranks(
     model: SequenceEncoder,
     dataset: PreparedDataset,
     split: str,
@@ -951,12 +963,13 @@ def _encoder_knn_ranks(
     weights: Sequence[float],
     context: tuple[int, bool, int, int],
     only: np.ndarray | None = None,
-) -> np.ndarray:
-    """Item ranks of the encoder mixed with a session-kNN, for each mixture weight.
+) -> _SplitRanks:
+    """The encoder's item and category ranks, and those of its mixture with a session-kNN.
 
     The kNN's votes for a target (its current item's set to 0: repeats are collapsed, so
     the current item is never the target) become a distribution by their share; a target
-    no neighbour votes for keeps the encoder's order at every weight.
+    no neighbour votes for keeps the encoder's order at every weight. The encoder's own
+    ranks come from the same forward pass (:func:`encoder_ranks` computes the same).
 
     Args:
         model: The encoder.
@@ -971,12 +984,14 @@ def _encoder_knn_ranks(
             on); None: all. The encoder still reads every window, the kNN only these.
 
     Returns:
-        (len(only) or N, W) ranks of those targets at every weight.
+        The ranks of those targets (``len(only)`` or N rows).
     """
     max_len, user_history, batch_size, target_rows = context
     name, params = knn
     wanted = np.arange(len(targets)) if only is None else np.asarray(only, dtype=np.int64)
-    out = np.empty((len(wanted), len(weights)))
+    item = np.empty(len(wanted))
+    category = np.empty(len(wanted))
+    mixed = np.empty((len(wanted), len(weights)))
     # The kNN candidates grow with the rows scored at once: the baselines' own cap.
     for part in _encoder_log_probs(
         model, dataset, split, max_len, user_history, batch_size, min(target_rows, 2048)
@@ -986,6 +1001,10 @@ def _encoder_knn_ranks(
             continue
         subset = targets.subset(wanted[lo:hi])
         local = torch.as_tensor(wanted[lo:hi] - part.start, device=part.target_items.device)
+        log_probs = part.items()[local]  # (n, n_items)
+        target_items = part.target_items[local]
+        item[lo:hi] = target_ranks(log_probs, target_items)
+        category[lo:hi] = target_ranks(part.categories()[local], part.target_categories[local])
         votes = session_knn_scores(
             fitted.sessions,
             knn_candidates(fitted.sessions, subset.prefixes(slice(None))),
@@ -997,13 +1016,12 @@ def _encoder_knn_ranks(
         votes[np.arange(votes.shape[0]), subset.last_items] = 0.0
         total = votes.sum(axis=1, keepdims=True)
         p_knn = torch.as_tensor(votes / np.where(total > 0, total, 1.0))  # (n, n_items)
-        p_enc = part.items()[local].double().exp().cpu()  # (n, n_items)
-        target_items = part.target_items[local].cpu()
+        p_enc = log_probs.double().exp().cpu()  # (n, n_items)
         for j, weight in enumerate(weights):
-            mixed = torch.log((1.0 - weight) * p_enc + weight * p_knn)  # (n, n_items)
-            out[lo:hi, j] = target_ranks(mixed, target_items)
+            mix = torch.log((1.0 - weight) * p_enc + weight * p_knn)  # (n, n_items)
+            mixed[lo:hi, j] = target_ranks(mix, target_items.cpu())
         _return_freed_memory()
-    return out
+    return _SplitRanks(item=item, category=category, mixed=mixed)
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

@@ -68,6 +68,7 @@ __all__ = [
     "roc_auc",
     "task_labels",
     "transfer_comparison",
+    "transfer_figures",
 ]
 
 TASKS: tuple[str, ...] = ("next_item", "next_category", "next_new_category", "return")
@@ -626,6 +627,26 @@ def transfer_comparison(
             row["train_labels"] = result.train_labels
         row["gain"] = row["pretrained"] - row["scratch"]
         out["fractions"][f"{fraction:g}"] = row
+    return out
+
+
+def transfer_figures(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Flat, unit-named benchmark keys of one task's :func:`transfer_comparison`.
+
+    Args:
+        row: :func:`transfer_comparison`'s result for one task.
+        prefix: Key prefix (the log's name).
+
+    Returns:
+        ``{prefix}_transfer_{task}_metric`` and, per label fraction (in percent),
+        ``{prefix}_transfer_{task}_{pretrained,scratch,gain,train_labels}_at_{pct}pct``.
+    """
+    task = row["task"]
+    out: dict[str, Any] = {f"{prefix}_transfer_{task}_metric": row["metric"]}
+    for fraction, cells in row["fractions"].items():
+        pct = round(float(fraction) * 100)
+        for key in ("pretrained", "scratch", "gain", "train_labels"):
+            out[f"{prefix}_transfer_{task}_{key}_at_{pct}pct"] = cells[key]
     return out
 
 

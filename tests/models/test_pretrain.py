@@ -235,7 +235,7 @@ def test_the_knn_mixture_ranks_the_neighbours_votes_first_at_a_high_weight(
     # (0.999 x a vote share against at most 0.001 x an encoder probability); at w = 0 the
     # mixture is the encoder alone.
     from rlrec.evaluation.neighbors import knn_candidates, session_knn_scores
-    from rlrec.evaluation.ranking import _encoder_knn_ranks, _fit_all, encoder_ranks
+    from rlrec.evaluation.ranking import _encoder_split_ranks, _fit_all, encoder_ranks
 
     model = train_encoder(small_dataset, SMALL, QUICK, progress=False).model
     config = BaselineConfig()
@@ -246,18 +246,22 @@ def test_the_knn_mixture_ranks_the_neighbours_votes_first_at_a_high_weight(
         steps, 12, timelines, split_session_ids(small_dataset, "test"), True
     )
     run = ("sknn", {"k": 1, "sample_size": 1})  # one neighbour: not every item gets a vote
-    ranks = _encoder_knn_ranks(
+    split = _encoder_split_ranks(
         model, small_dataset, "test", targets, fitted, run, [0.0, 0.999], (12, True, 7, 5)
     )
-    alone, _ = encoder_ranks(model, small_dataset, "test", 12, True)
+    ranks = split.mixed
+    # The same pass gives the encoder's own ranks, as encoder_ranks computes them.
+    alone, alone_categories = encoder_ranks(model, small_dataset, "test", 12, True)
+    np.testing.assert_array_equal(split.item, np.concatenate(alone))
+    np.testing.assert_array_equal(split.category, np.concatenate(alone_categories))
     np.testing.assert_array_equal(ranks[:, 0], np.concatenate(alone))
     some = np.array([0, 3, 4, len(targets) - 1])  # the tuning sample: the same ranks
-    np.testing.assert_array_equal(
-        _encoder_knn_ranks(
-            model, small_dataset, "test", targets, fitted, run, [0.0, 0.999], (12, True, 7, 5), some
-        ),
-        ranks[some],
+    sample = _encoder_split_ranks(
+        model, small_dataset, "test", targets, fitted, run, [0.0, 0.999], (12, True, 7, 5), some
     )
+    np.testing.assert_array_equal(sample.mixed, ranks[some])
+    np.testing.assert_array_equal(sample.item, split.item[some])
+    np.testing.assert_array_equal(sample.category, split.category[some])
     votes = session_knn_scores(
         fitted.sessions, knn_candidates(fitted.sessions, targets.prefixes(slice(None))),
         "sknn", 1, 1,

@@ -28,6 +28,7 @@ from rlrec.models.transfer import (
     roc_auc,
     task_labels,
     transfer_comparison,
+    transfer_figures,
 )
 
 DAY = 86_400_000
@@ -256,6 +257,14 @@ def test_finetune_is_seeded_and_uses_the_label_fraction(return_ds: PreparedDatas
     row = comparison["fractions"]["0.5"]
     assert comparison["metric"] == "auc"
     assert row["gain"] == pytest.approx(row["pretrained"] - row["scratch"])
+    flat = transfer_figures(comparison, "log")
+    assert flat == {
+        "log_transfer_return_metric": "auc",
+        "log_transfer_return_pretrained_at_50pct": row["pretrained"],
+        "log_transfer_return_scratch_at_50pct": row["scratch"],
+        "log_transfer_return_gain_at_50pct": row["gain"],
+        "log_transfer_return_train_labels_at_50pct": row["train_labels"],
+    }
 
 
 def test_finetune_cli_writes_an_encoder_and_return_scores(
