@@ -455,6 +455,10 @@ def checkpoint_files(directory: str | os.PathLike[str]) -> list[tuple[int, Path]
     The file name is only a label: a checkpoint renamed ``step_99999999`` still sorts by the
     step its descriptor holds. ``path`` is the checkpoint's ``step_N.json``.
 
+    A checkpoint that disappears between listing and reading is skipped: a training run
+    rotates out its oldest checkpoints while another process (a monitor, ``--resume`` of a
+    copy) may be listing the same folder.
+
     Raises:
         UserError: If a checkpoint descriptor is unreadable or holds no step.
     """
@@ -464,7 +468,12 @@ def checkpoint_files(directory: str | os.PathLike[str]) -> list[tuple[int, Path]
     found = []
     for path in root.iterdir():
         if CHECKPOINT_PATTERN.match(path.name):
-            meta = read_policy_meta(path)
+            try:
+                meta = read_policy_meta(path)
+            except UserError:
+                if not path.exists():  # rotated out since the listing: not an error
+                    continue
+                raise
             step = meta.get("step")
             if isinstance(step, bool) or not isinstance(step, int) or step < 0:
                 raise UserError(f'{path}: no valid "step"; remove it to use the others')

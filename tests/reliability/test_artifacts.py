@@ -28,6 +28,7 @@ import pytest
 from rlrec.agents.artifacts import checkpoint_files, load_policy, run_lock
 from rlrec.agents.config import load_agent_config
 from rlrec.agents.train import load_run, read_run_config, train_agent
+from rlrec.errors import UserError
 from tests.agents.conftest import TINY_AGENT, TINY_ENV, write_yaml
 from tests.cli.test_cli_ope import write_log
 from tests.reliability.harness import assert_clear_error, run_hostile
@@ -447,6 +448,26 @@ def test_a_checkpoint_named_for_a_huge_step_does_not_claim_it(world, tmp_path, c
     steps = [s for s, _ in checkpoint_files(run / "checkpoints")]
     assert steps == [64, 128, 192]  # keep_checkpoints = 3, by stored step
     assert json.loads((run / "policy.json").read_text())["step"] == 192
+
+
+def test_a_checkpoint_rotated_out_while_listing_is_skipped(world, tmp_path, monkeypatch):
+    # A training run deletes its oldest checkpoint between another process's listing of the
+    # folder and its read of that file (CI saw this race in the kill-and-resume test).
+    import rlrec.agents.artifacts as artifacts
+
+    run = copy_run(world, tmp_path / "logs" / "run")
+    read = artifacts.read_policy_meta
+
+    def rotate_then_read(path):
+        if path.name == "step_64.json":
+            path.unlink()
+        return read(path)
+
+    monkeypatch.setattr(artifacts, "read_policy_meta", rotate_then_read)
+    assert [s for s, _ in checkpoint_files(run / "checkpoints")] == [128]
+    (run / "checkpoints" / "step_128.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"step_128\.json"):  # a present, broken file still fails
+        checkpoint_files(run / "checkpoints")
 
 
 def test_a_saved_policy_restores_weights_optimizer_and_counters(world, tmp_path):
