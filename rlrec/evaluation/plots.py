@@ -293,7 +293,8 @@ def _bars(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="x", visible=False)
-    ax.legend(ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    if series:  # an empty legend is a matplotlib warning, and says nothing
+        ax.legend(ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.12))
 
 
 def encoder_panels(

@@ -531,3 +531,19 @@ def test_encoder_section_states_the_paired_verdict(tmp_path: Path) -> None:
     assert "ndcg@10 +0.0000" in caption and "level (cannot tell apart at 95%)" in caption
     (root / "encoder_eval.json").write_text(json.dumps(PAYLOADS["encoder_eval.json"]))
     assert "strongest baseline" not in _encoder_section(find_inputs(root)).caption
+
+
+@pytest.mark.parametrize("series", [{}, {"encoder": [0.2, None]}])
+def test_grouped_bars_without_models_draws_no_empty_legend(series):
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from rlrec.evaluation import plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns on a legend with nothing in it
+        fig = plots.grouped_bars(["ndcg@10", "hr@10"], series, "next item", "score")
+    legend = fig.axes[0].get_legend()
+    assert (legend is None) == (not series)
+    plt.close(fig)
