@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -559,13 +559,11 @@ def _tune(fitted: _Fitted, targets: Targets, chunk: int) -> dict[str, dict[str, 
     ranks = _rank(fitted, runs, targets, chunk)
     chosen: dict[str, dict[str, Any]] = {}
     for name in TUNED_BASELINES:
-        tried = []
-        for (run_name, params), r in zip(runs, ranks, strict=True):
-            if run_name == name:
-                m = item_ranking_metrics(r["item"])
-                tried.append({**params, "valid_ndcg@10": m["ndcg@10"], "valid_mrr": m["mrr"]})
-        # Best NDCG@10, then MRR; max() keeps the first of equals (the grid's order).
-        best = max(tried, key=lambda t: (t["valid_ndcg@10"], t["valid_mrr"]))
+        tried, best = _choose_on_valid(
+            (params, r["item"])
+            for (run_name, params), r in zip(runs, ranks, strict=True)
+            if run_name == name
+        )
         chosen[name] = {
             **{k: best[k] for k in TUNED_BASELINES[name]},
             "valid_ndcg@10": best["valid_ndcg@10"],
@@ -768,22 +766,14 @@ def evaluate_next_step(
         tune = _encoder_split_ranks(
             model, dataset, "valid", all_valid, fitted, knn_run, weights, context, tune_index
         )
-        tried = []
-        for weight, r in zip(weights, tune.mixed.T, strict=True):
-            m = item_ranking_metrics(r)
-            tried.append({"weight": weight, "valid_ndcg@10": m["ndcg@10"], "valid_mrr": m["mrr"]})
-        # Best NDCG@10, then MRR; max() keeps the first of equals (0, the encoder alone),
-        # which is also the choice without valid targets (every metric NaN).
-        best = max(
-            range(len(tried)),
-            key=lambda j: (
-                _finite_or(tried[j]["valid_ndcg@10"]),
-                _finite_or(tried[j]["valid_mrr"]),
-            ),
+        # 0 (the encoder alone) comes first: it wins ties, and every weight ties (NaN)
+        # without valid targets.
+        tried, best = _choose_on_valid(
+            ({"weight": w}, r) for w, r in zip(weights, tune.mixed.T, strict=True)
         )
         # One pass over the evaluated split: the encoder's own ranks and the mixture's.
         test = _encoder_split_ranks(
-            model, dataset, split, targets, fitted, knn_run, [weights[best]], context
+            model, dataset, split, targets, fitted, knn_run, [best["weight"]], context
         )
         encoder = {"item": test.item, "category": test.category}
         mixed = {"item": test.mixed[:, 0], "category": test.category}  # re-ranks items only
@@ -792,8 +782,8 @@ def evaluate_next_step(
         report["encoder_knn_params"] = {
             "knn": knn,
             **knn_run[1],
-            "weight": weights[best],
-            "valid_ndcg@10": tried[best]["valid_ndcg@10"],
+            "weight": best["weight"],
+            "valid_ndcg@10": best["valid_ndcg@10"],
             "valid_targets": len(tune_index),
             "chosen_by": "valid ndcg@10",
             "grid": tried,
@@ -815,6 +805,29 @@ def evaluate_next_step(
             for model_name, model_ranks in (("encoder", encoder), ("encoder_knn", mixed))
         }
     return report
+
+
+def _choose_on_valid(
+    candidates: Iterable[tuple[dict[str, Any], np.ndarray]],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each setting with its valid NDCG@10 and MRR, and the best of them.
+
+    Args:
+        candidates: ``(setting, ranks)`` in order of preference; ``ranks`` are the
+            setting's (N,) valid next-item ranks.
+
+    Returns:
+        ``(tried, best)``: ``tried`` is every setting with ``valid_ndcg@10`` and
+        ``valid_mrr``; ``best`` has the highest NDCG@10, then MRR; ``max()`` keeps the first
+        of equals, so the first setting is also the choice when no metric is finite (no
+        valid targets).
+    """
+    tried = []
+    for params, r in candidates:
+        m = item_ranking_metrics(r)
+        tried.append({**params, "valid_ndcg@10": m["ndcg@10"], "valid_mrr": m["mrr"]})
+    best = max(tried, key=lambda t: (_finite_or(t["valid_ndcg@10"]), _finite_or(t["valid_mrr"])))
+    return tried, best
 
 
 def _finite_or(value: float | None, default: float = -math.inf) -> float:
